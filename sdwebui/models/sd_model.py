@@ -1,0 +1,61 @@
+"""A loaded Stable Diffusion checkpoint: the modules plus what the pipelines need to know about them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sdwebui.models.family import ModelFamily
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Identity of a checkpoint file, as A1111 shows it (infotext `Model` and `Model hash`)."""
+
+    path: Path
+    name: str
+    """File name without extension (A1111's infotext `Model:` value)."""
+    sha256: str
+    """Full SHA-256 of the file (hex); `short_hash` is what the infotext carries."""
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+
+@dataclass
+class SDModel:
+    """Everything one generation needs from a checkpoint.
+
+    `unet`, `vae` and the text encoders are ordinary diffusers / transformers modules, already on
+    `device` in `dtype` (the VAE may use `vae_dtype`).
+    """
+
+    family: ModelFamily
+    prediction_type: str
+    """"epsilon" or "v_prediction"."""
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: "TextEncoderStack"  # noqa: F821  (sdwebui.models.text_encoding)
+    alphas_cumprod: torch.Tensor
+    """Training noise schedule, float32 on the CPU, 1000 entries (SD's scaled-linear betas)."""
+    info: CheckpointInfo
+    device: torch.device
+    dtype: torch.dtype
+    vae_dtype: torch.dtype
+    vae_info: CheckpointInfo | None = None
+    """The separate VAE file in use, or None for the checkpoint's own VAE."""
+    native_size: int = 512
+    """Default width/height: the family's, or the size the model was trained at when that is known."""
+    config_notes: list[str] = field(default_factory=list)
+    """Human-readable notes from loading (e.g. "v-prediction detected from the .yaml beside the file")."""
+
+    @property
+    def latent_scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
