@@ -1,0 +1,208 @@
+"""The `sdwebui` command: headless generation and model listing (the server command arrives with the server).
+
+Every user-facing failure is one line on stderr naming the problem, and a non-zero exit; nothing is written
+for a job that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sdwebui import __version__
+
+
+def add_path_flags(parser: argparse.ArgumentParser) -> None:
+    """A1111's folder flags, accepted by every command that loads models."""
+    group = parser.add_argument_group("folders (A1111 flag names)")
+    group.add_argument("--data-dir", help="root for models/, outputs/, embeddings/ (default: current directory)")
+    group.add_argument("--models-dir", help="default: <data-dir>/models")
+    group.add_argument("--ckpt-dir", help="checkpoints folder (default: <models-dir>/Stable-diffusion)")
+    group.add_argument("--vae-dir", help="VAE folder (default: <models-dir>/VAE)")
+    group.add_argument("--lora-dir", help="LoRA folder (default: <models-dir>/Lora)")
+    group.add_argument("--embeddings-dir", help="textual-inversion folder (default: <data-dir>/embeddings)")
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("device")
+    group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:1, mps or cpu")
+    group.add_argument(
+        "--precision", default="auto", choices=["auto", "half", "bf16", "full"], help="UNet/text encoder precision"
+    )
+    group.add_argument("--no-half", action="store_true", help="A1111's flag: run everything in fp32")
+    group.add_argument("--no-half-vae", action="store_true", help="A1111's flag: run the VAE in fp32")
+    group.add_argument(
+        "--prediction-type",
+        choices=["epsilon", "v_prediction"],
+        help="override the detected prediction type (SD2 768-v models without a .yaml beside them)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdwebui", description="Stable Diffusion WebUI (A1111-compatible).")
+    parser.add_argument("--version", action="version", version=f"sdwebui {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = commands.add_parser("txt2img", help="generate images from a prompt")
+    gen.add_argument("prompt")
+    gen.add_argument("-n", "--negative-prompt", default="")
+    gen.add_argument("--model", help="checkpoint name (from the checkpoints folder) or path; default: the first found")
+    gen.add_argument("--vae", help='VAE file name or path; "None" = the checkpoint\'s own; default: Automatic')
+    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--cfg-scale", type=float, default=7.0)
+    gen.add_argument("--sampler", default="DPM++ 2M", help='A1111 sampler name or alias, e.g. "Euler a", k_dpmpp_2m')
+    gen.add_argument("--scheduler", default="Automatic", help="schedule type, e.g. Karras, Uniform")
+    gen.add_argument("--seed", type=int, default=-1, help="-1 = random; image i uses seed + i")
+    gen.add_argument("--width", type=int, help="multiple of 8 (default: the model's native size)")
+    gen.add_argument("--height", type=int, help="multiple of 8 (default: the model's native size)")
+    gen.add_argument("--batch-size", type=int, default=1)
+    gen.add_argument("--batch-count", type=int, default=1)
+    gen.add_argument("--clip-skip", type=int, default=1)
+    gen.add_argument("--eta", type=float, help="ancestral noise multiplier (default 1.0)")
+    gen.add_argument("--rng", choices=["gpu", "cpu", "nv"], default="gpu", help="A1111's RNG source")
+    gen.add_argument("--out", help="output folder (default: <data-dir>/outputs/txt2img-images)")
+    add_path_flags(gen)
+    add_device_flags(gen)
+
+    models = commands.add_parser("models", help="list checkpoints with family, prediction type and hash")
+    add_path_flags(models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("sdwebui: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns failures into a message
+        if args.debug:
+            raise
+        print(f"sdwebui: error: {describe_error(error)}", file=sys.stderr)
+        return 2 if is_user_error(error) else 1
+
+
+def is_user_error(error: Exception) -> bool:
+    from sdwebui.models.files import ModelFileError
+    from sdwebui.models.manager import ModelNotFoundError
+    from sdwebui.pipelines.params import ParamError
+
+    return isinstance(error, (ModelFileError, ModelNotFoundError, ParamError))
+
+
+def describe_error(error: Exception) -> str:
+    from sdwebui.models.manager import ModelNotFoundError
+
+    if isinstance(error, ModelNotFoundError) and error.args:
+        return str(error.args[0])
+    text = str(error) or type(error).__name__
+    if not is_user_error(error):
+        text = f"{type(error).__name__}: {text} (run with --debug for the traceback)"
+    return text
+
+
+def paths_from(args):
+    from sdwebui.config import Paths
+
+    return Paths.from_flags(
+        data_dir=args.data_dir,
+        models_dir=args.models_dir,
+        ckpt_dir=args.ckpt_dir,
+        vae_dir=args.vae_dir,
+        lora_dir=args.lora_dir,
+        embeddings_dir=args.embeddings_dir,
+    )
+
+
+def run_txt2img(args) -> int:
+    from tqdm import tqdm
+
+    from sdwebui.models.devices import plan_devices
+    from sdwebui.models.manager import ModelManager
+    from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.output import save_image
+    from sdwebui.pipelines.params import Txt2ImgParams
+    from sdwebui.pipelines.txt2img import resolve_sampling, txt2img
+
+    # Validate everything we can before touching a model file.
+    def make_params(width: int, height: int) -> Txt2ImgParams:
+        return Txt2ImgParams(
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            width=width,
+            height=height,
+            steps=args.steps,
+            cfg_scale=args.cfg_scale,
+            sampler=args.sampler,
+            scheduler=args.scheduler,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            batch_count=args.batch_count,
+            clip_skip=args.clip_skip,
+            eta=args.eta,
+        )
+
+    make_params(args.width or 512, args.height or 512)
+    resolve_sampling(args.sampler, args.scheduler)
+
+    paths = paths_from(args)
+    precision = "full" if args.no_half else args.precision
+    devices = plan_devices(args.device, precision=precision, vae_precision="full" if args.no_half_vae else "auto")
+    manager = ModelManager(paths, devices, prediction_type=args.prediction_type)
+    model = manager.get(args.model, vae=args.vae)
+    params = make_params(args.width or model.native_size, args.height or model.native_size)
+
+    bar = tqdm(total=params.steps * params.batch_count, desc="txt2img", unit="step", file=sys.stderr, leave=False)
+    ctx = GenerationContext(model=model, rng=args.rng, on_step=lambda progress: bar.update(1))
+    try:
+        result = txt2img(ctx, params)
+    finally:
+        bar.close()
+    for note in result.notes:
+        print(f"sdwebui: note: {note}", file=sys.stderr)
+    outdir = Path(args.out) if args.out else paths.outputs_dir / "txt2img-images"
+    for image, seed, infotext in zip(result.images, result.seeds, result.infotexts):
+        path = save_image(image, outdir, seed=seed, infotext=infotext, date_subdir=args.out is None)
+        print(path)
+    return 0
+
+
+def run_models(args) -> int:
+    from sdwebui.models.devices import plan_devices
+    from sdwebui.models.files import ModelFileError
+    from sdwebui.models.hashing import sha256_of
+    from sdwebui.models.loader import describe_checkpoint
+    from sdwebui.models.manager import DEMO_CHECKPOINT, ModelManager
+
+    paths = paths_from(args)
+    manager = ModelManager(paths, plan_devices("cpu"))
+    checkpoints = manager.checkpoints()
+    if not checkpoints and DEMO_CHECKPOINT.is_file():
+        checkpoints = [DEMO_CHECKPOINT]
+        print(f"(no checkpoints in {paths.ckpt_dir}; the built-in demo model is used)")
+    if not checkpoints:
+        print(f"no checkpoints in {paths.ckpt_dir}")
+        return 0
+    for path in checkpoints:
+        try:
+            summary = describe_checkpoint(path)
+            short_hash = sha256_of(path, paths.cache_dir)[:10] if path.is_file() else "-"
+            print(f"{path.stem} [{short_hash}]\t{summary.family.value}\t{summary.prediction_type}\t{path}")
+        except ModelFileError as error:
+            print(f"{path.stem}\tunreadable: {error.reason}\t{path}")
+    return 0
+
+
+COMMANDS = {"txt2img": run_txt2img, "models": run_models}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Where things live: A1111's folder layout, with A1111's flag names for overriding it.
+
+`--data-dir` is the root (default: the current directory, which `webui.sh` sets to the checkout, as A1111
+does); `--models-dir` defaults to `<data-dir>/models`; each model kind has its own folder below it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+    models_dir: Path
+    ckpt_dir: Path
+    vae_dir: Path
+    lora_dir: Path
+    embeddings_dir: Path
+    outputs_dir: Path
+
+    @classmethod
+    def from_flags(
+        cls,
+        data_dir: str | Path | None = None,
+        models_dir: str | Path | None = None,
+        ckpt_dir: str | Path | None = None,
+        vae_dir: str | Path | None = None,
+        lora_dir: str | Path | None = None,
+        embeddings_dir: str | Path | None = None,
+        outputs_dir: str | Path | None = None,
+    ) -> "Paths":
+        data = Path(data_dir or ".").expanduser().resolve()
+        models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
+
+        def pick(value, default: Path) -> Path:
+            return Path(value).expanduser().resolve() if value else default
+
+        return cls(
+            data_dir=data,
+            models_dir=models,
+            ckpt_dir=pick(ckpt_dir, models / "Stable-diffusion"),
+            vae_dir=pick(vae_dir, models / "VAE"),
+            lora_dir=pick(lora_dir, models / "Lora"),
+            embeddings_dir=pick(embeddings_dir, data / "embeddings"),
+            outputs_dir=pick(outputs_dir, data / "outputs"),
+        )
+
+    @property
+    def cache_dir(self) -> Path:
+        """Hash cache and other derived data (A1111 keeps `cache.json` in the data dir)."""
+        return self.data_dir / "cache"

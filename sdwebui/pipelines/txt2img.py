@@ -1,0 +1,251 @@
+"""txt2img: prompt -> conditioning -> seeded noise -> sampler over a CFG denoiser -> VAE decode.
+
+The composition follows A1111's `process_images` (seeds seed+i per image, conditioning computed once per
+job, one sampler run per batch) with the model-facing pieces from `sdwebui.models` and the math from
+`sdwebui.core`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from sdwebui import __version__
+from sdwebui.core import noise as core_noise
+from sdwebui.core.denoiser import CFGDenoiser, DiscreteSchedule, ModelDenoiser
+from sdwebui.core.samplers import find_sampler
+from sdwebui.core.schedules import build_sigmas
+from sdwebui.models.sd_model import SDModel
+from sdwebui.models.text_encoding import Conditioning
+from sdwebui.pipelines.context import GenerationContext, GenerationStopped, StepProgress
+from sdwebui.pipelines.infotext import build_infotext
+from sdwebui.pipelines.params import ParamError, Txt2ImgParams
+from sdwebui.pipelines.vae_decode import decode_latents
+
+INFOTEXT_VERSION = f"sdwebui-{__version__}"
+
+
+class GenerationError(RuntimeError):
+    """A generation failed in a way the user should hear about (NaNs, a model that cannot do this, ...)."""
+
+
+@dataclass
+class GenerationResult:
+    params: Txt2ImgParams
+    """The parameters as run: the seed is resolved (never -1)."""
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    latents: torch.Tensor
+    """Final latents of every image (CPU, float32), before VAE decoding."""
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedSampling:
+    sampler_name: str
+    schedule_name: str
+    """The schedule actually used ("Karras" for DPM++ 2M's Automatic)."""
+    infotext_schedule: str
+    """What A1111 writes as `Schedule type`: the chosen name, or the sampler's default when Automatic."""
+
+
+def resolve_sampling(sampler: str, scheduler: str) -> ResolvedSampling:
+    """Turn user-facing names (A1111 names, aliases, legacy "DPM++ 2M Karras") into registry entries."""
+    from sdwebui.core.samplers import parse_sampler_name
+    from sdwebui.core.schedules import find_schedule
+
+    try:
+        spec, legacy_schedule = parse_sampler_name(sampler)
+    except (KeyError, ValueError) as error:
+        raise ParamError("sampler", _message(error)) from None
+    if legacy_schedule is not None and scheduler.lower() == "automatic":
+        scheduler = legacy_schedule
+    try:
+        schedule = find_schedule(scheduler)
+    except (KeyError, ValueError) as error:
+        raise ParamError("scheduler", _message(error)) from None
+    if schedule.name == "Automatic":
+        used = spec.default_schedule or "Automatic"
+        return ResolvedSampling(spec.name, used, used)
+    return ResolvedSampling(spec.name, schedule.name, schedule.name)
+
+
+def _message(error: Exception) -> str:
+    return error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+
+
+def encode_prompt_pair(model: SDModel, prompt: str, negative_prompt: str, batch_size: int, clip_skip: int):
+    """Encode the prompt and negative prompt once for the job, padded to the same chunk count.
+
+    A1111 pads the shorter of the two with empty 75-token chunks so cond and uncond can share one batched
+    UNet call.
+    """
+    encoder = model.text_encoder
+    cond = encoder.encode([prompt], clip_skip=clip_skip)
+    uncond = encoder.encode([negative_prompt], clip_skip=clip_skip, min_chunks=_chunks(cond))
+    if _chunks(uncond) > _chunks(cond):
+        cond = encoder.encode([prompt], clip_skip=clip_skip, min_chunks=_chunks(uncond))
+    return _repeat(cond, batch_size), _repeat(uncond, batch_size)
+
+
+def _chunks(conditioning: Conditioning) -> int:
+    return conditioning.cross_attn.shape[1] // 77
+
+
+def _repeat(conditioning: Conditioning, batch_size: int) -> Conditioning:
+    pooled = conditioning.pooled.repeat(batch_size, 1) if conditioning.pooled is not None else None
+    return Conditioning(cross_attn=conditioning.cross_attn.repeat(batch_size, 1, 1), pooled=pooled)
+
+
+def unet_condition(model: SDModel, conditioning: Conditioning, width: int, height: int) -> dict:
+    """The keyword arguments the UNet needs besides (x, t): SDXL adds pooled text and size/crop ids."""
+    cond: dict = {"encoder_hidden_states": conditioning.cross_attn}
+    if model.family.spec.is_sdxl:
+        batch = conditioning.cross_attn.shape[0]
+        # SDXL micro-conditioning: original size, crop top-left, then target size (base) or the aesthetic
+        # score (refiner). A1111 and diffusers both use the generated size and no crop by default.
+        if model.family.value == "sdxl-refiner":
+            ids = [height, width, 0, 0, 6.0]
+        else:
+            ids = [height, width, 0, 0, height, width]
+        time_ids = torch.tensor([ids], dtype=conditioning.cross_attn.dtype, device=conditioning.cross_attn.device)
+        cond["added_cond_kwargs"] = {"text_embeds": conditioning.pooled, "time_ids": time_ids.repeat(batch, 1)}
+    return cond
+
+
+def refiner_negative_condition(model: SDModel, uncond: dict, width: int, height: int) -> dict:
+    """The refiner's negative branch is conditioned on A1111's negative aesthetic score (2.5)."""
+    if model.family.value != "sdxl-refiner":
+        return uncond
+    time_ids = uncond["added_cond_kwargs"]["time_ids"].clone()
+    time_ids[:, 4] = 2.5
+    return {**uncond, "added_cond_kwargs": {**uncond["added_cond_kwargs"], "time_ids": time_ids}}
+
+
+def make_denoiser(model: SDModel) -> ModelDenoiser:
+    unet = model.unet
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, encoder_hidden_states, added_cond_kwargs=None):
+        return unet(
+            x.to(model.dtype),
+            t,
+            encoder_hidden_states=encoder_hidden_states,
+            added_cond_kwargs=added_cond_kwargs,
+            return_dict=False,
+        )[0]
+
+    return ModelDenoiser(model_fn, DiscreteSchedule(model.alphas_cumprod), model.prediction_type)
+
+
+def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
+    model = ctx.model
+    sampling = resolve_sampling(params.sampler, params.scheduler)
+    sampler = find_sampler(sampling.sampler_name)
+    seed = core_noise.random_seed() if params.seed == -1 else params.seed
+    params = params.replace(seed=seed)
+    seeds = [seed + i for i in range(params.image_count)]
+    latent_shape = (model.latent_channels, params.height // 8, params.width // 8)
+
+    with torch.inference_mode():
+        cond, uncond = encode_prompt_pair(
+            model, params.prompt, params.negative_prompt, params.batch_size, params.clip_skip
+        )
+        cond_kwargs = unet_condition(model, cond, params.width, params.height)
+        uncond_kwargs = refiner_negative_condition(
+            model, unet_condition(model, uncond, params.width, params.height), params.width, params.height
+        )
+        denoiser = CFGDenoiser(make_denoiser(model), cond_kwargs, uncond_kwargs, float(params.cfg_scale))
+        sigmas = build_sigmas(sampling.schedule_name, params.steps, denoiser).to(model.device)
+
+        all_latents: list[torch.Tensor] = []
+        notes: list[str] = []
+        interrupted = False
+        for batch_index in range(params.batch_count):
+            if ctx.stop.interrupted.is_set():
+                interrupted = True
+                break
+            ctx.stop.skipped.clear()
+            batch_seeds = seeds[batch_index * params.batch_size : (batch_index + 1) * params.batch_size]
+            latents, stopped = _sample_batch(
+                ctx, sampler, denoiser, sigmas, batch_seeds, latent_shape, params, batch_index
+            )
+            if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
+                continue
+            all_latents.append(latents)
+            if stopped:
+                interrupted = True
+                break
+
+        if not all_latents:
+            latents = torch.zeros((0, *latent_shape))
+            return GenerationResult(params, [], [], [], latents, notes, interrupted=True)
+        latents = torch.cat(all_latents)
+        if ctx.nan_check and torch.isnan(latents).any():
+            raise GenerationError(
+                "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
+            )
+        images, decode_notes = decode_latents(model, latents)
+        notes.extend(decode_notes)
+
+    seeds = seeds[: len(images)]
+    infotexts = [create_infotext(model, params, sampling, ctx, image_seed) for image_seed in seeds]
+    return GenerationResult(params, images, seeds, infotexts, latents.float().cpu(), notes, interrupted)
+
+
+def _sample_batch(ctx, sampler, denoiser, sigmas, batch_seeds, latent_shape, params, batch_index):
+    model = ctx.model
+    rng = core_noise.ImageRNG(
+        batch_seeds,
+        latent_shape,
+        device=model.device,
+        source=ctx.rng,
+        eta_noise_seed_delta=ctx.eta_noise_seed_delta,
+    )
+    x = rng.first().to(model.device, torch.float32) * sigmas[0]
+    last_denoised: list[torch.Tensor] = []
+
+    def callback(info: dict) -> None:
+        last_denoised[:] = [info["denoised"]]
+        if ctx.on_step is not None:
+            ctx.on_step(StepProgress(info["i"] + 1, len(sigmas) - 1, batch_index, params.batch_count, info["denoised"]))
+        if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
+            raise GenerationStopped()
+
+    extra = {}
+    if params.eta is not None and sampler.is_stochastic:
+        extra["eta"] = float(params.eta)
+    try:
+        latents = sampler.function(
+            denoiser, x, sigmas, callback=callback, noise_sampler=rng.noise_sampler(), **extra
+        )
+        return latents, False
+    except GenerationStopped:
+        # A1111 keeps what the sampler had so far: the latest x0 estimate.
+        return (last_denoised[0] if last_denoised else x), True
+
+
+def create_infotext(model: SDModel, params: Txt2ImgParams, sampling: ResolvedSampling, ctx, seed: int) -> str:
+    """A1111's infotext for one image (`processing.create_infotext`, same keys and order)."""
+    vae = model.vae_info
+    values: dict[str, object] = {
+        "Steps": params.steps,
+        "Sampler": sampling.sampler_name,
+        "Schedule type": sampling.infotext_schedule,
+        "CFG scale": params.cfg_scale,
+        "Seed": seed,
+        "Size": f"{params.width}x{params.height}",
+        "Model hash": model.info.short_hash,
+        "Model": model.info.name,
+        "VAE hash": vae.short_hash if vae else None,
+        "VAE": vae.path.name if vae else None,
+        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        "ENSD": ctx.eta_noise_seed_delta if ctx.eta_noise_seed_delta else None,
+        "RNG": {"cpu": "CPU", "nv": "NV"}.get(ctx.rng),
+        "Eta": params.eta,
+        "Version": INFOTEXT_VERSION,
+    }
+    return build_infotext(params.prompt, params.negative_prompt, values)
