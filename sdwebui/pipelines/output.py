@@ -1,0 +1,208 @@
+"""Saving generated images as A1111 does, and reading their infotext back.
+
+Layout (A1111 `modules/images.py` `save_image` with its default options):
+
+    <outdir>/YYYY-MM-DD/NNNNN-SEED.png
+
+`NNNNN` is A1111's `get_next_sequence_number`: one more than the largest number any file in the folder
+starts with (`00041-123.png`, `00041.txt`, ...), zero-padded to 5 digits. The infotext goes into a PNG text
+chunk named `parameters` (`PngInfo.add_text`: `tEXt`, or `iTXt` when the text is not Latin-1).
+
+Beyond A1111, a save is safe against crashes and concurrent savers:
+- the PNG is written completely to a hidden temporary file in the same folder, flushed to disk, and only then
+  published under its final name, so a final name never holds a partial image;
+- a number is reserved with a hidden marker file created with `O_CREAT | O_EXCL` (then the folder is scanned
+  again, in case another saver published that number meanwhile), so two savers (threads or processes) never
+  get the same number; the loser moves on to the next one. The marker is removed once the image is published;
+- publishing uses `os.link`, which never replaces an existing file (e.g. one written by another program).
+  Where hard links are not supported, an empty placeholder created with `O_EXCL` takes the name and the
+  finished file replaces it (`os.replace`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import os
+import re
+import uuid
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+PARAMETERS_KEY = "parameters"
+"""A1111's `pnginfo_section_name`."""
+_EXIF_IFD = 0x8769
+_EXIF_USER_COMMENT = 0x9286
+_TMP_PREFIX = ".tmp-"
+_RESERVE_PREFIX = ".reserve-"
+"""Hidden names: A1111's numbering (`int(name.split("-")[0])`) ignores them."""
+_MAX_ATTEMPTS = 1000
+
+
+def next_sequence_number(folder: Path, basename: str = "") -> int:
+    """A1111 `get_next_sequence_number`: 1 + the largest leading number among the folder's file names."""
+    result = -1
+    prefix = f"{basename}-" if basename else ""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        first = os.path.splitext(name[len(prefix) :])[0].split("-")[0]
+        try:
+            result = max(int(first), result)
+        except ValueError:
+            pass
+    return result + 1
+
+
+def apply_filename_pattern(pattern: str, *, seed: int, date: dt.date) -> str:
+    """The file-name part after the number: `[seed]` and `[date]` are filled in, other text kept (sanitised)."""
+    text = pattern.replace("[seed]", str(seed)).replace("[date]", date.isoformat())
+    # A1111 `sanitize_filename_part`: no path separators or characters Windows rejects.
+    return re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", text).strip(" .")
+
+
+def png_info(infotext: str) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, infotext)
+    return info
+
+
+def save_image(
+    image: Image.Image,
+    outdir: Path,
+    *,
+    seed: int,
+    infotext: str,
+    pattern: str = "[seed]",
+    date_subdir: bool = True,
+    date: dt.date | None = None,
+) -> Path:
+    """Save `image` as the next `NNNNN-<pattern>.png` in `outdir` (or `outdir/YYYY-MM-DD`); return its path."""
+    date = date or dt.date.today()
+    folder = Path(outdir) / date.isoformat() if date_subdir else Path(outdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    decoration = apply_filename_pattern(pattern, seed=seed, date=date)
+    suffix = f"-{decoration}.png" if decoration else ".png"
+
+    tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}.png"
+    try:
+        with open(tmp, "xb") as f:
+            image.save(f, format="PNG", pnginfo=png_info(infotext))
+            f.flush()
+            os.fsync(f.fileno())
+        number = next_sequence_number(folder)
+        for _ in range(_MAX_ATTEMPTS):
+            # Reserve the number (not just the name: savers with different seeds would not collide on names).
+            marker = folder / f"{_RESERVE_PREFIX}{number:05}"
+            try:
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError:
+                number += 1
+                continue
+            try:
+                # Another saver may have published this number between our scan and the reservation.
+                if _number_taken(folder, number):
+                    number += 1
+                    continue
+                final = folder / f"{number:05}{suffix}"
+                if _publish(tmp, final):
+                    return final
+                number += 1
+            finally:
+                marker.unlink(missing_ok=True)
+        raise FileExistsError(f"no free file name in {folder} after {_MAX_ATTEMPTS} attempts")
+    finally:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _number_taken(folder: Path, number: int) -> bool:
+    for name in os.listdir(folder):
+        try:
+            if int(os.path.splitext(name)[0].split("-")[0]) == number:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def _publish(tmp: Path, final: Path) -> bool:
+    """Give the finished temp file its final name unless that name is taken. True on success."""
+    try:
+        os.link(tmp, final)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+    # No hard links on this filesystem: reserve the name, then atomically replace the placeholder.
+    try:
+        fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    os.replace(tmp, final)
+    return True
+
+
+def read_infotext_from_png(image: Image.Image | str | os.PathLike) -> str | None:
+    """The infotext stored in an image, as A1111's `read_info_from_image` finds it.
+
+    PNG: the `parameters` text chunk. JPEG / WebP / AVIF: EXIF `UserComment` (which wins when present, as in
+    A1111). GIF: the `comment` extension. Returns None when there is none.
+    """
+    if isinstance(image, Image.Image):
+        return _read_info(image)
+    with Image.open(image) as img:
+        return _read_info(img)
+
+
+def _read_info(image: Image.Image) -> str | None:
+    items = image.info or {}
+    geninfo = items.get(PARAMETERS_KEY)
+    if "exif" in items:
+        comment = _exif_user_comment(image)
+        if comment:
+            geninfo = comment
+    elif "comment" in items:
+        comment = items["comment"]
+        geninfo = comment.decode("utf8", errors="ignore") if isinstance(comment, bytes) else comment
+    if geninfo is not None and not isinstance(geninfo, str):
+        geninfo = str(geninfo)
+    return geninfo
+
+
+def _exif_user_comment(image: Image.Image) -> str | None:
+    try:
+        raw = image.getexif().get_ifd(_EXIF_IFD).get(_EXIF_USER_COMMENT)
+    except Exception:  # a broken EXIF block must not break reading the rest
+        return None
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw
+    return decode_user_comment(bytes(raw))
+
+
+def decode_user_comment(raw: bytes) -> str:
+    """EXIF UserComment: an 8-byte character-code header, then the text (piexif.helper.UserComment.load)."""
+    header, body = raw[:8], raw[8:]
+    if header == b"UNICODE\x00":
+        if body.startswith((b"\xfe\xff", b"\xff\xfe")):
+            return body.decode("utf-16")
+        # piexif (A1111) writes big-endian; some writers use little-endian: guess from the first code unit.
+        encoding = "utf-16-le" if len(body) >= 2 and body[0] != 0 and body[1] == 0 else "utf-16-be"
+        return body.decode(encoding, errors="ignore").rstrip("\x00")
+    if header == b"ASCII\x00\x00\x00":
+        return body.decode("ascii", errors="ignore").rstrip("\x00")
+    if header == b"JIS\x00\x00\x00\x00\x00":
+        return body.decode("shift_jis", errors="ignore").rstrip("\x00")
+    return raw.decode("utf8", errors="ignore").rstrip("\x00")
