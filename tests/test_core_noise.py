@@ -192,3 +192,16 @@ def test_seeds():
     assert 0 <= fix_seed(-1) < 4294967294
     assert 0 <= fix_seed(None) < 4294967294 and 0 <= fix_seed("") < 4294967294
     assert fix_seed(-1, random.Random(3)) == random.Random(3).randrange(4294967294)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: compares with CUDA's own torch.randn")
+def test_gpu_and_nv_sources_on_cuda():
+    shape = (4, 64, 64)
+    for seed in (0, 1234, 4294967293):
+        cuda = torch.randn(shape, generator=torch.Generator("cuda").manual_seed(seed), device="cuda")
+        torch.testing.assert_close(image_noise(seed, shape, rng="gpu", device="cuda"), cuda, atol=0, rtol=0)
+        nv = image_noise(seed, shape, rng="nv", device="cpu")
+        torch.testing.assert_close(nv, cuda.cpu(), atol=1e-5, rtol=0)
+    cpu_on_cuda = image_noise(7, shape, rng="cpu", device="cuda")
+    assert cpu_on_cuda.device.type == "cuda"
+    torch.testing.assert_close(cpu_on_cuda.cpu(), image_noise(7, shape, rng="cpu"), atol=0, rtol=0)

@@ -177,3 +177,15 @@ def test_registry():
     assert find_schedule("sgm_uniform").label == "SGM Uniform"
     assert find_schedule("KARRAS").label == "Karras"
     assert find_schedule("Align Your Steps").name == "align_your_steps"
+
+
+def test_img2img_steps_a1111():
+    # 20 steps at strength 0.5: schedule for 20, t_enc 10 -> sample the last 11 sigmas (10 model steps + 1 extra)
+    assert schedules.img2img_steps(20, 0.5) == (20, 10)
+    assert schedules.img2img_steps(20, 1.0) == (20, 19)
+    assert schedules.img2img_steps(20, 0.0) == (20, 0)
+    assert schedules.img2img_steps(20, 0.5, fix_steps=True) == (40, 19)
+    assert schedules.img2img_steps(20, 0.3, fix_steps=True) == (66, 19)
+    steps, t_enc = schedules.img2img_steps(20, 0.5)
+    sigmas = schedules.karras(steps, 0.03, 14.6)[steps - t_enc - 1 :]
+    assert len(sigmas) == t_enc + 2 and sigmas[-1] == 0

@@ -52,6 +52,7 @@ __all__ = [
     "schedule_names",
     "build_sigmas",
     "model_schedule_of",
+    "img2img_steps",
 ]
 
 
@@ -380,3 +381,19 @@ def build_sigmas(
     sigmas = sigmas.to(torch.float32)
     return sigmas if device is None else sigmas.to(device)
 
+
+
+def img2img_steps(steps: int, denoising_strength: float, *, fix_steps: bool = False) -> tuple[int, int]:
+    """A1111's `setup_img2img_steps`: (steps to build the schedule for, t_enc). Sample on `sigmas[steps - t_enc - 1:]`
+    starting from `init_latent + noise * sigmas[steps - t_enc - 1]`: t_enc + 1 model steps.
+
+    Default: the schedule is built for `steps` and only the last `int(min(strength, 0.999) * steps)` + 1 sigmas are
+    used. With `fix_steps` (A1111 option "img2img_fix_steps": do exactly the requested number of steps) the schedule
+    is stretched to `int(steps / min(strength, 0.999))` and `t_enc = steps - 1`.
+    """
+    _check_n(steps)
+    strength = min(float(denoising_strength), 0.999)
+    if fix_steps:
+        total = int(steps / strength) if denoising_strength > 0 else 0
+        return total, steps - 1
+    return steps, int(strength * steps)
