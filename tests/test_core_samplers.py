@@ -371,6 +371,17 @@ def test_cfg_denoiser_batches_cond_and_uncond_in_one_call():
     assert (cfg.sigma_min, cfg.sigma_max, cfg.prediction_type) == (0.03, 14.6, "epsilon")
 
 
+def test_cfg_denoiser_rejects_incompatible_conds():
+    x = torch.zeros(1, 4, 2, 2)
+    bad = _conds(1, 77, -1.0)
+    bad["added_cond_kwargs"] = {"text_embeds": torch.zeros(1, 4)}
+    with pytest.raises(ValueError, match="different keys"):
+        CFGDenoiser(RecordingDenoiser(), _conds(1, 77, 1.0), bad, 7.0)(x, torch.tensor([1.0]))
+    bad = {**_conds(1, 77, -1.0), "encoder_hidden_states": None}
+    with pytest.raises(ValueError, match="differ in kind"):
+        CFGDenoiser(RecordingDenoiser(), _conds(1, 77, 1.0), bad, 7.0)(x, torch.tensor([1.0]))
+
+
 def test_cfg_scale_one_skips_uncond_and_mismatched_lengths_run_separately():
     inner = RecordingDenoiser()
     x = torch.zeros(1, 4, 2, 2)

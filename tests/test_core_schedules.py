@@ -177,6 +177,8 @@ def test_registry():
     assert find_schedule("sgm_uniform").label == "SGM Uniform"
     assert find_schedule("KARRAS").label == "Karras"
     assert find_schedule("Align Your Steps").name == "align_your_steps"
+    with pytest.raises(ValueError, match="Exponential"):  # also a KeyError; the message lists the valid names
+        find_schedule("Linear")
 
 
 def test_img2img_steps_a1111():

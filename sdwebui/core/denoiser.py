@@ -201,6 +201,9 @@ def _concat_tree(a: Any, b: Any, path: str = "") -> Any:
         if set(a) != set(b):
             raise ValueError(f"cond and uncond have different keys at {path or '<root>'}: {sorted(a)} vs {sorted(b)}")
         return {k: _concat_tree(a[k], b[k], f"{path}.{k}" if path else str(k)) for k in a}
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        kinds = f"{type(a).__name__} vs {type(b).__name__}"
+        raise ValueError(f"cond and uncond differ in kind at {path or '<root>'}: {kinds}")
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
         return type(a)(_concat_tree(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
     if a is b or a == b:

@@ -48,6 +48,7 @@ __all__ = [
     "beta",
     "ScheduleSpec",
     "SCHEDULES",
+    "UnknownScheduleError",
     "find_schedule",
     "schedule_names",
     "build_sigmas",
@@ -86,7 +87,9 @@ automatic = uniform
 """Without a sampler to ask for its default, "Automatic" is the model's own schedule (see `build_sigmas`)."""
 
 
-def sgm_uniform(n: int, schedule: DiscreteSchedule, sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
+def sgm_uniform(
+    n: int, schedule: DiscreteSchedule, sigma_min: float | None = None, sigma_max: float | None = None
+) -> Tensor:
     """A1111 "SGM Uniform": n timesteps evenly spaced from `t(sigma_max)` towards `t(sigma_min)`, the endpoint
     excluded (`linspace(start, end, n + 1)[:-1]`), as SGM / SDXL's discretisation does."""
     _check_n(n)
@@ -98,7 +101,9 @@ def sgm_uniform(n: int, schedule: DiscreteSchedule, sigma_min: float | None = No
     return append_zero(schedule.t_to_sigma(t)).float()
 
 
-def normal(n: int, schedule: DiscreteSchedule, sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
+def normal(
+    n: int, schedule: DiscreteSchedule, sigma_min: float | None = None, sigma_max: float | None = None
+) -> Tensor:
     """A1111 / ComfyUI "Normal": n timesteps evenly spaced from `t(sigma_max)` to `t(sigma_min)`, both included."""
     _check_n(n)
     sigma_min = schedule.sigma_min if sigma_min is None else sigma_min
@@ -226,7 +231,9 @@ def _betainc(a: float, b: float, x: float) -> float:
     h = d
     for m in range(1, 300):
         m2 = 2 * m
-        for num in (m * (b - m) * x / ((a + m2 - 1) * (a + m2)), -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))):
+        even = m * (b - m) * x / ((a + m2 - 1) * (a + m2))
+        odd = -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))
+        for num in (even, odd):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + num / c
@@ -302,13 +309,20 @@ def schedule_names() -> list[str]:
     return list(SCHEDULES)
 
 
+class UnknownScheduleError(KeyError, ValueError):
+    """An unknown schedule name; both a KeyError (lookup) and a ValueError (bad user input)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
 def find_schedule(name: str) -> ScheduleSpec:
-    """Look a schedule up by label, internal name or alias, case-insensitively."""
-    key = str(name).strip().lower()
+    """Look a schedule up by label, internal name or alias, case-insensitively (`UnknownScheduleError` if none)."""
+    key = " ".join(str(name).split()).lower()
     for spec in SCHEDULES.values():
         if key in (spec.label.lower(), spec.name.lower(), *(a.lower() for a in spec.aliases)):
             return spec
-    raise KeyError(f"unknown schedule type {name!r}; valid: {', '.join(SCHEDULES)}")
+    raise UnknownScheduleError(f"unknown schedule type {name!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def model_schedule_of(denoiser_or_schedule: Any) -> DiscreteSchedule | None:
