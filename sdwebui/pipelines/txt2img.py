@@ -15,8 +15,8 @@ from PIL import Image
 from sdwebui import __version__
 from sdwebui.core import noise as core_noise
 from sdwebui.core.denoiser import CFGDenoiser, DiscreteSchedule, ModelDenoiser
-from sdwebui.core.samplers import find_sampler
-from sdwebui.core.schedules import build_sigmas
+from sdwebui.core.samplers import SamplerSpec, find_sampler, parse_sampler_name
+from sdwebui.core.schedules import find_schedule
 from sdwebui.models.sd_model import SDModel
 from sdwebui.models.text_encoding import Conditioning
 from sdwebui.pipelines.context import GenerationContext, GenerationStopped, StepProgress
@@ -46,32 +46,39 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class ResolvedSampling:
-    sampler_name: str
-    schedule_name: str
-    """The schedule actually used ("Karras" for DPM++ 2M's Automatic)."""
-    infotext_schedule: str
-    """What A1111 writes as `Schedule type`: the chosen name, or the sampler's default when Automatic."""
+    sampler: SamplerSpec
+    schedule_label: str
+    """The schedule the user asked for ("Automatic" or a label such as "Karras")."""
+
+    @property
+    def schedule_used(self) -> str:
+        if self.schedule_label == "Automatic":
+            return self.sampler.default_schedule
+        return self.schedule_label
+
+    @property
+    def infotext_schedule(self) -> str:
+        """A1111 writes the schedule actually used when the sampler carries a default of its own (DPM++ 2M →
+        Karras) and "Automatic" for samplers that just run the model's own discrete schedule (Euler, DDIM)."""
+        if self.schedule_label == "Automatic" and self.sampler.default_schedule in MODEL_OWN_SCHEDULES:
+            return "Automatic"
+        return self.schedule_used
 
 
-def resolve_sampling(sampler: str, scheduler: str) -> ResolvedSampling:
+MODEL_OWN_SCHEDULES = ("Uniform", "DDIM")
+
+
+def resolve_sampling(sampler: str, scheduler: str = "Automatic") -> ResolvedSampling:
     """Turn user-facing names (A1111 names, aliases, legacy "DPM++ 2M Karras") into registry entries."""
-    from sdwebui.core.samplers import parse_sampler_name
-    from sdwebui.core.schedules import find_schedule
-
     try:
-        spec, legacy_schedule = parse_sampler_name(sampler)
-    except (KeyError, ValueError) as error:
-        raise ParamError("sampler", _message(error)) from None
-    if legacy_schedule is not None and scheduler.lower() == "automatic":
-        scheduler = legacy_schedule
-    try:
-        schedule = find_schedule(scheduler)
-    except (KeyError, ValueError) as error:
+        find_schedule(scheduler or "Automatic")
+    except KeyError as error:
         raise ParamError("scheduler", _message(error)) from None
-    if schedule.name == "Automatic":
-        used = spec.default_schedule or "Automatic"
-        return ResolvedSampling(spec.name, used, used)
-    return ResolvedSampling(spec.name, schedule.name, schedule.name)
+    try:
+        sampler_name, schedule_label = parse_sampler_name(sampler, scheduler or "Automatic")
+    except KeyError as error:
+        raise ParamError("sampler", _message(error)) from None
+    return ResolvedSampling(find_sampler(sampler_name), schedule_label)
 
 
 def _message(error: Exception) -> str:
@@ -81,19 +88,15 @@ def _message(error: Exception) -> str:
 def encode_prompt_pair(model: SDModel, prompt: str, negative_prompt: str, batch_size: int, clip_skip: int):
     """Encode the prompt and negative prompt once for the job, padded to the same chunk count.
 
-    A1111 pads the shorter of the two with empty 75-token chunks so cond and uncond can share one batched
-    UNet call.
+    The shorter of the two is padded with empty 75-token chunks so cond and uncond share one batched UNet
+    call. An empty SDXL negative prompt is all zeros, as in A1111 and diffusers.
     """
     encoder = model.text_encoder
     cond = encoder.encode([prompt], clip_skip=clip_skip)
-    uncond = encoder.encode([negative_prompt], clip_skip=clip_skip, min_chunks=_chunks(cond))
-    if _chunks(uncond) > _chunks(cond):
-        cond = encoder.encode([prompt], clip_skip=clip_skip, min_chunks=_chunks(uncond))
+    uncond = encoder.encode([negative_prompt], clip_skip=clip_skip, min_chunks=cond.num_chunks, negative=True)
+    if uncond.num_chunks > cond.num_chunks:
+        cond = encoder.encode([prompt], clip_skip=clip_skip, min_chunks=uncond.num_chunks)
     return _repeat(cond, batch_size), _repeat(uncond, batch_size)
-
-
-def _chunks(conditioning: Conditioning) -> int:
-    return conditioning.cross_attn.shape[1] // 77
 
 
 def _repeat(conditioning: Conditioning, batch_size: int) -> Conditioning:
@@ -144,7 +147,7 @@ def make_denoiser(model: SDModel) -> ModelDenoiser:
 def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
     model = ctx.model
     sampling = resolve_sampling(params.sampler, params.scheduler)
-    sampler = find_sampler(sampling.sampler_name)
+    sampler = sampling.sampler
     seed = core_noise.random_seed() if params.seed == -1 else params.seed
     params = params.replace(seed=seed)
     seeds = [seed + i for i in range(params.image_count)]
@@ -159,9 +162,10 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
             model, unet_condition(model, uncond, params.width, params.height), params.width, params.height
         )
         denoiser = CFGDenoiser(make_denoiser(model), cond_kwargs, uncond_kwargs, float(params.cfg_scale))
-        sigmas = build_sigmas(sampling.schedule_name, params.steps, denoiser).to(model.device)
+        sigmas = sampler.sigmas(params.steps, denoiser, sampling.schedule_label).to(model.device)
 
         all_latents: list[torch.Tensor] = []
+        kept_seeds: list[int] = []
         notes: list[str] = []
         interrupted = False
         for batch_index in range(params.batch_count):
@@ -176,6 +180,7 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
             if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
                 continue
             all_latents.append(latents)
+            kept_seeds.extend(batch_seeds)
             if stopped:
                 interrupted = True
                 break
@@ -191,18 +196,17 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
         images, decode_notes = decode_latents(model, latents)
         notes.extend(decode_notes)
 
-    seeds = seeds[: len(images)]
-    infotexts = [create_infotext(model, params, sampling, ctx, image_seed) for image_seed in seeds]
-    return GenerationResult(params, images, seeds, infotexts, latents.float().cpu(), notes, interrupted)
+    infotexts = [create_infotext(model, params, sampling, ctx, image_seed) for image_seed in kept_seeds]
+    return GenerationResult(params, images, kept_seeds, infotexts, latents.float().cpu(), notes, interrupted)
 
 
 def _sample_batch(ctx, sampler, denoiser, sigmas, batch_seeds, latent_shape, params, batch_index):
     model = ctx.model
     rng = core_noise.ImageRNG(
-        batch_seeds,
         latent_shape,
+        batch_seeds,
         device=model.device,
-        source=ctx.rng,
+        rng=ctx.rng,
         eta_noise_seed_delta=ctx.eta_noise_seed_delta,
     )
     x = rng.first().to(model.device, torch.float32) * sigmas[0]
@@ -216,12 +220,10 @@ def _sample_batch(ctx, sampler, denoiser, sigmas, batch_seeds, latent_shape, par
             raise GenerationStopped()
 
     extra = {}
-    if params.eta is not None and sampler.is_stochastic:
+    if params.eta is not None and "eta" in sampler.options:
         extra["eta"] = float(params.eta)
     try:
-        latents = sampler.function(
-            denoiser, x, sigmas, callback=callback, noise_sampler=rng.noise_sampler(), **extra
-        )
+        latents = sampler.sample(denoiser, x, sigmas, callback=callback, noise_sampler=rng.noise_sampler(), **extra)
         return latents, False
     except GenerationStopped:
         # A1111 keeps what the sampler had so far: the latest x0 estimate.
@@ -233,7 +235,7 @@ def create_infotext(model: SDModel, params: Txt2ImgParams, sampling: ResolvedSam
     vae = model.vae_info
     values: dict[str, object] = {
         "Steps": params.steps,
-        "Sampler": sampling.sampler_name,
+        "Sampler": sampling.sampler.name,
         "Schedule type": sampling.infotext_schedule,
         "CFG scale": params.cfg_scale,
         "Seed": seed,
@@ -243,7 +245,7 @@ def create_infotext(model: SDModel, params: Txt2ImgParams, sampling: ResolvedSam
         "VAE hash": vae.short_hash if vae else None,
         "VAE": vae.path.name if vae else None,
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
-        "ENSD": ctx.eta_noise_seed_delta if ctx.eta_noise_seed_delta else None,
+        "ENSD": ctx.eta_noise_seed_delta if ctx.eta_noise_seed_delta and sampling.sampler.uses_ensd else None,
         "RNG": {"cpu": "CPU", "nv": "NV"}.get(ctx.rng),
         "Eta": params.eta,
         "Version": INFOTEXT_VERSION,
