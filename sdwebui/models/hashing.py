@@ -1,0 +1,115 @@
+"""Model file hashes, as A1111 shows them: full SHA-256 (short hash = first 10 hex) and the legacy "model hash".
+
+Hashing a 7 GB checkpoint takes seconds, so full hashes are cached in `<cache_dir>/hashes.json`, keyed by the
+resolved path and invalidated when the file's size or modification time changes (the same rule as A1111's
+`cache.json`). The cache is an object the caller owns (no global state); several instances on the same
+directory are safe: each write re-reads the file, merges and replaces it atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+CACHE_FILE_NAME = "hashes.json"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """Full SHA-256 of a file, streamed in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def short_hash(sha256: str) -> str:
+    """A1111's short hash (infotext `Model hash`, checkpoint titles `name [abcdef0123]`)."""
+    return sha256[:10]
+
+
+def legacy_model_hash(path: str | Path) -> str:
+    """A1111's old `model_hash`: SHA-256 of 64 KiB at offset 1 MiB, first 8 hex (found in old infotexts).
+
+    Returns "NOFILE" for a missing file, as A1111 does."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0x100000)
+            return hashlib.sha256(file.read(0x10000)).hexdigest()[:8]
+    except FileNotFoundError:
+        return "NOFILE"
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    suffixes = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+class HashCache:
+    """SHA-256 per file, computed once per (path, size, mtime)."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.cache_dir = Path(cache_dir)
+        self.file = self.cache_dir / CACHE_FILE_NAME
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_entry(self, key: str, entry: dict) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        data = self._read()
+        data[key] = entry
+        fd, tmp = tempfile.mkstemp(prefix=".hashes-", suffix=".json", dir=self.cache_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(data, out, indent=1, sort_keys=True)
+            os.replace(tmp, self.file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def sha256(self, path: str | Path) -> str:
+        """Full SHA-256 of a file; of a diffusers folder, the SHA-256 of its weight files' hashes (sorted by path)."""
+        path = Path(path).resolve()
+        if path.is_dir():
+            lines = [f"{self.sha256(p)}  {p.relative_to(path).as_posix()}\n" for p in _weight_files(path)]
+            return hashlib.sha256("".join(lines).encode()).hexdigest()
+        stat = path.stat()
+        key = str(path)
+        with self._lock:
+            cached = self._read().get(key)
+            if (
+                isinstance(cached, dict)
+                and cached.get("size") == stat.st_size
+                and cached.get("mtime_ns") == stat.st_mtime_ns
+                and isinstance(cached.get("sha256"), str)
+            ):
+                return cached["sha256"]
+        digest = sha256_file(path)
+        with self._lock:
+            self._write_entry(key, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest})
+        return digest
+
+
+def sha256_of(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """SHA-256 of a model file (or diffusers folder), cached in `cache_dir` when one is given."""
+    if cache_dir is None:
+        path = Path(path)
+        if path.is_dir():
+            lines = [f"{sha256_file(p)}  {p.relative_to(path).as_posix()}\n" for p in _weight_files(path)]
+            return hashlib.sha256("".join(lines).encode()).hexdigest()
+        return sha256_file(path)
+    return HashCache(cache_dir).sha256(path)
+
+
+__all__ = ["HashCache", "sha256_of", "sha256_file", "short_hash", "legacy_model_hash", "CACHE_FILE_NAME"]
