@@ -1,0 +1,107 @@
+"""The `sdwebui` command line: generation writes A1111-style files; every bad input is one clear line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sdwebui.cli import main
+from sdwebui.models.family import ModelFamily
+from tiny_models import build_tiny, write_single_file
+
+SMALL = ["--steps", "2", "--width", "64", "--height", "64", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """An A1111-style data dir holding one tiny SD1 checkpoint."""
+    root = tmp_path_factory.mktemp("data")
+    write_single_file(build_tiny(ModelFamily.SD1, seed=1), root / "models" / "Stable-diffusion" / "tiny-sd1.safetensors")
+    return root
+
+
+def test_txt2img_writes_a1111_named_png_with_infotext(data_dir, capsys):
+    code = main(["txt2img", "a red cat", "-n", "blurry", "--seed", "42", "--data-dir", str(data_dir), *SMALL])
+    assert code == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    today = dt.date.today().isoformat()
+    assert len(printed) == 1
+    path = Path(printed[0])
+    assert path.parent == data_dir / "outputs" / "txt2img-images" / today
+    assert path.name.endswith("-42.png") and path.name[:5].isdigit()
+    infotext = Image.open(path).info["parameters"]
+    assert infotext.startswith("a red cat\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M, Schedule type: Karras")
+    assert "Seed: 42, Size: 64x64, Model hash: " in infotext and "Model: tiny-sd1" in infotext
+
+
+def test_batch_and_explicit_model_path_and_out_dir(data_dir, tmp_path, capsys):
+    checkpoint = data_dir / "models" / "Stable-diffusion" / "tiny-sd1.safetensors"
+    out = tmp_path / "out"
+    code = main(["txt2img", "x", "--model", str(checkpoint), "--seed", "7", "--batch-size", "2", "--out", str(out),
+                 "--sampler", "Euler a", *SMALL])
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["00000-7.png", "00001-8.png"]
+
+
+def test_model_by_name_from_ckpt_dir(data_dir, tmp_path, capsys):
+    code = main(["txt2img", "x", "--model", "tiny-sd1", "--ckpt-dir", str(data_dir / "models" / "Stable-diffusion"),
+                 "--seed", "1", "--out", str(tmp_path), *SMALL])
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--width", "65"], "width: must be a multiple of 8"),
+        (["--sampler", "Eulerish"], "unknown sampler 'Eulerish'"),
+        (["--scheduler", "Karrass"], "unknown schedule type 'Karrass'"),
+        (["--steps", "0"], "steps: must be an integer between 1"),
+        (["--model", "does-not-exist"], "checkpoint does-not-exist not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(data_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    code = main(["txt2img", "x", "--data-dir", str(data_dir), "--out", str(out), *SMALL, *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err
+    assert err.startswith("sdwebui: error:") and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty"])
+def test_broken_checkpoint_is_reported_with_its_name(data_dir, tmp_path, capsys, damage):
+    good = (data_dir / "models" / "Stable-diffusion" / "tiny-sd1.safetensors").read_bytes()
+    broken = tmp_path / f"broken-{damage}.safetensors"
+    broken.write_bytes({"truncated": good[: len(good) // 2], "random": bytes(range(256)) * 64, "empty": b""}[damage])
+    out = tmp_path / "out"
+    code = main(["txt2img", "x", "--model", str(broken), "--out", str(out), *SMALL])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert broken.name in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_models_lists_family_prediction_and_hash(data_dir, capsys):
+    assert main(["models", "--data-dir", str(data_dir)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    name, family, prediction, path = line.split("\t")
+    assert name.startswith("tiny-sd1 [") and len(name) == len("tiny-sd1 [") + 11
+    assert (family, prediction) == ("sd1", "epsilon")
+
+
+def test_console_entry_point_runs_as_a_program(data_dir, tmp_path):
+    """`python -m sdwebui.cli` is what the `sdwebui` script and ./webui.sh run."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sdwebui.cli", "txt2img", "x", "--width", "60", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "sdwebui: error: width: must be a multiple of 8, got 60"
