@@ -43,7 +43,7 @@ def test_batch_and_explicit_model_path_and_out_dir(data_dir, tmp_path, capsys):
     checkpoint = data_dir / "models" / "Stable-diffusion" / "tiny-sd1.safetensors"
     out = tmp_path / "out"
     code = main(["txt2img", "x", "--model", str(checkpoint), "--seed", "7", "--batch-size", "2", "--out", str(out),
-                 "--sampler", "Euler a", *SMALL])
+                 "--sampler", "Euler a", "--data-dir", str(tmp_path), *SMALL])
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["00000-7.png", "00001-8.png"]
@@ -51,7 +51,7 @@ def test_batch_and_explicit_model_path_and_out_dir(data_dir, tmp_path, capsys):
 
 def test_model_by_name_from_ckpt_dir(data_dir, tmp_path, capsys):
     code = main(["txt2img", "x", "--model", "tiny-sd1", "--ckpt-dir", str(data_dir / "models" / "Stable-diffusion"),
-                 "--seed", "1", "--out", str(tmp_path), *SMALL])
+                 "--seed", "1", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path), *SMALL])
     assert code == 0
 
 
@@ -81,7 +81,7 @@ def test_broken_checkpoint_is_reported_with_its_name(data_dir, tmp_path, capsys,
     broken = tmp_path / f"broken-{damage}.safetensors"
     broken.write_bytes({"truncated": good[: len(good) // 2], "random": bytes(range(256)) * 64, "empty": b""}[damage])
     out = tmp_path / "out"
-    code = main(["txt2img", "x", "--model", str(broken), "--out", str(out), *SMALL])
+    code = main(["txt2img", "x", "--model", str(broken), "--out", str(out), "--data-dir", str(tmp_path), *SMALL])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert broken.name in err and len(err.splitlines()) == 1
