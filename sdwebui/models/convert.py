@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -68,14 +67,9 @@ SD1_HEADS = 8
 HEAD_CHANNELS = 64
 
 
-@cache
-def _shipped(name: str) -> str:
-    return (CONFIG_DIR / f"{name}.json").read_text(encoding="utf-8")
-
-
 def shipped_config(name: str) -> dict[str, Any]:
-    """A fresh copy of a config from `configs/` ("unet_sd1", "vae_sdxl", "clip_g", ...)."""
-    return json.loads(_shipped(name))
+    """A fresh copy of a config from `configs/` ("unet_sd1", "vae_sdxl", "clip_g", ...); a few KB, read each time."""
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def _ints_after(keys: Iterable[str], prefix: str) -> list[int]:

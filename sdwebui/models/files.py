@@ -276,7 +276,8 @@ def _read_pickle(path: Path, device: torch.device, dtype: DtypeRule, keys) -> di
         raise ModelFileError(path, "empty file (0 bytes)")
     use_mmap = zipfile.is_zipfile(path)  # mmap needs the zip format every torch.save since 1.6 writes
     try:
-        # The extra globals are allowed only for the duration of this call (a scoped context, not global state).
+        # The extra globals are allowed only for the duration of this call (PyTorch's scoped context; it swaps a
+        # process-wide list, so a concurrent load may briefly see the same few harmless extras).
         with torch.serialization.safe_globals(_extra_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as error:
