@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,10 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sdwebui.models.convert import build_text_encoder, shipped_config  # noqa: E402
+from bench.random_checkpoint import write_random_sd15  # noqa: E402
 from sdwebui.models.devices import plan_devices  # noqa: E402
-from sdwebui.models.family import ModelFamily  # noqa: E402
-from sdwebui.models.ldm_layout import diffusers_to_ldm_checkpoint  # noqa: E402
 from sdwebui.models.loader import load_checkpoint  # noqa: E402
 from sdwebui.pipelines.context import GenerationContext  # noqa: E402
 from sdwebui.pipelines.params import Txt2ImgParams  # noqa: E402
@@ -35,31 +32,6 @@ from sdwebui.pipelines.txt2img import make_denoiser, resolve_sampling, txt2img  
 
 PROMPT = "a photo of an astronaut riding a horse on mars"
 NEGATIVE = "blurry, low quality"
-
-
-def write_random_sd15(path: Path) -> Path:
-    """A full-size SD1.5 architecture (UNet 860M, VAE 84M, CLIP ViT-L text 123M), random weights, fp16."""
-    if path.exists():
-        return path
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(shipped_config("unet_sd1"))
-    vae = AutoencoderKL.from_config(shipped_config("vae_sd"))
-    text = CLIPTextModel(CLIPTextConfig(**_text_config(shipped_config("clip_l"))))
-    state = diffusers_to_ldm_checkpoint(ModelFamily.SD1, unet=unet, vae=vae, text_encoders={"clip_l": text})
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
-    return path
-
-
-def _text_config(config: dict) -> dict:
-    return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures",)}
 
 
 def diffusers_pipeline(model):

@@ -105,3 +105,16 @@ def test_console_entry_point_runs_as_a_program(data_dir, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "sdwebui: error: width: must be a multiple of 8, got 60"
+
+
+def test_valid_safetensors_of_another_architecture_is_named(tmp_path, capsys):
+    from safetensors.torch import save_file
+    import torch
+
+    lora = tmp_path / "some-lora.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, str(lora))
+    code = main(["txt2img", "x", "--model", str(lora), "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path), *SMALL])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "some-lora.safetensors" in err and "not a Stable Diffusion checkpoint" in err
+    assert not (tmp_path / "out").exists()

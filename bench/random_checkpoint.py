@@ -1,0 +1,37 @@
+"""Full-size SD1.5-architecture checkpoints with random weights, in the single-file LDM layout users download.
+
+Real weights cannot be downloaded here; speed and memory depend only on the architecture and dtype, so random
+weights measure the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from sdwebui.models.convert import shipped_config
+from sdwebui.models.family import ModelFamily
+from sdwebui.models.ldm_layout import diffusers_to_ldm_checkpoint
+
+
+def write_random_sd15(path: Path, *, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
+    """UNet 860M + VAE 84M + CLIP ViT-L text 123M parameters; written once, atomically, and reused."""
+    if path.exists():
+        return path
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(shipped_config("unet_sd1"))
+    vae = AutoencoderKL.from_config(shipped_config("vae_sd"))
+    text_config = {k: v for k, v in shipped_config("clip_l").items() if not k.startswith("_") and k != "architectures"}
+    text = CLIPTextModel(CLIPTextConfig(**text_config))
+    state = diffusers_to_ldm_checkpoint(ModelFamily.SD1, unet=unet, vae=vae, text_encoders={"clip_l": text})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+    return path
