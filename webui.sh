@@ -19,11 +19,18 @@ setup() {
     local want
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        echo "sdwebui: installing dependencies (first run takes a few minutes)" >&2
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2 || true
+        echo "sdwebui: installing dependencies into $venv (first run takes a few minutes; log: $venv/install.log)" >&2
+        local log="$venv/install.log"
+        : >"$log"
+        # A newer pip is nice to have, not required.
+        "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip >>"$log" 2>&1 || true
         # torch first and pinned: the local wheel cache holds exactly this build.
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 >&2
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" >&2
+        if ! { "$venv/bin/python" -m pip install --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 &&
+               "$venv/bin/python" -m pip install --disable-pip-version-check -e ".[test]"; } >>"$log" 2>&1; then
+            echo "sdwebui: installation failed; the end of $log:" >&2
+            tail -n 30 "$log" >&2
+            exit 1
+        fi
         echo "$want" >"$stamp"
     fi
 }
