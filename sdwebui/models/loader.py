@@ -143,15 +143,13 @@ def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
 def _default_dtypes(
     device: torch.device, dtype: torch.dtype | None, vae_dtype: torch.dtype | None
 ) -> tuple[torch.dtype, torch.dtype]:
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    """Fill in what the caller left out with the same rule the app uses (`devices.plan_devices`)."""
+    from sdwebui.models.devices import plan_devices
+
+    plan = plan_devices(str(device))
+    dtype = plan.dtype if dtype is None else dtype
     if vae_dtype is None:
-        if dtype != torch.float16:
-            vae_dtype = dtype
-        elif device.type == "cuda" and torch.cuda.is_bf16_supported():
-            vae_dtype = torch.bfloat16  # SD's VAE overflows in fp16 (A1111 needs --no-half-vae)
-        else:
-            vae_dtype = torch.float32
+        vae_dtype = plan.vae_dtype if dtype == plan.dtype else (dtype if dtype != torch.float16 else torch.float32)
     return dtype, vae_dtype
 
 
