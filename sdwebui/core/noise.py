@@ -13,6 +13,9 @@ The rules users rely on (an A1111 seed reproduces an A1111 image):
   size drawn from the same seed (cropped when the old size is larger), so an image keeps its composition.
 - Stochastic samplers (Euler a, ...) draw their fresh noise from the same per-image generators, continuing after
   the initial noise (`ImageRNG.next`): batch-size independent too.
+- SDE samplers (DPM++ SDE, DPM++ 2M SDE, 3M SDE) draw from a Brownian tree per image seeded with the image's seed
+  (`ImageNoiseSampler.brownian`, `sdwebui.core.brownian`), as A1111 does with torchsde; the values differ from
+  torchsde's, the law is the same.
 - ENSD (eta noise seed delta, A1111 setting `eta_noise_seed_delta`, default 0): when non-zero, after the initial
   noise the per-image generators are re-seeded with `seed + ENSD`, so ancestral noise comes from `seed + ENSD`
   while the initial noise still comes from `seed` (A1111 1.6+ `ImageRNG.first`). A1111 records "ENSD" in the
@@ -33,12 +36,13 @@ All noise is float32, created on the generator's device and moved to `device`.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from sdwebui.core.brownian import BrownianTreeNoiseSampler
 from sdwebui.core.rng_philox import PhiloxGenerator
 
 __all__ = [
@@ -52,6 +56,7 @@ __all__ = [
     "image_noise",
     "batch_noise",
     "ImageRNG",
+    "ImageNoiseSampler",
 ]
 
 RNG_SOURCES = ("gpu", "cpu", "nv")
@@ -236,13 +241,33 @@ class ImageRNG:
             return self.first()
         return torch.stack([_draw(g, self.shape, self.device) for g in self.generators])
 
-    def noise_sampler(self) -> Callable[[Any, Any], Tensor]:
-        """A sampler `noise_sampler(sigma, sigma_next)` drawing `next()`; call `first()` before sampling."""
+    def noise_sampler(self) -> ImageNoiseSampler:
+        """A sampler `noise_sampler(sigma, sigma_next)` drawing `next()`; call `first()` before sampling.
 
-        def sampler(sigma: Any = None, sigma_next: Any = None) -> Tensor:
-            return self.next()
+        It also knows the images' seeds: `.brownian(x, sigmas)` is the Brownian-tree noise sampler seeded per image
+        that A1111 gives its SDE samplers; `SamplerSpec.sample` switches to it for samplers with `brownian_noise`."""
+        return ImageNoiseSampler(self)
 
-        return sampler
+
+class ImageNoiseSampler:
+    """`ImageRNG.noise_sampler()`: fresh per-image noise for ancestral steps, and the per-image Brownian tree."""
+
+    def __init__(self, rng: ImageRNG):
+        self.rng = rng
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.rng.seeds)
+
+    def __call__(self, sigma: Any = None, sigma_next: Any = None) -> Tensor:
+        return self.rng.next()
+
+    def brownian(self, x: Tensor, sigmas: Tensor) -> BrownianTreeNoiseSampler:
+        """A1111's `create_noise_sampler`: one Brownian tree per image, seeded with the image's seed (not seed +
+        ENSD), over [smallest non-zero sigma, largest sigma]. Values differ from torchsde's (see `brownian.py`)."""
+        positive = sigmas[sigmas > 0]
+        sigma_min = float(positive.min()) if positive.numel() else float(sigmas.max())
+        return BrownianTreeNoiseSampler(x, sigma_min, float(sigmas.max()), seed=self.seeds)
 
 
 def image_noise(
