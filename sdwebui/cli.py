@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list checkpoints with family, prediction type and hash")
     add_path_flags(models)
+
+    commands.add_parser("samplers", help="list samplers (aliases, default schedule) and schedule types")
     return parser
 
 
@@ -202,7 +204,25 @@ def run_models(args) -> int:
     return 0
 
 
-COMMANDS = {"txt2img": run_txt2img, "models": run_models}
+def run_samplers(args) -> int:
+    from sdwebui.core.samplers import SAMPLERS
+    from sdwebui.core.schedules import SCHEDULES
+
+    rows = [("sampler", "aliases", "default schedule (Automatic)")]
+    for spec in SAMPLERS.values():
+        schedule = "own (LCM timesteps)" if spec.automatic_sigmas is not None else spec.default_schedule
+        if spec.discard_penultimate_sigma:
+            schedule += ", discard penultimate sigma"
+        rows.append((spec.name, ", ".join(spec.aliases), schedule))
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, aliases, schedule in rows:
+        print(f"{name:<{width[0]}}  {aliases:<{width[1]}}  {schedule}")
+    print()
+    print("schedule types: " + ", ".join(SCHEDULES))
+    return 0
+
+
+COMMANDS = {"txt2img": run_txt2img, "models": run_models, "samplers": run_samplers}
 
 if __name__ == "__main__":
     sys.exit(main())

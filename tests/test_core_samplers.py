@@ -240,6 +240,11 @@ def test_ancestral_samplers_match_the_target_distribution(name, opts):
 # The common contract: callbacks, interrupts, extra_args, dtypes
 
 
+OWN_STEPS = {"DPM fast": 3, "DPM adaptive": None}
+"""Samplers whose callback counts their own steps, not schedule entries: DPM fast makes floor(n/3)+1 steps of n model
+calls (6 -> orders 3, 2, 1), DPM adaptive as many as its tolerances need."""
+
+
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_callback_contract_and_extra_args(name):
     calls = []
@@ -256,7 +261,8 @@ def test_callback_contract_and_extra_args(name):
         noise_sampler=lambda s, sn: torch.zeros_like(x),
     )
     assert out.shape == x.shape and torch.isfinite(out).all()
-    assert [c["i"] for c in calls] == list(range(6))
+    expected_steps = OWN_STEPS.get(name, 6) or len(calls)
+    assert [c["i"] for c in calls] == list(range(expected_steps)) and calls
     assert all(set(c) == {"x", "i", "sigma", "sigma_hat", "denoised"} for c in calls)
     assert float(calls[0]["sigma"]) == pytest.approx(float(sigmas[0]))
     assert all(kw == {"cond": "c"} for kw in seen_kwargs)
@@ -265,15 +271,20 @@ def test_callback_contract_and_extra_args(name):
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_callback_exception_interrupts_sampling(name):
     den = GaussianDenoiser()
+    calls_when_raised = []
 
     def interrupt(d):
         if d["i"] == 2:
+            calls_when_raised.append(den.calls)
             raise InterruptedError("stop")
 
     sigmas = schedules.karras(10, 0.03, 14.6)
     with pytest.raises(InterruptedError):
         find_sampler(name).sample(den, torch.randn(1, 4, 4, 4) * 14.6, sigmas, callback=interrupt)
-    assert den.calls == 3
+    # the model is not called again after the callback raised; single-evaluation samplers made exactly 3 calls
+    assert calls_when_raised == [den.calls]
+    if not find_sampler(name).second_order and name not in ("PLMS", "DPM fast", "DPM adaptive"):
+        assert den.calls == 3
 
 
 def test_euler_churn_draws_noise_only_when_churning():
@@ -399,27 +410,83 @@ def test_cfg_scale_one_skips_uncond_and_mismatched_lengths_run_separately():
 # Registry
 
 
+A1111_SAMPLERS = [
+    # A1111 1.10: sd_samplers_kdiffusion.samplers_k_diffusion, then sd_samplers_timesteps, then sd_samplers_lcm:
+    # (name, aliases, "Automatic" schedule, discard next-to-last sigma)
+    ("DPM++ 2M", ("k_dpmpp_2m",), "Karras", False),
+    ("DPM++ SDE", ("k_dpmpp_sde",), "Karras", False),
+    ("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), "Exponential", False),
+    ("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), "Exponential", False),
+    ("DPM++ 2S a", ("k_dpmpp_2s_a",), "Karras", False),
+    ("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), "Exponential", True),
+    ("Euler a", ("k_euler_a", "k_euler_ancestral"), "Uniform", False),
+    ("Euler", ("k_euler",), "Uniform", False),
+    ("LMS", ("k_lms",), "Uniform", False),
+    ("Heun", ("k_heun",), "Uniform", False),
+    ("DPM2", ("k_dpm_2",), "Karras", True),
+    ("DPM2 a", ("k_dpm_2_a",), "Karras", True),
+    ("DPM fast", ("k_dpm_fast",), "Uniform", False),
+    ("DPM adaptive", ("k_dpm_ad",), "Uniform", False),
+    ("Restart", ("restart",), "Karras", False),
+    ("DDIM", ("ddim",), "DDIM", False),
+    ("DDIM CFG++", ("ddim_cfgpp",), "DDIM", False),
+    ("PLMS", ("plms",), "DDIM", False),
+    ("UniPC", ("unipc",), "SGM Uniform", False),
+    ("LCM", ("k_lcm",), "Uniform", False),
+]
+
+
 def test_registry_names_aliases_and_defaults():
-    assert list(SAMPLERS) == ["DPM++ 2M", "Euler a", "Euler", "DDIM"]
-    assert find_sampler("k_euler_a").name == "Euler a"
+    assert list(SAMPLERS) == [row[0] for row in A1111_SAMPLERS]
+    for name, aliases, schedule, discard in A1111_SAMPLERS:
+        spec = find_sampler(name)
+        assert spec.name == name and spec.aliases == aliases and spec.default_schedule == schedule, name
+        assert spec.discard_penultimate_sigma == discard, name
+        for alias in aliases:
+            assert find_sampler(alias) is spec and find_sampler(alias.upper()) is spec
     assert find_sampler("EULER A").name == "Euler a"
-    assert find_sampler("k_dpmpp_2m").name == "DPM++ 2M"
-    assert find_sampler("ddim").name == "DDIM"
-    assert find_sampler("DPM++ 2M").default_schedule == "Karras"
-    assert find_sampler("Euler").default_schedule == "Uniform"
-    assert find_sampler("Euler a").default_schedule == "Uniform"
-    assert find_sampler("DDIM").default_schedule == "DDIM"
-    assert find_sampler("Euler a").is_stochastic and find_sampler("Euler a").needs_noise
-    assert find_sampler("Euler a").uses_ensd
-    assert not find_sampler("DPM++ 2M").is_stochastic and not find_sampler("Euler").needs_noise
-    assert find_sampler("DDIM").options["eta"] == 0.0
-    for bad in ("Heun", "", "k_euler_b"):
+    # A1111's "uses_ensd" samplers, and the Brownian-noise (SDE) ones
+    assert {s.name for s in SAMPLERS.values() if s.uses_ensd} == {
+        "Euler a", "DPM++ 2S a", "DPM2 a", "DPM fast", "DPM adaptive"
+    }
+    assert {s.name for s in SAMPLERS.values() if s.brownian_noise} == {
+        "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"
+    }
+    deterministic = {"DPM++ 2M", "Euler", "LMS", "Heun", "DPM2", "DDIM", "DDIM CFG++", "PLMS", "UniPC"}
+    assert {s.name for s in SAMPLERS.values() if not s.is_stochastic} == deterministic
+    assert all(s.needs_noise == s.is_stochastic for s in SAMPLERS.values())
+    # A1111's defaults: eta_ancestral 1 for samplers with eta, eta_ddim 0, UniPC order 3 / bh1 / lower order final
+    for spec in SAMPLERS.values():
+        if "eta" in spec.options:
+            assert spec.options["eta"] == (0.0 if spec.name.startswith("DDIM") else 1.0), spec.name
+    assert find_sampler("DPM++ 2M SDE").options["solver_type"] == "midpoint"
+    assert find_sampler("DPM++ 2M SDE Heun").options["solver_type"] == "heun"
+    assert dict(find_sampler("UniPC").options) == {"order": 3, "variant": "bh1", "lower_order_final": True}
+    assert find_sampler("Heun").options["s_churn"] == 0.0 and find_sampler("Restart").options == {"s_noise": 1.0}
+    for bad in ("", "k_euler_b", "DPM3"):
         with pytest.raises(KeyError) as excinfo:
             find_sampler(bad)
         assert "Euler a" in str(excinfo.value) and "k_dpmpp_2m" in str(excinfo.value)
     with pytest.raises(ValueError):
         find_sampler("nope")
     assert issubclass(UnknownSamplerError, KeyError)
+
+
+def test_discard_penultimate_and_sampler_specific_automatic_schedules(ds):
+    karras11 = schedules.karras(11, ds.sigma_min, ds.sigma_max)
+    expected = torch.cat([karras11[:-2], karras11[-1:]])
+    torch.testing.assert_close(find_sampler("DPM2").sigmas(10, ds), expected)
+    assert len(find_sampler("DPM2 a").sigmas(10, ds)) == 11
+    # the user's "always discard" option adds to samplers that do not discard by themselves
+    torch.testing.assert_close(
+        find_sampler("Euler").sigmas(10, ds, "Karras", discard_penultimate_sigma=True), expected
+    )
+    torch.testing.assert_close(find_sampler("UniPC").sigmas(8, ds), schedules.sgm_uniform(8, ds))
+    # LCM's "Automatic": A1111's LCM denoiser spacing over the 50 distillation timesteps, snapped to them
+    lcm = find_sampler("LCM").sigmas(4, ds)
+    torch.testing.assert_close(ds.sigma_to_t(lcm[:-1]), torch.tensor([999.0, 679.0, 339.0, 19.0]), atol=2e-3, rtol=0)
+    assert lcm[-1] == 0
+    torch.testing.assert_close(find_sampler("LCM").sigmas(4, ds, "Karras"), schedules.karras(4, ds.sigma_min, ds.sigma_max))
 
 
 def test_sampler_spec_sigmas_resolve_automatic(ds):
@@ -441,6 +508,11 @@ def test_sampler_spec_sigmas_resolve_automatic(ds):
         ("Euler sgm_uniform", "Karras", ("Euler", "SGM Uniform")),
         ("k_dpmpp_2m_ka", None, ("DPM++ 2M", "Karras")),
         ("DDIM", "uniform", ("DDIM", "Uniform")),
+        ("DPM++ 2M SDE Heun Karras", None, ("DPM++ 2M SDE Heun", "Karras")),
+        ("DPM++ 2M SDE Exponential", None, ("DPM++ 2M SDE", "Exponential")),
+        ("DPM++ 3M SDE", None, ("DPM++ 3M SDE", "Automatic")),
+        ("k_dpm_2_a_ka", None, ("DPM2 a", "Karras")),
+        ("UniPC", None, ("UniPC", "Automatic")),
     ],
 )
 def test_parse_sampler_name(name, schedule, expected):
@@ -451,6 +523,6 @@ def test_parse_sampler_name_convert_automatic_and_errors():
     assert parse_sampler_name("DPM++ 2M Karras", convert_automatic=True) == ("DPM++ 2M", "Automatic")
     assert parse_sampler_name("Euler Karras", convert_automatic=True) == ("Euler", "Karras")
     with pytest.raises(KeyError, match="DPM\\+\\+ 2M"):
-        parse_sampler_name("DPM++ 3M SDE Karras")
+        parse_sampler_name("DPM++ 4M SDE Karras")
     with pytest.raises(KeyError):
         parse_sampler_name("Euler", "Zigzag")

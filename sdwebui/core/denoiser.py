@@ -17,7 +17,8 @@ discrete schedule) is an attribute of the denoiser, so nobody has to walk `model
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -231,6 +232,30 @@ class CFGDenoiser:
         self.cond = dict(cond)
         self.uncond = None if uncond is None else dict(uncond)
         self.cfg_scale = float(cfg_scale)
+        self.cfg_scale_multiplier = 1.0
+        """Guidance uses cfg_scale * cfg_scale_multiplier (set by `recording_uncond`; A1111's
+        `cond_scale_miltiplier`)."""
+        self.record_uncond = False
+        self.last_uncond: Tensor | None = None
+        """The unconditional x0 of the last call, when `record_uncond` is on (else None)."""
+
+    @contextmanager
+    def recording_uncond(self, cfg_scale_multiplier: float = 1.0) -> Iterator["CFGDenoiser"]:
+        """The hook for samplers that need the unconditional prediction (DDIM CFG++, Chung et al. 2024).
+
+        Inside the block every call stores the uncond pass's x0 in `last_uncond` (running it even where guidance
+        would skip it; with no uncond conditioning at all it is the cond pass), and guidance uses
+        `cfg_scale * cfg_scale_multiplier` (CFG++ uses 1/12.5, mapping the usual CFG range [0, 12.5] to [0, 1]).
+        The previous state is restored on exit. A wrapper around a CFGDenoiser must forward this method and
+        `last_uncond` for such samplers to see the uncond prediction.
+        """
+        saved = (self.record_uncond, self.cfg_scale_multiplier)
+        self.record_uncond, self.cfg_scale_multiplier = True, float(cfg_scale_multiplier)
+        try:
+            yield self
+        finally:
+            self.record_uncond, self.cfg_scale_multiplier = saved
+            self.last_uncond = None
 
     def __repr__(self) -> str:
         return f"CFGDenoiser(cfg_scale={self.cfg_scale}, inner={self.inner!r})"
@@ -253,8 +278,13 @@ class CFGDenoiser:
 
     def __call__(self, x: Tensor, sigma: Tensor | float, **extra: Any) -> Tensor:
         sigma = _sigma_batch(sigma, x)
-        if self.uncond is None or self.cfg_scale == 1.0:
-            return self.inner(x, sigma, **self.cond, **extra)
+        scale = self.cfg_scale * self.cfg_scale_multiplier
+        self.last_uncond = None
+        if self.uncond is None or (scale == 1.0 and not self.record_uncond):
+            out = self.inner(x, sigma, **self.cond, **extra)
+            if self.record_uncond:
+                self.last_uncond = out
+            return out
         try:
             cond_in = _concat_tree({**self.cond, **extra}, {**self.uncond, **extra})
         except _ShapeMismatch:
@@ -263,4 +293,6 @@ class CFGDenoiser:
         else:
             out = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), **cond_in)
             cond_out, uncond_out = out.chunk(2)
-        return uncond_out + (cond_out - uncond_out) * self.cfg_scale
+        if self.record_uncond:
+            self.last_uncond = uncond_out
+        return uncond_out + (cond_out - uncond_out) * scale
