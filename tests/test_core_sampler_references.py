@@ -51,6 +51,7 @@ from sdwebui.core.samplers import (
     sample_unipc,
 )
 from sdwebui.core.samplers.lcm import lcm_timesteps
+from sdwebui.core.samplers.lms import linear_multistep_coeff
 from sdwebui.core.samplers.restart import restart_plan
 
 # diffusers 0.42 + numpy 2 deprecation noise inside their set_timesteps; not ours to fix.
@@ -113,6 +114,23 @@ def test_lms_matches_diffusers(ds):
     ref.set_timesteps(12)
     ours = sample_lms(ModelDenoiser(model_fn, ds), _noise() * ref.sigmas[0], ref.sigmas)
     _close(ours, _k_loop(ref, model_fn))
+
+
+def test_lms_coefficients_are_exact_lagrange_integrals():
+    # scipy-free reference: integrate the Lagrange basis polynomials exactly with numpy
+    import numpy as np
+
+    t = [14.6, 9.1, 5.5, 3.2, 1.7, 0.9]
+    for order in (1, 2, 3, 4):
+        i = order - 1 + 1
+        for j in range(order):
+            nodes = [t[i - k] for k in range(order)]
+            others = [n for k, n in enumerate(nodes) if k != j]
+            poly = np.poly1d(np.poly(others) if others else [1.0]) / np.prod([nodes[j] - o for o in others])
+            exact = np.polyint(poly)(t[i + 1]) - np.polyint(poly)(t[i])
+            assert linear_multistep_coeff(order, t, i, j) == pytest.approx(exact, rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError):
+        linear_multistep_coeff(3, t, 1, 0)
 
 
 def test_dpm2_and_dpm2_ancestral_match_diffusers(ds):
@@ -341,7 +359,8 @@ def test_cfg_denoiser_uncond_hook():
 
     inner.sigma_min, inner.sigma_max, inner.prediction_type, inner.schedule = 0.03, 14.6, "epsilon", None
     x, sigma = torch.zeros(1, 1, 2, 2), torch.tensor([1.0])
-    den = CFGDenoiser(inner, {"encoder_hidden_states": torch.tensor([2.0])}, {"encoder_hidden_states": torch.tensor([1.0])}, 12.5)
+    cond, uncond = {"encoder_hidden_states": torch.tensor([2.0])}, {"encoder_hidden_states": torch.tensor([1.0])}
+    den = CFGDenoiser(inner, cond, uncond, 12.5)
     torch.testing.assert_close(den(x, sigma), torch.full_like(x, 1 + 12.5))
     assert den.last_uncond is None  # nothing recorded outside the hook
     with den.recording_uncond(cfg_scale_multiplier=1 / 12.5):
@@ -349,7 +368,7 @@ def test_cfg_denoiser_uncond_hook():
         torch.testing.assert_close(out, torch.full_like(x, 2.0))
         torch.testing.assert_close(den.last_uncond, torch.full_like(x, 1.0))
     assert calls == [2, 2] and den.cfg_scale_multiplier == 1.0 and den.last_uncond is None
-    solo = CFGDenoiser(inner, {"encoder_hidden_states": torch.tensor([2.0])}, None, 7.0)
+    solo = CFGDenoiser(inner, cond, None, 7.0)
     with solo.recording_uncond():  # no uncond conditioning at all: the cond pass is the only prediction
         out = solo(x, sigma)
         assert solo.last_uncond is out
@@ -441,7 +460,8 @@ def test_restart_plan_follows_a1111():
     assert len(ups) == 1 and 1.5 < float(plan[ups[0]][0]) < 2.5 and 0.07 < float(plan[ups[0] - 1][1]) < 0.14
     plan40 = restart_plan(schedules.karras(40, 0.03, 14.6))
     assert sum(plan40[i][0] > plan40[i - 1][1] for i in range(1, len(plan40))) == 2  # 36+ steps: twice
-    assert restart_plan(schedules.karras(19, 0.03, 14.6)) == list(zip(schedules.karras(19, 0.03, 14.6)[:-1], schedules.karras(19, 0.03, 14.6)[1:]))
+    short = schedules.karras(19, 0.03, 14.6)
+    assert restart_plan(short) == list(zip(short[:-1], short[1:]))  # under 20 steps: no restart
 
 
 # ---------------------------------------------------------------------------------------------------------------

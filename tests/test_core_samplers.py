@@ -512,6 +512,8 @@ def test_sampler_spec_sigmas_resolve_automatic(ds):
         ("DPM++ 2M SDE Exponential", None, ("DPM++ 2M SDE", "Exponential")),
         ("DPM++ 3M SDE", None, ("DPM++ 3M SDE", "Automatic")),
         ("k_dpm_2_a_ka", None, ("DPM2 a", "Karras")),
+        ("k_dpmpp_2m_sde_heun_exp", None, ("DPM++ 2M SDE Heun", "Exponential")),
+        ("k_lms_ka", None, ("LMS", "Karras")),
         ("UniPC", None, ("UniPC", "Automatic")),
     ],
 )

@@ -280,9 +280,9 @@ def parse_sampler_name(
 
     A1111's `get_sampler_and_scheduler`: "DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"); "Euler a" -> ("Euler a",
     `schedule` or "Automatic"). A suffix (a schedule label, internal name or alias, any case) wins over `schedule`.
-    Old aliases ending in "_ka" ("k_dpmpp_2m_ka") mean Karras. With `convert_automatic=True` a schedule equal to
-    the sampler's default is reported as "Automatic" (what A1111's UI shows). Unknown names raise
-    `UnknownSamplerError`; unknown schedules raise KeyError.
+    Old aliases ending in "_ka" ("k_dpmpp_2m_ka") mean Karras, "_exp" ("k_dpmpp_3m_sde_exp") Exponential. With
+    `convert_automatic=True` a schedule equal to the sampler's default is reported as "Automatic" (what A1111's UI
+    shows). Unknown names raise `UnknownSamplerError`; unknown schedules raise KeyError.
     """
     label = find_schedule(schedule).label if schedule else "Automatic"
     text = " ".join(str(name).split())
@@ -299,9 +299,10 @@ def parse_sampler_name(
                     break
             if spec is not None:
                 break
-        if spec is None and lowered.endswith("_ka"):
-            spec = find_sampler(text[:-3])
-            label = "Karras"
+        for suffix, suffix_label in (("_ka", "Karras"), ("_exp", "Exponential")):
+            if spec is None and lowered.endswith(suffix):
+                spec = find_sampler(text[: -len(suffix)])
+                label = suffix_label
         if spec is None:
             find_sampler(text)  # raises with the list of valid names
     assert spec is not None

@@ -227,7 +227,9 @@ def sample_dpm_fast(
     `sample_dpm_fast(model, x, sigma_min, sigma_max, n)`); returns the sample at that sigma_min."""
     sigma_min, sigma_max = _range(sigmas)
     solver = DPMSolver(denoiser, extra_args, info_callback=callback)
-    return solver.dpm_solver_fast(x, solver.t(sigma_max), solver.t(sigma_min), len(sigmas) - 1, eta, s_noise, noise_sampler)
+    return solver.dpm_solver_fast(
+        x, solver.t(sigma_max), solver.t(sigma_min), len(sigmas) - 1, eta, s_noise, noise_sampler
+    )
 
 
 @torch.no_grad()
