@@ -65,7 +65,9 @@ class ResolvedSampling:
         return self.schedule_used
 
 
-MODEL_OWN_SCHEDULES = ("Uniform", "DDIM")
+# Defaults that stand for "the model's own timesteps" in A1111 (k-diffusion samplers without a `scheduler`
+# option, and the timestep samplers DDIM / PLMS / UniPC): their infotext says "Automatic".
+MODEL_OWN_SCHEDULES = ("Uniform", "DDIM", "SGM Uniform")
 
 
 def resolve_sampling(sampler: str, scheduler: str = "Automatic") -> ResolvedSampling:
