@@ -61,8 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--batch-count", type=int, default=1)
     gen.add_argument("--clip-skip", type=int, default=1)
-    gen.add_argument("--eta", type=float, help="ancestral noise multiplier (default 1.0)")
-    gen.add_argument("--rng", choices=["gpu", "cpu", "nv"], default="gpu", help="A1111's RNG source")
+    seeds = gen.add_argument_group("seed extras (A1111's Extra checkbox)")
+    seeds.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
+    seeds.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
+    seeds.add_argument("--seed-resize-from-w", type=int, default=0, help="resize seed from width (0 = off)")
+    seeds.add_argument("--seed-resize-from-h", type=int, default=0, help="resize seed from height (0 = off)")
+    seeds.add_argument("--rng", choices=["gpu", "cpu", "nv"], default="gpu",
+                       help="A1111's RNG source; nv = NVIDIA's GPU noise reproduced on any device")
+    seeds.add_argument("--ensd", type=int, default=0, help="eta noise seed delta (A1111 setting)")
+    options = gen.add_argument_group("sampler parameters (A1111 settings; default: the sampler's own)")
+    options.add_argument("--eta", type=float, help="noise multiplier of ancestral/SDE samplers (1.0) or DDIM (0)")
+    options.add_argument("--s-churn", type=float)
+    options.add_argument("--s-tmin", type=float)
+    options.add_argument("--s-tmax", type=float)
+    options.add_argument("--s-noise", type=float)
+    options.add_argument("--sigma-min", type=float, help="schedule min sigma (0 = the model's)")
+    options.add_argument("--sigma-max", type=float, help="schedule max sigma (0 = the model's)")
+    options.add_argument("--rho", type=float, help="schedule rho (0 = the schedule's)")
+    options.add_argument("--discard-penultimate-sigma", action="store_true",
+                         help="A1111's 'Always discard next-to-last sigma'")
     gen.add_argument("--out", help="output folder (default: <data-dir>/outputs/txt2img-images)")
     add_path_flags(gen)
     add_device_flags(gen)
@@ -150,7 +167,19 @@ def run_txt2img(args) -> int:
             batch_size=args.batch_size,
             batch_count=args.batch_count,
             clip_skip=args.clip_skip,
+            subseed=args.subseed,
+            subseed_strength=args.subseed_strength,
+            seed_resize_from_w=args.seed_resize_from_w,
+            seed_resize_from_h=args.seed_resize_from_h,
             eta=args.eta,
+            s_churn=args.s_churn,
+            s_tmin=args.s_tmin,
+            s_tmax=args.s_tmax,
+            s_noise=args.s_noise,
+            sigma_min=args.sigma_min,
+            sigma_max=args.sigma_max,
+            rho=args.rho,
+            discard_penultimate_sigma=args.discard_penultimate_sigma,
         )
 
     make_params(args.width or 512, args.height or 512)
@@ -164,7 +193,9 @@ def run_txt2img(args) -> int:
     params = make_params(args.width or model.native_size, args.height or model.native_size)
 
     bar = tqdm(total=params.steps * params.batch_count, desc="txt2img", unit="step", file=sys.stderr, leave=False)
-    ctx = GenerationContext(model=model, rng=args.rng, on_step=lambda progress: bar.update(1))
+    ctx = GenerationContext(
+        model=model, rng=args.rng, eta_noise_seed_delta=args.ensd, on_step=lambda progress: bar.update(1)
+    )
     try:
         result = txt2img(ctx, params)
     finally:

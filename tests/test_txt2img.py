@@ -230,3 +230,55 @@ def test_unknown_sampler_and_schedule_name_the_field():
     with pytest.raises(ParamError) as error:
         resolve_sampling("Euler", "Karrass")
     assert error.value.field == "scheduler"
+
+
+def test_variation_seed_strength_edges_and_infotext(tiny_files):
+    _, model = load(tiny_files, ModelFamily.SD1)
+    plain = run(model, seed=10, steps=2, sampler="Euler")
+    none = run(model, seed=10, subseed=99, subseed_strength=0.0, steps=2, sampler="Euler")
+    assert torch.equal(plain.latents, none.latents)
+    assert "Variation seed" not in none.infotexts[0]
+
+    full = run(model, seed=10, subseed=99, subseed_strength=1.0, steps=2, sampler="Euler")
+    as_seed = run(model, seed=99, steps=2, sampler="Euler")
+    torch.testing.assert_close(full.latents, as_seed.latents, atol=1e-4, rtol=1e-4)
+
+    half = run(model, seed=10, subseed=99, subseed_strength=0.5, steps=2, batch_size=2, sampler="Euler")
+    assert half.seeds == [10, 10]  # A1111: with a variation strength the seed stays, the subseed counts up
+    assert "Seed: 10, Size: 64x64" in half.infotexts[1]
+    assert "Variation seed: 100, Variation seed strength: 0.5," in half.infotexts[1]
+
+
+def test_seed_resize_from_is_recorded_and_changes_noise(tiny_files):
+    _, model = load(tiny_files, ModelFamily.SD1)
+    plain = run(model, seed=10, steps=1, sampler="Euler")
+    resized = run(model, seed=10, steps=1, sampler="Euler", seed_resize_from_w=128, seed_resize_from_h=96)
+    assert not torch.equal(plain.latents, resized.latents)
+    assert "Seed resize from: 128x96," in resized.infotexts[0]
+
+
+def test_sampler_and_schedule_options_reach_the_sampler_and_the_infotext(tiny_files):
+    _, model = load(tiny_files, ModelFamily.SD1)
+    base = run(model, seed=3, steps=3, sampler="Euler a")
+    low_eta = run(model, seed=3, steps=3, sampler="Euler a", eta=0.5)
+    assert not torch.equal(base.latents, low_eta.latents)
+    assert "Eta: 0.5," in low_eta.infotexts[0] and "Eta" not in base.infotexts[0]
+
+    churned = run(model, seed=3, steps=3, sampler="Euler", s_churn=1.0)
+    assert "Sigma churn: 1," in churned.infotexts[0]
+
+    karras = run(model, seed=3, steps=3, sampler="DPM++ 2M", sigma_max=10.0, rho=5.0, discard_penultimate_sigma=True)
+    text = karras.infotexts[0]
+    assert "Schedule max sigma: 10, Schedule rho: 5, Discard penultimate sigma: True, Version:" in text
+    default = run(model, seed=3, steps=3, sampler="DPM++ 2M")
+    assert not torch.equal(default.latents, karras.latents)
+
+
+def test_every_sampler_generates_through_the_pipeline(tiny_files):
+    from sdwebui.core.samplers import SAMPLERS
+
+    _, model = load(tiny_files, ModelFamily.SD1)
+    for name in SAMPLERS:
+        result = run(model, seed=1, steps=3, sampler=name)
+        assert torch.isfinite(result.latents).all(), name
+        assert f"Sampler: {name}," in result.infotexts[0]

@@ -41,8 +41,26 @@ class Txt2ImgParams:
     batch_size: int = 1
     batch_count: int = 1
     clip_skip: int = 1
+    subseed: int = -1
+    """A1111's variation seed (-1 = random when a strength is set); image i uses subseed + i."""
+    subseed_strength: float = 0.0
+    """0 = no variation; 1 = the variation seed's noise alone (slerp between the two noises)."""
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    """"Resize seed from width/height": make the noise as if the image were this size (0 = off)."""
     eta: float | None = None
-    """Noise multiplier for ancestral samplers (A1111's `eta_ancestral`, default 1.0); None = sampler default."""
+    """Noise multiplier of ancestral/SDE samplers (A1111 default 1.0) or DDIM (default 0); None = default."""
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    """Karras et al.'s stochasticity options for Euler / Heun / DPM2 (A1111's "Sigma churn" etc.)."""
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    rho: float | None = None
+    """Schedule overrides (A1111 settings "sigma min/max", "rho"); None or 0 = the model's / schedule's own."""
+    discard_penultimate_sigma: bool = False
+    """A1111's "Always discard next-to-last sigma"."""
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -58,8 +76,15 @@ class Txt2ImgParams:
         _check_int_range("seed", self.seed, -1, 2**32 - 1)
         if not isinstance(self.cfg_scale, (int, float)) or not (0.0 <= float(self.cfg_scale) <= 100.0):
             raise ParamError("cfg_scale", f"must be a number between 0 and 100, got {self.cfg_scale!r}")
-        if self.eta is not None and not (0.0 <= float(self.eta) <= 10.0):
-            raise ParamError("eta", f"must be between 0 and 10, got {self.eta!r}")
+        _check_int_range("subseed", self.subseed, -1, 2**32 - 1)
+        _check_float_range("subseed_strength", self.subseed_strength, 0.0, 1.0)
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            _check_int_range(name, value, 0, MAX_SIDE)
+        for name, high in (("eta", 10.0), ("s_churn", 100.0), ("s_tmin", 1000.0), ("s_tmax", float("inf")),
+                           ("s_noise", 10.0), ("sigma_min", 1000.0), ("sigma_max", 1000.0), ("rho", 100.0)):
+            if getattr(self, name) is not None:
+                _check_float_range(name, getattr(self, name), 0.0, high)
         if not isinstance(self.prompt, str):
             raise ParamError("prompt", "must be text")
         if not isinstance(self.negative_prompt, str):
@@ -69,10 +94,22 @@ class Txt2ImgParams:
     def image_count(self) -> int:
         return self.batch_size * self.batch_count
 
+    @property
+    def seed_resize_from(self) -> tuple[int, int] | None:
+        """(width, height) when A1111's "resize seed from" is on (both sides > 0)."""
+        if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:
+            return self.seed_resize_from_w, self.seed_resize_from_h
+        return None
+
     def replace(self, **changes) -> "Txt2ImgParams":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return type(self)(**values)
+
+
+def _check_float_range(name: str, value: object, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= float(value) <= high):
+        raise ParamError(name, f"must be a number between {low:g} and {high:g}, got {value!r}")
 
 
 def _check_int_range(name: str, value: object, low: int, high: int) -> None:

@@ -7,6 +7,7 @@ job, one sampler run per batch) with the model-facing pieces from `sdwebui.model
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -150,10 +151,16 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
     model = ctx.model
     sampling = resolve_sampling(params.sampler, params.scheduler)
     sampler = sampling.sampler
-    seed = core_noise.random_seed() if params.seed == -1 else params.seed
-    params = params.replace(seed=seed)
-    seeds = [seed + i for i in range(params.image_count)]
+    # A1111 fixes both seeds up front; with a variation strength every image shares the seed and the
+    # variation seed increments instead.
+    seed = core_noise.fix_seed(params.seed)
+    subseed = core_noise.fix_seed(params.subseed)
+    params = params.replace(seed=seed, subseed=subseed)
+    varies = params.subseed_strength > 0
+    seeds = [seed + (0 if varies else i) for i in range(params.image_count)]
+    subseeds = [subseed + i for i in range(params.image_count)]
     latent_shape = (model.latent_channels, params.height // 8, params.width // 8)
+    sampler_kwargs, sampler_infotext = sampler_options(sampling, params)
 
     with torch.inference_mode():
         cond, uncond = encode_prompt_pair(
@@ -164,10 +171,12 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
             model, unet_condition(model, uncond, params.width, params.height), params.width, params.height
         )
         denoiser = CFGDenoiser(make_denoiser(model), cond_kwargs, uncond_kwargs, float(params.cfg_scale))
-        sigmas = sampler.sigmas(params.steps, denoiser, sampling.schedule_label).to(model.device)
+        sigmas, schedule_infotext = schedule_sigmas(sampling, params, denoiser)
+        sigmas = sigmas.to(model.device)
 
         all_latents: list[torch.Tensor] = []
         kept_seeds: list[int] = []
+        kept_subseeds: list[int] = []
         notes: list[str] = []
         interrupted = False
         for batch_index in range(params.batch_count):
@@ -175,14 +184,17 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
                 interrupted = True
                 break
             ctx.stop.skipped.clear()
-            batch_seeds = seeds[batch_index * params.batch_size : (batch_index + 1) * params.batch_size]
+            batch = slice(batch_index * params.batch_size, (batch_index + 1) * params.batch_size)
+            batch_seeds = seeds[batch]
             latents, stopped = _sample_batch(
-                ctx, sampler, denoiser, sigmas, batch_seeds, latent_shape, params, batch_index
+                ctx, sampler, denoiser, sigmas, batch_seeds, subseeds[batch], latent_shape, params, batch_index,
+                sampler_kwargs,
             )
             if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
                 continue
             all_latents.append(latents)
             kept_seeds.extend(batch_seeds)
+            kept_subseeds.extend(subseeds[batch])
             if stopped:
                 interrupted = True
                 break
@@ -198,17 +210,28 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
         images, decode_notes = decode_latents(model, latents)
         notes.extend(decode_notes)
 
-    infotexts = [create_infotext(model, params, sampling, ctx, image_seed) for image_seed in kept_seeds]
+    extra = {**sampler_infotext, **schedule_infotext}
+    infotexts = [
+        create_infotext(model, params, sampling, ctx, image_seed, image_subseed, extra)
+        for image_seed, image_subseed in zip(kept_seeds, kept_subseeds)
+    ]
     return GenerationResult(params, images, kept_seeds, infotexts, latents.float().cpu(), notes, interrupted)
 
 
-def _sample_batch(ctx, sampler, denoiser, sigmas, batch_seeds, latent_shape, params, batch_index):
+def _sample_batch(
+    ctx, sampler, denoiser, sigmas, batch_seeds, batch_subseeds, latent_shape, params, batch_index, sampler_kwargs
+):
     model = ctx.model
+    resize_from = params.seed_resize_from
     rng = core_noise.ImageRNG(
         latent_shape,
         batch_seeds,
         device=model.device,
         rng=ctx.rng,
+        subseeds=batch_subseeds,
+        subseed_strength=params.subseed_strength,
+        # A1111 gives the size in pixels; the noise lives in latent space (height, width).
+        seed_resize_from=(resize_from[1] // 8, resize_from[0] // 8) if resize_from else None,
         eta_noise_seed_delta=ctx.eta_noise_seed_delta,
     )
     x = rng.first().to(model.device, torch.float32) * sigmas[0]
@@ -221,20 +244,77 @@ def _sample_batch(ctx, sampler, denoiser, sigmas, batch_seeds, latent_shape, par
         if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
             raise GenerationStopped()
 
-    extra = {}
-    if params.eta is not None and "eta" in sampler.options:
-        extra["eta"] = float(params.eta)
     try:
-        latents = sampler.sample(denoiser, x, sigmas, callback=callback, noise_sampler=rng.noise_sampler(), **extra)
+        latents = sampler.sample(
+            denoiser, x, sigmas, callback=callback, noise_sampler=rng.noise_sampler(), **sampler_kwargs
+        )
         return latents, False
     except GenerationStopped:
         # A1111 keeps what the sampler had so far: the latest x0 estimate.
         return (last_denoised[0] if last_denoised else x), True
 
 
-def create_infotext(model: SDModel, params: Txt2ImgParams, sampling: ResolvedSampling, ctx, seed: int) -> str:
+# A1111's infotext names for the sampler options (`sd_samplers_kdiffusion.KDiffusionSampler.initialize`).
+SAMPLER_OPTION_LABELS = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax", "s_noise": "Sigma noise"}
+
+
+def sampler_options(sampling: ResolvedSampling, params: Txt2ImgParams) -> tuple[dict, dict]:
+    """The options the chosen sampler accepts, and the infotext entries A1111 writes for non-default ones."""
+    accepted = inspect.signature(sampling.sampler.function).parameters
+    defaults = sampling.sampler.options
+    kwargs: dict[str, float] = {}
+    infotext: dict[str, object] = {}
+    if params.eta is not None and "eta" in accepted:
+        kwargs["eta"] = float(params.eta)
+        default_eta = defaults.get("eta", 1.0)
+        if float(params.eta) != default_eta:
+            # Timestep samplers (DDIM, default eta 0) have their own key in A1111.
+            infotext["Eta DDIM" if default_eta == 0.0 else "Eta"] = params.eta
+    for name, label in SAMPLER_OPTION_LABELS.items():
+        value = getattr(params, name)
+        if value is not None and name in accepted:
+            kwargs[name] = float(value)
+            if float(value) != defaults.get(name, {"s_tmax": float("inf"), "s_noise": 1.0}.get(name, 0.0)):
+                infotext[label] = value
+    return kwargs, infotext
+
+
+def schedule_sigmas(sampling: ResolvedSampling, params: Txt2ImgParams, denoiser) -> tuple[torch.Tensor, dict]:
+    """The sigma schedule with A1111's schedule settings applied, and the infotext entries they add."""
+    from sdwebui.core.schedules import find_schedule as find
+
+    spec = sampling.sampler
+    schedule = find(sampling.schedule_used)
+    sigmas = spec.sigmas(
+        params.steps, denoiser, sampling.schedule_label,
+        sigma_min=params.sigma_min or None, sigma_max=params.sigma_max or None, rho=params.rho or None,
+        discard_penultimate_sigma=params.discard_penultimate_sigma,
+    )
+    infotext: dict[str, object] = {}
+    if params.sigma_min:
+        infotext["Schedule min sigma"] = params.sigma_min
+    if params.sigma_max:
+        infotext["Schedule max sigma"] = params.sigma_max
+    if params.rho and schedule.default_rho is not None and params.rho != schedule.default_rho:
+        infotext["Schedule rho"] = params.rho
+    if params.discard_penultimate_sigma and not spec.discard_penultimate_sigma:
+        infotext["Discard penultimate sigma"] = True
+    return sigmas, infotext
+
+
+def create_infotext(
+    model: SDModel,
+    params: Txt2ImgParams,
+    sampling: ResolvedSampling,
+    ctx: GenerationContext,
+    seed: int,
+    subseed: int,
+    extra: dict[str, object],
+) -> str:
     """A1111's infotext for one image (`processing.create_infotext`, same keys and order)."""
     vae = model.vae_info
+    varies = params.subseed_strength > 0
+    resize_from = params.seed_resize_from
     values: dict[str, object] = {
         "Steps": params.steps,
         "Sampler": sampling.sampler.name,
@@ -246,10 +326,13 @@ def create_infotext(model: SDModel, params: Txt2ImgParams, sampling: ResolvedSam
         "Model": model.info.name,
         "VAE hash": vae.short_hash if vae else None,
         "VAE": vae.path.name if vae else None,
+        "Variation seed": subseed if varies else None,
+        "Variation seed strength": params.subseed_strength if varies else None,
+        "Seed resize from": f"{resize_from[0]}x{resize_from[1]}" if resize_from else None,
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "ENSD": ctx.eta_noise_seed_delta if ctx.eta_noise_seed_delta and sampling.sampler.uses_ensd else None,
         "RNG": {"cpu": "CPU", "nv": "NV"}.get(ctx.rng),
-        "Eta": params.eta,
+        **extra,
         "Version": INFOTEXT_VERSION,
     }
     return build_infotext(params.prompt, params.negative_prompt, values)
