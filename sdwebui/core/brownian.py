@@ -16,9 +16,10 @@ Brownian law up to a relative variance error below tol / L (under 0.1% for the s
 schedule). Cost: one draw per new tree node, about (depth - shared prefix) per new query point; cached nodes are
 reused, so a 20-step DPM++ SDE run draws roughly 700 node tensors per image.
 
-Deliberate difference: the VALUES differ from torchsde's (its internal random streams are its own), so an A1111
-image made with an SDE sampler is reproduced in distribution, not pixel for pixel. Everything is drawn on the CPU
-(float32, torch's CPU generator) and moved to the sample's device, so results are the same on every device.
+The built-in tree's VALUES differ from torchsde's (its internal random streams are its own). So that A1111 images made
+with SDE samplers reproduce pixel for pixel, `BatchedBrownianTree` uses torchsde itself when it is installed (it is a
+dependency of the app) and falls back to the built-in tree otherwise. The built-in tree draws on the CPU (float32,
+torch's CPU generator) and moves results to the sample's device, so its results are the same on every device.
 """
 
 from __future__ import annotations
@@ -131,28 +132,66 @@ class BrownianTree:
         return w.to(device=self.device, dtype=self.dtype)
 
 
-class BatchedBrownianTree:
-    """One `BrownianTree` per batch item when `seed` is a list (k-diffusion's `BatchedBrownianTree`), else one tree
-    for the whole tensor. Calls with (ta, tb) in either order; the sign follows the direction."""
+def torchsde_available() -> bool:
+    try:
+        import torchsde  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    def __init__(self, x: Tensor, t0: float | Tensor, t1: float | Tensor, seed: int | Sequence[int] | None = None):
+
+class BatchedBrownianTree:
+    """One Brownian tree per batch item when `seed` is a list (k-diffusion's `BatchedBrownianTree`), else one tree
+    for the whole tensor. Calls with (ta, tb) in either order; the sign follows the direction.
+
+    `backend="torchsde"` (the default when torchsde is installed) uses torchsde's `BrownianTree` exactly as
+    k-diffusion builds it (`w0` zeros like one image, `entropy` = the image's seed, times as float32 tensors on the
+    sample's device), so SDE-sampler images reproduce A1111's bit for bit on the same device. `"builtin"` is the
+    virtual tree above: the same law, other values. torchsde is imported lazily: `core` otherwise needs only torch.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        t0: float | Tensor,
+        t1: float | Tensor,
+        seed: int | Sequence[int] | None = None,
+        *,
+        backend: str | None = None,
+    ):
         t0, t1 = float(t0), float(t1)
         self.sign = 1.0 if t0 <= t1 else -1.0
         t0, t1 = min(t0, t1), max(t0, t1)
         if t1 == t0:  # a single-sigma schedule: keep the tree valid, every query is a zero-length interval
             t1 = t0 + 1.0
         self.batched = isinstance(seed, Sequence)
-        if self.batched:
-            if len(seed) != x.shape[0]:
-                raise ValueError(f"{len(seed)} seeds for a batch of {x.shape[0]}")
-            self.trees = [BrownianTree(t0, x[0], t1, entropy=int(s)) for s in seed]
+        if self.batched and len(seed) != x.shape[0]:
+            raise ValueError(f"{len(seed)} seeds for a batch of {x.shape[0]}")
+        self.backend = backend or ("torchsde" if torchsde_available() else "builtin")
+        self.device = x.device
+        like = x[0] if self.batched else x
+        seeds = [int(s) for s in seed] if self.batched else [seed]
+        if self.backend == "torchsde":
+            import torchsde
+
+            if seeds == [None]:
+                seeds = [int(torch.randint(0, 2**63 - 1, []).item())]
+            start, end = self._time(t0), self._time(t1)
+            w0 = torch.zeros_like(like)
+            self.trees = [torchsde.BrownianTree(start, w0, end, entropy=s) for s in seeds]
+        elif self.backend == "builtin":
+            self.trees = [BrownianTree(t0, like, t1, entropy=s) for s in seeds]
         else:
-            self.trees = [BrownianTree(t0, x, t1, entropy=seed)]
+            raise ValueError(f"unknown Brownian tree backend {backend!r}: use 'torchsde' or 'builtin'")
+
+    def _time(self, t: float) -> Tensor | float:
+        # k-diffusion queries torchsde with float32 sigma tensors; the same float32 values give the same path.
+        return torch.tensor(t, dtype=torch.float32, device=self.device) if self.backend == "torchsde" else t
 
     def __call__(self, ta: float, tb: float) -> Tensor:
         ta, tb = float(ta), float(tb)
         sign = self.sign * (1.0 if ta <= tb else -1.0)
-        lo, hi = min(ta, tb), max(ta, tb)
+        lo, hi = self._time(min(ta, tb)), self._time(max(ta, tb))
         w = torch.stack([tree(lo, hi) for tree in self.trees]) * sign
         return w if self.batched else w[0]
 
@@ -171,11 +210,13 @@ class BrownianTreeNoiseSampler:
         sigma_max: float | Tensor,
         seed: int | Sequence[int] | None = None,
         transform: Any = lambda sigma: sigma,
+        *,
+        backend: str | None = None,
     ):
         self.transform = transform
         t0 = float(transform(torch.as_tensor(float(sigma_min))))
         t1 = float(transform(torch.as_tensor(float(sigma_max))))
-        self.tree = BatchedBrownianTree(x, t0, t1, seed)
+        self.tree = BatchedBrownianTree(x, t0, t1, seed, backend=backend)
         self._like = x
 
     def __call__(self, sigma: float | Tensor, sigma_next: float | Tensor) -> Tensor:

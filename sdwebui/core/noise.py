@@ -264,7 +264,7 @@ class ImageNoiseSampler:
 
     def brownian(self, x: Tensor, sigmas: Tensor) -> BrownianTreeNoiseSampler:
         """A1111's `create_noise_sampler`: one Brownian tree per image, seeded with the image's seed (not seed +
-        ENSD), over [smallest non-zero sigma, largest sigma]. Values differ from torchsde's (see `brownian.py`)."""
+        ENSD), over [smallest non-zero sigma, largest sigma]; torchsde's tree when installed, as A1111 (`brownian.py`)."""
         positive = sigmas[sigmas > 0]
         sigma_min = float(positive.min()) if positive.numel() else float(sigmas.max())
         return BrownianTreeNoiseSampler(x, sigma_min, float(sigmas.max()), seed=self.seeds)
