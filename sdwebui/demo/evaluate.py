@@ -202,13 +202,13 @@ def pipeline_images(model, prompt: str, seeds: int, *, seed: int = 0, steps: int
     return [np.asarray(im.convert("RGB")) for im in result.images]
 
 
-def _load_local(work_dir: str):
+def _load_local(work_dir: str, weights: str = "diffusion_ema.pt"):
     from sdwebui.demo.train import TrainConfig, build_text_encoder, build_unet, build_vae
 
     cfg = TrainConfig()
     vae, te, unet = build_vae(cfg), build_text_encoder(cfg), build_unet(cfg)
     vae.load_state_dict(torch.load(f"{work_dir}/vae.pt"))
-    d = torch.load(f"{work_dir}/diffusion_ema.pt")
+    d = torch.load(f"{work_dir}/{weights}")
     te.load_state_dict(d["text_encoder"])
     unet.load_state_dict(d["unet"])
     return vae.eval(), te.eval(), unet.eval()
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="single-file checkpoint (default: the shipped one)")
     p.add_argument("--work-dir", default=None,
                    help="instead, evaluate a training run's intermediate weights (vae.pt, diffusion_ema.pt)")
+    p.add_argument("--weights", default="diffusion_ema.pt", help="with --work-dir: diffusion_ema.pt or diffusion_raw.pt")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-grid", default=None)
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = ds.heldout_prompts()
     images, scenes = [], []
     if a.work_dir:
-        vae, te, unet = _load_local(a.work_dir)
+        vae, te, unet = _load_local(a.work_dir, a.weights)
         for seed in range(a.seeds):
             images += list(local_txt2img(vae, te, unet, [p for p, _ in prompts], seed=seed))
             scenes += [s for _, s in prompts]
