@@ -1,4 +1,4 @@
-"""The `sdwebui` command: headless generation and model listing (the server command arrives with the server).
+"""The `sdwebui` command: the server (the default), headless generation and model listing.
 
 Every user-facing failure is one line on stderr naming the problem, and a non-zero exit; nothing is written
 for a job that failed.
@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_path_flags(models)
 
     commands.add_parser("samplers", help="list samplers (aliases, default schedule) and schedule types")
+
+    from sdwebui.app import add_serve_flags
+
+    serve = commands.add_parser("serve", help="start the server (the default when no command is given)")
+    add_serve_flags(serve)
+    add_path_flags(serve)
+    add_device_flags(serve)
     return parser
 
 
@@ -96,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # plain `sdwebui` (and `./webui.sh`) starts the server
+        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), "serve"])
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -258,7 +264,13 @@ def run_samplers(args) -> int:
     return 0
 
 
-COMMANDS = {"txt2img": run_txt2img, "models": run_models, "samplers": run_samplers}
+def run_serve(args) -> int:
+    from sdwebui.app import config_from_args, serve
+
+    return serve(config_from_args(args, paths_from(args)))
+
+
+COMMANDS = {"txt2img": run_txt2img, "models": run_models, "samplers": run_samplers, "serve": run_serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,128 @@
+"""What the model folders hold, described as A1111's API lists it (titles, names, hashes, files).
+
+A1111 shows a checkpoint as `name [shorthash]` where `name` is its path relative to the checkpoints folder and
+the short hash is only known once the file has been hashed (on first load); listing never hashes a file (a
+7 GB checkpoint takes a while), it reads the hash cache that loading fills (`sdwebui.models.hashing`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdwebui.config import Paths
+
+LORA_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    path: Path
+    name: str
+    """Relative to the checkpoints folder, with extension ("sub/model.safetensors"): A1111's `name`."""
+    sha256: str | None
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.short_hash}]" if self.short_hash else self.name
+
+    @property
+    def model_name(self) -> str:
+        """A1111's `model_name`: the name without extension, folders joined by "_"."""
+        return os.path.splitext(self.name.replace("/", "_").replace("\\", "_"))[0]
+
+    def a1111(self) -> dict:
+        config = self.path.with_suffix(".yaml")
+        return {
+            "title": self.title,
+            "model_name": self.model_name,
+            "hash": self.short_hash,
+            "sha256": self.sha256,
+            "filename": str(self.path),
+            "config": str(config) if config.is_file() else None,
+        }
+
+
+def cached_sha256(path: Path, cache_dir: Path) -> str | None:
+    """The full SHA-256 from the hash cache when it is still valid for the file (same size and mtime)."""
+    from sdwebui.models.hashing import CACHE_FILE_NAME
+
+    try:
+        data = json.loads((cache_dir / CACHE_FILE_NAME).read_text(encoding="utf-8"))
+        entry = data.get(str(path.resolve()))
+        stat = path.stat()
+    except (OSError, ValueError, AttributeError):
+        return None
+    if (
+        isinstance(entry, dict)
+        and entry.get("size") == stat.st_size
+        and entry.get("mtime_ns") == stat.st_mtime_ns
+        and isinstance(entry.get("sha256"), str)
+    ):
+        return entry["sha256"]
+    return None
+
+
+def checkpoints(paths: Paths) -> list[CheckpointEntry]:
+    from sdwebui.models.loader import find_checkpoints
+    from sdwebui.models.manager import DEMO_CHECKPOINT
+
+    found = find_checkpoints(paths.ckpt_dir)
+    if not found and DEMO_CHECKPOINT.is_file():
+        found = [DEMO_CHECKPOINT]
+    entries = []
+    for path in found:
+        try:
+            name = path.relative_to(paths.ckpt_dir).as_posix()
+        except ValueError:
+            name = path.name
+        entries.append(CheckpointEntry(path, name, cached_sha256(path, paths.cache_dir) if path.is_file() else None))
+    return entries
+
+
+def entry_for(paths: Paths, path: Path) -> CheckpointEntry:
+    for entry in checkpoints(paths):
+        if entry.path == path:
+            return entry
+    return CheckpointEntry(path, path.name, cached_sha256(path, paths.cache_dir) if path.is_file() else None)
+
+
+def vaes(paths: Paths) -> list[dict]:
+    """A1111's `/sd-vae` items: `model_name` is the file name, `filename` its path."""
+    from sdwebui.models.vae import find_vaes
+
+    return [{"model_name": path.name, "filename": str(path)} for path in find_vaes(paths.vae_dir, paths.ckpt_dir)]
+
+
+def loras(paths: Paths) -> list[dict]:
+    """The A1111 Lora extension's `/sdapi/v1/loras` items (name, alias, path, metadata from the file header)."""
+    from sdwebui.models.files import ModelFileError, read_safetensors_header
+
+    root = paths.lora_dir
+    if not root.is_dir():
+        return []
+    items = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for file_name in sorted(files):
+            if not file_name.lower().endswith(LORA_EXTENSIONS):
+                continue
+            path = Path(folder) / file_name
+            metadata: dict = {}
+            if path.suffix.lower() == ".safetensors":
+                try:
+                    metadata = dict(read_safetensors_header(path).metadata)
+                except ModelFileError:
+                    continue  # not a readable LoRA: A1111 skips it too
+            alias = metadata.get("ss_output_name") or path.stem
+            items.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": metadata})
+    return items
+
+
+__all__ = ["CheckpointEntry", "checkpoints", "entry_for", "cached_sha256", "vaes", "loras"]

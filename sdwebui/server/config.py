@@ -1,0 +1,117 @@
+"""Server configuration: where it listens, who may use it, and the limits of a request.
+
+Security defaults (reliability-security research, sections 1.2 and 6B): bind to 127.0.0.1; listening on any
+other address needs credentials (`--api-auth user:pass` or a credentials file), unless `--insecure` says the
+network is trusted; credentials are never printed or returned (`/cmd-flags` redacts them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdwebui.config import Paths
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+"""A1111's port."""
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Enough for a few base64 images (img2img, PNG info); larger bodies get 413 before they are read."""
+
+
+class ConfigError(ValueError):
+    """A configuration that must not start (one line for the user)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """user -> password pairs. `repr` never shows the passwords."""
+
+    pairs: tuple[tuple[str, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs)
+
+    def __repr__(self) -> str:
+        return f"Credentials(users={[user for user, _ in self.pairs]!r})"
+
+    @classmethod
+    def parse(cls, text: str | None, *, source: str = "--api-auth") -> "Credentials":
+        """A1111's format: `user:password[,user2:password2]` (also one pair per line in a credentials file)."""
+        pairs = []
+        for item in (text or "").replace("\n", ",").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            user, sep, password = item.partition(":")
+            if not sep or not user or not password:
+                raise ConfigError(f"{source}: expected user:password, got an entry without both parts")
+            pairs.append((user, password))
+        return cls(tuple(pairs))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Credentials":
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"cannot read the credentials file {path}: {error.strerror or error}") from None
+        return cls.parse(text, source=str(path))
+
+    def __add__(self, other: "Credentials") -> "Credentials":
+        return Credentials(self.pairs + other.pairs)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    paths: Paths
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    credentials: Credentials = field(default_factory=Credentials)
+    insecure: bool = False
+    """Allow listening beyond loopback without credentials (a trusted network)."""
+    cors_allow_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    """Extra Host header values accepted without auth (DNS-rebinding guard); loopback names always are."""
+    device: str = "auto"
+    precision: str = "auto"
+    vae_precision: str = "auto"
+    prediction_type: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    preload: bool = True
+    """Import the generation pipeline in the worker as soon as the server is up, so the first job is fast."""
+    flags: dict = field(default_factory=dict, hash=False, compare=False)
+    """The command line as parsed (shown by /sdapi/v1/cmd-flags, secrets redacted)."""
+
+    @property
+    def loopback_only(self) -> bool:
+        return is_loopback(self.host)
+
+    def check(self) -> None:
+        """Refuse configurations that would expose an unauthenticated server."""
+        if not self.loopback_only and not self.credentials and not self.insecure:
+            raise ConfigError(
+                f"refusing to listen on {self.host} without credentials: add --api-auth user:password "
+                "(or --api-auth-file FILE), or --insecure on a trusted network"
+            )
+        if not (0 <= self.port <= 65535):
+            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+__all__ = ["ServerConfig", "Credentials", "ConfigError", "is_loopback", "DEFAULT_HOST", "DEFAULT_PORT"]

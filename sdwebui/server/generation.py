@@ -1,0 +1,226 @@
+"""txt2img as a queued job: the payload a job stores, its validation before queueing, and the runner.
+
+A job's payload is plain JSON (it lives in the store and must survive a restart):
+
+    {"params": {<Txt2ImgParams fields>}, "checkpoint": "/abs/path.safetensors", "vae": "Automatic",
+     "rng": "gpu", "eta_noise_seed_delta": 0, "save_images": true, "save_to_dirs": true,
+     "outdir": "txt2img-images", "preview_every": 10, "styles": [], "client": "native"}
+
+Everything that depends on settings (checkpoint, VAE, RNG source, preview period) is resolved when the job is
+submitted, so changing a setting never changes a job that is already waiting (A1111 #5847).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from sdwebui.pipelines.params import ParamError, Txt2ImgParams
+
+if TYPE_CHECKING:
+    from sdwebui.server.queue import JobHandle
+    from sdwebui.server.services import Services
+
+PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(Txt2ImgParams))
+
+
+def check_sampling(sampler: str, scheduler: str) -> tuple[str, str]:
+    """Validate a sampler / schedule pair as `pipelines.txt2img.resolve_sampling` does (same errors), from the
+    core registries only: the pipeline module pulls in diffusers, which a request should not wait for."""
+    from sdwebui.core.samplers import find_sampler, parse_sampler_name
+    from sdwebui.core.schedules import find_schedule
+
+    try:
+        find_schedule(scheduler or "Automatic")
+    except KeyError as error:
+        raise ParamError("scheduler", _message(error)) from None
+    try:
+        name, schedule = parse_sampler_name(sampler, scheduler or "Automatic")
+        return find_sampler(name).name, schedule
+    except KeyError as error:
+        raise ParamError("sampler", _message(error)) from None
+
+
+def _message(error: Exception) -> str:
+    return error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+
+
+def check_limits(params: Txt2ImgParams, options: Mapping[str, Any]) -> None:
+    """The server's own limits (settings `api_max_*`), on top of what the parameters allow."""
+    pixels = params.width * params.height * params.batch_size
+    if pixels > options["api_max_pixels"]:
+        raise ParamError(
+            "width",
+            f"width x height x batch size = {pixels} pixels is over this server's limit of "
+            f"{options['api_max_pixels']} (setting api_max_pixels)",
+        )
+    if params.image_count > options["api_max_images"]:
+        raise ParamError(
+            "batch_count",
+            f"batch size x batch count = {params.image_count} images is over this server's limit of "
+            f"{options['api_max_images']} (setting api_max_images)",
+        )
+    if params.steps > options["api_max_steps"]:
+        raise ParamError("steps", f"{params.steps} steps is over this server's limit of {options['api_max_steps']}")
+
+
+def preview_period(options: Mapping[str, Any]) -> int:
+    return int(options["show_progress_every_n_steps"]) if options["live_previews_enable"] else 0
+
+
+def make_payload(
+    services: "Services",
+    params: Mapping[str, Any],
+    *,
+    checkpoint: str | None = None,
+    vae: str | None = None,
+    save_images: bool = True,
+    client: str = "native",
+    overrides: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
+    """Validate everything a job needs (raises ParamError naming the field, or ModelNotFoundError) and return
+    its payload. No model is loaded here."""
+    options = {**services.options.all(), **(overrides or {})}
+    values = dict(params)
+    # Settings a request did not give (A1111 takes these from its options).
+    values.setdefault("clip_skip", int(options["CLIP_stop_at_last_layers"]))
+    sampler = str(values.get("sampler", "DPM++ 2M"))
+    scheduler = str(values.get("scheduler", "Automatic") or "Automatic")
+    # Stored as resolved (A1111's API does the same): "DPM++ 2M Karras" -> sampler "DPM++ 2M", schedule "Karras".
+    sampler_name, schedule = check_sampling(sampler, scheduler)
+    values["sampler"], values["scheduler"] = sampler_name, schedule
+    _apply_sampler_settings(values, sampler_name, options)
+    p = Txt2ImgParams(**values)
+    check_limits(p, options)
+    checkpoint_path = services.resolve_checkpoint(checkpoint or options.get("sd_model_checkpoint"))
+    vae_name = vae if vae is not None else options.get("sd_vae", "Automatic")
+    services.resolve_vae(vae_name)
+    payload = {
+        "params": {name: getattr(p, name) for name in PARAM_FIELDS},
+        "checkpoint": str(checkpoint_path),
+        "vae": vae_name or "Automatic",
+        "rng": str(options["randn_source"]).lower(),
+        "eta_noise_seed_delta": int(options["eta_noise_seed_delta"]),
+        "save_images": bool(save_images),
+        "save_to_dirs": bool(options["save_to_dirs"]),
+        "outdir": "txt2img-images",
+        "preview_every": preview_period(options),
+        "client": client,
+    }
+    payload.update(extra or {})
+    return payload
+
+
+def _apply_sampler_settings(values: dict, sampler_name: str, options: Mapping[str, Any]) -> None:
+    """A1111's sampler settings (eta, sigma churn/tmin/tmax/noise, schedule sigma range and rho) apply when the
+    request leaves them out; values equal to the sampler's own defaults are left to the sampler."""
+    from sdwebui.core.samplers import find_sampler
+
+    defaults = find_sampler(sampler_name).options
+    if values.get("eta") is None:
+        default_eta = defaults.get("eta", 1.0)
+        eta = options["eta_ddim"] if default_eta == 0.0 else options["eta_ancestral"]
+        if "eta" in defaults and float(eta) != float(default_eta):
+            values["eta"] = float(eta)
+    for name, neutral in (("s_churn", 0.0), ("s_tmin", 0.0), ("s_noise", 1.0)):
+        if values.get(name) is None and float(options[name]) != neutral:
+            values[name] = float(options[name])
+    if values.get("s_tmax") is None and float(options["s_tmax"]) > 0:
+        values["s_tmax"] = float(options["s_tmax"])
+    for name in ("sigma_min", "sigma_max", "rho"):
+        if values.get(name) is None and float(options[name]) > 0:
+            values[name] = float(options[name])
+    if options["always_discard_next_to_last_sigma"]:
+        values.setdefault("discard_penultimate_sigma", True)
+
+
+def preview_png(denoised, family: str) -> bytes:
+    from PIL import Image
+
+    from sdwebui.core.latent_preview import latent_preview
+
+    array = latent_preview(denoised[0], family)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_txt2img(job: "JobHandle", services: "Services") -> dict:
+    """Generate, save (when asked) and record the images of one txt2img job."""
+    from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.output import save_image
+    from sdwebui.pipelines.txt2img import txt2img
+
+    payload = job.payload
+    params = Txt2ImgParams(**payload["params"])
+    model = services.models.get(payload["checkpoint"], vae=payload.get("vae"))
+    family = model.family.value
+    every = int(payload.get("preview_every", 0))
+    save_progress = services.worker.progress_saver(job)
+    job.progress.textinfo = None
+
+    def on_step(progress) -> None:
+        at_end = progress.step == progress.total_steps
+        wanted = every > 0 and progress.step % every == 0 or every == -1 and at_end
+        make_preview = None
+        if wanted and progress.denoised is not None:
+            make_preview = lambda: preview_png(progress.denoised, family)  # noqa: E731
+        job.report_step(progress.step, progress.total_steps, progress.batch_index, progress.batch_count,
+                        make_preview)
+        save_progress()
+
+    ctx = GenerationContext(
+        model=model,
+        rng=payload.get("rng", "gpu"),
+        eta_noise_seed_delta=int(payload.get("eta_noise_seed_delta", 0)),
+        on_step=on_step,
+        stop=job.stop,
+    )
+    result = txt2img(ctx, params)
+    job.images = result.images
+    job.interrupted = result.interrupted
+    for image, infotext in zip(result.images, result.infotexts):
+        image.info["parameters"] = infotext  # the PNGs a client gets carry the infotext, as A1111's do
+
+    saved: list[dict] = []
+    if payload.get("save_images", True) and result.images:
+        outputs = services.paths.outputs_dir
+        outdir = outputs / payload.get("outdir", "txt2img-images")
+        resolved = result.params
+        for image, seed, infotext in zip(result.images, result.seeds, result.infotexts):
+            path = save_image(image, outdir, seed=seed, infotext=infotext,
+                              date_subdir=bool(payload.get("save_to_dirs", True)))
+            relative = path.relative_to(outputs).as_posix()
+            image_id = services.store.add_image(
+                job_id=job.id, path=relative, seed=seed, prompt=resolved.prompt,
+                negative_prompt=resolved.negative_prompt, infotext=infotext,
+                params={name: getattr(resolved, name) for name in PARAM_FIELDS},
+                model_name=model.info.name, model_hash=model.info.short_hash,
+                width=image.width, height=image.height,
+            )
+            saved.append({"id": image_id, "path": relative})
+
+    resolved = result.params
+    count = len(result.images)
+    return {
+        "params": {name: getattr(resolved, name) for name in PARAM_FIELDS},
+        "seeds": result.seeds,
+        "subseeds": [resolved.subseed + i for i in range(count)],
+        "infotexts": result.infotexts,
+        "images": saved,
+        "model": {
+            "name": model.info.name,
+            "hash": model.info.short_hash,
+            "sha256": model.info.sha256,
+            "vae_name": model.vae_info.path.name if model.vae_info else None,
+            "vae_hash": model.vae_info.short_hash if model.vae_info else None,
+        },
+        "notes": list(result.notes),
+        "interrupted": result.interrupted,
+    }
+
+
+__all__ = ["make_payload", "run_txt2img", "check_sampling", "check_limits", "PARAM_FIELDS"]

@@ -1,0 +1,153 @@
+"""Settings, with A1111's option names and defaults (`/sdapi/v1/options`), persisted in the store.
+
+Only options this server acts on are listed; their names, types and defaults are A1111's
+(`modules/shared_options.py`), plus a few limits of our own (prefixed `api_`) that bound what one request may
+ask for. A value is checked against its spec before anything is written, and a whole update is written in one
+transaction, so a bad key leaves every setting as it was.
+
+Over the API, folder options are read-only (A1111's `restrict_api`: a client must not choose where files are
+written); unknown keys are ignored (clients send options of extensions we do not have), and reported back to
+the caller so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sdwebui.server.store import Store
+
+
+class OptionError(ValueError):
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    default: Any
+    label: str
+    kind: type
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    api_writable: bool = True
+
+    def check(self, key: str, value: Any) -> Any:
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise OptionError(key, f"must be true or false, got {value!r}")
+            return value
+        if self.kind in (int, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise OptionError(key, f"must be a number, got {value!r}")
+            if self.kind is int:
+                if float(value) != int(value):
+                    raise OptionError(key, f"must be a whole number, got {value!r}")
+                value = int(value)
+            else:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise OptionError(key, "must be a finite number")
+            if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+                raise OptionError(key, f"must be between {self.minimum:g} and {self.maximum:g}, got {value!r}")
+            return value
+        if self.kind is str:
+            if value is None and self.default is None:
+                return None
+            if not isinstance(value, str):
+                raise OptionError(key, f"must be text, got {value!r}")
+            if self.choices is not None and value not in self.choices:
+                raise OptionError(key, f"must be one of {', '.join(self.choices)}; got {value!r}")
+            return value
+        raise AssertionError(self.kind)  # pragma: no cover
+
+
+OPTIONS: dict[str, OptionSpec] = {
+    # model
+    "sd_model_checkpoint": OptionSpec(None, "Stable Diffusion checkpoint", str),
+    "sd_checkpoint_hash": OptionSpec("", "SHA256 hash of the current checkpoint", str, api_writable=False),
+    "sd_vae": OptionSpec("Automatic", "SD VAE", str),
+    "CLIP_stop_at_last_layers": OptionSpec(1, "Clip skip", int, minimum=1, maximum=12),
+    # sampling
+    "randn_source": OptionSpec("GPU", "Random number generator source", str, choices=("GPU", "CPU", "NV")),
+    "eta_noise_seed_delta": OptionSpec(0, "Eta noise seed delta", int, minimum=0, maximum=2**32 - 1),
+    "eta_ancestral": OptionSpec(1.0, "Eta for k-diffusion samplers", float, minimum=0, maximum=10),
+    "eta_ddim": OptionSpec(0.0, "Eta for DDIM", float, minimum=0, maximum=10),
+    "s_churn": OptionSpec(0.0, "sigma churn", float, minimum=0, maximum=100),
+    "s_tmin": OptionSpec(0.0, "sigma tmin", float, minimum=0, maximum=1000),
+    "s_tmax": OptionSpec(0.0, "sigma tmax (0 = infinity)", float, minimum=0, maximum=1e6),
+    "s_noise": OptionSpec(1.0, "sigma noise", float, minimum=0, maximum=10),
+    "sigma_min": OptionSpec(0.0, "Schedule min sigma (0 = model's)", float, minimum=0, maximum=1000),
+    "sigma_max": OptionSpec(0.0, "Schedule max sigma (0 = model's)", float, minimum=0, maximum=1000),
+    "rho": OptionSpec(0.0, "Schedule rho (0 = schedule's)", float, minimum=0, maximum=100),
+    "always_discard_next_to_last_sigma": OptionSpec(False, "Always discard next-to-last sigma", bool),
+    # live previews
+    "live_previews_enable": OptionSpec(True, "Show live previews of the created image", bool),
+    "show_progress_every_n_steps": OptionSpec(
+        10, "Live preview display period (steps; -1 = end of each batch, 0 = off)", int, minimum=-1, maximum=1000
+    ),
+    # saving
+    "samples_save": OptionSpec(True, "Always save all generated images (UI jobs)", bool),
+    "samples_format": OptionSpec("png", "File format for images", str, choices=("png",)),
+    "enable_pnginfo": OptionSpec(True, "Save text information about generation parameters as chunks to png files",
+                                 bool),
+    "save_to_dirs": OptionSpec(True, "Save images to a subdirectory (by date)", bool),
+    "outdir_samples": OptionSpec("", "Output directory for images; if empty, defaults to the ones below", str,
+                                 api_writable=False),
+    "outdir_txt2img_samples": OptionSpec("outputs/txt2img-images", "Output directory for txt2img images", str,
+                                         api_writable=False),
+    # limits of this server (not in A1111, which has none)
+    "api_max_pixels": OptionSpec(
+        4096 * 4096, "Max width x height x batch size of one request", int, minimum=64, maximum=2**40
+    ),
+    "api_max_images": OptionSpec(1000, "Max images per request (batch size x batch count)", int,
+                                 minimum=1, maximum=1_000_000),
+    "api_max_steps": OptionSpec(1000, "Max sampling steps", int, minimum=1, maximum=1000),
+    "api_max_queue_size": OptionSpec(1000, "Max jobs waiting in the queue (further requests get 503)", int,
+                                     minimum=1, maximum=1_000_000),
+}
+
+
+class Options:
+    """Current option values: A1111's defaults overlaid with what the store holds."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def get(self, key: str) -> Any:
+        spec = OPTIONS[key]
+        return self.store.get_setting(key, spec.default)
+
+    def all(self) -> dict[str, Any]:
+        stored = self.store.settings()
+        return {key: stored.get(key, spec.default) for key, spec in OPTIONS.items()}
+
+    def validate(self, values: Mapping[str, Any], *, from_api: bool = True) -> tuple[dict[str, Any], list[str]]:
+        """(checked values to write, ignored unknown keys). Raises OptionError naming the first bad key."""
+        current = self.all()
+        accepted: dict[str, Any] = {}
+        ignored: list[str] = []
+        for key, value in values.items():
+            spec = OPTIONS.get(key)
+            if spec is None:
+                ignored.append(key)
+                continue
+            if from_api and not spec.api_writable:
+                if value == current.get(key):
+                    continue  # clients post back what they read: that is not an attempt to change it
+                raise OptionError(key, "cannot be changed over the API")
+            accepted[key] = spec.check(key, value)
+        return accepted, ignored
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Write already validated values (one transaction)."""
+        if values:
+            self.store.set_settings(values)
+
+
+__all__ = ["OPTIONS", "OptionSpec", "Options", "OptionError"]

@@ -1,0 +1,171 @@
+"""One security layer in front of every route (reliability-security research, sections 1.2 and 6B/6C).
+
+`SecurityMiddleware` wraps the whole ASGI app, so no route can be forgotten (A1111's bugs #17161/#17411 came
+from routes that neither of its two auth systems covered). In order:
+
+1. Host check (DNS rebinding): a server bound to loopback without credentials answers only requests whose
+   `Host` is a loopback name (plus `--allowed-hosts`); a web page on evil.example that rebinds its name to
+   127.0.0.1 gets 403.
+2. Authentication, default deny: with credentials configured, every path needs HTTP Basic auth except the
+   explicit public list (only the health probe). The check compares against every configured pair with
+   `hmac.compare_digest` and no early exit, so timing says nothing about which part was wrong.
+3. Cross-site requests: a state-changing request (POST, PUT, PATCH, DELETE) that carries an `Origin` other
+   than the server's own or a `--cors-allow-origins` entry gets 403, so a page in the user's browser cannot
+   queue jobs or change settings on a loopback server (browsers always send `Origin` on such requests).
+4. Body size: `Content-Length` over the limit gets 413 before anything is read; a chunked body is counted as it
+   arrives and cut off at the limit.
+
+`confine()` is the one helper for turning a client-supplied relative path into a file inside a folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+
+from sdwebui.server.config import Credentials, ServerConfig
+
+PUBLIC_PATHS = frozenset({"/api/v1/health"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class SecurityMiddleware:
+    def __init__(self, app, config: ServerConfig):
+        self.app = app
+        self.credentials: Credentials = config.credentials
+        self.check_host = config.loopback_only and not config.credentials
+        self.allowed_hosts = LOOPBACK_NAMES | {h.lower() for h in config.allowed_hosts}
+        self.allowed_origins = frozenset(o.rstrip("/") for o in config.cors_allow_origins)
+        self.max_body = config.max_body_bytes
+        self._pairs = [(u.encode(), p.encode()) for u, p in self.credentials.pairs]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if self.check_host and _hostname(host) not in self.allowed_hosts:
+            return await _reply(scope, send, 403, "forbidden", "this server only answers requests addressed to "
+                                "localhost (Host header not allowed; see --allowed-hosts)")
+        if self._pairs and scope["path"] not in PUBLIC_PATHS and not self._authorized(headers.get("authorization")):
+            return await _reply(scope, send, 401, "unauthorized", "authentication required",
+                                extra_headers=[(b"www-authenticate", b'Basic realm="sdwebui"')])
+        method = scope.get("method", "GET")
+        origin = headers.get("origin")
+        if method not in SAFE_METHODS and origin is not None and not self._origin_allowed(origin, host):
+            return await _reply(scope, send, 403, "forbidden", "cross-origin request refused "
+                                "(allow the origin with --cors-allow-origins)")
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self.max_body
+            except ValueError:
+                return await _reply(scope, send, 400, "bad_request", "invalid Content-Length")
+            if too_large:
+                return await _reply(scope, send, 413, "payload_too_large",
+                                    f"request body over the limit of {self.max_body} bytes")
+        received = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _reply(scope, send, 413, "payload_too_large",
+                             f"request body over the limit of {self.max_body} bytes")
+
+    def _authorized(self, header: str | None) -> bool:
+        if not header or not header[:6].lower() == "basic ":
+            return False
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        user, sep, password = decoded.partition(b":")
+        if not sep:
+            return False
+        ok = False
+        for want_user, want_password in self._pairs:
+            # Both comparisons always run (no short-circuit): time does not reveal which part matched.
+            user_ok = hmac.compare_digest(user, want_user)
+            password_ok = hmac.compare_digest(password, want_password)
+            ok |= user_ok & password_ok
+        return ok
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        origin = origin.rstrip("/")
+        if origin in self.allowed_origins or "*" in self.allowed_origins:
+            return True
+        if origin == "null":
+            return False
+        parts = urlsplit(origin)
+        return bool(parts.netloc) and parts.netloc.lower() == host.lower()
+
+
+def _hostname(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def _reply(scope, send, status: int, code: str, detail: str, extra_headers=()):
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *extra_headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def confine(root: Path, relative: str) -> Path | None:
+    """`root/relative` when that file, symlinks resolved, lies inside `root`; None otherwise.
+
+    No string checks for ".." (they miss encodings, backslashes and symlinks): the joined path is resolved and
+    then tested for containment. Absolute paths, NUL bytes and absurd lengths are refused outright."""
+    if not relative or "\x00" in relative or len(relative) > 4096:
+        return None
+    if Path(relative).is_absolute() or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
+        return None
+    try:
+        base = root.resolve()
+        target = (base / relative).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if target == base or not target.is_relative_to(base):
+        return None
+    return target
+
+
+__all__ = ["SecurityMiddleware", "confine", "PUBLIC_PATHS"]

@@ -1,0 +1,120 @@
+"""The services behind every route (native API, A1111 API, and later the UI): one object per app.
+
+Built by `sdwebui.app.build_app` and passed to the routers; nothing here is global, so two apps can run side
+by side. Heavy parts are made on first use: the model manager (and torch with it) when the first job or model
+question arrives, not at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from sdwebui.server.config import ServerConfig
+from sdwebui.server.options import Options
+from sdwebui.server.queue import JobHandle, JobQueue, Worker
+from sdwebui.server.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+class Services:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.paths = config.paths
+        self.store, recovered = open_store(self.paths.data_dir)
+        self.options = Options(self.store)
+        self.queue = JobQueue(self.store, max_size=lambda: int(self.options.get("api_max_queue_size")))
+        self.worker = Worker(
+            self.queue,
+            {"txt2img": self._run_txt2img, "load_model": self._run_load_model},
+            name="worker-0",
+            on_out_of_memory=self.release_memory,
+            warmup=_import_pipelines if config.preload else None,
+        )
+        self.recovered = self.queue.restore(recovered)
+        if recovered:
+            log.warning("re-queued %d job(s) left waiting by the last run", len(recovered))
+        self._models = None
+        self._models_lock = threading.Lock()
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.worker.start()
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.store.close()
+
+    # ---- models ---------------------------------------------------------------------------------------------
+    @property
+    def models(self):
+        """The `ModelManager` (made on first use: it needs torch and the device plan)."""
+        with self._models_lock:
+            if self._models is None:
+                from sdwebui.models.devices import plan_devices
+                from sdwebui.models.manager import ModelManager
+
+                config = self.config
+                precision = config.precision
+                devices = plan_devices(config.device, precision=precision, vae_precision=config.vae_precision)
+                self._models = ModelManager(self.paths, devices, prediction_type=config.prediction_type)
+                log.info("device: %s", devices.describe())
+            return self._models
+
+    def resolve_checkpoint(self, name: str | None) -> Path:
+        return self.models.resolve_checkpoint(name or None)
+
+    def resolve_vae(self, name: str | None) -> Path | None:
+        return self.models.resolve_vae(name)
+
+    def release_memory(self) -> None:
+        from sdwebui.models.manager import release_freed_memory
+
+        if self._models is not None:
+            self._models.unload()
+        release_freed_memory()
+
+    # ---- jobs -----------------------------------------------------------------------------------------------
+    def submit(self, kind: str, payload: dict) -> JobHandle:
+        return self.queue.submit(kind, payload)
+
+    def job_view(self, job_id: str) -> dict | None:
+        """A job as the native API shows it: the stored record with live progress while it runs."""
+        record = self.store.job(job_id)
+        if record is None:
+            return None
+        handle = self.queue.get(job_id)
+        view = {
+            "id": record["id"],
+            "kind": record["kind"],
+            "status": record["status"],
+            "created": record["created"],
+            "started": record["started"],
+            "finished": record["finished"],
+            "error": record["error"],
+            "queue_position": self.queue.position(job_id),
+            "progress": record["progress"],
+            "result": record["result"],
+        }
+        if handle is not None and handle.status == "running":
+            view["progress"] = handle.progress.as_dict()
+        return view
+
+    def _run_txt2img(self, job: JobHandle) -> dict:
+        from sdwebui.server.generation import run_txt2img
+
+        return run_txt2img(job, self)
+
+    def _run_load_model(self, job: JobHandle) -> dict:
+        model = self.models.get(job.payload.get("checkpoint"), vae=job.payload.get("vae"))
+        return {"model": {"name": model.info.name, "hash": model.info.short_hash}}
+
+
+def _import_pipelines() -> None:
+    import sdwebui.pipelines.output  # noqa: F401
+    import sdwebui.pipelines.txt2img  # noqa: F401
+
+
+__all__ = ["Services"]
