@@ -6,6 +6,7 @@ does); `--models-dir` defaults to `<data-dir>/models`; each model kind has its o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ class Paths:
     lora_dir: Path
     embeddings_dir: Path
     outputs_dir: Path
+    styles_files: tuple[Path, ...] = ()
+    """A1111's `--styles-file` (repeatable, wildcards allowed); `from_flags` defaults it to
+    `<data-dir>/styles.csv`, as A1111."""
 
     @classmethod
     def from_flags(
@@ -30,6 +34,7 @@ class Paths:
         lora_dir: str | Path | None = None,
         embeddings_dir: str | Path | None = None,
         outputs_dir: str | Path | None = None,
+        styles_file: str | Path | Sequence[str | Path] | None = None,
     ) -> "Paths":
         data = Path(data_dir or ".").expanduser().resolve()
         models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
@@ -45,9 +50,23 @@ class Paths:
             lora_dir=pick(lora_dir, models / "Lora"),
             embeddings_dir=pick(embeddings_dir, data / "embeddings"),
             outputs_dir=pick(outputs_dir, data / "outputs"),
+            styles_files=tuple(_expand(f) for f in _as_list(styles_file)) or (data / "styles.csv",),
         )
 
     @property
     def cache_dir(self) -> Path:
         """Hash cache and other derived data (A1111 keeps `cache.json` in the data dir)."""
         return self.data_dir / "cache"
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [value]
+    return list(value)
+
+
+def _expand(value: str | Path) -> Path:
+    # Not resolve(): a wildcard pattern is not a path yet; absolute() keeps it meaning the same after a chdir.
+    return Path(value).expanduser().absolute()
