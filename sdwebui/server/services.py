@@ -64,10 +64,32 @@ class Services:
             return self._models
 
     def resolve_checkpoint(self, name: str | None) -> Path:
-        return self.models.resolve_checkpoint(name or None)
+        """The checkpoint a client named (file name, stem, A1111 title or hash; None = the default).
+
+        Only files the checkpoints folder lists (and the embedded demo model) can be chosen: the model manager
+        also takes any path on disk, which is right for the command line but would let an API client make the
+        server open files outside its folders."""
+        from sdwebui.models.loader import find_checkpoints
+        from sdwebui.models.manager import DEMO_CHECKPOINT, ModelNotFoundError
+
+        path = self.models.resolve_checkpoint(name or None)
+        allowed = find_checkpoints(self.paths.ckpt_dir) + ([DEMO_CHECKPOINT] if DEMO_CHECKPOINT.is_file() else [])
+        if not _listed(path, allowed):
+            raise ModelNotFoundError(f"checkpoint {name!s} not found in {self.paths.ckpt_dir} "
+                                     "(only the models in the checkpoints folder can be chosen)")
+        return path
 
     def resolve_vae(self, name: str | None) -> Path | None:
-        return self.models.resolve_vae(name)
+        """A VAE a client named; like checkpoints, only files the VAE folder (or `*.vae.*` files beside the
+        checkpoints) lists."""
+        from sdwebui.models.manager import ModelNotFoundError
+        from sdwebui.models.vae import find_vaes
+
+        path = self.models.resolve_vae(name)
+        if path is not None and not _listed(path, find_vaes(self.paths.vae_dir, self.paths.ckpt_dir)):
+            raise ModelNotFoundError(f"VAE {name!s} not found in {self.paths.vae_dir} "
+                                     "(only the VAEs in the VAE folder can be chosen)")
+        return path
 
     def release_memory(self) -> None:
         from sdwebui.models.manager import release_freed_memory
@@ -110,6 +132,18 @@ class Services:
     def _run_load_model(self, job: JobHandle) -> dict:
         model = self.models.get(job.payload.get("checkpoint"), vae=job.payload.get("vae"))
         return {"model": {"name": model.info.name, "hash": model.info.short_hash}}
+
+
+def _listed(path: Path, allowed: list[Path]) -> bool:
+    """`path` is one of `allowed` (compared as given, and with symlinks resolved: a checkpoint the user linked
+    into the folder is listed under its link name, while a path sent by a client resolves to the target)."""
+    if path in allowed:
+        return True
+    try:
+        target = path.resolve()
+        return any(target == candidate.resolve() for candidate in allowed)
+    except (OSError, RuntimeError):
+        return False
 
 
 def _import_pipelines() -> None:
