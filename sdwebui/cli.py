@@ -266,8 +266,14 @@ def run_samplers(args) -> int:
 
 def run_serve(args) -> int:
     from sdwebui.app import config_from_args, serve
+    from sdwebui.server.config import ConfigError
 
-    return serve(config_from_args(args, paths_from(args)))
+    try:
+        config = config_from_args(args, paths_from(args))
+    except ConfigError as error:  # a malformed --api-auth or an unreadable credentials file: one line, exit 2
+        print(f"sdwebui: error: {error}", file=sys.stderr)
+        return 2
+    return serve(config)
 
 
 COMMANDS = {"txt2img": run_txt2img, "models": run_models, "samplers": run_samplers, "serve": run_serve}

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 
 from sdwebui.server.config import Credentials, ServerConfig
 
@@ -36,8 +37,12 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised while a chunked body is read, once it passes the limit. An `HTTPException`, so FastAPI's body
+    reader passes it through to the error handlers (a plain exception there becomes a 400)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body over the limit of {limit} bytes")
 
 
 class SecurityMiddleware:
@@ -87,7 +92,7 @@ class SecurityMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(self.max_body)
             return message
 
         async def tracking_send(message):
