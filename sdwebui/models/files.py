@@ -269,9 +269,18 @@ def _extra_safe_globals() -> list:
     return allowed
 
 
-def _read_pickle(path: Path, device: torch.device, dtype: DtypeRule, keys) -> dict[str, torch.Tensor]:
+def load_pickle(path: str | Path):
+    """The object a PyTorch pickle (`.pt/.ckpt/.bin/.pth`) holds, through the restricted unpickler only.
+
+    For files whose tensors are nested (a textual-inversion `.pt` keeps them under `string_to_param`), where
+    `read_state_dict`'s flat dict of tensors is not enough. Tensors and plain containers only; anything that
+    would call other code is refused with a `ModelFileError` before it runs.
+    """
     import pickle
 
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "file not found")
     if path.stat().st_size == 0:
         raise ModelFileError(path, "empty file (0 bytes)")
     use_mmap = zipfile.is_zipfile(path)  # mmap needs the zip format every torch.save since 1.6 writes
@@ -279,11 +288,15 @@ def _read_pickle(path: Path, device: torch.device, dtype: DtypeRule, keys) -> di
         # The extra globals are allowed only for the duration of this call (PyTorch's scoped context; it swaps a
         # process-wide list, so a concurrent load may briefly see the same few harmless extras).
         with torch.serialization.safe_globals(_extra_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as error:
         raise ModelFileError(path, _describe_unpickling_error(error)) from None
     except Exception as error:  # noqa: BLE001 - a damaged pickle fails in many ways inside the unpickler
         raise ModelFileError(path, f"not a readable PyTorch checkpoint ({type(error).__name__}: {_first_line(error)})") from None
+
+
+def _read_pickle(path: Path, device: torch.device, dtype: DtypeRule, keys) -> dict[str, torch.Tensor]:
+    obj = load_pickle(path)
     state_dict = unwrap_state_dict(obj)
     if state_dict is None:
         raise ModelFileError(path, f"holds a {type(obj).__name__}, not a dict of tensors")
@@ -340,6 +353,7 @@ __all__ = [
     "read_metadata",
     "read_shapes",
     "read_state_dict",
+    "load_pickle",
     "unwrap_state_dict",
     "SAFETENSORS_EXTENSIONS",
     "PICKLE_EXTENSIONS",

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -71,11 +72,22 @@ class Conditioning:
 
 
 @dataclass(frozen=True)
+class EmbeddingFix:
+    """A textual-inversion embedding placed in a chunk (A1111's `PromptChunkFix`)."""
+
+    offset: int
+    """Position of its first vector in the 77-token chunk (BOS is position 0)."""
+    embedding: "Embedding"  # noqa: F821  (sdwebui.models.embeddings)
+
+
+@dataclass(frozen=True)
 class PromptChunk:
     """One 77-token window in A1111's layout: BOS, 75 tokens padded with EOS, EOS."""
 
     tokens: tuple[int, ...]
     multipliers: tuple[float, ...]
+    fixes: tuple[EmbeddingFix, ...] = ()
+    """Embeddings whose vectors replace the token embeddings at their positions (their token ids are 0)."""
 
 
 def split_into_chunks(
@@ -86,26 +98,35 @@ def split_into_chunks(
     comma_id: int,
     chunk_length: int = CHUNK_LENGTH,
     comma_backtrack: int = COMMA_PADDING_BACKTRACK,
+    embeddings: "EmbeddingLookup | None" = None,  # noqa: F821  (sdwebui.models.embeddings)
 ) -> tuple[list[PromptChunk], int]:
     """A1111's `tokenize_line` after tokenization: token spans (None = BREAK) -> (chunks, token count).
 
     The token count is what A1111's counter shows: 75 for every closed chunk (padding included) plus the
     length of the last one.
+
+    With `embeddings`, a span's tokens that spell an embedding's name (the longest match wins) become that
+    embedding's vectors: as many placeholder tokens (id 0) as it has vectors, all with the span's weight. An
+    embedding is never split between chunks: one that does not fit in what is left of a chunk starts the next
+    (A1111). Unlike A1111, an embedding carried to the next chunk by the comma word-wrap keeps its vectors
+    (A1111 leaves its fix behind in the previous chunk, so the carried placeholders encode as "!" tokens).
     """
     chunks: list[PromptChunk] = []
     cur_tokens: list[int] = []
     cur_mults: list[float] = []
+    cur_fixes: list[tuple[int, object]] = []  # (offset among the content tokens, embedding)
     token_count = 0
     last_comma = -1
 
     def next_chunk(is_last: bool = False) -> None:
-        nonlocal cur_tokens, cur_mults, token_count, last_comma
+        nonlocal cur_tokens, cur_mults, cur_fixes, token_count, last_comma
         token_count += len(cur_tokens) if is_last else chunk_length
         pad = chunk_length - len(cur_tokens)
         toks = [bos_id, *cur_tokens, *([eos_id] * pad), eos_id]
         mults = [1.0, *cur_mults, *([1.0] * pad), 1.0]
-        chunks.append(PromptChunk(tuple(toks), tuple(mults)))
-        cur_tokens, cur_mults = [], []
+        fixes = tuple(EmbeddingFix(offset + 1, embedding) for offset, embedding in cur_fixes)
+        chunks.append(PromptChunk(tuple(toks), tuple(mults), fixes))
+        cur_tokens, cur_mults, cur_fixes = [], [], []
         last_comma = -1
 
     for span in spans:
@@ -113,7 +134,9 @@ def split_into_chunks(
             next_chunk()
             continue
         ids, weight = span
-        for token in ids:
+        position = 0
+        while position < len(ids):
+            token = ids[position]
             if token == comma_id:
                 last_comma = len(cur_tokens)
             elif (
@@ -125,13 +148,27 @@ def split_into_chunks(
                 # Full chunk, comma nearby: end the chunk after the comma, carry the phrase over.
                 cut = last_comma + 1
                 carry_tokens, carry_mults = cur_tokens[cut:], cur_mults[cut:]
+                carry_fixes = [(offset - cut, e) for offset, e in cur_fixes if offset >= cut]
                 cur_tokens, cur_mults = cur_tokens[:cut], cur_mults[:cut]
+                cur_fixes = [(offset, e) for offset, e in cur_fixes if offset < cut]
                 next_chunk()
-                cur_tokens, cur_mults = carry_tokens, carry_mults
+                cur_tokens, cur_mults, cur_fixes = carry_tokens, carry_mults, carry_fixes
             if len(cur_tokens) == chunk_length:
                 next_chunk()
-            cur_tokens.append(int(token))
-            cur_mults.append(float(weight))
+            found = embeddings.find_at(ids, position) if embeddings else None
+            if found is None:
+                cur_tokens.append(int(token))
+                cur_mults.append(float(weight))
+                position += 1
+                continue
+            embedding, name_length = found
+            count = embedding.vector_count
+            if len(cur_tokens) + count > chunk_length:
+                next_chunk()
+            cur_fixes.append((len(cur_tokens), embedding))
+            cur_tokens.extend([0] * count)
+            cur_mults.extend([float(weight)] * count)
+            position += name_length
 
     if cur_tokens or not chunks:
         next_chunk(is_last=True)
@@ -214,14 +251,43 @@ class TextEncoderStack:
 
     # -- tokenization ---------------------------------------------------------------------------------
 
-    def tokenize_weighted(self, spans: Sequence[WeightedText]) -> tuple[list[PromptChunk], int]:
-        """Weighted text spans (A1111 `parse_prompt_attention` output) -> (chunks, token count)."""
+    @property
+    def tower_widths(self) -> tuple[tuple[str, int], ...]:
+        """`(name, token-embedding width)` per encoder: what an embedding must provide to be usable."""
+        return tuple((t.name, int(t.module.get_input_embeddings().weight.shape[-1])) for t in self.towers)
+
+    def embedding_lookup(self, embeddings) -> "EmbeddingLookup | None":  # noqa: F821
+        """The name lookup of an `EmbeddingDatabase` (or None) for these encoders."""
+        if embeddings is None:
+            return None
+        return embeddings.lookup(self.tower_widths, self._tokenize_texts) or None
+
+    def tokenize_weighted(
+        self, spans: Sequence[WeightedText], *, embeddings=None
+    ) -> tuple[list[PromptChunk], int]:
+        """Weighted text spans (A1111 `parse_prompt_attention` output) -> (chunks, token count).
+
+        `embeddings`: an `EmbeddingDatabase` whose usable embeddings are recognised by name."""
         texts = [text for text, weight in spans if not _is_break(text, weight)]
         ids = iter(self._tokenize_texts(texts))
         token_spans: list[tuple[Sequence[int], float] | None] = [
             None if _is_break(text, weight) else (next(ids), float(weight)) for text, weight in spans
         ]
-        return split_into_chunks(token_spans, bos_id=self.bos_id, eos_id=self.eos_id, comma_id=self.comma_id)
+        return split_into_chunks(
+            token_spans, bos_id=self.bos_id, eos_id=self.eos_id, comma_id=self.comma_id,
+            embeddings=self.embedding_lookup(embeddings),
+        )
+
+    def used_embeddings(self, prompts: Sequence[Sequence[WeightedText]], embeddings) -> list["Embedding"]:  # noqa: F821
+        """The embeddings these prompts (weighted spans) call, in order of first use (for `TI hashes`)."""
+        found: dict[str, object] = {}
+        if embeddings is None:
+            return []
+        for spans in prompts:
+            for chunk in self.tokenize_weighted(spans, embeddings=embeddings)[0]:
+                for fix in chunk.fixes:
+                    found.setdefault(fix.embedding.name, fix.embedding)
+        return list(found.values())
 
     def _tokenize_texts(self, texts: list[str]) -> list[list[int]]:
         if not texts:
@@ -244,7 +310,13 @@ class TextEncoderStack:
     # -- encoding -------------------------------------------------------------------------------------
 
     def encode(
-        self, prompts: list[str], *, clip_skip: int = 1, min_chunks: int = 1, negative: bool = False
+        self,
+        prompts: list[str],
+        *,
+        clip_skip: int = 1,
+        min_chunks: int = 1,
+        negative: bool = False,
+        embeddings=None,
     ) -> Conditioning:
         """Encode plain prompts (no emphasis parsing: every token has weight 1.0).
 
@@ -253,7 +325,8 @@ class TextEncoderStack:
         zeros, as A1111 does (`sd_models_xl.get_learned_conditioning`, `force_zero_negative_prompt`).
         """
         return self.encode_weighted(
-            [[(p, 1.0)] for p in prompts], clip_skip=clip_skip, min_chunks=min_chunks, negative=negative
+            [[(p, 1.0)] for p in prompts], clip_skip=clip_skip, min_chunks=min_chunks, negative=negative,
+            embeddings=embeddings,
         )
 
     def encode_weighted(
@@ -264,11 +337,15 @@ class TextEncoderStack:
         min_chunks: int = 1,
         negative: bool = False,
         emphasis: str = "Original",
+        embeddings=None,
     ) -> Conditioning:
-        """Encode prompts given as weighted spans (one list of `(text, weight)` per prompt)."""
+        """Encode prompts given as weighted spans (one list of `(text, weight)` per prompt).
+
+        `embeddings`: an `EmbeddingDatabase`; the names of its usable embeddings in a prompt become their
+        vectors."""
         if not prompts:
             raise ValueError("no prompts to encode")
-        batch_chunks = [self.tokenize_weighted(spans)[0] for spans in prompts]
+        batch_chunks = [self.tokenize_weighted(spans, embeddings=embeddings)[0] for spans in prompts]
         cond = self.encode_chunks(batch_chunks, clip_skip=clip_skip, min_chunks=min_chunks, emphasis=emphasis)
         if negative and self.is_sdxl and all(_is_empty(spans) for spans in prompts):
             return Conditioning(
@@ -297,11 +374,13 @@ class TextEncoderStack:
         tokens = torch.tensor([[c.tokens for c in row] for row in grid], dtype=torch.long)
         mults = torch.tensor([[c.multipliers for c in row] for row in grid], dtype=torch.float32)
         weighted = bool((mults != 1.0).any())
+        # Flattened row (chunk-major, as `_run_tower` reshapes) -> the embeddings placed in it.
+        fixes = [(i * len(row) + j, chunk.fixes) for i, row in enumerate(grid) for j, chunk in enumerate(row) if chunk.fixes]
 
         outs: list[Tensor] = []
         pooled: Tensor | None = None
         for tower in self.towers:
-            z, pool = self._run_tower(tower, tokens, clip_skip)
+            z, pool = self._run_tower(tower, tokens, clip_skip, fixes)
             if weighted:
                 z = torch.stack([apply_emphasis(z[i], mults[i], emphasis) for i in range(n_chunks)])
             outs.append(z)
@@ -322,9 +401,12 @@ class TextEncoderStack:
         blank = empty_chunk(self.bos_id, self.eos_id)
         return self.encode_chunks([[blank] * num_chunks] * batch_size)
 
-    def _run_tower(self, tower: _Tower, tokens: Tensor, clip_skip: int) -> tuple[Tensor, Tensor | None]:
+    def _run_tower(
+        self, tower: _Tower, tokens: Tensor, clip_skip: int, fixes: Sequence[tuple[int, Sequence[EmbeddingFix]]] = ()
+    ) -> tuple[Tensor, Tensor | None]:
         """Run one encoder over [n, B, 77] ids; returns hidden states [n, B, 77, D] and, for CLIP-G, the
-        projected pooled output [n, B, P]."""
+        projected pooled output [n, B, P]. `fixes`: (flattened row, embeddings) whose vectors replace the token
+        embeddings at their positions (A1111's `EmbeddingsWithFixes`)."""
         n, b, t = tokens.shape
         ids = tokens.reshape(n * b, t)
         if tower.pad_id != self.eos_id:
@@ -334,7 +416,11 @@ class TextEncoderStack:
             ids = torch.where(after, torch.full_like(ids, tower.pad_id), ids)
         module = tower.module
         device = _module_device(module)
-        out = module(input_ids=ids.to(device), output_hidden_states=True)
+        if fixes:
+            with _embedding_fixes(module, tower.name, len(self.towers) == 1, fixes):
+                out = module(input_ids=ids.to(device), output_hidden_states=True)
+        else:
+            out = module(input_ids=ids.to(device), output_hidden_states=True)
         hidden = out.hidden_states
         if self.is_sdxl:
             z = hidden[-2]
@@ -351,6 +437,33 @@ class TextEncoderStack:
 
     def __repr__(self) -> str:
         return f"TextEncoderStack({self.family.value}, {[t.name for t in self.towers]})"
+
+
+@contextmanager
+def _embedding_fixes(module: torch.nn.Module, tower: str, single_tower: bool, fixes):
+    """Replace token embeddings by embedding vectors for the duration of one encoder call.
+
+    A forward hook on the encoder's token-embedding layer, removed on exit: the vectors enter exactly where
+    A1111's `EmbeddingsWithFixes` puts them (before the position embeddings are added)."""
+    layer = module.get_input_embeddings()
+
+    def hook(_layer, _args, output: Tensor) -> Tensor:
+        output = output.clone()
+        for row, row_fixes in fixes:
+            for fix in row_fixes:
+                width = output.shape[-1]
+                vectors = fix.embedding.vectors_for(tower, width, single_tower=single_tower)
+                if vectors is None:
+                    raise ValueError(f"embedding {fix.embedding.name!r} has no {width}-wide vectors for {tower}")
+                count = min(vectors.shape[0], output.shape[1] - 1 - fix.offset)
+                output[row, fix.offset : fix.offset + count] = vectors[:count].to(output.device, output.dtype)
+        return output
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _is_break(text: str, weight: float) -> bool:
