@@ -28,6 +28,19 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def addnet_hash_file(path: str | Path) -> str:
+    """kohya-ss's "addnet" hash of a `.safetensors` file: SHA-256 of everything after the header (the tensor
+    data), so editing the metadata keeps the hash. A1111 writes its first 12 hex digits as `Lora hashes`
+    (`modules/hashes.py` `addnet_hash_safetensors`)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        header_length = int.from_bytes(file.read(8), "little")
+        file.seek(8 + header_length)
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def short_hash(sha256: str) -> str:
     """A1111's short hash (infotext `Model hash`, checkpoint titles `name [abcdef0123]`)."""
     return sha256[:10]
@@ -78,14 +91,16 @@ class HashCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def sha256(self, path: str | Path) -> str:
-        """Full SHA-256 of a file; of a diffusers folder, the SHA-256 of its weight files' hashes (sorted by path)."""
+    def sha256(self, path: str | Path, *, addnet: bool = False) -> str:
+        """Full SHA-256 of a file; of a diffusers folder, the SHA-256 of its weight files' hashes (sorted by path).
+
+        `addnet=True`: the kohya "addnet" hash of a `.safetensors` file instead (`addnet_hash_file`)."""
         path = Path(path).resolve()
-        if path.is_dir():
+        if path.is_dir() and not addnet:
             lines = [f"{self.sha256(p)}  {p.relative_to(path).as_posix()}\n" for p in _weight_files(path)]
             return hashlib.sha256("".join(lines).encode()).hexdigest()
         stat = path.stat()
-        key = str(path)
+        key = ("addnet:" if addnet else "") + str(path)
         with self._lock:
             cached = self._read().get(key)
             if (
@@ -95,7 +110,7 @@ class HashCache:
                 and isinstance(cached.get("sha256"), str)
             ):
                 return cached["sha256"]
-        digest = sha256_file(path)
+        digest = addnet_hash_file(path) if addnet else sha256_file(path)
         with self._lock:
             self._write_entry(key, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest})
         return digest
@@ -112,4 +127,4 @@ def sha256_of(path: str | Path, cache_dir: str | Path | None = None) -> str:
     return HashCache(cache_dir).sha256(path)
 
 
-__all__ = ["HashCache", "sha256_of", "sha256_file", "short_hash", "legacy_model_hash", "CACHE_FILE_NAME"]
+__all__ = ["HashCache", "sha256_of", "sha256_file", "addnet_hash_file", "short_hash", "legacy_model_hash", "CACHE_FILE_NAME"]
