@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list checkpoints with family, prediction type and hash")
     add_path_flags(models)
 
+    loras = commands.add_parser("loras", help="list LoRA / LyCORIS files: module types, base model, hash")
+    add_path_flags(loras)
+    embeddings = commands.add_parser("embeddings", help="list textual-inversion embeddings: vectors, width, hash")
+    add_path_flags(embeddings)
+
     commands.add_parser("samplers", help="list samplers (aliases, default schedule) and schedule types")
 
     from sdwebui.app import add_serve_flags
@@ -246,6 +251,47 @@ def run_models(args) -> int:
     return 0
 
 
+def run_loras(args) -> int:
+    from sdwebui.models.files import ModelFileError
+    from sdwebui.models.lora import LoraLibrary
+
+    paths = paths_from(args)
+    library = LoraLibrary(paths.lora_dir, hash_cache_dir=paths.cache_dir)
+    files = library.files()
+    if not files:
+        print(f"no LoRA files in {paths.lora_dir}")
+        return 0
+    for name, file in files.items():
+        alias = f" (alias {file.alias})" if file.alias != name else ""
+        try:
+            summary = library.describe(file)
+            kinds = "+".join(summary.kinds) or "no layers"
+            print(f"{name} [{library.shorthash(file)}]{alias}\t{kinds}\t{summary.family}\t"
+                  f"{summary.layers} layers\t{file.path}")
+        except ModelFileError as error:
+            print(f"{name}\tunreadable: {error.reason}\t{file.path}")
+    return 0
+
+
+def run_embeddings(args) -> int:
+    from sdwebui.models.embeddings import EmbeddingDatabase
+
+    paths = paths_from(args)
+    database = EmbeddingDatabase(paths.embeddings_dir)
+    found, errors = database.embeddings, database.errors
+    if not found and not errors:
+        print(f"no embeddings in {paths.embeddings_dir}")
+        return 0
+    families = {768: "sd1 (CLIP-L)", 1024: "sd2 (OpenCLIP-H)", 1280: "sdxl-refiner (CLIP-G)", 2048: "sdxl"}
+    for name, embedding in found.items():
+        family = families.get(embedding.shape, f"{embedding.shape}-wide")
+        vectors = f"{embedding.vector_count} vector{'s' if embedding.vector_count != 1 else ''}"
+        print(f"{name} [{embedding.shorthash}]\t{vectors}\t{family}\t{embedding.path}")
+    for name, reason in errors.items():
+        print(f"{name}\tunreadable: {reason}")
+    return 0
+
+
 def run_samplers(args) -> int:
     from sdwebui.core.samplers import SAMPLERS
     from sdwebui.core.schedules import SCHEDULES
@@ -276,7 +322,14 @@ def run_serve(args) -> int:
     return serve(config)
 
 
-COMMANDS = {"txt2img": run_txt2img, "models": run_models, "samplers": run_samplers, "serve": run_serve}
+COMMANDS = {
+    "txt2img": run_txt2img,
+    "models": run_models,
+    "loras": run_loras,
+    "embeddings": run_embeddings,
+    "samplers": run_samplers,
+    "serve": run_serve,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

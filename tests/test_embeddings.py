@@ -246,3 +246,17 @@ def test_used_embeddings_and_ti_hashes(tmp_path, sd1):
     text = ti_hashes(used)
     assert text == f"other: {db.get('other').shorthash}, goodone: {db.get('good,one').shorthash}"
     assert ti_hashes([]) is None
+
+
+def test_cli_lists_embeddings(tmp_path, capsys):
+    from sdwebui.cli import main
+
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    write_a1111_pt(folder / "negstyle.pt", _vectors(2, 768))
+    (folder / "broken.pt").write_bytes(b"not a pickle")
+    assert main(["embeddings", "--embeddings-dir", str(folder), "--data-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    short = sha256_file(folder / "negstyle.pt")[:12]
+    assert lines[0] == f"negstyle [{short}]\t2 vectors\tsd1 (CLIP-L)\t{folder / 'negstyle.pt'}"
+    assert lines[1].startswith("broken\tunreadable: ")

@@ -421,3 +421,18 @@ def test_kohya_lora_matches_diffusers_load_lora_weights(tmp_path, tiny_files):
     assert (ours_unet - plain_unet).abs().max() > 1e-3 and (ours_te - plain_te).abs().max() > 1e-3
     torch.testing.assert_close(ours_te, theirs_te, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(ours_unet, theirs_unet, atol=2e-5, rtol=1e-4)
+
+
+def test_cli_lists_loras(tmp_path, capsys):
+    from sdwebui.cli import main
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    save_file(_simple_lora(), folder / "mystyle.safetensors", metadata={"ss_output_name": "nice"})
+    assert main(["loras", "--lora-dir", str(folder), "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    short = LoraLibrary(folder).shorthash(LoraLibrary(folder).files()["mystyle"])
+    assert out.startswith(f"mystyle [{short}] (alias nice)\tlora\t")
+    assert "2 layers" in out
+    assert main(["loras", "--lora-dir", str(tmp_path / "none"), "--data-dir", str(tmp_path)]) == 0
+    assert "no LoRA files" in capsys.readouterr().out
