@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -29,6 +30,8 @@ __all__ = [
     "DiscreteSchedule",
     "ModelDenoiser",
     "CFGDenoiser",
+    "CFGConditioning",
+    "ConditioningSchedule",
     "PREDICTION_TYPES",
     "append_dims",
     "scaled_linear_alphas_cumprod",
@@ -216,6 +219,35 @@ class _ShapeMismatch(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class CFGConditioning:
+    """The conditioning of one CFG denoiser call.
+
+    `cond` and `uncond` are the keyword trees the inner denoiser takes (tensors with the batch on dim 0, nested
+    dicts of them). `weights` describes composable diffusion (Liu et al. 2022, "Compositional Visual Generation
+    with Composable Diffusion Models"; A1111's `AND`): for image i of the batch, the weights of its rows in
+    `cond`, the rows listed image by image (image 0's sub-prompts, then image 1's, ...). None means one
+    `cond` row per image with weight 1, plain CFG.
+    """
+
+    cond: Mapping[str, Any]
+    uncond: Mapping[str, Any] | None
+    weights: tuple[tuple[float, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and any(len(w) == 0 for w in self.weights):
+            raise ValueError("every image needs at least one conditioning row")
+
+    @property
+    def is_plain(self) -> bool:
+        """One row per image with weight 1: guidance reduces to `uncond + scale * (cond - uncond)`."""
+        return self.weights is None or all(w == (1.0,) for w in self.weights)
+
+
+ConditioningSchedule = Callable[[int], CFGConditioning]
+"""`conditioning(step) -> CFGConditioning`: the conditioning of the `step`-th call (0-based) of a sampling run."""
+
+
 class CFGDenoiser:
     """Classifier-free guidance (Ho & Salimans, 2022) around a denoiser: `uncond + cfg_scale * (cond - uncond)`.
 
@@ -225,12 +257,34 @@ class CFGDenoiser:
     model's image conditioning) are shared by both halves and duplicated. When the two sides cannot be batched
     (prompts of different token lengths, e.g. 77 vs 154) the two passes run one after the other, which gives the same
     result. With `cfg_scale == 1` the uncond pass is skipped (the result would equal the cond pass).
+
+    Conditioning that changes during sampling (A1111's prompt editing `[a:b:when]`, alternation `[a|b]`) and
+    composable diffusion (`a AND b :1.2`) come in through `conditioning`: a function of the call counter `step`, which
+    counts this denoiser's calls from 0 (A1111's `CFGDenoiser.step`; samplers stay pure and know nothing of it).
+    A1111 counts calls, not sampler steps, and plans the prompt schedule over its sampler's `total_steps`
+    (two calls per step for second-order samplers); the pipeline does the same. `reset()` starts the count again
+    for the next sampling run. With weights, guidance is A1111's `combine_denoised`:
+    `uncond[i] + sum_j (cond[j] - uncond[i]) * (w_j * cfg_scale)` over image i's rows j.
     """
 
-    def __init__(self, inner: Denoiser, cond: Mapping[str, Any], uncond: Mapping[str, Any] | None, cfg_scale: float):
+    def __init__(
+        self,
+        inner: Denoiser,
+        cond: Mapping[str, Any] | None,
+        uncond: Mapping[str, Any] | None,
+        cfg_scale: float,
+        *,
+        conditioning: ConditioningSchedule | None = None,
+    ):
+        if conditioning is None and cond is None:
+            raise ValueError("CFGDenoiser needs cond or a conditioning schedule")
         self.inner = inner
-        self.cond = dict(cond)
+        self.cond = None if cond is None else dict(cond)
         self.uncond = None if uncond is None else dict(uncond)
+        self.conditioning = conditioning
+        """`conditioning(step) -> CFGConditioning`, or None: `cond` / `uncond` at every call."""
+        self.step = 0
+        """Calls made since construction or the last `reset()`; the index `conditioning` is asked about."""
         self.cfg_scale = float(cfg_scale)
         self.cfg_scale_multiplier = 1.0
         """Guidance uses cfg_scale * cfg_scale_multiplier (set by `recording_uncond`; A1111's
@@ -238,6 +292,21 @@ class CFGDenoiser:
         self.record_uncond = False
         self.last_uncond: Tensor | None = None
         """The unconditional x0 of the last call, when `record_uncond` is on (else None)."""
+
+    @classmethod
+    def scheduled(cls, inner: Denoiser, conditioning: ConditioningSchedule, cfg_scale: float) -> "CFGDenoiser":
+        """A denoiser whose conditioning comes from `conditioning(step)` at every call."""
+        return cls(inner, None, None, cfg_scale, conditioning=conditioning)
+
+    def reset(self) -> None:
+        """Start counting calls from 0 again (a new sampling run)."""
+        self.step = 0
+
+    def conditioning_at(self, step: int) -> CFGConditioning:
+        if self.conditioning is not None:
+            return self.conditioning(step)
+        assert self.cond is not None
+        return CFGConditioning(self.cond, self.uncond)
 
     @contextmanager
     def recording_uncond(self, cfg_scale_multiplier: float = 1.0) -> Iterator["CFGDenoiser"]:
@@ -277,22 +346,69 @@ class CFGDenoiser:
         return self.inner.schedule
 
     def __call__(self, x: Tensor, sigma: Tensor | float, **extra: Any) -> Tensor:
+        conditioning = self.conditioning_at(self.step)
+        self.step += 1
         sigma = _sigma_batch(sigma, x)
         scale = self.cfg_scale * self.cfg_scale_multiplier
         self.last_uncond = None
-        if self.uncond is None or (scale == 1.0 and not self.record_uncond):
-            out = self.inner(x, sigma, **self.cond, **extra)
+        if conditioning.is_plain:
+            return self._plain(x, sigma, conditioning.cond, conditioning.uncond, scale, extra)
+        return self._composed(x, sigma, conditioning, scale, extra)
+
+    def _plain(self, x, sigma, cond, uncond, scale, extra) -> Tensor:
+        if uncond is None or (scale == 1.0 and not self.record_uncond):
+            out = self.inner(x, sigma, **cond, **extra)
             if self.record_uncond:
                 self.last_uncond = out
             return out
-        try:
-            cond_in = _concat_tree({**self.cond, **extra}, {**self.uncond, **extra})
-        except _ShapeMismatch:
-            cond_out = self.inner(x, sigma, **self.cond, **extra)
-            uncond_out = self.inner(x, sigma, **self.uncond, **extra)
-        else:
-            out = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), **cond_in)
-            cond_out, uncond_out = out.chunk(2)
+        cond_out, uncond_out = self._run_both(x, sigma, cond, uncond, extra, extra, x, sigma)
         if self.record_uncond:
             self.last_uncond = uncond_out
         return uncond_out + (cond_out - uncond_out) * scale
+
+    def _composed(self, x, sigma, conditioning: CFGConditioning, scale, extra) -> Tensor:
+        weights = conditioning.weights
+        assert weights is not None
+        if len(weights) != x.shape[0]:
+            raise ValueError(f"conditioning weights are for {len(weights)} images, the batch has {x.shape[0]}")
+        repeats = torch.tensor([len(w) for w in weights], device=x.device)
+        x_rows = x.repeat_interleave(repeats, dim=0)
+        sigma_rows = sigma.repeat_interleave(repeats, dim=0)
+        extra_rows = _repeat_rows(extra, repeats, x.shape[0])
+        if conditioning.uncond is None:
+            # No negative branch at all: the weighted sum of the sub-prompt predictions.
+            cond_out = self.inner(x_rows, sigma_rows, **conditioning.cond, **extra_rows)
+            uncond_out = torch.zeros_like(x)
+        else:
+            cond_out, uncond_out = self._run_both(
+                x_rows, sigma_rows, conditioning.cond, conditioning.uncond, extra_rows, extra, x, sigma
+            )
+        if self.record_uncond:
+            self.last_uncond = uncond_out if conditioning.uncond is not None else None
+        denoised = uncond_out.clone()
+        row = 0
+        for i, image_weights in enumerate(weights):
+            for weight in image_weights:
+                denoised[i] += (cond_out[row] - uncond_out[i]) * (weight * scale)
+                row += 1
+        return denoised
+
+    def _run_both(self, x_c, sigma_c, cond, uncond, extra_c, extra_u, x_u, sigma_u) -> tuple[Tensor, Tensor]:
+        """Run the cond rows and the uncond rows, batched into one call when their shapes allow."""
+        try:
+            cond_in = _concat_tree({**cond, **extra_c}, {**uncond, **extra_u})
+        except _ShapeMismatch:
+            return self.inner(x_c, sigma_c, **cond, **extra_c), self.inner(x_u, sigma_u, **uncond, **extra_u)
+        out = self.inner(torch.cat([x_c, x_u]), torch.cat([sigma_c, sigma_u]), **cond_in)
+        return out[: x_c.shape[0]], out[x_c.shape[0] :]
+
+
+def _repeat_rows(tree: Any, repeats: Tensor, batch: int) -> Any:
+    """Repeat per-image tensors (dim 0 == batch) row-wise to match the composable cond rows."""
+    if isinstance(tree, Tensor):
+        if tree.ndim and tree.shape[0] == batch:
+            return tree.repeat_interleave(repeats.to(tree.device), dim=0)
+        return tree
+    if isinstance(tree, Mapping):
+        return {k: _repeat_rows(v, repeats, batch) for k, v in tree.items()}
+    return tree

@@ -7,12 +7,15 @@ interrupt / skip buttons) and tests all drive the same code without globals.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
 from sdwebui.models.sd_model import SDModel
+from sdwebui.prompts.extra_networks import ExtraNetworkCall
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,30 @@ class StopFlags:
 
 
 @dataclass
+class NetworkActivation:
+    """What applying a batch's extra networks reports back to the pipeline."""
+
+    infotext: dict[str, object] = field(default_factory=dict)
+    """Entries for the infotext, in order (A1111's "Lora hashes", "TI hashes", ...)."""
+    notes: list[str] = field(default_factory=list)
+    """Messages for the user (e.g. a LoRA name that was not found: A1111 goes on without it)."""
+
+
+class ExtraNetworksHook(Protocol):
+    """Applies the networks a batch's prompt asks for (`<lora:name:w>`, ...) for the duration of a `with` block.
+
+    The pipeline enters the block before it encodes the batch's prompts and leaves it after sampling, so the
+    networks act on the text encoders and the UNet alike; leaving must restore the model. `calls` are the tags of
+    the batch's first prompt (A1111 `extra_networks.parse_prompts`); it may be empty (a job without networks
+    after one with them).
+    """
+
+    def __call__(
+        self, model: SDModel, calls: Sequence[ExtraNetworkCall]
+    ) -> AbstractContextManager[NetworkActivation]: ...
+
+
+@dataclass
 class GenerationContext:
     model: SDModel
     rng: str = "gpu"
@@ -60,3 +87,8 @@ class GenerationContext:
     stop: StopFlags = field(default_factory=StopFlags)
     nan_check: bool = True
     """Fail a job whose latents are NaN instead of returning a black image (A1111's NaN check)."""
+    embeddings: "EmbeddingDatabase | None" = None  # noqa: F821  (sdwebui.models.embeddings)
+    """Textual-inversion embeddings recognised by name in prompts; None: none."""
+    extra_networks: ExtraNetworksHook | None = None
+    """Applies `<lora:...>` and other extra networks; None: tags are removed from the prompt and reported as
+    not applied."""

@@ -24,6 +24,10 @@ DEFAULT_SAMPLER = "DPM++ 2M"
 DEFAULT_SCHEDULER = "Automatic"
 MAX_SIDE = 8192
 MAX_STEPS = 1000
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+"""A1111's "Emphasis mode" setting (`modules/sd_emphasis.py`): Original = weights, then the chunk mean restored;
+No norm = weights only; Ignore = brackets are parsed away but carry no weight; None = no emphasis syntax at all,
+brackets (and BREAK) are text."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class Txt2ImgParams:
     """Schedule overrides (A1111 settings "sigma min/max", "rho"); None or 0 = the model's / schedule's own."""
     discard_penultimate_sigma: bool = False
     """A1111's "Always discard next-to-last sigma"."""
+    emphasis: str = "Original"
+    """A1111's "Emphasis mode" setting: Original, No norm, Ignore or None (see `pipelines.conditioning`)."""
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -85,6 +91,8 @@ class Txt2ImgParams:
                            ("s_noise", 10.0), ("sigma_min", 1000.0), ("sigma_max", 1000.0), ("rho", 100.0)):
             if getattr(self, name) is not None:
                 _check_float_range(name, getattr(self, name), 0.0, high)
+        if self.emphasis not in EMPHASIS_MODES:
+            raise ParamError("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
         if not isinstance(self.prompt, str):
             raise ParamError("prompt", "must be text")
         if not isinstance(self.negative_prompt, str):

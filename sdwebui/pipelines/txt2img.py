@@ -1,13 +1,16 @@
 """txt2img: prompt -> conditioning -> seeded noise -> sampler over a CFG denoiser -> VAE decode.
 
 The composition follows A1111's `process_images` (seeds seed+i per image, conditioning computed once per
-job, one sampler run per batch) with the model-facing pieces from `sdwebui.models` and the math from
-`sdwebui.core`.
+job and prompt schedule, one sampler run per batch) with the model-facing pieces from `sdwebui.models` and
+the math from `sdwebui.core`. Per batch, as A1111: extra-network tags are taken out of the prompts and handed
+to `ctx.extra_networks`; the prompt language (`[a:b:when]`, `[a|b]`, `AND`, emphasis) becomes a
+`BatchConditioning` that the CFG denoiser reads per call; the infotext keeps the prompt as typed.
 """
 
 from __future__ import annotations
 
 import inspect
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -15,15 +18,18 @@ from PIL import Image
 
 from sdwebui import __version__
 from sdwebui.core import noise as core_noise
-from sdwebui.core.denoiser import CFGDenoiser, DiscreteSchedule, ModelDenoiser
+from sdwebui.core.denoiser import CFGConditioning, CFGDenoiser, DiscreteSchedule, ModelDenoiser
 from sdwebui.core.samplers import SamplerSpec, find_sampler, parse_sampler_name
 from sdwebui.core.schedules import find_schedule
+from sdwebui.models.embeddings import ti_hashes
 from sdwebui.models.sd_model import SDModel
 from sdwebui.models.text_encoding import Conditioning
-from sdwebui.pipelines.context import GenerationContext, GenerationStopped, StepProgress
+from sdwebui.pipelines.conditioning import BatchConditioning, build_conditioning, uses_emphasis
+from sdwebui.pipelines.context import GenerationContext, GenerationStopped, NetworkActivation, StepProgress
 from sdwebui.pipelines.infotext import build_infotext
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
 from sdwebui.pipelines.vae_decode import decode_latents
+from sdwebui.prompts.extra_networks import ExtraNetworkCall, parse_prompts
 
 INFOTEXT_VERSION = f"sdwebui-{__version__}"
 
@@ -88,25 +94,6 @@ def _message(error: Exception) -> str:
     return error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
 
 
-def encode_prompt_pair(model: SDModel, prompt: str, negative_prompt: str, batch_size: int, clip_skip: int):
-    """Encode the prompt and negative prompt once for the job, padded to the same chunk count.
-
-    The shorter of the two is padded with empty 75-token chunks so cond and uncond share one batched UNet
-    call. An empty SDXL negative prompt is all zeros, as in A1111 and diffusers.
-    """
-    encoder = model.text_encoder
-    cond = encoder.encode([prompt], clip_skip=clip_skip)
-    uncond = encoder.encode([negative_prompt], clip_skip=clip_skip, min_chunks=cond.num_chunks, negative=True)
-    if uncond.num_chunks > cond.num_chunks:
-        cond = encoder.encode([prompt], clip_skip=clip_skip, min_chunks=uncond.num_chunks)
-    return _repeat(cond, batch_size), _repeat(uncond, batch_size)
-
-
-def _repeat(conditioning: Conditioning, batch_size: int) -> Conditioning:
-    pooled = conditioning.pooled.repeat(batch_size, 1) if conditioning.pooled is not None else None
-    return Conditioning(cross_attn=conditioning.cross_attn.repeat(batch_size, 1, 1), pooled=pooled)
-
-
 def unet_condition(model: SDModel, conditioning: Conditioning, width: int, height: int) -> dict:
     """The keyword arguments the UNet needs besides (x, t): SDXL adds pooled text and size/crop ids."""
     cond: dict = {"encoder_hidden_states": conditioning.cross_attn}
@@ -147,6 +134,58 @@ def make_denoiser(model: SDModel) -> ModelDenoiser:
     return ModelDenoiser(model_fn, DiscreteSchedule(model.alphas_cumprod), model.prediction_type)
 
 
+def scheduled_denoiser(
+    model: SDModel, inner: ModelDenoiser, conditioning: BatchConditioning, width: int, height: int, cfg_scale: float
+) -> CFGDenoiser:
+    """A CFG denoiser that reads `conditioning` at every call (prompt editing, alternation, AND weights).
+
+    The UNet keyword arguments are built once per distinct combination of schedule entries, not per call.
+    """
+    weights = conditioning.weights
+    built: dict[tuple, CFGConditioning] = {}
+
+    def at(step: int) -> CFGConditioning:
+        key = conditioning.selection(step)
+        found = built.get(key)
+        if found is None:
+            cond, uncond = conditioning.at_step(step)
+            uncond_kwargs = refiner_negative_condition(
+                model, unet_condition(model, uncond, width, height), width, height
+            )
+            found = built[key] = CFGConditioning(unet_condition(model, cond, width, height), uncond_kwargs, weights)
+        return found
+
+    return CFGDenoiser.scheduled(inner, at, cfg_scale)
+
+
+class _NetworkScope:
+    """Keeps the extra networks of the current batch applied; re-applies only when a batch asks for others."""
+
+    def __init__(self, ctx: GenerationContext, stack: ExitStack):
+        self.ctx = ctx
+        self.stack = stack
+        self.active: tuple[str, ...] | None = None
+        self.inner: ExitStack | None = None
+        self.activation = NetworkActivation()
+
+    def activate(self, calls: list[ExtraNetworkCall]) -> NetworkActivation:
+        tags = tuple(call.tag for call in calls)
+        if tags == self.active:
+            return self.activation
+        if self.inner is not None:
+            self.inner.close()
+        self.active = tags
+        hook = self.ctx.extra_networks
+        if hook is None:
+            notes = [f"extra networks are not available here; ignored: {' '.join(tags)}"] if tags else []
+            self.activation = NetworkActivation(notes=notes)
+            self.inner = None
+            return self.activation
+        self.inner = self.stack.enter_context(ExitStack())
+        self.activation = self.inner.enter_context(hook(self.ctx.model, calls))
+        return self.activation
+
+
 def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
     model = ctx.model
     sampling = resolve_sampling(params.sampler, params.scheduler)
@@ -161,30 +200,47 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
     subseeds = [subseed + i for i in range(params.image_count)]
     latent_shape = (model.latent_channels, params.height // 8, params.width // 8)
     sampler_kwargs, sampler_infotext = sampler_options(sampling, params)
+    # One prompt per image, as A1111's `all_prompts` (the params carry one prompt for the whole job).
+    all_prompts = [params.prompt] * params.image_count
+    all_negative_prompts = [params.negative_prompt] * params.image_count
+    # A1111 lays prompt schedules out over the denoiser calls the sampler plans (2 per step if second order).
+    schedule_steps = sampler.total_steps(params.steps)
 
-    with torch.inference_mode():
-        cond, uncond = encode_prompt_pair(
-            model, params.prompt, params.negative_prompt, params.batch_size, params.clip_skip
-        )
-        cond_kwargs = unet_condition(model, cond, params.width, params.height)
-        uncond_kwargs = refiner_negative_condition(
-            model, unet_condition(model, uncond, params.width, params.height), params.width, params.height
-        )
-        denoiser = CFGDenoiser(make_denoiser(model), cond_kwargs, uncond_kwargs, float(params.cfg_scale))
-        sigmas, schedule_infotext = schedule_sigmas(sampling, params, denoiser)
+    with torch.inference_mode(), ExitStack() as stack:
+        inner = make_denoiser(model)
+        sigmas, schedule_infotext = schedule_sigmas(sampling, params, inner)
         sigmas = sigmas.to(model.device)
+        networks = _NetworkScope(ctx, stack)
 
         all_latents: list[torch.Tensor] = []
         kept_seeds: list[int] = []
         kept_subseeds: list[int] = []
+        kept_extra: list[dict[str, object]] = []
         notes: list[str] = []
         interrupted = False
+        cached: tuple[tuple, CFGDenoiser, dict[str, object]] | None = None
         for batch_index in range(params.batch_count):
             if ctx.stop.interrupted.is_set():
                 interrupted = True
                 break
             ctx.stop.skipped.clear()
             batch = slice(batch_index * params.batch_size, (batch_index + 1) * params.batch_size)
+            prompts, calls = parse_prompts(all_prompts[batch])
+            negative_prompts = all_negative_prompts[batch]
+            activation = networks.activate(calls)
+            notes.extend(note for note in activation.notes if note not in notes)
+            key = (tuple(prompts), tuple(negative_prompts), networks.active)
+            if cached is None or cached[0] != key:
+                conditioning = build_conditioning(
+                    model.text_encoder, prompts, negative_prompts, schedule_steps,
+                    clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=ctx.embeddings,
+                )
+                denoiser = scheduled_denoiser(
+                    model, inner, conditioning, params.width, params.height, float(params.cfg_scale)
+                )
+                cached = (key, denoiser, {**activation.infotext, **prompt_infotext(params, conditioning)})
+            denoiser, batch_extra = cached[1], cached[2]
+            denoiser.reset()
             batch_seeds = seeds[batch]
             latents, stopped = _sample_batch(
                 ctx, sampler, denoiser, sigmas, batch_seeds, subseeds[batch], latent_shape, params, batch_index,
@@ -195,6 +251,7 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
             all_latents.append(latents)
             kept_seeds.extend(batch_seeds)
             kept_subseeds.extend(subseeds[batch])
+            kept_extra.extend([batch_extra] * len(batch_seeds))
             if stopped:
                 interrupted = True
                 break
@@ -210,10 +267,12 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
         images, decode_notes = decode_latents(model, latents)
         notes.extend(decode_notes)
 
-    extra = {**sampler_infotext, **schedule_infotext}
     infotexts = [
-        create_infotext(model, params, sampling, ctx, image_seed, image_subseed, extra)
-        for image_seed, image_subseed in zip(kept_seeds, kept_subseeds)
+        create_infotext(
+            model, params, sampling, ctx, image_seed, image_subseed,
+            {**image_extra, **sampler_infotext, **schedule_infotext},
+        )
+        for image_seed, image_subseed, image_extra in zip(kept_seeds, kept_subseeds, kept_extra)
     ]
     return GenerationResult(params, images, kept_seeds, infotexts, latents.float().cpu(), notes, interrupted)
 
@@ -252,6 +311,18 @@ def _sample_batch(
     except GenerationStopped:
         # A1111 keeps what the sampler had so far: the latest x0 estimate.
         return (last_denoised[0] if last_denoised else x), True
+
+
+def prompt_infotext(params: Txt2ImgParams, conditioning: BatchConditioning) -> dict[str, object]:
+    """What encoding the prompts adds to the infotext (A1111 `sd_hijack_clip`): `TI hashes` of the embeddings
+    used, and a non-default emphasis mode when some encoded text has brackets."""
+    values: dict[str, object] = {}
+    hashes = ti_hashes(conditioning.embeddings_used)
+    if hashes:
+        values["TI hashes"] = hashes  # quoted by the infotext writer, as A1111
+    if params.emphasis != "Original" and any(uses_emphasis(t) for t in conditioning.texts_encoded):
+        values["Emphasis"] = params.emphasis
+    return values
 
 
 # A1111's infotext names for the sampler options (`sd_samplers_kdiffusion.KDiffusionSampler.initialize`).

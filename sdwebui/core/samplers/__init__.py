@@ -124,6 +124,12 @@ class SamplerSpec:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         find_schedule(self.default_schedule)  # fail at import on a typo
 
+    def total_steps(self, steps: int) -> int:
+        """A1111's `SamplerData.total_steps`: the denoiser calls it plans for (2 per step when second order).
+
+        Prompt-editing schedules are laid out over this count, because A1111's CFG denoiser counts calls."""
+        return steps * 2 if self.second_order else steps
+
     def sigmas(self, steps: int, denoiser_or_schedule: Any, schedule: str = "Automatic", **opts: Any) -> Tensor:
         """`build_sigmas` with "Automatic" resolved to this sampler's default schedule, and the sampler's own
         "discard penultimate sigma" applied (or the user's, `discard_penultimate_sigma=True`)."""
