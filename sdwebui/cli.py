@@ -24,6 +24,10 @@ def add_path_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae-dir", help="VAE folder (default: <models-dir>/VAE)")
     group.add_argument("--lora-dir", help="LoRA folder (default: <models-dir>/Lora)")
     group.add_argument("--embeddings-dir", help="textual-inversion folder (default: <data-dir>/embeddings)")
+    group.add_argument(
+        "--styles-file", action="append", metavar="PATH",
+        help="A1111 styles.csv to read; repeatable, wildcards allowed (default: <data-dir>/styles.csv)",
+    )
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +46,8 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sdwebui.pipelines.params import EMPHASIS_MODES
+
     parser = argparse.ArgumentParser(prog="sdwebui", description="Stable Diffusion WebUI (A1111-compatible).")
     parser.add_argument("--version", action="version", version=f"sdwebui {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks for errors")
@@ -61,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int, help="multiple of 8 (default: the model's native size)")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--batch-count", type=int, default=1)
-    gen.add_argument("--clip-skip", type=int, default=1)
+    gen.add_argument("--clip-skip", type=int, default=1, help="stop at the n-th last CLIP layer (A1111's CLIP skip)")
+    gen.add_argument("--styles", nargs="+", default=[], metavar="NAME",
+                     help="apply these styles from the styles file, in order")
+    gen.add_argument("--emphasis", default="Original", choices=EMPHASIS_MODES,
+                     help="A1111's emphasis mode for (word:1.2) / [word]")
     seeds = gen.add_argument_group("seed extras (A1111's Extra checkbox)")
     seeds.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
     seeds.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
@@ -130,8 +140,9 @@ def is_user_error(error: Exception) -> bool:
     from sdwebui.models.files import ModelFileError
     from sdwebui.models.manager import ModelNotFoundError
     from sdwebui.pipelines.params import ParamError
+    from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 
-    return isinstance(error, (ModelFileError, ModelNotFoundError, ParamError))
+    return isinstance(error, (ModelFileError, ModelNotFoundError, ParamError, StyleFileError, UnknownStyleError))
 
 
 def describe_error(error: Exception) -> str:
@@ -155,6 +166,7 @@ def paths_from(args):
         vae_dir=args.vae_dir,
         lora_dir=args.lora_dir,
         embeddings_dir=args.embeddings_dir,
+        styles_file=getattr(args, "styles_file", None),
     )
 
 
@@ -168,11 +180,18 @@ def run_txt2img(args) -> int:
     from sdwebui.pipelines.params import Txt2ImgParams
     from sdwebui.pipelines.txt2img import resolve_sampling, txt2img
 
+    paths = paths_from(args)
+    prompt, negative_prompt = args.prompt, args.negative_prompt
+    if args.styles:
+        from sdwebui.prompts.styles import StyleDatabase
+
+        prompt, negative_prompt = StyleDatabase(paths.styles_files).apply(prompt, negative_prompt, args.styles)
+
     # Validate everything we can before touching a model file.
     def make_params(width: int, height: int) -> Txt2ImgParams:
         return Txt2ImgParams(
-            prompt=args.prompt,
-            negative_prompt=args.negative_prompt,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
             width=width,
             height=height,
             steps=args.steps,
@@ -196,12 +215,12 @@ def run_txt2img(args) -> int:
             sigma_max=args.sigma_max,
             rho=args.rho,
             discard_penultimate_sigma=args.discard_penultimate_sigma,
+            emphasis=args.emphasis,
         )
 
     make_params(args.width or 512, args.height or 512)
     resolve_sampling(args.sampler, args.scheduler)
 
-    paths = paths_from(args)
     precision = "full" if args.no_half else args.precision
     devices = plan_devices(args.device, precision=precision, vae_precision="full" if args.no_half_vae else "auto")
     manager = ModelManager(paths, devices, prediction_type=args.prediction_type)
