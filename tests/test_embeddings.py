@@ -260,3 +260,31 @@ def test_cli_lists_embeddings(tmp_path, capsys):
     short = sha256_file(folder / "negstyle.pt")[:12]
     assert lines[0] == f"negstyle [{short}]\t2 vectors\tsd1 (CLIP-L)\t{folder / 'negstyle.pt'}"
     assert lines[1].startswith("broken\tunreadable: ")
+
+
+def test_txt2img_uses_embeddings_and_writes_ti_hashes(tmp_path):
+    from sdwebui.models.loader import load_checkpoint
+    from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.params import Txt2ImgParams
+    from sdwebui.pipelines.txt2img import txt2img
+    from tiny_models import build_tiny, write_single_file
+
+    path = write_single_file(build_tiny(ModelFamily.SD1, seed=4), tmp_path / "tiny.safetensors")
+    model = load_checkpoint(path, device="cpu", dtype=torch.float32, vae_dtype=torch.float32)
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    write_a1111_pt(folder / "shinystyle.pt", _vectors(2, seed=5) * 5)
+    write_a1111_pt(folder / "badhands.pt", _vectors(1, seed=6) * 5)
+    db = EmbeddingDatabase(folder)
+
+    def run(prompt, embeddings):
+        params = Txt2ImgParams(prompt=prompt, negative_prompt="badhands", width=64, height=64, steps=2, seed=3,
+                               sampler="Euler")
+        return txt2img(GenerationContext(model=model, rng="cpu", embeddings=embeddings), params)
+
+    with_db = run("a shinystyle house", db)
+    without = run("a shinystyle house", None)
+    assert not torch.equal(with_db.latents, without.latents)
+    expected = f'TI hashes: "shinystyle: {db.get("shinystyle").shorthash}, badhands: {db.get("badhands").shorthash}"'
+    assert expected in with_db.infotexts[0]
+    assert "TI hashes" not in without.infotexts[0]

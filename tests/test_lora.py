@@ -436,3 +436,49 @@ def test_cli_lists_loras(tmp_path, capsys):
     assert "2 layers" in out
     assert main(["loras", "--lora-dir", str(tmp_path / "none"), "--data-dir", str(tmp_path)]) == 0
     assert "no LoRA files" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def _txt2img(model, prompt, library=None, **kwargs):
+    from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.networks import LoraNetworks
+    from sdwebui.pipelines.params import Txt2ImgParams
+    from sdwebui.pipelines.txt2img import txt2img
+
+    hook = LoraNetworks(library) if library is not None else None
+    ctx = GenerationContext(model=model, rng="cpu", extra_networks=hook)
+    values = dict(prompt=prompt, negative_prompt="blurry", width=64, height=64, steps=3, seed=77, sampler="Euler")
+    values.update(kwargs)
+    return txt2img(ctx, Txt2ImgParams(**values))
+
+
+def test_txt2img_with_lora_weight_zero_reuse_restore_unknown(tmp_path, tiny_files):
+    model = load(tiny_files)
+    tensors = {**_simple_lora(), f"{CONV_KOHYA}.lora_up.weight": rnd(32, 2, 1, 1, seed=40),
+               f"{CONV_KOHYA}.lora_down.weight": rnd(2, 32, 3, 3, seed=41)}
+    save_file(tensors, tmp_path / "style.safetensors")
+    library = LoraLibrary(tmp_path)
+    before = snapshot(model)
+
+    base = _txt2img(model, "a red cube", library)
+    zero = _txt2img(model, "a red cube <lora:style:0>", library)
+    assert torch.equal(base.latents, zero.latents)  # weight 0 is no LoRA, bit for bit
+    one = _txt2img(model, "a red cube <lora:style:1>", library)
+    assert (one.latents - base.latents).abs().max() > 1e-4
+    assert_unchanged(model, before)  # restored after the job
+    again = _txt2img(model, "a red cube <lora:style:1>", library)
+    assert torch.equal(again.latents, one.latents)
+    te_only = _txt2img(model, "a red cube <lora:style:1:0>", library)
+    assert not torch.equal(te_only.latents, one.latents) and not torch.equal(te_only.latents, base.latents)
+
+    short = library.shorthash(library.files()["style"])
+    assert f'Lora hashes: "style: {short}"' in one.infotexts[0]
+    assert "<lora:style:1>" in one.infotexts[0]  # the prompt is written as typed
+    assert "Lora hashes" not in zero.infotexts[0] and "Lora hashes" not in base.infotexts[0]
+
+    missing = _txt2img(model, "a red cube <lora:nope:1>", library)
+    assert torch.equal(missing.latents, base.latents)
+    assert "Failed to find networks: nope" in missing.notes
+    assert_unchanged(model, before)
