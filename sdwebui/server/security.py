@@ -14,6 +14,10 @@ from routes that neither of its two auth systems covered). In order:
    queue jobs or change settings on a loopback server (browsers always send `Origin` on such requests).
 4. Body size: `Content-Length` over the limit gets 413 before anything is read; a chunked body is counted as it
    arrives and cut off at the limit.
+5. CORS is decided in one place: `Access-Control-*` headers that anything inside sets are removed (Gradio, for
+   one, adds its own CORS middleware that admits any localhost origin with credentials, so a page served by
+   another local program could read the API's answers). Only `--cors-allow-origins` adds them back, through
+   the one `CORSMiddleware` outside this middleware (A1111 strips Gradio's CORS middleware for the same reason).
 
 `confine()` is the one helper for turning a client-supplied relative path into a file inside a folder.
 """
@@ -99,6 +103,10 @@ class SecurityMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                headers = message.get("headers") or []
+                if any(key.lower().startswith(b"access-control-") for key, _ in headers):
+                    message = {**message, "headers": [(key, value) for key, value in headers
+                                                      if not key.lower().startswith(b"access-control-")]}
             await send(message)
 
         try:
