@@ -228,8 +228,14 @@ def run_txt2img(args) -> int:
     params = make_params(args.width or model.native_size, args.height or model.native_size)
 
     bar = tqdm(total=params.steps * params.batch_count, desc="txt2img", unit="step", file=sys.stderr, leave=False)
+    from sdwebui.models.embeddings import EmbeddingDatabase
+    from sdwebui.models.lora import LoraLibrary
+    from sdwebui.pipelines.networks import LoraNetworks
+
     ctx = GenerationContext(
-        model=model, rng=args.rng, eta_noise_seed_delta=args.ensd, on_step=lambda progress: bar.update(1)
+        model=model, rng=args.rng, eta_noise_seed_delta=args.ensd, on_step=lambda progress: bar.update(1),
+        embeddings=EmbeddingDatabase(paths.embeddings_dir),
+        extra_networks=LoraNetworks(LoraLibrary(paths.lora_dir, hash_cache_dir=paths.cache_dir)),
     )
     try:
         result = txt2img(ctx, params)

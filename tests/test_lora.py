@@ -482,3 +482,28 @@ def test_txt2img_with_lora_weight_zero_reuse_restore_unknown(tmp_path, tiny_file
     assert torch.equal(missing.latents, base.latents)
     assert "Failed to find networks: nope" in missing.notes
     assert_unchanged(model, before)
+
+
+def test_a1111_api_lists_networks_and_applies_them(tmp_path, tiny_sd1_path):
+    from test_api_support import FAST, LiveServer, make_data_dir
+
+    data = make_data_dir(tmp_path / "data", tiny_sd1_path, "tiny-sd1.safetensors")
+    (data / "models" / "Lora").mkdir(parents=True)
+    save_file(_simple_lora(), data / "models" / "Lora" / "apistyle.safetensors", metadata={"ss_output_name": "api"})
+    (data / "embeddings").mkdir()
+    torch.save({"string_to_param": {"*": rnd(2, 32, seed=3)}, "step": 5}, data / "embeddings" / "apiemb.pt")
+    torch.save({"string_to_param": {"*": rnd(2, 768, seed=3)}}, data / "embeddings" / "wide.pt")
+    with LiveServer(data) as live, live.client() as client:
+        (item,) = client.get("/sdapi/v1/loras").json()
+        assert item["name"] == "apistyle" and item["alias"] == "api" and item["metadata"]["ss_output_name"] == "api"
+        response = client.post("/sdapi/v1/txt2img", json={**FAST, "prompt": "a cube <lora:apistyle:0.8> apiemb"})
+        assert response.status_code == 200, response.text
+        extra = json.loads(response.json()["info"])["extra_generation_params"]
+        library = LoraLibrary(data / "models" / "Lora")
+        assert extra["Lora hashes"] == f"apistyle: {library.shorthash(library.files()['apistyle'])}"
+        assert extra["TI hashes"].startswith("apiemb: ")
+        listing = client.get("/sdapi/v1/embeddings").json()  # a model is loaded now: widths are checked
+        assert listing["loaded"] == {"apiemb": {"step": 5, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                                "shape": 32, "vectors": 2}}
+        assert list(listing["skipped"]) == ["wide"]
+        assert client.post("/sdapi/v1/refresh-embeddings").status_code == 200

@@ -207,11 +207,15 @@ def build_router(services: Services) -> APIRouter:
 
     @router.get("/loras")
     def get_loras():
-        return catalog.loras(services.paths)
+        return services.loras.a1111_listing()
 
     @router.get("/embeddings")
     def get_embeddings():
-        return {"loaded": {}, "skipped": {}}
+        # Usable vs skipped depends on the loaded model's text encoders (A1111 always has one loaded; without
+        # one, every readable embedding is listed as loaded).
+        model = services.loaded_model()
+        towers = model.text_encoder.tower_widths if model is not None else None
+        return services.embeddings.a1111_listing(towers)
 
     @router.get("/prompt-styles")
     def get_prompt_styles():
@@ -262,6 +266,7 @@ def build_router(services: Services) -> APIRouter:
 
     @router.post("/refresh-embeddings")
     def refresh_embeddings():
+        services.embeddings.refresh(force=True)
         return None
 
     @router.post("/unload-checkpoint")

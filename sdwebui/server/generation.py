@@ -151,6 +151,7 @@ def preview_png(denoised, family: str) -> bytes:
 def run_txt2img(job: "JobHandle", services: "Services") -> dict:
     """Generate, save (when asked) and record the images of one txt2img job."""
     from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.networks import LoraNetworks
     from sdwebui.pipelines.output import save_image
     from sdwebui.pipelines.txt2img import txt2img
 
@@ -178,6 +179,8 @@ def run_txt2img(job: "JobHandle", services: "Services") -> dict:
         eta_noise_seed_delta=int(payload.get("eta_noise_seed_delta", 0)),
         on_step=on_step,
         stop=job.stop,
+        embeddings=services.embeddings,
+        extra_networks=LoraNetworks(services.loras),
     )
     result = txt2img(ctx, params)
     job.images = result.images

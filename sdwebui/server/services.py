@@ -38,6 +38,8 @@ class Services:
             log.warning("re-queued %d job(s) left waiting by the last run", len(recovered))
         self._models = None
         self._models_lock = threading.Lock()
+        self._loras = None
+        self._embeddings = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -62,6 +64,31 @@ class Services:
                 self._models = ModelManager(self.paths, devices, prediction_type=config.prediction_type)
                 log.info("device: %s", devices.describe())
             return self._models
+
+    def loaded_model(self):
+        """The model in memory, or None (without making the model manager)."""
+        return self._models.loaded if self._models is not None else None
+
+    @property
+    def loras(self):
+        """The `LoraLibrary` over the LoRA folder (made on first use; it keeps the patched weights of the last
+        LoRA set between jobs)."""
+        with self._models_lock:
+            if self._loras is None:
+                from sdwebui.models.lora import LoraLibrary
+
+                self._loras = LoraLibrary(self.paths.lora_dir, hash_cache_dir=self.paths.cache_dir)
+            return self._loras
+
+    @property
+    def embeddings(self):
+        """The `EmbeddingDatabase` over the embeddings folder (made on first use, re-read when files change)."""
+        with self._models_lock:
+            if self._embeddings is None:
+                from sdwebui.models.embeddings import EmbeddingDatabase
+
+                self._embeddings = EmbeddingDatabase(self.paths.embeddings_dir)
+            return self._embeddings
 
     def resolve_checkpoint(self, name: str | None) -> Path:
         """The checkpoint a client named (file name, stem, A1111 title or hash; None = the default).
@@ -94,6 +121,8 @@ class Services:
     def release_memory(self) -> None:
         from sdwebui.models.manager import release_freed_memory
 
+        if self._loras is not None:
+            self._loras.release()
         if self._models is not None:
             self._models.unload()
         release_freed_memory()
