@@ -507,3 +507,46 @@ def test_a1111_api_lists_networks_and_applies_them(tmp_path, tiny_sd1_path):
                                                 "shape": 32, "vectors": 2}}
         assert list(listing["skipped"]) == ["wide"]
         assert client.post("/sdapi/v1/refresh-embeddings").status_code == 200
+
+
+def test_cli_txt2img_applies_lora_from_lora_dir(tmp_path, tiny_sd1_path, capsys):
+    from PIL import Image
+
+    from sdwebui.cli import main
+
+    folder = tmp_path / "my-loras"
+    folder.mkdir()
+    save_file(_simple_lora(), folder / "clistyle.safetensors")
+    args = ["--model", str(tiny_sd1_path), "--lora-dir", str(folder), "--data-dir", str(tmp_path),
+            "--out", str(tmp_path / "out"), "--steps", "2", "--width", "64", "--height", "64", "--seed", "5"]
+    assert main(["txt2img", "a cube <lora:clistyle:0.5> <lora:absent:1>", *args]) == 0
+    captured = capsys.readouterr()
+    infotext = Image.open(captured.out.strip()).info["parameters"]
+    short = LoraLibrary(folder).shorthash(LoraLibrary(folder).files()["clistyle"])
+    assert f'Lora hashes: "clistyle: {short}"' in infotext
+    assert "note: Failed to find networks: absent" in captured.err
+
+
+def test_sdxl_lora_reaches_both_text_encoders_and_the_unet(tmp_path, tiny_files):
+    model = load(tiny_files, ModelFamily.SDXL)
+    keys = {
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": ("clip_l", "encoder.layers.0.self_attn.q_proj"),
+        "lora_te2_text_model_encoder_layers_1_mlp_fc2": ("clip_g", "text_model.encoder.layers.1.mlp.fc2"),
+        "lora_unet_input_blocks_3_1_transformer_blocks_1_attn2_to_k": (
+            "unet", "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k"),
+    }
+    towers = {t.name: t.module for t in model.text_encoder.towers}
+    layers = {k: dict((towers | {"unet": model.unet})[c].named_modules())[n] for k, (c, n) in keys.items()}
+    tensors, expected = {}, {}
+    for i, (key, layer) in enumerate(layers.items()):
+        out_features, in_features = layer.weight.shape
+        up, down = rnd(out_features, 2, seed=i), rnd(2, in_features, seed=10 + i)
+        tensors |= {f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down, f"{key}.alpha": torch.tensor(1.0)}
+        multiplier = UNET_MULT if key.startswith("lora_unet") else TE_MULT
+        expected[key] = layer.weight.detach() + multiplier * 0.5 * (up @ down)
+    save_file(tensors, tmp_path / "xl.safetensors")
+    before = snapshot(model)
+    with LoraLibrary(tmp_path).applied(model, [LoraCall("xl", TE_MULT, UNET_MULT)]):
+        for key, layer in layers.items():
+            torch.testing.assert_close(layer.weight, expected[key])
+    assert_unchanged(model, before)
