@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # sdwebui launcher: creates .venv in the checkout on first run, installs the package, then
-#   ./webui.sh            start the app (UI + API once they exist; the CLI help until then)
+#   ./webui.sh            start the app: web UI and API on http://127.0.0.1:7860 (--nowebui: API only)
 #   ./webui.sh test [..]  run the whole test suite (extra args go to pytest)
 #   ./webui.sh ARGS...    run the sdwebui CLI, e.g. ./webui.sh txt2img "a cat"
 set -euo pipefail
@@ -35,9 +35,24 @@ setup() {
     fi
 }
 
+# The web UI tests drive Debian's chromium (tests/test_ui_browser.py); install it when missing and possible,
+# otherwise those tests skip and say why.
+browser_setup() {
+    if [ -x /usr/bin/chromium ] || ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
+        return 0
+    fi
+    local log="$venv/chromium-install.log"
+    echo "sdwebui: installing chromium for the browser tests (log: $log)" >&2
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium ||
+           { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; } >"$log" 2>&1; then
+        echo "sdwebui: could not install chromium (see $log); the browser tests will be skipped" >&2
+    fi
+}
+
 setup
 if [ "${1:-}" = "test" ]; then
     shift
+    browser_setup
     exec "$venv/bin/python" -m pytest "$@"
 fi
 exec "$venv/bin/sdwebui" "$@"

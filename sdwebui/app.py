@@ -1,13 +1,13 @@
 """The composition root: configuration in, a ready FastAPI app out.
 
 `build_app(config)` wires everything once: paths -> store (with crash recovery) -> options -> job queue and
-worker -> model manager (made on first use) -> the native and A1111 routers -> error handlers -> the security
-middleware in front of all of it. There is no module-level state: two apps built side by side (two data
-folders, two ports) are independent.
+worker -> model manager (made on first use) -> the native and A1111 routers -> error handlers -> the web UI
+(Gradio, mounted at `/` unless `--nowebui`) -> the security middleware in front of all of it. There is no
+module-level state: two apps built side by side (two data folders, two ports) are independent.
 
 Start-up is kept light on purpose: torch, diffusers and the pipelines are imported when there is work (the
 worker imports the pipeline in the background as soon as the server is up), so the server answers within a
-second or two of starting.
+second or two of starting. Gradio (a few seconds to import) is imported only when the UI is served.
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ def build_app(config: ServerConfig):
     install_error_handlers(app)
     app.include_router(native.build_router(services))
     app.include_router(a1111.build_router(services))
+    if config.ui:
+        from sdwebui.ui import mount_ui
+
+        # Last, so the API routes keep their paths; inside the security middleware like everything else.
+        mount_ui(app, services)
     app.add_middleware(SecurityMiddleware, config=config)
     if config.cors_allow_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -78,6 +83,8 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cors-allow-origins", help="comma-separated origins allowed to call the API from a browser")
     group.add_argument("--allowed-hosts", help="comma-separated extra Host names accepted without credentials")
     group.add_argument("--no-preload", action="store_true", help="do not import the pipeline until the first job")
+    group.add_argument("--nowebui", "--no-ui", dest="nowebui", action="store_true",
+                       help="serve the API only, without the web UI (as A1111's --nowebui)")
 
 
 def config_from_args(args, paths) -> ServerConfig:
@@ -101,6 +108,7 @@ def config_from_args(args, paths) -> ServerConfig:
         vae_precision="full" if getattr(args, "no_half_vae", False) else "auto",
         prediction_type=getattr(args, "prediction_type", None),
         preload=not args.no_preload,
+        ui=not getattr(args, "nowebui", False),
         flags=flags,
     )
 
@@ -121,7 +129,8 @@ def serve(config: ServerConfig) -> int:
     if not config.loopback_only and not config.credentials:
         print(f"sdwebui: WARNING: listening on {config.host} without credentials (--insecure)", file=sys.stderr)
     app = build_app(config)
-    print(f"sdwebui: serving on {config.url} (API docs: {config.url}/docs)", file=sys.stderr)
+    ui = f"web UI: {config.url}/, " if config.ui else ""
+    print(f"sdwebui: serving on {config.url} ({ui}API docs: {config.url}/docs)", file=sys.stderr)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=30)
     return 0
 

@@ -1,0 +1,348 @@
+"""What the UI's controls mean, without Gradio: field values -> a queued job, infotext -> field values, progress
+-> text, model lists, token counts.
+
+Everything here goes through the server's services and helpers (the queue, the store, the options, the A1111
+adapter's request mapping), so a job queued from the browser is the same job `/sdapi/v1/txt2img` would queue
+for the same values. Gradio-free, so it reads (and is tested) as plain Python.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from sdwebui.server import catalog
+from sdwebui.server.queue import JobHandle, QueueFull
+from sdwebui.server.services import Services
+
+# The txt2img tab's fields, named as the engine names them (`Txt2ImgParams`); the order is the order of the
+# Gradio inputs and outputs that carry them.
+TXT2IMG_FIELDS: tuple[str, ...] = (
+    "prompt",
+    "negative_prompt",
+    "sampler",
+    "scheduler",
+    "steps",
+    "cfg_scale",
+    "width",
+    "height",
+    "batch_count",
+    "batch_size",
+    "seed",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+)
+
+# A1111's txt2img tab defaults (`modules/ui.py`; the API's differ: 50 steps, Euler).
+DEFAULTS: dict[str, Any] = {
+    "prompt": "",
+    "negative_prompt": "",
+    "sampler": "DPM++ 2M",
+    "scheduler": "Automatic",
+    "steps": 20,
+    "cfg_scale": 7.0,
+    "width": 512,
+    "height": 512,
+    "batch_count": 1,
+    "batch_size": 1,
+    "seed": -1,
+    "subseed": -1,
+    "subseed_strength": 0.0,
+    "seed_resize_from_w": 0,
+    "seed_resize_from_h": 0,
+}
+
+# A1111 request field -> UI field (the rest have the same name).
+_REQUEST_TO_FIELD = {"sampler_name": "sampler", "n_iter": "batch_count"}
+
+
+class UIError(Exception):
+    """A message for the user (shown in the page), e.g. a field out of range or a full queue."""
+
+
+# ---- txt2img --------------------------------------------------------------------------------------------------
+
+
+def request_from_fields(values: Mapping[str, Any], *, save_images: bool):
+    """The UI's field values -> the A1111 request the API would receive for them."""
+    from pydantic import ValidationError
+
+    from sdwebui.server.a1111_models import Txt2ImgRequest
+
+    v = {**DEFAULTS, **{k: val for k, val in values.items() if val is not None}}
+    try:
+        return Txt2ImgRequest(
+            prompt=str(v["prompt"]),
+            negative_prompt=str(v["negative_prompt"]),
+            sampler_name=str(v["sampler"]),
+            scheduler=str(v["scheduler"]),
+            steps=int(v["steps"]),
+            cfg_scale=float(v["cfg_scale"]),
+            width=int(v["width"]),
+            height=int(v["height"]),
+            n_iter=int(v["batch_count"]),
+            batch_size=int(v["batch_size"]),
+            seed=int(v["seed"]),
+            subseed=int(v["subseed"]),
+            subseed_strength=float(v["subseed_strength"]),
+            seed_resize_from_w=int(v["seed_resize_from_w"]),
+            seed_resize_from_h=int(v["seed_resize_from_h"]),
+            save_images=save_images,
+            send_images=False,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise UIError(f"{_REQUEST_TO_FIELD.get(field, field)}: {first['msg']}") from None
+    except (TypeError, ValueError) as error:
+        raise UIError(str(error)) from None
+
+
+def submit_txt2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
+    """Queue a txt2img job exactly as `/sdapi/v1/txt2img` does (`a1111.prepare_txt2img` builds the payload).
+
+    UI jobs are saved when the setting "Always save all generated images" is on (A1111's `samples_save`), so
+    they appear in the history."""
+    from sdwebui.server.a1111 import prepare_txt2img
+    from sdwebui.server.errors import FieldError
+
+    save = bool(services.options.get("samples_save"))
+    request = request_from_fields(values, save_images=save)
+    try:
+        payload = prepare_txt2img(services, request, [])
+    except FieldError as error:
+        raise UIError(_field_error_text(error)) from None
+    except Exception as error:  # noqa: BLE001 - HTTPException (no checkpoint) and friends: say what it was
+        detail = getattr(error, "detail", None)
+        raise UIError(str(detail or error)) from None
+    payload["client"] = "ui"
+    try:
+        return services.submit("txt2img", payload)
+    except QueueFull as error:
+        raise UIError(str(error)) from None
+
+
+def _field_error_text(error) -> str:
+    loc = [str(part) for part in getattr(error, "loc", ()) if part not in ("body", "override_settings")]
+    field = _REQUEST_TO_FIELD.get(loc[-1], loc[-1]) if loc else ""
+    message = getattr(error, "message", None) or str(error)
+    return f"{field}: {message}" if field else message
+
+
+def progress_text(services: Services, job: JobHandle, now: float | None = None) -> tuple[float, str]:
+    """(fraction done, one line) for a queued or running job: the queue position while it waits, then step,
+    batch and ETA (A1111's progress bar text)."""
+    if job.status == "queued":
+        position = services.queue.position(job.id)
+        if position is None:
+            return 0.0, "Starting…"
+        ahead = position + len(services.queue.running())
+        return 0.0, f"In queue: {ahead} job{'s' if ahead != 1 else ''} ahead" if ahead else "In queue: next"
+    p = job.progress
+    if p.total_steps <= 0:
+        return 0.0, "Loading the model…" if job.kind == "txt2img" else "Working…"
+    parts = [f"Step {p.step}/{p.total_steps}"]
+    if p.batch_count > 1:
+        parts.append(f"batch {p.batch_index + 1}/{p.batch_count}")
+    fraction = p.fraction
+    parts.append(f"{fraction * 100:.0f}%")
+    eta = p.eta(now)
+    if eta is not None:
+        parts.append(f"ETA {format_seconds(eta)}")
+    return fraction, " · ".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(math.ceil(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def elapsed_text(job: JobHandle) -> str:
+    started = job.progress.started or job.created
+    return f"Time taken: {format_seconds(time.time() - started)}"
+
+
+# ---- infotext -> fields -----------------------------------------------------------------------------------------
+
+
+def fields_from_infotext(text: str) -> dict[str, Any]:
+    """The txt2img fields an infotext sets (A1111 `paste_fields`): only those it names, typed as the controls
+    want them. Legacy sampler names ("DPM++ 2M Karras", "k_euler_a") become sampler + schedule type."""
+    from sdwebui.pipelines.infotext import parse_infotext
+    from sdwebui.server.a1111 import INFOTEXT_FIELDS
+
+    params = parse_infotext(text)
+    out: dict[str, Any] = {}
+    for label, (name, kind) in INFOTEXT_FIELDS.items():
+        field = _REQUEST_TO_FIELD.get(name, name)
+        if field not in TXT2IMG_FIELDS or label not in params:
+            continue
+        try:
+            out[field] = kind(float(params[label])) if kind is int else kind(params[label])
+        except (TypeError, ValueError):
+            continue  # an odd value leaves the field as it is (A1111 does the same)
+    if "sampler" in out or "scheduler" in out:
+        sampler, schedule = canonical_sampling(out.get("sampler"), out.get("scheduler"))
+        if sampler is not None:
+            out["sampler"] = sampler
+        else:
+            out.pop("sampler", None)
+        if schedule is not None:
+            out["scheduler"] = schedule
+        else:
+            out.pop("scheduler", None)
+    return out
+
+
+def canonical_sampler(name: str | None) -> str | None:
+    return canonical_sampling(name, None)[0]
+
+
+def canonical_sampling(sampler: str | None, schedule: str | None) -> tuple[str | None, str | None]:
+    """A sampler and schedule as the dropdowns list them (A1111 names and labels), or None for unknown ones."""
+    from sdwebui.core.samplers import parse_sampler_name
+    from sdwebui.core.schedules import find_schedule
+
+    schedule_label = None
+    if schedule:
+        try:
+            schedule_label = find_schedule(schedule).label
+        except (KeyError, ValueError):
+            schedule_label = None
+    sampler_name = None
+    if sampler:
+        try:
+            sampler_name, schedule_label = parse_sampler_name(sampler, schedule_label)
+        except (KeyError, ValueError):
+            sampler_name = None
+    return sampler_name, schedule_label
+
+
+# ---- lists ----------------------------------------------------------------------------------------------------
+
+
+def sampler_choices() -> list[str]:
+    from sdwebui.core.samplers import SAMPLERS
+
+    return [spec.name for spec in SAMPLERS.values()]
+
+
+def schedule_choices() -> list[str]:
+    from sdwebui.core.schedules import SCHEDULES
+
+    return [spec.label for spec in SCHEDULES.values()]
+
+
+def checkpoint_choices(services: Services) -> tuple[list[str], str | None]:
+    """(titles, the current one): the setting when it names a file that is there, else the first file."""
+    entries = catalog.checkpoints(services.paths)
+    titles = [entry.title for entry in entries]
+    current = services.options.get("sd_model_checkpoint")
+    if current:
+        for entry in entries:
+            if current in (entry.title, entry.name, entry.model_name, str(entry.path)):
+                return titles, entry.title
+    return titles, titles[0] if titles else None
+
+
+def vae_choices(services: Services) -> tuple[list[str], str]:
+    names = ["Automatic", "None", *(item["model_name"] for item in catalog.vaes(services.paths))]
+    current = services.options.get("sd_vae") or "Automatic"
+    if current not in names:
+        names.append(current)
+    return names, current
+
+
+def native_size(services: Services, checkpoint: str | None = None) -> int:
+    """The default width and height for a checkpoint: its family's native size (SDXL 1024, SD 1/2 512).
+
+    Read from the loaded model when it is that checkpoint, else from the file's safetensors header (keys and
+    shapes only; no weights are read). 512 when it cannot be told."""
+    from sdwebui.models.family import ModelFamily
+
+    try:
+        path = services.resolve_checkpoint(checkpoint)
+    except Exception:  # noqa: BLE001 - no checkpoint at all: A1111's default
+        return 512
+    models = services._models  # only if already made: asking must not load torch + a model
+    loaded = models.loaded if models is not None else None
+    if loaded is not None and getattr(loaded.info, "path", None) == path:
+        return loaded.family.spec.native_size
+    if path.suffix.lower() != ".safetensors":
+        return 512
+    try:
+        from sdwebui.models.detect import detect
+        from sdwebui.models.files import read_safetensors_header
+
+        family: ModelFamily = detect(read_safetensors_header(path).tensors, path).family
+        return family.spec.native_size
+    except Exception:  # noqa: BLE001 - unreadable header: let loading report it
+        return 512
+
+
+# ---- token counter --------------------------------------------------------------------------------------------
+
+
+class TokenCounter:
+    """A1111's prompt token counter (`ui.update_token_counter`): extra networks (`<lora:...>`) removed, every
+    prompt of the schedule tokenized with emphasis syntax stripped, chunks of 75 with BREAK and comma
+    backtracking as the text encoder cuts them; shows the longest as "tokens/capacity" (e.g. 80/150).
+
+    The CLIP tokenizer ships with the package; it is built on first use and kept for this UI."""
+
+    def __init__(self) -> None:
+        self._tokenizer = None
+
+    def count(self, text: str, steps: int = 20) -> tuple[int, int]:
+        from sdwebui.models.text_encoding import split_into_chunks, target_token_count
+        from sdwebui.prompts.extra_networks import parse_prompt
+        from sdwebui.prompts.parser import (
+            get_learned_conditioning_prompt_schedules,
+            get_multicond_prompt_list,
+            parse_prompt_attention,
+        )
+
+        tokenizer = self._get_tokenizer()
+        text, _ = parse_prompt(text or "")
+        try:
+            _, flat, _ = get_multicond_prompt_list([text])
+            schedules = get_learned_conditioning_prompt_schedules(flat, max(1, int(steps or 1)))
+            prompts = [prompt for schedule in schedules for _, prompt in schedule] or [text]
+        except Exception:  # noqa: BLE001 - a half-typed prompt is still counted as plain text
+            prompts = [text]
+        best = 0
+        comma = tokenizer.convert_tokens_to_ids(",</w>")
+        for prompt in prompts:
+            spans = parse_prompt_attention(prompt)
+            texts = [t for t, w in spans if not (t == "BREAK" and w == -1)]
+            ids = iter(tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+                       if texts else [])
+            token_spans = [None if (t == "BREAK" and w == -1) else (next(ids), w) for t, w in spans]
+            _, count = split_into_chunks(token_spans, bos_id=tokenizer.bos_token_id,
+                                         eos_id=tokenizer.eos_token_id, comma_id=comma)
+            best = max(best, count)
+        return best, target_token_count(best)
+
+    def _get_tokenizer(self):
+        if self._tokenizer is None:
+            from sdwebui.models.tokenizer import load_clip_tokenizer
+
+            self._tokenizer = load_clip_tokenizer("clip_l")
+        return self._tokenizer
+
+
+__all__ = [
+    "TXT2IMG_FIELDS", "DEFAULTS", "UIError", "request_from_fields", "submit_txt2img", "progress_text",
+    "fields_from_infotext", "canonical_sampling", "sampler_choices", "schedule_choices", "checkpoint_choices",
+    "vae_choices", "native_size", "TokenCounter",
+]

@@ -1,0 +1,163 @@
+"""The whole page: the top bar (checkpoint and VAE, A1111's quick settings) over the tabs (txt2img, PNG Info,
+History, Settings), and the wiring between them ("Send to txt2img", "Reuse parameters", page-load refresh).
+
+`build_ui(services)` returns Gradio Blocks; `mount_ui(app, services)` mounts them at `/` of the server's
+FastAPI app, so the page, its event queue and the API share one process and one port, behind the same security
+middleware. Gradio follows the browser's light/dark preference by itself; the theme uses system fonts so the
+page needs nothing from the internet.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from sdwebui.server.services import Services
+from sdwebui.ui import history, pnginfo, settings, txt2img
+from sdwebui.ui.fields import (
+    TXT2IMG_FIELDS,
+    TokenCounter,
+    checkpoint_choices,
+    fields_from_infotext,
+    native_size,
+    sampler_choices,
+    schedule_choices,
+    vae_choices,
+)
+
+CSS = """
+.sdw-progress { position: relative; height: 1.9em; border-radius: 6px; overflow: hidden;
+  background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
+.sdw-progress-bar { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft);
+  transition: width 0.2s linear; }
+.sdw-error .sdw-progress-bar { background: var(--error-background-fill); }
+.sdw-progress-text { position: relative; padding: 0 0.6em; line-height: 1.9em; font-size: var(--text-sm);
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; display: block; }
+.sdw-prompt-box { position: relative; }
+.sdw-token-counter { position: absolute !important; top: 0.35em; right: 0.6em; z-index: 10; width: auto !important;
+  pointer-events: none; }
+.sdw-tokens { font-size: var(--text-xs); opacity: 0.75; padding: 0.1em 0.4em; border-radius: 4px;
+  background: var(--background-fill-secondary); }
+.sdw-tokens-over { color: var(--color-accent); opacity: 1; }
+.sdw-note { font-size: var(--text-sm); opacity: 0.85; margin: 0.2em 0; overflow-wrap: anywhere; }
+#txt2img_generate { min-height: 4.5em; }
+/* The latent preview is 1/8 of the image's size: show it at the gallery's size, pixels kept sharp. */
+#txt2img_preview img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+/* Phones: nothing may be wider than the screen. */
+.gradio-container { max-width: 100% !important; overflow-x: hidden; }
+@media (max-width: 640px) {
+  .gradio-container { padding: 4px !important; }
+  #txt2img_generate { min-height: 3em; }
+}
+"""
+
+READY_MARK = '<span id="sdw-ready" hidden></span>'
+"""Put in the page when the page-load event has filled the lists (tests and scripts wait for it)."""
+
+
+def build_ui(services: Services):
+    counter = TokenCounter()
+    titles, current = checkpoint_choices(services)
+    vaes, current_vae = vae_choices(services)
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+        with gr.Row(elem_id="quicksettings", equal_height=True):
+            checkpoint = gr.Dropdown(titles, value=current, label="Stable Diffusion checkpoint",
+                                     elem_id="setting_sd_model_checkpoint", scale=4, min_width=200)
+            refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", size="sm", scale=0, min_width=44)
+            vae = gr.Dropdown(vaes, value=current_vae, label="SD VAE", elem_id="setting_sd_vae", scale=2,
+                              min_width=140)
+        status = gr.HTML("", elem_id="quicksettings_status", padding=False)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i = txt2img.build(services, counter)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = pnginfo.build()
+            with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
+                hist = history.build(services)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings") as settings_tab:
+                sett = settings.build(services)
+
+        # ---- top bar: the same path as POST /sdapi/v1/options ----------------------------------------------
+        def set_option(key, value, width, height):
+            from sdwebui.server.a1111 import set_options
+            from sdwebui.server.errors import FieldError
+
+            old_size = native_size(services) if key == "sd_model_checkpoint" else None
+            try:
+                set_options(services, {key: value})
+            except FieldError as error:
+                return f"<p class='sdw-note'>Not switched: {error}</p>", gr.skip(), gr.skip()
+            if old_size is None:
+                return "", gr.skip(), gr.skip()
+            # Follow the new model's native size unless the user chose another size.
+            new_size = native_size(services)
+            if int(width) == old_size and int(height) == old_size and new_size != old_size:
+                return "", new_size, new_size
+            return "", gr.skip(), gr.skip()
+
+        size = [t2i.fields["width"], t2i.fields["height"]]
+        checkpoint.input(lambda v, w, h: set_option("sd_model_checkpoint", v, w, h), [checkpoint, *size],
+                         [status, *size], show_progress="hidden")
+        vae.input(lambda v, w, h: set_option("sd_vae", v, w, h), [vae, *size], [status, *size],
+                  show_progress="hidden")
+
+        def refresh_lists():
+            titles, current = checkpoint_choices(services)
+            names, current_vae = vae_choices(services)
+            return gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae)
+
+        refresh.click(refresh_lists, None, [checkpoint, vae], show_progress="hidden")
+
+        # ---- infotext -> txt2img ------------------------------------------------------------------------------
+        def paste(text):
+            values = fields_from_infotext(text or "") if (text or "").strip() else {}
+            updates = [values[name] if name in values else gr.skip() for name in TXT2IMG_FIELDS]
+            extra_open = any(values.get(k) for k in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h"))
+            return [*updates, gr.update(open=True) if extra_open else gr.skip(), gr.Tabs(selected="txt2img")]
+
+        paste_outputs = [*t2i.inputs, t2i.components["extra"], tabs]
+        png.components["send_to_txt2img"].click(paste, png.components["parameters"], paste_outputs,
+                                                show_progress="hidden")
+        hist.components["reuse"].click(paste, hist.components["parameters"], paste_outputs, show_progress="hidden")
+
+        def to_pnginfo(text):
+            return text or "", gr.Tabs(selected="pnginfo")
+
+        t2i.components["send_to_pnginfo"].click(to_pnginfo, t2i.components["infotext"],
+                                                [png.components["parameters"], tabs], show_progress="hidden")
+
+        # ---- fresh lists on every page load and tab visit -----------------------------------------------------
+        history_tab.select(hist.components["load"], hist.components["search"], hist.components["load_outputs"],
+                           show_progress="hidden")
+        settings_tab.select(sett.components["current"], None, sett.controls, show_progress="hidden")
+
+        def on_load():
+            titles, current = checkpoint_choices(services)
+            names, current_vae = vae_choices(services)
+            side = native_size(services, current)
+            return (gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae),
+                    gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()), side, side,
+                    READY_MARK)
+
+        demo.load(on_load, None, [checkpoint, vae, t2i.fields["sampler"], t2i.fields["scheduler"], *size, status],
+                  show_progress="hidden")
+    return demo
+
+
+def theme():
+    fonts = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
+    mono = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+    return gr.themes.Default(primary_hue="orange", font=fonts, font_mono=mono)
+
+
+def mount_ui(app, services: Services):
+    """Mount the UI at `/` of `app` (after the API routes, which therefore keep their paths)."""
+    demo = build_ui(services)
+    demo.queue(default_concurrency_limit=None)
+    outputs = services.paths.outputs_dir
+    return gr.mount_gradio_app(
+        app, demo, path="/", allowed_paths=[str(outputs)], theme=theme(), css=CSS, footer_links=["api", "settings"],
+        show_error=True, ssr_mode=False,
+    )
+
+
+__all__ = ["build_ui", "mount_ui", "theme", "CSS"]

@@ -1,0 +1,61 @@
+"""The PNG Info tab: drop an image, read its generation parameters (A1111 `parameters` chunk, or EXIF
+UserComment for JPEG/WebP as A1111, Forge, Fooocus and SD.Next write them), send them to txt2img.
+
+The upload is read from the file as the browser sent it (`type="filepath"`): converting it to a PIL image in
+Gradio would drop the text chunks that hold the parameters.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+
+@dataclass
+class PngInfoTab:
+    components: dict[str, Any] = field(default_factory=dict)
+
+
+def read_parameters(path: str | None) -> tuple[str, str]:
+    """(infotext, HTML of the other text items) of an image file; ("", message) when there is nothing."""
+    if not path:
+        return "", ""
+    from PIL import Image
+
+    from sdwebui.pipelines.output import read_infotext_from_png
+    from sdwebui.server.a1111 import IGNORED_INFO_KEYS
+
+    try:
+        with Image.open(path) as image:
+            info = read_infotext_from_png(image) or ""
+            items = {k: v for k, v in (image.info or {}).items()
+                     if isinstance(k, str) and k != "parameters" and k not in IGNORED_INFO_KEYS
+                     and isinstance(v, (str, int, float))}
+    except Exception as error:  # noqa: BLE001 - PIL raises many types for odd files
+        return "", f'<p class="sdw-note">Not a readable image: {html.escape(str(error))}</p>'
+    extra = "".join(f"<div><b>{html.escape(k)}</b><pre>{html.escape(str(v))}</pre></div>" for k, v in items.items())
+    if not info and not extra:
+        extra = '<p class="sdw-note">No generation parameters found in this image.</p>'
+    return info, extra
+
+
+def build() -> PngInfoTab:
+    tab = PngInfoTab()
+    c = tab.components
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=280):
+            c["image"] = gr.Image(label="Source", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                  elem_id="pnginfo_image", height=360)
+        with gr.Column(min_width=280):
+            c["parameters"] = gr.Textbox(label="Parameters", lines=8, interactive=False,
+                                         elem_id="pnginfo_parameters")
+            c["items"] = gr.HTML("", elem_id="pnginfo_items", padding=False)
+            c["send_to_txt2img"] = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send_txt2img")
+    c["image"].change(read_parameters, c["image"], [c["parameters"], c["items"]], show_progress="hidden")
+    return tab
+
+
+__all__ = ["build", "read_parameters", "PngInfoTab"]

@@ -1,0 +1,285 @@
+"""The txt2img tab, laid out as A1111's: prompts and Generate on top; sampling, size, batch, CFG and seed on the
+left; live progress, the result gallery and the infotext on the right.
+
+Generate is an async generator: it queues the job through the services (as the API would) and then polls the
+job's handle a few times a second, so the browser tab that clicked sees its own job's queue position, steps,
+ETA and live preview, and several tabs generating at once each follow their own job id (kept in the session's
+state, which is also what Interrupt and Skip act on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from sdwebui.server.services import Services
+from sdwebui.ui.fields import (
+    DEFAULTS,
+    TXT2IMG_FIELDS,
+    TokenCounter,
+    UIError,
+    elapsed_text,
+    progress_text,
+    submit_txt2img,
+)
+
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class Txt2ImgTab:
+    fields: dict[str, Any] = field(default_factory=dict)
+    """Field name (`fields.TXT2IMG_FIELDS`) -> its Gradio component."""
+    components: dict[str, Any] = field(default_factory=dict)
+    """Everything else another part of the UI needs (buttons, gallery, info box, states)."""
+
+    @property
+    def inputs(self) -> list:
+        return [self.fields[name] for name in TXT2IMG_FIELDS]
+
+
+def progress_html(fraction: float, text: str, *, state: str = "running") -> str:
+    percent = max(0.0, min(1.0, fraction)) * 100
+    return (
+        f'<div class="sdw-progress sdw-{state}" role="progressbar" aria-valuenow="{percent:.0f}" '
+        f'aria-valuemin="0" aria-valuemax="100"><div class="sdw-progress-bar" style="width:{percent:.1f}%"></div>'
+        f'<span class="sdw-progress-text">{html.escape(text)}</span></div>'
+    )
+
+
+def token_html(count: int, capacity: int) -> str:
+    over = " sdw-tokens-over" if count > 75 and capacity > 75 else ""
+    return f'<span class="sdw-tokens{over}" title="tokens / capacity (75 per chunk)">{count}/{capacity}</span>'
+
+
+def build(services: Services, counter: TokenCounter) -> Txt2ImgTab:
+    tab = Txt2ImgTab()
+    f = tab.fields
+    c = tab.components
+    job_state = gr.State(None)
+    result_state = gr.State(None)
+
+    with gr.Row(elem_id="txt2img_toprow", equal_height=False):
+        with gr.Column(scale=6, min_width=280):
+            with gr.Group(elem_classes="sdw-prompt-box"):
+                c["prompt_tokens"] = gr.HTML(token_html(0, 75), elem_id="txt2img_token_counter",
+                                             elem_classes="sdw-token-counter", padding=False)
+                f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id="txt2img_prompt",
+                                         placeholder="Prompt (press Ctrl+Enter to generate)")
+            with gr.Group(elem_classes="sdw-prompt-box"):
+                c["negative_tokens"] = gr.HTML(token_html(0, 75), elem_id="txt2img_negative_token_counter",
+                                               elem_classes="sdw-token-counter", padding=False)
+                f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=20,
+                                                  elem_id="txt2img_neg_prompt",
+                                                  placeholder="Negative prompt (press Ctrl+Enter to generate)")
+        with gr.Column(scale=1, min_width=160, elem_id="txt2img_actions"):
+            c["generate"] = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", size="lg")
+            with gr.Row():
+                c["interrupt"] = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm", min_width=60)
+                c["skip"] = gr.Button("Skip", elem_id="txt2img_skip", size="sm", min_width=60)
+
+    with gr.Row(elem_id="txt2img_main", equal_height=False):
+        with gr.Column(scale=1, min_width=300, elem_id="txt2img_settings"):
+            with gr.Row():
+                f["sampler"] = gr.Dropdown([DEFAULTS["sampler"]], value=DEFAULTS["sampler"], label="Sampling method",
+                                           elem_id="txt2img_sampling", min_width=140)
+                f["scheduler"] = gr.Dropdown([DEFAULTS["scheduler"]], value=DEFAULTS["scheduler"],
+                                             label="Schedule type", elem_id="txt2img_scheduler", min_width=140)
+            f["steps"] = gr.Slider(1, 150, value=DEFAULTS["steps"], step=1, label="Sampling steps",
+                                   elem_id="txt2img_steps")
+            with gr.Row(equal_height=True):
+                with gr.Column(scale=8, min_width=200):
+                    f["width"] = gr.Slider(64, 2048, value=DEFAULTS["width"], step=8, label="Width",
+                                           elem_id="txt2img_width")
+                    f["height"] = gr.Slider(64, 2048, value=DEFAULTS["height"], step=8, label="Height",
+                                            elem_id="txt2img_height")
+                c["swap"] = gr.Button("⇅", elem_id="txt2img_res_switch_btn", size="sm", scale=1, min_width=40)
+            with gr.Row():
+                f["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
+                                             elem_id="txt2img_batch_count", min_width=140)
+                f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size",
+                                            min_width=140)
+            f["cfg_scale"] = gr.Slider(1.0, 30.0, value=DEFAULTS["cfg_scale"], step=0.5, label="CFG Scale",
+                                       elem_id="txt2img_cfg_scale")
+            with gr.Row(equal_height=True):
+                f["seed"] = gr.Number(-1, label="Seed", precision=0, minimum=-1, maximum=2**32 - 1,
+                                      elem_id="txt2img_seed", scale=6, min_width=120)
+                c["random_seed"] = gr.Button("🎲", elem_id="txt2img_random_seed", size="sm", scale=1, min_width=40)
+                c["reuse_seed"] = gr.Button("♻️", elem_id="txt2img_reuse_seed", size="sm", scale=1, min_width=40)
+            with gr.Accordion("Extra", open=False, elem_id="txt2img_subseed_show") as c["extra"]:
+                with gr.Row(equal_height=True):
+                    f["subseed"] = gr.Number(-1, label="Variation seed", precision=0, minimum=-1,
+                                             maximum=2**32 - 1, elem_id="txt2img_subseed", scale=6, min_width=120)
+                    c["random_subseed"] = gr.Button("🎲", elem_id="txt2img_random_subseed", size="sm", scale=1,
+                                                    min_width=40)
+                    c["reuse_subseed"] = gr.Button("♻️", elem_id="txt2img_reuse_subseed", size="sm", scale=1,
+                                                   min_width=40)
+                f["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+                                                  elem_id="txt2img_subseed_strength")
+                with gr.Row():
+                    f["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                        elem_id="txt2img_seed_resize_from_w", min_width=140)
+                    f["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                        elem_id="txt2img_seed_resize_from_h", min_width=140)
+
+        with gr.Column(scale=1, min_width=300, elem_id="txt2img_results"):
+            c["progress"] = gr.HTML("", elem_id="txt2img_progress", padding=False)
+            c["preview"] = gr.Image(label="Live preview", type="pil", format="png", interactive=False, visible=False,
+                                    elem_id="txt2img_preview", height=420)
+            c["gallery"] = gr.Gallery(label="Output", format="png", columns=2, height="auto", object_fit="contain",
+                                      elem_id="txt2img_gallery", interactive=False)
+            c["infotext"] = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
+                                       elem_id="txt2img_infotext")
+            c["html_info"] = gr.HTML("", elem_id="txt2img_html_info", padding=False)
+            with gr.Row():
+                c["send_to_pnginfo"] = gr.Button("Send parameters to PNG Info", size="sm",
+                                                 elem_id="txt2img_send_to_pnginfo")
+
+    c["job_state"] = job_state
+    c["result_state"] = result_state
+
+    # ---- token counters -------------------------------------------------------------------------------------
+    def count(text, steps):
+        try:
+            return token_html(*counter.count(text or "", int(steps or 20)))
+        except Exception:  # noqa: BLE001 - a counter must never break typing
+            return token_html(0, 75)
+
+    for box, out in ((f["prompt"], c["prompt_tokens"]), (f["negative_prompt"], c["negative_tokens"])):
+        box.change(count, [box, f["steps"]], out, show_progress="hidden", queue=False, trigger_mode="always_last")
+
+    # ---- generate -------------------------------------------------------------------------------------------
+    async def generate(*values):
+        fields = dict(zip(TXT2IMG_FIELDS, values))
+        out = {
+            job_state: None,
+            result_state: gr.skip(),
+            c["progress"]: "",
+            c["preview"]: gr.update(visible=False, value=None),
+            c["gallery"]: gr.update(visible=True),
+            c["infotext"]: gr.skip(),
+            c["html_info"]: "",
+        }
+        try:
+            # Validation may import the sampler registry (torch) on first use: off the event loop.
+            job = await asyncio.to_thread(submit_txt2img, services, fields)
+        except UIError as error:
+            out[c["progress"]] = progress_html(0, f"Error: {error}", state="error")
+            yield out
+            return
+        fraction, text = progress_text(services, job)
+        # While it runs the live preview takes the gallery's place (as in A1111).
+        yield {**out, job_state: job.id, c["progress"]: progress_html(fraction, text, state="queued"),
+               c["preview"]: gr.update(visible=True, value=None), c["gallery"]: gr.update(visible=False)}
+        shown_preview = 0
+        last_text = text
+        while not job.finished.is_set():
+            await asyncio.sleep(POLL_SECONDS)
+            if job.finished.is_set():
+                break
+            fraction, text = progress_text(services, job)
+            update: dict = {}
+            if text != last_text:
+                state = "queued" if job.status == "queued" else "running"
+                update[c["progress"]] = progress_html(fraction, text, state=state)
+                last_text = text
+            p = job.progress
+            if p.preview_png is not None and p.preview_step != shown_preview:
+                shown_preview = p.preview_step
+                update[c["preview"]] = _png_to_image(p.preview_png)
+            if update:
+                yield update
+        yield _finished(job, services)
+
+    def _finished(job, services):
+        result = job.result or {}
+        images = list(job.images)
+        infotexts = result.get("infotexts") or []
+        if job.status == "failed":
+            bar = progress_html(0, f"Error: {job.error}", state="error")
+        elif job.status == "cancelled":
+            bar = progress_html(0, "Cancelled before it started", state="error")
+        elif job.status == "interrupted" or result.get("interrupted"):
+            bar = progress_html(1, f"Interrupted · {len(images)} image{'s' if len(images) != 1 else ''} kept · "
+                                   f"{elapsed_text(job)}", state="done")
+        else:
+            bar = progress_html(1, f"Done · {elapsed_text(job)}", state="done")
+        notes = result.get("notes") or []
+        info_html = "".join(f'<p class="sdw-note">{html.escape(str(note))}</p>' for note in notes)
+        state = {"seeds": result.get("seeds") or [], "subseeds": result.get("subseeds") or [],
+                 "infotexts": infotexts, "index": 0}
+        return {
+            job_state: None,
+            result_state: state,
+            c["progress"]: bar,
+            c["preview"]: gr.update(visible=False, value=None),
+            c["gallery"]: gr.update(value=images, visible=True) if images else gr.update(visible=True),
+            c["infotext"]: infotexts[0] if infotexts else "",
+            c["html_info"]: info_html,
+        }
+
+    outputs = [job_state, result_state, c["progress"], c["preview"], c["gallery"], c["infotext"], c["html_info"]]
+    generate_event = dict(fn=generate, inputs=tab.inputs, outputs=outputs, show_progress="hidden",
+                          concurrency_limit=None, trigger_mode="multiple")
+    c["generate"].click(**generate_event)
+    f["prompt"].submit(**generate_event)
+
+    # ---- interrupt / skip (this tab's own job) -------------------------------------------------------------
+    def interrupt(job_id):
+        if job_id:
+            if not services.queue.cancel(job_id):
+                handle = services.queue.get(job_id)
+                if handle is not None:
+                    handle.interrupt()
+
+    def skip(job_id):
+        if job_id:
+            handle = services.queue.get(job_id)
+            if handle is not None:
+                handle.skip()
+
+    c["interrupt"].click(interrupt, job_state, None, show_progress="hidden", concurrency_limit=None)
+    c["skip"].click(skip, job_state, None, show_progress="hidden", concurrency_limit=None)
+
+    # ---- seeds, size --------------------------------------------------------------------------------------
+    def reuse(state, key):
+        values = (state or {}).get(key) or []
+        if not values:
+            return gr.skip()
+        index = min(int((state or {}).get("index") or 0), len(values) - 1)
+        return values[index]
+
+    c["random_seed"].click(lambda: -1, None, f["seed"], show_progress="hidden", queue=False)
+    c["random_subseed"].click(lambda: -1, None, f["subseed"], show_progress="hidden", queue=False)
+    c["reuse_seed"].click(lambda s: reuse(s, "seeds"), result_state, f["seed"], show_progress="hidden", queue=False)
+    c["reuse_subseed"].click(lambda s: reuse(s, "subseeds"), result_state, f["subseed"], show_progress="hidden",
+                             queue=False)
+    c["swap"].click(lambda w, h: (h, w), [f["width"], f["height"]], [f["width"], f["height"]],
+                    show_progress="hidden", queue=False)
+
+    def select_image(state, evt: gr.SelectData):
+        state = dict(state or {})
+        state["index"] = int(evt.index or 0)
+        infotexts = state.get("infotexts") or []
+        text = infotexts[state["index"]] if state["index"] < len(infotexts) else gr.skip()
+        return state, text
+
+    c["gallery"].select(select_image, result_state, [result_state, c["infotext"]], show_progress="hidden",
+                        queue=False)
+    return tab
+
+
+def _png_to_image(data: bytes):
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+__all__ = ["build", "Txt2ImgTab", "progress_html", "token_html"]
