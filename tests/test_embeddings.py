@@ -118,10 +118,13 @@ def test_refresh_picks_up_new_and_changed_files(tmp_path):
     db = EmbeddingDatabase(tmp_path)
     assert db.embeddings == {}
     write_a1111_pt(tmp_path / "late.pt", _vectors(1))
+    db.refresh()  # reads check the folder at most once a second; refresh() checks now
     assert set(db.embeddings) == {"late"}
     first = db.get("late")
+    db.refresh()
     assert db.get("late") is first  # unchanged file: not re-read
     (tmp_path / "late.pt").unlink()
+    db.refresh()
     assert db.embeddings == {}
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,8 +198,11 @@ class EmbeddingDatabase:
     """The embeddings found in one or more folders (recursively), reloaded when the files change.
 
     One instance per app (built by the composition root); `refresh()` re-reads the folder only if a file was
-    added, removed or modified. Thread-safe.
+    added, removed or modified. Reading the database checks the folder at most once every `recheck_seconds`
+    (encoding a job's prompts asks many times). Thread-safe.
     """
+
+    recheck_seconds = 1.0
 
     def __init__(self, folders: str | Path | Iterable[str | Path]):
         if isinstance(folders, (str, Path)):
@@ -206,6 +210,7 @@ class EmbeddingDatabase:
         self.folders = [Path(f) for f in folders]
         self._lock = threading.Lock()
         self._scan: _Scan | None = None
+        self._checked = float("-inf")
         self._lookups: dict[tuple, EmbeddingLookup] = {}
 
     # ---- files ---------------------------------------------------------------------------------------
@@ -236,6 +241,7 @@ class EmbeddingDatabase:
         """Re-read the folders if their files changed (or always, with `force`)."""
         files = self._files()
         signature = self._signature(files)
+        self._checked = time.monotonic()
         with self._lock:
             if not force and self._scan is not None and self._scan.signature == signature:
                 return
@@ -262,7 +268,8 @@ class EmbeddingDatabase:
             self._lookups.clear()
 
     def _current(self) -> _Scan:
-        self.refresh()
+        if self._scan is None or time.monotonic() - self._checked >= self.recheck_seconds:
+            self.refresh()
         assert self._scan is not None
         return self._scan
 
