@@ -385,3 +385,10 @@ def test_sdxl_schedules_and_and_carry_the_pooled_output(tmp_path):
     assert torch.count_nonzero(uncond0.cross_attn) == 0  # empty SDXL negative prompt: zeros, as A1111
     result = run(sdxl, "[cat:dog:1] AND bird :0.5", negative_prompt="", steps=2)
     assert result.latents.shape == (1, 4, SIZE // 8, SIZE // 8) and torch.isfinite(result.latents).all()
+
+
+def test_and_in_a_batch_gives_each_image_what_it_gets_alone(model):
+    prompt = "a cat AND a dog :0.7"
+    batch = run(model, prompt, batch_size=2, seed=40, steps=3).latents
+    alone = run(model, prompt, seed=41, steps=3).latents
+    torch.testing.assert_close(batch[1:], alone, atol=1e-5 * max(1.0, float(alone.abs().max())), rtol=0)
