@@ -109,6 +109,14 @@ BAD_INPUTS = [
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers"),
     ({"override_settings": {"sd_vae": "no-such-vae.safetensors"}}, "override_settings.sd_vae"),
     ({"width": 4096, "height": 4096, "batch_size": 2}, "width"),  # over the api_max_pixels setting
+    ({"height": 68}, "height"),
+    ({"width": None}, "width"),
+    ({"steps": 1001}, "steps"),
+    ({"cfg_scale": -1}, "cfg_scale"),
+    ({"batch_size": 64, "n_iter": 100}, "n_iter"),  # over the api_max_images setting
+    ({"prompt": "x" * 65537}, "prompt"),
+    ({"override_settings": {"sd_model_checkpoint": "../../tiny-sd1.safetensors"}},
+     "override_settings.sd_model_checkpoint"),
 ]
 
 
