@@ -206,7 +206,7 @@ def test_two_tabs_each_follow_their_own_job(browser, server):
                 set_number(tab, elem_id, value)
         a.locator("#txt2img_generate").click()
         wait_until(lambda: "Step" in a.locator("#txt2img_progress").inner_text(), timeout=120)
-        b.locator("#txt2img_generate").click()
+        prompt_box(b).press("Control+Enter")  # A1111's hotkey for Generate
         wait_until(lambda: "In queue" in b.locator("#txt2img_progress").inner_text(), timeout=30)
         shot(b, "second-tab-queued")
         assert "Step" in a.locator("#txt2img_progress").inner_text()

@@ -50,6 +50,20 @@ CSS = """
 }
 """
 
+HOTKEYS_JS = """
+() => {
+  // A1111's hotkey: Ctrl+Enter (Cmd+Enter) in a prompt box generates.
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    const target = event.target;
+    if (!target || !target.closest || !target.closest("#txt2img_prompt, #txt2img_neg_prompt")) return;
+    event.preventDefault();
+    const button = document.querySelector("#txt2img_generate");
+    if (button) button.click();
+  });
+}
+"""
+
 READY_MARK = '<span id="sdw-ready" hidden></span>'
 """Put in the page when the page-load event has filled the lists (tests and scripts wait for it)."""
 
@@ -155,9 +169,9 @@ def mount_ui(app, services: Services):
     demo.queue(default_concurrency_limit=None)
     outputs = services.paths.outputs_dir
     return gr.mount_gradio_app(
-        app, demo, path="/", allowed_paths=[str(outputs)], theme=theme(), css=CSS, footer_links=["api", "settings"],
-        show_error=True, ssr_mode=False,
+        app, demo, path="/", allowed_paths=[str(outputs)], theme=theme(), css=CSS, js=HOTKEYS_JS,
+        footer_links=["api", "settings"], show_error=True, ssr_mode=False,
     )
 
 
-__all__ = ["build_ui", "mount_ui", "theme", "CSS"]
+__all__ = ["build_ui", "mount_ui", "theme", "CSS", "HOTKEYS_JS"]

@@ -226,8 +226,7 @@ def build(services: Services, counter: TokenCounter) -> Txt2ImgTab:
     outputs = [job_state, result_state, c["progress"], c["preview"], c["gallery"], c["infotext"], c["html_info"]]
     generate_event = dict(fn=generate, inputs=tab.inputs, outputs=outputs, show_progress="hidden",
                           concurrency_limit=None, trigger_mode="multiple")
-    c["generate"].click(**generate_event)
-    f["prompt"].submit(**generate_event)
+    c["generate"].click(**generate_event)  # Ctrl+Enter in a prompt clicks it too (layout.HOTKEYS_JS)
 
     # ---- interrupt / skip (this tab's own job) -------------------------------------------------------------
     def interrupt(job_id):

@@ -1,0 +1,232 @@
+"""The web UI without a browser: how it is mounted (one port, behind the security middleware, `--nowebui`),
+and the Gradio-free logic behind its controls (`sdwebui.ui.fields`, history, settings). The browser tests are
+in `test_ui_browser.py`."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+
+import httpx
+import pytest
+
+from test_api_support import LiveServer, make_data_dir
+
+from sdwebui.config import Paths
+from sdwebui.server.config import Credentials, ServerConfig
+
+USER, PASSWORD = "alice", "s3cret-pass"
+
+
+# ---- mounting -------------------------------------------------------------------------------------------------
+
+
+def test_the_ui_is_behind_the_security_middleware(tmp_path):
+    with LiveServer(tmp_path, credentials=Credentials(((USER, PASSWORD),)), preload=False) as live:
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            for path in ("/", "/config", "/gradio_api/info", "/theme.css"):
+                response = client.get(path)
+                assert response.status_code == 401, path
+                assert response.headers["www-authenticate"].startswith("Basic")
+            assert client.post("/gradio_api/queue/join", json={}).status_code == 401
+            assert client.get("/api/v1/health").status_code == 200  # the one public route
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        with httpx.Client(base_url=live.url, timeout=60, headers={"Authorization": f"Basic {token}"}) as client:
+            page = client.get("/")
+            assert page.status_code == 200 and "<html" in page.text
+            assert client.get("/config").status_code == 200
+            # The API keeps its paths next to the UI.
+            assert client.get("/sdapi/v1/samplers").status_code == 200
+
+
+def test_the_ui_refuses_rebound_hosts_and_cross_site_posts(tmp_path):
+    with LiveServer(tmp_path, preload=False) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        assert client.get("/").status_code == 200
+        assert client.get("/", headers={"Host": "evil.example"}).status_code == 403
+        response = client.post("/gradio_api/queue/join", json={}, headers={"Origin": "http://evil.example"})
+        assert response.status_code == 403
+
+
+def test_nowebui_serves_the_api_only(tmp_path):
+    from sdwebui.app import add_serve_flags, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_flags(parser)
+    paths = Paths.from_flags(data_dir=tmp_path)
+    assert config_from_args(parser.parse_args([]), paths).ui is True
+    config = config_from_args(parser.parse_args(["--nowebui"]), paths)
+    assert config.ui is False
+    assert config_from_args(parser.parse_args(["--no-ui"]), paths).ui is False
+    with LiveServer(tmp_path, ui=False, preload=False) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        assert client.get("/").status_code == 404
+        assert client.get("/api/v1/health").status_code == 200
+
+
+# ---- the logic behind the controls ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, tiny_sd1_path):
+    from sdwebui.server.services import Services
+
+    data = make_data_dir(tmp_path_factory.mktemp("ui-logic"), tiny_sd1_path, "tiny-sd1.safetensors")
+    services = Services(ServerConfig(paths=Paths.from_flags(data_dir=data), preload=False))
+    yield services
+    services.close()
+
+
+def test_a_ui_job_is_the_job_the_a1111_api_would_queue(services):
+    from sdwebui.server.a1111 import prepare_txt2img
+    from sdwebui.server.a1111_models import Txt2ImgRequest
+    from sdwebui.ui.fields import request_from_fields, submit_txt2img
+
+    values = {"prompt": "a cat", "negative_prompt": "dog", "sampler": "Euler a", "scheduler": "Karras", "steps": 3,
+              "cfg_scale": 5.5, "width": 64, "height": 96, "batch_count": 2, "batch_size": 1, "seed": 11,
+              "subseed": 5, "subseed_strength": 0.5, "seed_resize_from_w": 32, "seed_resize_from_h": 48}
+    job = submit_txt2img(services, values)
+    try:
+        same = Txt2ImgRequest(prompt="a cat", negative_prompt="dog", sampler_name="Euler a", scheduler="Karras",
+                              steps=3, cfg_scale=5.5, width=64, height=96, n_iter=2, seed=11, subseed=5,
+                              subseed_strength=0.5, seed_resize_from_w=32, seed_resize_from_h=48, save_images=True,
+                              send_images=False)
+        assert request_from_fields(values, save_images=True).model_dump() == same.model_dump()
+        api_payload = prepare_txt2img(services, same, [])
+        assert {**job.payload, "client": None} == {**api_payload, "client": None}
+        assert job.payload["client"] == "ui" and job.payload["save_images"] is True  # setting samples_save
+        assert services.queue.position(job.id) == 0
+    finally:
+        services.queue.cancel(job.id)
+
+
+def test_bad_fields_are_named_in_the_message(services):
+    from sdwebui.ui.fields import UIError, submit_txt2img
+
+    with pytest.raises(UIError, match="^width: .*multiple of 8"):
+        submit_txt2img(services, {"prompt": "x", "width": 65})
+    with pytest.raises(UIError, match="^sampler: "):
+        submit_txt2img(services, {"prompt": "x", "sampler": "No Such Sampler"})
+    with pytest.raises(UIError, match="^batch_count: "):
+        submit_txt2img(services, {"prompt": "x", "batch_count": 0})
+
+
+@pytest.mark.parametrize(
+    ("line", "sampler", "schedule"),
+    [
+        ("Sampler: DPM++ 2M Karras", "DPM++ 2M", "Karras"),  # A1111 < 1.9 wrote the schedule into the name
+        ("Sampler: DPM++ 2M, Schedule type: Karras", "DPM++ 2M", "Karras"),
+        ("Sampler: k_euler_a", "Euler a", "Automatic"),  # old k-diffusion alias (Forge/SD.Next infotexts)
+        ("Sampler: DPM++ SDE Exponential", "DPM++ SDE", "Exponential"),
+        ("Sampler: Euler, Schedule type: sgm_uniform", "Euler", "SGM Uniform"),
+    ],
+)
+def test_infotext_sampler_names_become_dropdown_values(line, sampler, schedule):
+    from sdwebui.ui.fields import fields_from_infotext
+
+    values = fields_from_infotext(f"a cat\nSteps: 4, {line}, Seed: 3, Size: 64x32")
+    assert (values["sampler"], values["scheduler"]) == (sampler, schedule)
+    assert (values["steps"], values["seed"], values["width"], values["height"]) == (4, 3, 64, 32)
+
+
+def test_infotext_fields_only_those_named_and_unknown_sampler_left_alone():
+    from sdwebui.ui.fields import fields_from_infotext
+
+    values = fields_from_infotext("just a prompt\nSteps: 9, Sampler: Made Up, CFG scale: 4.5")
+    assert values["prompt"] == "just a prompt" and values["steps"] == 9 and values["cfg_scale"] == 4.5
+    assert "sampler" not in values and "seed" not in values and "width" not in values
+
+
+def test_token_counter_counts_as_a1111():
+    from sdwebui.ui.fields import TokenCounter
+
+    counter = TokenCounter()
+    assert counter.count("") == (0, 75)
+    assert counter.count("a red fox in the snow") == (6, 75)
+    # Emphasis syntax and extra networks are not tokens.
+    assert counter.count("(a red fox:1.3) in the [snow] <lora:foxes:0.8>") == (6, 75)
+    # BREAK closes the chunk: 75 (padded) + the rest.
+    assert counter.count("a red fox BREAK in the snow") == (78, 150)
+    # Past 75 the capacity grows by a chunk.
+    assert counter.count(" ".join(["fox"] * 80)) == (80, 150)
+    # Prompt editing: the longest prompt of the schedule counts.
+    assert counter.count("[a red fox:a very very very red fox in deep snow:5]", steps=10) == (9, 75)
+
+
+def test_progress_text_queue_position_then_steps(services):
+    from sdwebui.server.queue import JobHandle
+    from sdwebui.ui.fields import format_seconds, progress_text, submit_txt2img
+
+    first = submit_txt2img(services, {"prompt": "a", "width": 64, "height": 64, "steps": 1})
+    second = submit_txt2img(services, {"prompt": "b", "width": 64, "height": 64, "steps": 1})
+    try:
+        assert progress_text(services, first) == (0.0, "In queue: next")
+        assert progress_text(services, second) == (0.0, "In queue: 1 job ahead")
+    finally:
+        services.queue.cancel(first.id)
+        services.queue.cancel(second.id)
+    running = JobHandle("x", "txt2img", {}, status="running")
+    assert progress_text(services, running)[1] == "Loading the model…"
+    running.progress.started = 100.0
+    running.report_step(5, 20, 1, 2)
+    fraction, text = progress_text(services, running, now=110.0)
+    assert fraction == pytest.approx(0.625)
+    assert text == "Step 5/20 · batch 2/2 · 62% · ETA 6s"
+    assert format_seconds(61) == "1m 01s" and format_seconds(3600 * 2 + 5) == "2h 00m"
+
+
+def test_native_size_follows_the_checkpoint_family(services, tiny_sdxl_path):
+    import shutil
+
+    from sdwebui.ui.fields import native_size
+
+    assert native_size(services) == 512  # the tiny SD 1.x checkpoint
+    copy = services.paths.ckpt_dir / "tiny-sdxl.safetensors"
+    shutil.copyfile(tiny_sdxl_path, copy)
+    try:
+        assert native_size(services, "tiny-sdxl.safetensors") == 1024  # from the file's header, nothing loaded
+        assert services._models is None or services._models.loaded is None
+    finally:
+        copy.unlink()
+
+
+def test_settings_are_validated_as_a_whole_and_persisted(services):
+    from sdwebui.ui.settings import apply_settings, section_keys
+
+    shown = {key for _, keys in section_keys() for key in keys}
+    assert "show_progress_every_n_steps" in shown and "CLIP_stop_at_last_layers" in shown
+    assert "sd_model_checkpoint" not in shown  # in the top bar
+    before = services.options.all()
+    message = apply_settings(services, {"show_progress_every_n_steps": 4, "CLIP_stop_at_last_layers": 99})
+    assert message.startswith("Not applied: Clip skip")
+    assert services.options.all() == before
+    message = apply_settings(services, {"show_progress_every_n_steps": 4.0, "outdir_samples": "mine"})
+    assert message.startswith("2 settings changed")
+    assert services.options.get("show_progress_every_n_steps") == 4
+    assert services.options.get("outdir_samples") == "mine"  # the UI may set folders; the API may not
+    assert apply_settings(services, {"show_progress_every_n_steps": 4}) == "Nothing to change."
+    services.options.update({"show_progress_every_n_steps": before["show_progress_every_n_steps"],
+                             "outdir_samples": before["outdir_samples"]})
+
+
+def test_history_search_and_delete(services):
+    from sdwebui.ui.history import delete_image, find_images
+
+    outputs = services.paths.outputs_dir
+    (outputs / "txt2img-images").mkdir(parents=True, exist_ok=True)
+    ids = []
+    for prompt in ("a red fox", "a blue whale", "a red panda"):
+        name = f"txt2img-images/{prompt.replace(' ', '-')}.png"
+        (outputs / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+        ids.append(services.store.add_image(job_id=None, path=name, prompt=prompt))
+    services.store.add_image(job_id=None, path="txt2img-images/gone.png", prompt="a red ghost")  # no file
+    services.store.add_image(job_id=None, path="../outside.png", prompt="a red escape")  # outside outputs
+
+    assert [row["prompt"] for row in find_images(services)][:3] == ["a red panda", "a blue whale", "a red fox"]
+    assert [row["prompt"] for row in find_images(services, "RED")] == ["a red panda", "a red fox"]
+    assert find_images(services, "zebra") == []
+
+    fox = ids[0]
+    path = outputs / services.store.image(fox)["path"]
+    assert delete_image(services, fox) is True
+    assert not path.exists() and services.store.image(fox) is None
+    assert [row["prompt"] for row in find_images(services, "red")] == ["a red panda"]
+    assert delete_image(services, fox) is False
