@@ -76,7 +76,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_sd1_path):
-    data = make_data_dir(tmp_path_factory.mktemp("ui"), tiny_sd1_path, "tiny-sd1.safetensors")
+    data = make_data_dir(tmp_path_factory.mktemp("ui"), tiny_sd1_path, "tiny-sd1.safetensors", "zz-other.safetensors")
     with LiveServer(data) as live:
         # A preview at every step, so a short job shows one.
         live.services.options.update({"show_progress_every_n_steps": 1})
@@ -334,15 +334,33 @@ def test_settings_apply_without_restart(page, server):
     server.services.options.update({"show_progress_every_n_steps": 1, "CLIP_stop_at_last_layers": 1})
 
 
-def test_phone_width_has_no_horizontal_scroll(browser, server):
+def test_checkpoint_switch_goes_through_the_options(page, server):
+    box = page.locator("#setting_sd_model_checkpoint input").first
+    assert box.input_value().startswith("tiny-sd1.safetensors")
+    box.click()
+    page.locator("[role=option]:has-text('zz-other.safetensors')").first.click()
+    # The same path as POST /sdapi/v1/options: the setting is written and the model loads in queue order.
+    wait_until(lambda: (server.services.options.get("sd_model_checkpoint") or "").startswith("zz-other"), timeout=30)
+    wait_until(lambda: server.services.store.jobs(limit=1)[0]["kind"] == "load_model", timeout=30)
+    page.reload()
+    open_ui(page, server)
+    assert page.locator("#setting_sd_model_checkpoint input").first.input_value().startswith("zz-other")
+    server.services.options.update({"sd_model_checkpoint": "tiny-sd1.safetensors"})
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_phone_width_has_no_horizontal_scroll_and_follows_the_color_scheme(browser, server, scheme):
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                  has_touch=True)
+                                  has_touch=True, color_scheme=scheme)
     page = context.new_page()
     try:
         open_ui(page, server)
         widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1], f"page is {widths[0]}px wide on a {widths[1]}px screen"
         assert page.locator("#txt2img_generate").is_visible()
-        shot(page, "phone")
+        dark = page.evaluate("document.body.classList.contains('dark') || "
+                             "document.documentElement.classList.contains('dark')")
+        assert dark is (scheme == "dark")
+        shot(page, f"phone-{scheme}")
     finally:
         context.close()
