@@ -109,6 +109,28 @@ def test_bad_fields_are_named_in_the_message(services):
         submit_txt2img(services, {"prompt": "x", "batch_count": 0})
 
 
+def test_styles_are_applied_to_the_prompts_before_queueing(services):
+    from sdwebui.ui.fields import UIError, apply_styles, style_names, submit_txt2img
+
+    styles_file = services.paths.styles_files[0]
+    styles_file.write_text("name,prompt,negative_prompt\nFramed,\"{prompt}, framed\",ugly\nSoft,soft light,\n",
+                           encoding="utf-8")
+    try:
+        assert style_names(services) == ["Framed", "Soft"]
+        styled = apply_styles(services, {"prompt": "a cat", "negative_prompt": "dog", "styles": ["Framed", "Soft"]})
+        assert (styled["prompt"], styled["negative_prompt"]) == ("a cat, framed, soft light", "dog, ugly")
+        assert "styles" not in styled
+        job = submit_txt2img(services, {"prompt": "a cat", "styles": ["Framed"], "width": 64, "height": 64})
+        services.queue.cancel(job.id)
+        assert job.payload["params"]["prompt"] == "a cat, framed"
+        assert job.payload["params"]["negative_prompt"] == "ugly"
+        with pytest.raises(UIError, match="^styles: .*Nope"):
+            submit_txt2img(services, {"prompt": "a cat", "styles": ["Nope"]})
+    finally:
+        styles_file.unlink()
+    assert style_names(services) == []
+
+
 @pytest.mark.parametrize(
     ("line", "sampler", "schedule"),
     [

@@ -77,6 +77,8 @@ def browser():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_sd1_path):
     data = make_data_dir(tmp_path_factory.mktemp("ui"), tiny_sd1_path, "tiny-sd1.safetensors", "zz-other.safetensors")
+    (data / "styles.csv").write_text("name,prompt,negative_prompt\nOil painting,\"{prompt}, oil painting\",blurry\n",
+                                     encoding="utf-8")
     with LiveServer(data) as live:
         # A preview at every step, so a short job shows one.
         live.services.options.update({"show_progress_every_n_steps": 1})
@@ -138,6 +140,12 @@ def test_generate_shows_the_image_and_the_png_carries_the_infotext(page, server)
     prompt_box(page).fill("a red fox in the snow")
     # Six words, six CLIP tokens, in a 75-token chunk (A1111's counter shows "6/75").
     wait_until(lambda: page.locator("#txt2img_token_counter").inner_text().strip() == "6/75", timeout=15)
+    # A style from styles.csv: counted with the prompt (", oil painting" adds 3 tokens), applied when queued.
+    page.locator("#txt2img_styles input").first.click()
+    page.locator("[role=option]:has-text('Oil painting')").first.click()
+    wait_until(lambda: page.locator("#txt2img_token_counter").inner_text().strip() == "9/75", timeout=15)
+    wait_until(lambda: page.locator("#txt2img_negative_token_counter").inner_text().strip() == "1/75", timeout=15)
+    page.locator("#txt2img_seed input").click()  # close the style list
     for elem_id, value in (("txt2img_width", SMALL["width"]), ("txt2img_height", SMALL["height"]),
                            ("txt2img_steps", SMALL["steps"])):
         set_number(page, elem_id, value)
@@ -149,7 +157,7 @@ def test_generate_shows_the_image_and_the_png_carries_the_infotext(page, server)
     info = page.locator("#txt2img_infotext textarea")
     wait_until(lambda: "Steps: 2" in info.input_value(), timeout=30)
     text = info.input_value()
-    assert text.startswith("a red fox in the snow\n")
+    assert text.startswith("a red fox in the snow, oil painting\nNegative prompt: blurry\n")
     assert "Seed: 1234" in text and "Size: 64x64" in text
     assert "Done" in page.locator("#txt2img_progress").inner_text()
     shot(page, "txt2img-done")
@@ -168,7 +176,7 @@ def test_generate_shows_the_image_and_the_png_carries_the_infotext(page, server)
 
     # The job went through the queue like an API job, and was saved and recorded for the history.
     records = server.services.store.images(limit=5)
-    assert records and records[0]["prompt"] == "a red fox in the snow" and records[0]["seed"] == 1234
+    assert records and records[0]["prompt"] == "a red fox in the snow, oil painting" and records[0]["seed"] == 1234
 
 
 def test_interrupt_stops_a_long_job_and_progress_is_shown(page, server):

@@ -22,6 +22,7 @@ from sdwebui.server.services import Services
 TXT2IMG_FIELDS: tuple[str, ...] = (
     "prompt",
     "negative_prompt",
+    "styles",
     "sampler",
     "scheduler",
     "steps",
@@ -41,6 +42,7 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
 DEFAULTS: dict[str, Any] = {
     "prompt": "",
     "negative_prompt": "",
+    "styles": [],
     "sampler": "DPM++ 2M",
     "scheduler": "Automatic",
     "steps": 20,
@@ -105,11 +107,13 @@ def request_from_fields(values: Mapping[str, Any], *, save_images: bool):
 def submit_txt2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
     """Queue a txt2img job exactly as `/sdapi/v1/txt2img` does (`a1111.prepare_txt2img` builds the payload).
 
-    UI jobs are saved when the setting "Always save all generated images" is on (A1111's `samples_save`), so
-    they appear in the history."""
+    Selected styles are applied to the prompt texts first (from the styles files, read afresh), so the job and
+    its infotext carry the styled prompts, as A1111's do. UI jobs are saved when the setting "Always save all
+    generated images" is on (A1111's `samples_save`), so they appear in the history."""
     from sdwebui.server.a1111 import prepare_txt2img
     from sdwebui.server.errors import FieldError
 
+    values = apply_styles(services, values)
     save = bool(services.options.get("samples_save"))
     request = request_from_fields(values, save_images=save)
     try:
@@ -124,6 +128,33 @@ def submit_txt2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
         return services.submit("txt2img", payload)
     except QueueFull as error:
         raise UIError(str(error)) from None
+
+
+def style_names(services: Services) -> list[str]:
+    from sdwebui.prompts.styles import StyleDatabase, StyleFileError
+
+    try:
+        return StyleDatabase(services.paths.styles_files).names()
+    except (StyleFileError, OSError):
+        return []
+
+
+def apply_styles(services: Services, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with the selected styles merged into prompt and negative prompt (A1111 `styles.py` rules) and
+    the style list emptied; a style no file defines is a UIError naming it."""
+    from sdwebui.prompts.styles import StyleDatabase, StyleFileError, UnknownStyleError
+
+    values = dict(values)
+    names = [name for name in (values.pop("styles", None) or []) if name]
+    if not names:
+        return values
+    try:
+        prompt, negative = StyleDatabase(services.paths.styles_files).apply(
+            str(values.get("prompt") or ""), str(values.get("negative_prompt") or ""), names)
+    except (UnknownStyleError, StyleFileError) as error:
+        raise UIError(f"styles: {error}") from None
+    values["prompt"], values["negative_prompt"] = prompt, negative
+    return values
 
 
 def _field_error_text(error) -> str:
@@ -342,7 +373,8 @@ class TokenCounter:
 
 
 __all__ = [
-    "TXT2IMG_FIELDS", "DEFAULTS", "UIError", "request_from_fields", "submit_txt2img", "progress_text",
+    "TXT2IMG_FIELDS", "DEFAULTS", "UIError", "request_from_fields", "submit_txt2img", "apply_styles", "style_names",
+    "progress_text",
     "fields_from_infotext", "canonical_sampling", "sampler_choices", "schedule_choices", "checkpoint_choices",
     "vae_choices", "native_size", "TokenCounter",
 ]

@@ -21,6 +21,7 @@ from sdwebui.ui.fields import (
     native_size,
     sampler_choices,
     schedule_choices,
+    style_names,
     vae_choices,
 )
 
@@ -117,9 +118,10 @@ def build_ui(services: Services):
         def refresh_lists():
             titles, current = checkpoint_choices(services)
             names, current_vae = vae_choices(services)
-            return gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae)
+            return (gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae),
+                    gr.update(choices=style_names(services)))
 
-        refresh.click(refresh_lists, None, [checkpoint, vae], show_progress="hidden")
+        refresh.click(refresh_lists, None, [checkpoint, vae, t2i.fields["styles"]], show_progress="hidden")
 
         # ---- infotext -> txt2img ------------------------------------------------------------------------------
         def paste(text):
@@ -149,11 +151,11 @@ def build_ui(services: Services):
             names, current_vae = vae_choices(services)
             side = native_size(services, current)
             return (gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae),
-                    gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()), side, side,
-                    READY_MARK)
+                    gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()),
+                    gr.update(choices=style_names(services)), side, side, READY_MARK)
 
-        demo.load(on_load, None, [checkpoint, vae, t2i.fields["sampler"], t2i.fields["scheduler"], *size, status],
-                  show_progress="hidden")
+        demo.load(on_load, None, [checkpoint, vae, t2i.fields["sampler"], t2i.fields["scheduler"],
+                                  t2i.fields["styles"], *size, status], show_progress="hidden")
     return demo
 
 

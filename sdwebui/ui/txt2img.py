@@ -23,6 +23,7 @@ from sdwebui.ui.fields import (
     TXT2IMG_FIELDS,
     TokenCounter,
     UIError,
+    apply_styles,
     elapsed_text,
     progress_text,
     submit_txt2img,
@@ -82,6 +83,8 @@ def build(services: Services, counter: TokenCounter) -> Txt2ImgTab:
             with gr.Row():
                 c["interrupt"] = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm", min_width=60)
                 c["skip"] = gr.Button("Skip", elem_id="txt2img_skip", size="sm", min_width=60)
+            # styles.csv (--styles-file); applied to the prompts when the job is queued.
+            f["styles"] = gr.Dropdown([], value=[], multiselect=True, label="Styles", elem_id="txt2img_styles")
 
     with gr.Row(elem_id="txt2img_main", equal_height=False):
         with gr.Column(scale=1, min_width=300, elem_id="txt2img_settings"):
@@ -144,14 +147,22 @@ def build(services: Services, counter: TokenCounter) -> Txt2ImgTab:
     c["result_state"] = result_state
 
     # ---- token counters -------------------------------------------------------------------------------------
-    def count(text, steps):
+    # A1111 counts the prompt as it will be encoded: with the selected styles applied.
+    def count(key, text, steps, styles):
         try:
-            return token_html(*counter.count(text or "", int(steps or 20)))
+            styled = apply_styles(services, {key: text or "", "styles": styles or []})[key]
+        except UIError:
+            styled = text or ""
+        try:
+            return token_html(*counter.count(styled, int(steps or 20)))
         except Exception:  # noqa: BLE001 - a counter must never break typing
             return token_html(0, 75)
 
-    for box, out in ((f["prompt"], c["prompt_tokens"]), (f["negative_prompt"], c["negative_tokens"])):
-        box.change(count, [box, f["steps"]], out, show_progress="hidden", queue=False, trigger_mode="always_last")
+    for key, out in (("prompt", c["prompt_tokens"]), ("negative_prompt", c["negative_tokens"])):
+        handler = (lambda key: lambda text, steps, styles: count(key, text, steps, styles))(key)
+        for trigger in (f[key], f["styles"]):
+            trigger.change(handler, [f[key], f["steps"], f["styles"]], out, show_progress="hidden", queue=False,
+                           trigger_mode="always_last")
 
     # ---- generate -------------------------------------------------------------------------------------------
     async def generate(*values):
