@@ -57,6 +57,8 @@ def build_app(config: ServerConfig):
     if config.ui:
         from sdwebui.ui import mount_ui
 
+        # The UI takes every path the API does not; the API's own prefixes keep its 404/405 answers.
+        _add_api_fallbacks(app, ("/api", "/sdapi"))
         # Last, so the API routes keep their paths; inside the security middleware like everything else.
         mount_ui(app, services)
     app.add_middleware(SecurityMiddleware, config=config)
@@ -69,6 +71,37 @@ def build_app(config: ServerConfig):
             allow_headers=["*"], allow_credentials=True,
         )
     return app
+
+
+def _add_api_fallbacks(app, prefixes: tuple[str, ...]) -> None:
+    """Answer unknown paths under the API prefixes as the API does (404, or 405 with `Allow` when the path
+    exists for other methods) instead of letting the UI mounted at `/` take them."""
+    from fastapi.exceptions import HTTPException
+    from starlette.routing import Match
+
+    api_routes = list(app.router.routes)  # before the fallbacks and the UI's mount
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+    def allowed_methods(path: str) -> list[str]:
+        allowed = []
+        for method in methods:
+            scope = {"type": "http", "method": method, "path": path, "root_path": "", "path_params": {},
+                     "headers": [], "query_string": b""}
+            if any(route.matches(scope)[0] == Match.FULL for route in api_routes):
+                allowed.append(method)
+        return allowed
+
+    def fallback_for(prefix: str):
+        async def api_fallback(rest: str):
+            allowed = allowed_methods(f"{prefix}/{rest}")
+            if allowed:
+                raise HTTPException(405, "Method Not Allowed", headers={"Allow": ", ".join(allowed)})
+            raise HTTPException(404, "Not Found")
+
+        return api_fallback
+
+    for prefix in prefixes:
+        app.add_api_route(prefix + "/{rest:path}", fallback_for(prefix), methods=methods, include_in_schema=False)
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:

@@ -47,6 +47,17 @@ def test_the_ui_refuses_rebound_hosts_and_cross_site_posts(tmp_path):
         assert response.status_code == 403
 
 
+def test_the_api_keeps_its_error_answers_next_to_the_ui(tmp_path):
+    with LiveServer(tmp_path, preload=False) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        for path in ("/api/v1/no-such-route", "/sdapi/v1/no-such-route"):
+            response = client.get(path)
+            assert response.status_code == 404 and response.json()["error"] == "not_found", path
+        response = client.post("/api/v1/health")
+        assert response.status_code == 405 and response.headers["allow"] == "GET"
+        assert response.json()["error"] == "method_not_allowed"
+        assert client.get("/api/v1/health").status_code == 200
+
+
 def test_nowebui_serves_the_api_only(tmp_path):
     from sdwebui.app import add_serve_flags, config_from_args
 

@@ -73,7 +73,8 @@ def build_ui(services: Services):
     counter = TokenCounter()
     titles, current = checkpoint_choices(services)
     vaes, current_vae = vae_choices(services)
-    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+    # Gradio keeps a copy of every image it sends in its cache folder: drop the day-old ones every hour.
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         with gr.Row(elem_id="quicksettings", equal_height=True):
             checkpoint = gr.Dropdown(titles, value=current, label="Stable Diffusion checkpoint",
                                      elem_id="setting_sd_model_checkpoint", scale=4, min_width=200)
@@ -172,7 +173,7 @@ def mount_ui(app, services: Services):
     outputs = services.paths.outputs_dir
     return gr.mount_gradio_app(
         app, demo, path="/", allowed_paths=[str(outputs)], theme=theme(), css=CSS, js=HOTKEYS_JS,
-        footer_links=["api", "settings"], show_error=True, ssr_mode=False,
+        footer_links=["settings"], show_error=True, ssr_mode=False,
     )
 
 
