@@ -235,10 +235,6 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
     return out
 
 
-def canonical_sampler(name: str | None) -> str | None:
-    return canonical_sampling(name, None)[0]
-
-
 def canonical_sampling(sampler: str | None, schedule: str | None) -> tuple[str | None, str | None]:
     """A sampler and schedule as the dropdowns list them (A1111 names and labels), or None for unknown ones."""
     from sdwebui.core.samplers import parse_sampler_name
