@@ -107,7 +107,9 @@ def auth_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("auth")
     (data / "outputs").mkdir()
     Image.new("RGB", (8, 8)).save(data / "outputs" / "a.png")
-    with LiveServer(data, credentials=Credentials(((USER, PASSWORD),)), preload=False) as live:
+    # Configured as `--listen --api-auth` (host 0.0.0.0); the test socket itself stays on 127.0.0.1.
+    with LiveServer(data, host="0.0.0.0", credentials=Credentials(((USER, PASSWORD),)), preload=False) as live:
+        assert not live.config.loopback_only
         yield live
 
 
