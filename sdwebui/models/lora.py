@@ -287,19 +287,23 @@ class _Patcher:
             for layer, entries in per_layer.items():
                 module = modules[layer]
                 weight: torch.nn.Parameter = module.weight
-                w = weight.detach().float()
+                # A float32 copy of our own (`copy=True`: for a float32 model `.float()` would alias the
+                # original, which must never be written).
+                w = weight.detach().to(torch.float32, copy=True)
                 bias_param = getattr(module, "bias", None)
-                b = bias_param.detach().float() if bias_param is not None else None
+                b = bias_param.detach().to(torch.float32, copy=True) if bias_param is not None else None
                 changed_bias = False
                 for parts, multiplier, dyn, name in entries:
                     try:
-                        delta = compute_delta({k: v.to(w.device) for k, v in parts.items()}, weight.shape, dyn_dim=dyn)
+                        delta = compute_delta(
+                            {k: v.to(w.device) for k, v in parts.items()}, weight.shape, dyn_dim=dyn, multiplier=multiplier
+                        )
+                        w = apply_delta(w, delta)
                     except (LoraFormatError, RuntimeError) as error:
                         notes.append(f"Lora {name}: layer {'.'.join(layer)} skipped ({error})")
                         continue
-                    w = apply_delta(w, delta, multiplier)
                     if delta.bias is not None and b is not None:
-                        b = b + multiplier * delta.bias.to(b.device).reshape(b.shape)
+                        b.add_(delta.bias.to(b.device).reshape(b.shape))
                         changed_bias = True
                 patched.append((weight, w.to(weight.dtype), (weight.data_ptr(), weight._version)))
                 if changed_bias:

@@ -50,11 +50,12 @@ class ModuleDelta:
     kind: str
     """"lora", "locon" (LoRA on a conv layer), "loha", "lokr", "full"."""
     weight: Tensor
-    """scale * ΔW, shaped like the layer's weight (float32)."""
+    """multiplier * scale * ΔW, shaped like the layer's weight (float32); with DoRA, scale * ΔW."""
     bias: Tensor | None = None
-    """Δb (full diff only)."""
+    """multiplier * Δb (full diff only)."""
     dora_scale: Tensor | None = None
     """DoRA magnitude; when set, `apply_delta` renormalises (see the module docstring)."""
+    multiplier: float = 1.0
 
 
 def module_kind(parts: Mapping[str, Tensor]) -> str | None:
@@ -99,12 +100,14 @@ def rebuild_cp(t: Tensor, wa: Tensor, wb: Tensor) -> Tensor:
     return torch.einsum("i j k l, i r -> r j k l", temp, wa)
 
 
-def lora_delta(parts: Mapping[str, Tensor], shape: torch.Size, dyn_dim: int | None = None) -> Tensor:
-    """ΔW of LoRA / LoCon (unscaled)."""
+def lora_delta(parts: Mapping[str, Tensor], shape: torch.Size, dyn_dim: int | None = None, factor: float = 1.0) -> Tensor:
+    """factor * ΔW of LoRA / LoCon (the factor is applied to the small `up` matrix, not to ΔW)."""
     up, down = parts["lora_up.weight"].float(), parts["lora_down.weight"].float()
     mid = parts.get("lora_mid.weight")
     if dyn_dim is not None:
         up, down = up[:, :dyn_dim], down[:dyn_dim]
+    if factor != 1.0:
+        up = up * factor
     if mid is not None:
         # up [out, r(,1,1)], down [r, in(,1,1)], mid [r, r, kh, kw]
         delta = torch.einsum("n m k l, i n, m j -> i j k l", mid.float(), up.flatten(1), down.flatten(1))
@@ -115,9 +118,9 @@ def lora_delta(parts: Mapping[str, Tensor], shape: torch.Size, dyn_dim: int | No
     return _reshape_to(delta, shape, "lora_up @ lora_down")
 
 
-def loha_delta(parts: Mapping[str, Tensor], shape: torch.Size) -> Tensor:
-    """ΔW of LoHa (unscaled)."""
-    w1a, w1b = parts["hada_w1_a"].float(), parts["hada_w1_b"].float()
+def loha_delta(parts: Mapping[str, Tensor], shape: torch.Size, factor: float = 1.0) -> Tensor:
+    """factor * ΔW of LoHa."""
+    w1a, w1b = parts["hada_w1_a"].float() * factor, parts["hada_w1_b"].float()
     w2a, w2b = parts["hada_w2_a"].float(), parts["hada_w2_b"].float()
     t1, t2 = parts.get("hada_t1"), parts.get("hada_t2")
     w1 = rebuild_cp(t1.float(), w1a, w1b) if t1 is not None else w1a @ w1b.flatten(1)
@@ -127,10 +130,11 @@ def loha_delta(parts: Mapping[str, Tensor], shape: torch.Size) -> Tensor:
     return w1 * w2
 
 
-def lokr_delta(parts: Mapping[str, Tensor], shape: torch.Size) -> Tensor:
-    """ΔW of LoKr (unscaled): kron(w1, w2)."""
+def lokr_delta(parts: Mapping[str, Tensor], shape: torch.Size, factor: float = 1.0) -> Tensor:
+    """factor * ΔW of LoKr: kron(w1, w2)."""
     w1 = parts.get("lokr_w1")
     w1 = w1.float() if w1 is not None else parts["lokr_w1_a"].float() @ parts["lokr_w1_b"].float()
+    w1 = w1 * factor
     w2 = parts.get("lokr_w2")
     if w2 is not None:
         w2 = w2.float()
@@ -155,28 +159,36 @@ def lokr_rank(parts: Mapping[str, Tensor]) -> int | None:
     return rank
 
 
-def compute_delta(parts: Mapping[str, Tensor], weight_shape: torch.Size, *, dyn_dim: int | None = None) -> ModuleDelta:
-    """The scaled change one file makes to a layer of shape `weight_shape` (tensors on any device)."""
+def compute_delta(
+    parts: Mapping[str, Tensor], weight_shape: torch.Size, *, dyn_dim: int | None = None, multiplier: float = 1.0
+) -> ModuleDelta:
+    """The change one file makes to a layer of shape `weight_shape` at `multiplier` (tensors on any device).
+
+    The scalar factors are folded into the smallest factor matrix before the product: on a full-size model
+    the layers are large and every pass over them costs (memory-bound)."""
     kind = module_kind(parts)
     if kind is None:
         raise LoraFormatError(f"unknown module type with tensors {sorted(parts)}")
+    dora = parts.get("dora_scale")
+    outer = 1.0 if dora is not None else multiplier  # DoRA: the multiplier acts after renormalising
     bias = None
     if kind == "lora":
         down = parts["lora_down.weight"]
         rank = int(down.shape[0]) if dyn_dim is None else min(int(down.shape[0]), dyn_dim)
-        delta = lora_delta(parts, weight_shape, dyn_dim) * _alpha_scale(parts, rank)
+        delta = lora_delta(parts, weight_shape, dyn_dim, outer * _alpha_scale(parts, rank))
         if len(weight_shape) == 4:
             kind = "locon"
     elif kind == "loha":
-        delta = loha_delta(parts, weight_shape) * _alpha_scale(parts, int(parts["hada_w1_b"].shape[0]))
+        delta = loha_delta(parts, weight_shape, outer * _alpha_scale(parts, int(parts["hada_w1_b"].shape[0])))
     elif kind == "lokr":
-        delta = lokr_delta(parts, weight_shape) * _alpha_scale(parts, lokr_rank(parts))
+        delta = lokr_delta(parts, weight_shape, outer * _alpha_scale(parts, lokr_rank(parts)))
     else:
         delta = _reshape_to(parts["diff"].float(), weight_shape, "diff")
+        if outer != 1.0:
+            delta = delta * outer
         if "diff_b" in parts:
-            bias = parts["diff_b"].float().flatten()
-    dora = parts.get("dora_scale")
-    return ModuleDelta(kind, delta, bias, dora.float() if dora is not None else None)
+            bias = parts["diff_b"].float().flatten() * multiplier
+    return ModuleDelta(kind, delta, bias, dora.float() if dora is not None else None, multiplier)
 
 
 def dora_renormalise(merged: Tensor, dora_scale: Tensor) -> Tensor:
@@ -191,12 +203,12 @@ def dora_renormalise(merged: Tensor, dora_scale: Tensor) -> Tensor:
     return merged * (scale / (norm + torch.finfo(merged.dtype).eps))
 
 
-def apply_delta(weight: Tensor, delta: ModuleDelta, multiplier: float) -> Tensor:
-    """W' for one file at `multiplier` (float32 in, float32 out)."""
+def apply_delta(weight: Tensor, delta: ModuleDelta) -> Tensor:
+    """W' for one file (float32), computed IN PLACE in `weight`, which must be the caller's own copy."""
     if delta.dora_scale is None:
-        return weight + multiplier * delta.weight.to(weight.device)
+        return weight.add_(delta.weight.to(weight.device))
     merged = dora_renormalise(weight + delta.weight.to(weight.device), delta.dora_scale)
-    return weight + multiplier * (merged - weight)
+    return weight.add_(merged.sub_(weight), alpha=delta.multiplier)
 
 
 __all__ = [
