@@ -291,3 +291,10 @@ def test_txt2img_uses_embeddings_and_writes_ti_hashes(tmp_path):
     expected = f'TI hashes: "shinystyle: {db.get("shinystyle").shorthash}, badhands: {db.get("badhands").shorthash}"'
     assert expected in with_db.infotexts[0]
     assert "TI hashes" not in without.infotexts[0]
+
+
+def test_original_textual_inversion_parameterdict_loads(tmp_path):
+    vec = _vectors(2, seed=4)
+    params = torch.nn.ParameterDict({"*": torch.nn.Parameter(vec.clone())})
+    torch.save({"string_to_token": {"*": torch.tensor(265)}, "string_to_param": params}, tmp_path / "old.pt")
+    assert torch.equal(load_embedding(tmp_path / "old.pt").vectors[""], vec)

@@ -145,7 +145,9 @@ def load_embedding(path: str | Path, *, name: str | None = None) -> Embedding:
     if suffix == ".safetensors":
         data: object = read_state_dict(path)
     else:
-        data = load_pickle(path)
+        # The original textual-inversion code saved `string_to_param` as a ParameterDict (A1111's safe
+        # unpickler allows it too); it rebuilds from tensors alone.
+        data = load_pickle(path, extra_globals=[torch.nn.ParameterDict])
     try:
         vectors, extra = vectors_from_data(data)
     except ValueError as error:

@@ -18,7 +18,7 @@ import json
 import math
 import struct
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,12 +269,14 @@ def _extra_safe_globals() -> list:
     return allowed
 
 
-def load_pickle(path: str | Path):
+def load_pickle(path: str | Path, *, extra_globals: Sequence = ()):
     """The object a PyTorch pickle (`.pt/.ckpt/.bin/.pth`) holds, through the restricted unpickler only.
 
     For files whose tensors are nested (a textual-inversion `.pt` keeps them under `string_to_param`), where
     `read_state_dict`'s flat dict of tensors is not enough. Tensors and plain containers only; anything that
-    would call other code is refused with a `ModelFileError` before it runs.
+    would call other code is refused with a `ModelFileError` before it runs. `extra_globals`: classes a caller
+    knows its files hold and that rebuild without running code (e.g. `torch.nn.ParameterDict`), allowed for
+    this call only.
     """
     import pickle
 
@@ -287,7 +289,7 @@ def load_pickle(path: str | Path):
     try:
         # The extra globals are allowed only for the duration of this call (PyTorch's scoped context; it swaps a
         # process-wide list, so a concurrent load may briefly see the same few harmless extras).
-        with torch.serialization.safe_globals(_extra_safe_globals()):
+        with torch.serialization.safe_globals([*_extra_safe_globals(), *extra_globals]):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as error:
         raise ModelFileError(path, _describe_unpickling_error(error)) from None
