@@ -164,6 +164,26 @@ def test_skip_abandons_the_current_image_of_a_batch_count(client):
     assert view["status"] == "done" and view["result"]["seeds"] == [51], "batch 0 was skipped, batch 1 ran"
 
 
+def test_a_full_queue_answers_503_with_retry_after(client, server):
+    finish_idle(client)
+    assert client.post("/sdapi/v1/options", json={"api_max_queue_size": 1}).status_code == 200
+    try:
+        running = submit(client, **LONG, seed=1)
+        wait_until(lambda: client.get(f"/api/v1/jobs/{running}").json()["status"] == "running", timeout=120)
+        waiting = submit(client, seed=2)
+        jobs_before = [job["id"] for job in server.services.store.jobs(limit=1000)]
+        for path, body in (("/api/v1/jobs", FAST), ("/sdapi/v1/txt2img", {"steps": 2, "width": 64, "height": 64})):
+            response = client.post(path, json=body)
+            assert response.status_code == 503 and response.headers["retry-after"], response.text
+            assert "queue is full" in response.json()["detail"]
+        assert [job["id"] for job in server.services.store.jobs(limit=1000)] == jobs_before
+        assert client.delete(f"/api/v1/jobs/{waiting}").json()["status"] == "cancelled"
+        assert client.delete(f"/api/v1/jobs/{running}").json()["status"] == "interrupting"
+        assert wait_for_job(client, running, timeout=120)["status"] == "interrupted"
+    finally:
+        client.post("/sdapi/v1/options", json={"api_max_queue_size": 1000})
+
+
 # ---- images -------------------------------------------------------------------------------------------------
 
 

@@ -446,6 +446,22 @@ def test_a_body_over_the_limit_is_413_and_the_server_goes_on(tmp_path):
         assert live.services.store.jobs(limit=10) == []
 
 
+def test_an_image_bomb_is_refused_before_it_is_decoded(open_server):
+    """A few hundred bytes of PNG that claim 100000 x 100000 pixels (40 GB decoded): refused from the header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    with open_server.client() as client:
+        response = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(png).decode()})
+        assert response.status_code == 413 and response.json()["field"] == "image", response.text
+        assert client.get("/sdapi/v1/progress").status_code == 200
+
+
 def test_invalid_content_length_is_400(open_server):
     connection = http.client.HTTPConnection("127.0.0.1", open_server.port, timeout=60)
     try:
