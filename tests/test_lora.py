@@ -317,7 +317,7 @@ def test_weight_zero_and_unknown_names(tmp_path, sd1):
         assert_unchanged(sd1, before)
     assert report.missing == ["nope"]
     assert report.notes == ["Failed to find networks: nope"]
-    assert report.lora_hashes is None
+    assert report.lora_hashes == f"a: {library.shorthash(library.files()['a'])}"
 
 
 def test_lora_hashes_addnet_and_sshs_metadata(tmp_path, sd1):
@@ -476,7 +476,8 @@ def test_txt2img_with_lora_weight_zero_reuse_restore_unknown(tmp_path, tiny_file
     short = library.shorthash(library.files()["style"])
     assert f'Lora hashes: "style: {short}"' in one.infotexts[0]
     assert "<lora:style:1>" in one.infotexts[0]  # the prompt is written as typed
-    assert "Lora hashes" not in zero.infotexts[0] and "Lora hashes" not in base.infotexts[0]
+    assert f'Lora hashes: "style: {short}"' in zero.infotexts[0]  # listed at weight 0 too, as A1111
+    assert "Lora hashes" not in base.infotexts[0]
 
     missing = _txt2img(model, "a red cube <lora:nope:1>", library)
     assert torch.equal(missing.latents, base.latents)
@@ -550,3 +551,17 @@ def test_sdxl_lora_reaches_both_text_encoders_and_the_unet(tmp_path, tiny_files)
         for key, layer in layers.items():
             torch.testing.assert_close(layer.weight, expected[key])
     assert_unchanged(model, before)
+
+
+def test_unreadable_file_is_noted_and_left_out_of_the_hashes(tmp_path, sd1):
+    save_file(_simple_lora(), tmp_path / "good.safetensors")
+    (tmp_path / "bad.pt").write_bytes(b"definitely not a pickle")
+    library = LoraLibrary(tmp_path)
+    before = snapshot(sd1)
+    for reused in (False, True):
+        with library.applied(sd1, [LoraCall("good"), LoraCall("bad")]) as report:
+            assert not torch.equal(modules(sd1)[0].weight, before[f"{LINEAR}.weight"])
+        assert report.reused is reused
+        assert [name for name, _ in report.applied] == ["good"]
+        assert len(report.notes) == 1 and report.notes[0].startswith("Lora bad not loaded: ")
+    assert_unchanged(sd1, before)

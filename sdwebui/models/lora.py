@@ -261,6 +261,10 @@ class _Patcher:
         self.key: tuple | None = None
         self.patched: list[tuple[torch.nn.Parameter, Tensor, tuple]] = []
         """(parameter, patched tensor, (data_ptr, version) of the original it was computed from)."""
+        self.notes: list[str] = []
+        """What computing the current set had to say (repeated in the report of every job that reuses it)."""
+        self.failed: set[str] = set()
+        """Paths of the current set's files that could not be read."""
 
     @property
     def model(self):
@@ -325,6 +329,8 @@ class _Patcher:
     def release(self) -> None:
         self.key = None
         self.patched = []
+        self.notes = []
+        self.failed = set()
 
 
 class LoraLibrary:
@@ -435,7 +441,7 @@ class LoraLibrary:
         for base, parts in groups.items():
             fake = dict.fromkeys(parts, None)
             kind = module_kind(fake) or "?"
-            if kind == "lora" and any(len(shapes.get(f"{base}.lora_down.weight", ())) == 4 for _ in (0,)):
+            if kind == "lora" and len(shapes.get(f"{base}.lora_down.weight", ())) == 4:
                 kind = "locon"
             if "dora_scale" in parts:
                 kind += "+dora"
@@ -471,20 +477,22 @@ class LoraLibrary:
         Unknown names are not an error (as in A1111): they are listed in `missing`, noted and logged."""
         report = AppliedNetworks()
         files = self.files() if calls else {}
-        wanted: list[tuple[LoraFile, LoraCall]] = []
+        found: list[tuple[LoraFile, LoraCall]] = []
         for call in calls:
             file = self.find(call.name, files)
             if file is None:
                 report.missing.append(call.name)
-                continue
-            if call.te == 0 and call.unet == 0:
-                continue
-            wanted.append((file, call))
+            else:
+                found.append((file, call))
         if report.missing:
             note = "Failed to find networks: " + ", ".join(report.missing)  # A1111's comment
             report.notes.append(note)
             log.warning("%s", note)
+        # Weight 0 on both parts changes nothing, so nothing is touched (bit-exactly the model); A1111 still
+        # lists such a network in `Lora hashes`, and so do we.
+        wanted = [(file, call) for file, call in found if call.te != 0 or call.unet != 0]
         if not wanted:
+            report.applied = [(call.name, self.shorthash(file)) for file, call in found]
             yield report
             return
 
@@ -496,6 +504,8 @@ class LoraLibrary:
             else:
                 patcher.release()
                 networks = []
+                notes: list[str] = []
+                failed: set[str] = set()
                 parsed_now: dict[tuple, ParsedLora] = {}
                 for file, call in wanted:
                     file_key = (str(file.path), file.size, file.mtime_ns)
@@ -504,25 +514,28 @@ class LoraLibrary:
                         try:
                             parsed = parse_lora(file, self.read(file), patcher.model_index())
                         except ModelFileError as error:
-                            report.notes.append(f"Lora {call.name} not loaded: {error.reason}")
+                            notes.append(f"Lora {call.name} not loaded: {error.reason}")
                             log.warning("LoRA %s not loaded: %s", file.path, error.reason)
+                            failed.add(str(file.path))
                             continue
                         if parsed.unmatched:
                             log.info("LoRA %s: %d keys match no layer of this model (e.g. %s)", file.name,
                                      len(parsed.unmatched), parsed.unmatched[0])
                         if parsed.unsupported:
-                            report.notes.append(
+                            notes.append(
                                 f"Lora {call.name}: {len(parsed.unsupported)} layers of an unsupported type skipped"
                             )
                         if not parsed.layers:
-                            report.notes.append(f"Lora {call.name}: no layer matches this model")
+                            notes.append(f"Lora {call.name}: no layer matches this model")
                     parsed_now[file_key] = parsed
                     networks.append((parsed, call))
-                patcher.compute(networks, report.notes)
-                patcher.key = key
+                patcher.compute(networks, notes)
+                patcher.key, patcher.notes, patcher.failed = key, notes, failed
                 self._parsed = parsed_now  # keep only the current set's files in memory
-            for file, call in wanted:
-                report.applied.append((call.name, self.shorthash(file)))
+            report.notes.extend(patcher.notes)
+            report.applied = [
+                (call.name, self.shorthash(file)) for file, call in found if str(file.path) not in patcher.failed
+            ]
             with patcher.swapped_in():
                 yield report
 
