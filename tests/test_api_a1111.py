@@ -25,6 +25,8 @@ INFO_KEYS = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_sd1_path):
     data = make_data_dir(tmp_path_factory.mktemp("a1111"), tiny_sd1_path, "tiny-sd1.safetensors", "zz-other.safetensors")
+    (data / "styles.csv").write_text(
+        'name,prompt,negative_prompt\n"my style","{prompt}, masterpiece",lowres\n', encoding="utf-8")
     with LiveServer(data) as live:
         yield live
 
@@ -48,7 +50,9 @@ def test_txt2img_returns_pngs_with_infotext_and_a1111_info(client):
     assert set(body) >= {"images", "parameters", "info"}
     assert INFO_KEYS <= set(info)
     assert info["all_seeds"] == [1234, 1235] and info["seed"] == 1234
-    assert info["prompt"] == "a red cube" and info["all_prompts"] == ["a red cube"] * 2
+    # The styles are applied to the prompts, as A1111 does before generating (the infotext has the result).
+    assert info["prompt"] == "a red cube, masterpiece" and info["all_prompts"] == ["a red cube, masterpiece"] * 2
+    assert info["negative_prompt"] == "blurry, lowres"
     assert info["sampler_name"] == "Euler a" and info["steps"] == 2 and info["styles"] == ["my style"]
     assert info["sd_model_name"] == "tiny-sd1" and len(info["sd_model_hash"]) == 10
     assert info["extra_generation_params"].get("Schedule type") == "Karras"
@@ -115,6 +119,7 @@ BAD_INPUTS = [
     ({"cfg_scale": -1}, "cfg_scale"),
     ({"batch_size": 64, "n_iter": 100}, "n_iter"),  # over the api_max_images setting
     ({"prompt": "x" * 65537}, "prompt"),
+    ({"styles": ["my style", "no such style"]}, "styles"),
     ({"override_settings": {"sd_model_checkpoint": "../../tiny-sd1.safetensors"}},
      "override_settings.sd_model_checkpoint"),
 ]
@@ -158,7 +163,8 @@ def test_list_routes_have_a1111_shapes(client):
     assert client.get("/sdapi/v1/sd-vae").json() == []
     assert client.get("/sdapi/v1/loras").json() == []
     assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
-    assert client.get("/sdapi/v1/prompt-styles").json() == []
+    assert client.get("/sdapi/v1/prompt-styles").json() == [
+        {"name": "my style", "prompt": "{prompt}, masterpiece", "negative_prompt": "lowres"}]
     memory = client.get("/sdapi/v1/memory").json()
     assert memory["ram"]["used"] > 0 and "cuda" in memory
     flags = client.get("/sdapi/v1/cmd-flags").json()

@@ -219,7 +219,13 @@ def build_router(services: Services) -> APIRouter:
 
     @router.get("/prompt-styles")
     def get_prompt_styles():
-        return []
+        from sdwebui.prompts.styles import StyleFileError
+
+        try:
+            styles = services.styles().styles.values()
+        except StyleFileError as error:
+            raise HTTPException(500, str(error)) from None
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles]
 
     @router.get("/hypernetworks")
     def get_hypernetworks():
@@ -322,12 +328,13 @@ def prepare_txt2img(services: Services, req: Txt2ImgRequest, warnings: list[str]
 
     apply_infotext(services, req)
     refuse_unavailable(req)
+    prompt, negative_prompt = styled_prompts(services, req)
     overrides, ignored = _checked_overrides(services, req.override_settings or {})
     warnings.extend(f"ignored unknown setting override_settings.{key}" for key in ignored)
     sampler_field = "sampler_name" if req.sampler_name else "sampler_index"
     values: dict[str, Any] = {
-        "prompt": req.prompt,
-        "negative_prompt": req.negative_prompt,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
         "width": req.width,
         "height": req.height,
         "steps": req.steps,
@@ -371,6 +378,20 @@ def prepare_txt2img(services: Services, req: Txt2ImgRequest, warnings: list[str]
         if key == "sd_model_checkpoint" and "sd_model_checkpoint" not in overrides:
             raise HTTPException(404, _lookup_message(error)) from None
         raise FieldError(("override_settings", key), _lookup_message(error)) from None
+
+
+def styled_prompts(services: Services, req: Txt2ImgRequest) -> tuple[str, str]:
+    """The prompt and negative prompt with the request's `styles` applied (A1111 applies them to the prompts
+    before generating, so the infotext carries the styled text). An unknown style is a 422 on `styles`."""
+    from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
+
+    names = [name for name in req.styles or [] if name]
+    if not names:
+        return req.prompt, req.negative_prompt
+    try:
+        return services.styles().apply(req.prompt, req.negative_prompt, names)
+    except (UnknownStyleError, StyleFileError) as error:
+        raise FieldError(("styles",), str(error)) from None
 
 
 def refuse_unavailable(req: Txt2ImgRequest) -> None:

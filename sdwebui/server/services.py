@@ -90,6 +90,13 @@ class Services:
                 self._embeddings = EmbeddingDatabase(self.paths.embeddings_dir)
             return self._embeddings
 
+    def styles(self):
+        """The prompt styles of the styles files (`--styles-file`), read afresh: users edit `styles.csv` while
+        the app runs and A1111's refresh button re-reads it; the file is small."""
+        from sdwebui.prompts.styles import StyleDatabase
+
+        return StyleDatabase(self.paths.styles_files)
+
     def resolve_checkpoint(self, name: str | None) -> Path:
         """The checkpoint a client named (file name, stem, A1111 title or hash; None = the default).
 

@@ -131,10 +131,10 @@ def submit_txt2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
 
 
 def style_names(services: Services) -> list[str]:
-    from sdwebui.prompts.styles import StyleDatabase, StyleFileError
+    from sdwebui.prompts.styles import StyleFileError
 
     try:
-        return StyleDatabase(services.paths.styles_files).names()
+        return services.styles().names()
     except (StyleFileError, OSError):
         return []
 
@@ -142,14 +142,14 @@ def style_names(services: Services) -> list[str]:
 def apply_styles(services: Services, values: Mapping[str, Any]) -> dict[str, Any]:
     """`values` with the selected styles merged into prompt and negative prompt (A1111 `styles.py` rules) and
     the style list emptied; a style no file defines is a UIError naming it."""
-    from sdwebui.prompts.styles import StyleDatabase, StyleFileError, UnknownStyleError
+    from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 
     values = dict(values)
     names = [name for name in (values.pop("styles", None) or []) if name]
     if not names:
         return values
     try:
-        prompt, negative = StyleDatabase(services.paths.styles_files).apply(
+        prompt, negative = services.styles().apply(
             str(values.get("prompt") or ""), str(values.get("negative_prompt") or ""), names)
     except (UnknownStyleError, StyleFileError) as error:
         raise UIError(f"styles: {error}") from None
