@@ -22,7 +22,8 @@ LONG = {"width": 64, "height": 64, "steps": 1000, "sampler": "Euler"}
 def server(tmp_path_factory, tiny_sd1_path):
     data = make_data_dir(tmp_path_factory.mktemp("native"), tiny_sd1_path, "tiny-sd1.safetensors")
     # A checkpoint that is listed but cannot be loaded: a job that picks it fails (alone).
-    (data / "models" / "Stable-diffusion" / "zz-broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    broken = data / "models" / "Stable-diffusion" / "zz-broken.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     with LiveServer(data) as live:
         yield live
 
@@ -346,7 +347,8 @@ NATIVE_BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("fields, field", NATIVE_BAD_INPUTS, ids=[f"{f}-{i}" for i, (_, f) in enumerate(NATIVE_BAD_INPUTS)])
+@pytest.mark.parametrize("fields, field", NATIVE_BAD_INPUTS,
+                         ids=[f"{f}-{i}" for i, (_, f) in enumerate(NATIVE_BAD_INPUTS)])
 def test_bad_input_is_422_naming_the_field_and_queues_nothing(client, server, fields, field):
     jobs_before = server.services.store.jobs(limit=1000)
     response = client.post("/api/v1/jobs", json={**FAST, **fields})
