@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import hashlib
 import io
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from PIL import Image
 
 from sdwebui.pipelines import output
 from sdwebui.pipelines.output import (
+    apply_filename_pattern,
     decode_user_comment,
     next_sequence_number,
     read_infotext_from_png,
@@ -212,3 +214,19 @@ def test_existing_final_name_is_never_overwritten(tmp_path, monkeypatch):
     assert p.name == "00001-1.png"
     assert (folder / "00000-1.png").read_bytes() == b"precious"
     assert isinstance(Image.open(io.BytesIO(p.read_bytes())), Image.Image)
+
+
+def test_filename_pattern_fills_a1111_tags():
+    fields = {"prompt": "a red/circle, on the left: blue background", "steps": 20, "cfg_scale": 7.0,
+              "width": 64, "height": 48, "sampler": "Euler a", "model_name": "demo", "batch_number": 1}
+    name = apply_filename_pattern(
+        "[seed]-[steps]-[cfg]-[width]x[height]-[sampler]-[model_name]-[prompt_words]", seed=3, date=DAY,
+        fields=fields)
+    assert name == "3-20-7-64x48-Euler a-demo-a red circle on the left blue background"
+    assert apply_filename_pattern("[prompt]", seed=3, date=DAY, fields=fields) == "a_red_circle,_on_the_left__blue_background"
+    assert apply_filename_pattern("[prompt_hash]", seed=3, date=DAY, fields=fields) == \
+        hashlib.sha256(fields["prompt"].encode()).hexdigest()[:8]
+    # A tag without a value stays as written (A1111); [none] is nothing; a long prompt is cut at 128 chars.
+    assert apply_filename_pattern("[seed]-[unknown_tag][none]", seed=3, date=DAY) == "3-[unknown_tag]"
+    assert len(apply_filename_pattern("[prompt]", seed=3, date=DAY, fields={"prompt": "x " * 200})) <= 128
+    assert apply_filename_pattern("[datetime<%Y>]", seed=3, date=DAY) == str(dt.datetime.now().year)

@@ -59,11 +59,57 @@ def next_sequence_number(folder: Path, basename: str = "") -> int:
     return result + 1
 
 
-def apply_filename_pattern(pattern: str, *, seed: int, date: dt.date) -> str:
-    """The file-name part after the number: `[seed]` and `[date]` are filled in, other text kept (sanitised)."""
-    text = pattern.replace("[seed]", str(seed)).replace("[date]", date.isoformat())
-    # A1111 `sanitize_filename_part`: no path separators or characters Windows rejects.
-    return re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", text).strip(" .")
+_PATTERN_TAG = re.compile(r"\[(\w+)(?:<([^>]*)>)?\]")
+_NON_LETTERS = re.compile(r"[\s' \"\\,.:;!?/|()\[\]{}<>+=*&^%$#@~`]+")
+MAX_FILENAME_PART = 128
+"""A1111's `max_filename_part_length` (the default of its setting)."""
+PROMPT_WORDS = 8
+"""A1111's `directories_max_prompt_words` default."""
+
+
+def sanitize_filename_part(text: str, *, replace_spaces: bool = True) -> str:
+    """A1111 `sanitize_filename_part`: no path separators or characters Windows rejects, at most 128 chars."""
+    if replace_spaces:
+        text = text.replace(" ", "_")
+    text = re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", text)
+    return text[:MAX_FILENAME_PART].strip(" .")
+
+
+def apply_filename_pattern(pattern: str, *, seed: int, date: dt.date, fields: dict | None = None) -> str:
+    """The file-name part after the number, with A1111's tags filled in (`modules/images.py`
+    `FilenameGenerator`): `[seed]`, `[date]`, `[datetime]` (optionally `[datetime<%Y%m%d>]`), `[steps]`,
+    `[cfg]`, `[width]`, `[height]`, `[sampler]`, `[scheduler]`, `[model_name]`, `[model_hash]`, `[clip_skip]`,
+    `[prompt]` (spaces as `_`), `[prompt_spaces]`, `[prompt_words]` (first 8 words), `[negative_prompt]`,
+    `[prompt_hash]` (first 8 hex digits of sha256), `[batch_number]`, `[none]`. `fields` gives the values (the
+    generation parameters by name: prompt, steps, ...). A tag without a value stays as written, as in A1111."""
+    import hashlib
+
+    values = {"seed": seed, "date": date.isoformat(), **(fields or {})}
+    prompt = str(values.get("prompt", ""))
+
+    def fill(match: re.Match) -> str:
+        tag, argument = match.group(1).lower(), match.group(2)
+        if tag == "datetime":
+            return dt.datetime.now().strftime(argument or "%Y%m%d%H%M%S")
+        if tag == "none":
+            return ""
+        if tag == "prompt" and "prompt" in values:
+            return sanitize_filename_part(prompt)
+        if tag == "prompt_spaces" and "prompt" in values:
+            return sanitize_filename_part(prompt, replace_spaces=False)
+        if tag == "prompt_words" and "prompt" in values:
+            words = [w for w in _NON_LETTERS.split(prompt) if w]
+            return sanitize_filename_part(" ".join(words[:PROMPT_WORDS]) or "empty", replace_spaces=False)
+        if tag == "prompt_hash" and "prompt" in values:
+            return hashlib.sha256(prompt.encode()).hexdigest()[:8]
+        if tag == "cfg" and "cfg_scale" in values:
+            return f"{float(values['cfg_scale']):g}"
+        value = values.get(tag)
+        if value is None:
+            return match.group(0)
+        return sanitize_filename_part(str(value), replace_spaces=False)
+
+    return sanitize_filename_part(_PATTERN_TAG.sub(fill, pattern), replace_spaces=False)
 
 
 def png_info(infotext: str) -> PngImagePlugin.PngInfo:
@@ -81,12 +127,14 @@ def save_image(
     pattern: str = "[seed]",
     date_subdir: bool = True,
     date: dt.date | None = None,
+    fields: dict | None = None,
 ) -> Path:
-    """Save `image` as the next `NNNNN-<pattern>.png` in `outdir` (or `outdir/YYYY-MM-DD`); return its path."""
+    """Save `image` as the next `NNNNN-<pattern>.png` in `outdir` (or `outdir/YYYY-MM-DD`); return its path.
+    `fields` are the values of the pattern's tags (see `apply_filename_pattern`)."""
     date = date or dt.date.today()
     folder = Path(outdir) / date.isoformat() if date_subdir else Path(outdir)
     folder.mkdir(parents=True, exist_ok=True)
-    decoration = apply_filename_pattern(pattern, seed=seed, date=date)
+    decoration = apply_filename_pattern(pattern, seed=seed, date=date, fields=fields)
     suffix = f"-{decoration}.png" if decoration else ".png"
 
     tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}.png"
