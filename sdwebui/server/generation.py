@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
+from sdwebui.server.options import output_folder
 
 if TYPE_CHECKING:
     from sdwebui.server.queue import JobHandle
@@ -87,6 +88,7 @@ def make_payload(
     values = dict(params)
     # Settings a request did not give (A1111 takes these from its options).
     values.setdefault("clip_skip", int(options["CLIP_stop_at_last_layers"]))
+    values.setdefault("emphasis", str(options["emphasis"]))
     sampler = str(values.get("sampler", "DPM++ 2M"))
     scheduler = str(values.get("scheduler", "Automatic") or "Automatic")
     # Stored as resolved (A1111's API does the same): "DPM++ 2M Karras" -> sampler "DPM++ 2M", schedule "Karras".
@@ -106,7 +108,11 @@ def make_payload(
         "eta_noise_seed_delta": int(options["eta_noise_seed_delta"]),
         "save_images": bool(save_images),
         "save_to_dirs": bool(options["save_to_dirs"]),
-        "outdir": "txt2img-images",
+        "outdir": output_folder(
+            services.paths.outputs_dir, options["outdir_samples"] or options["outdir_txt2img_samples"] or "txt2img-images"
+        ),
+        "filename_pattern": str(options["samples_filename_pattern"] or "[seed]"),
+        "nan_check": not options["disable_nan_check"],
         "preview_every": preview_period(options),
         "client": client,
     }
@@ -181,6 +187,7 @@ def run_txt2img(job: "JobHandle", services: "Services") -> dict:
         stop=job.stop,
         embeddings=services.embeddings,
         extra_networks=LoraNetworks(services.loras),
+        nan_check=bool(payload.get("nan_check", True)),
     )
     result = txt2img(ctx, params)
     job.images = result.images
@@ -193,9 +200,16 @@ def run_txt2img(job: "JobHandle", services: "Services") -> dict:
         outputs = services.paths.outputs_dir
         outdir = outputs / payload.get("outdir", "txt2img-images")
         resolved = result.params
+        filename_fields = {
+            "prompt": resolved.prompt, "negative_prompt": resolved.negative_prompt, "steps": resolved.steps,
+            "cfg_scale": resolved.cfg_scale, "width": resolved.width, "height": resolved.height,
+            "sampler": resolved.sampler, "scheduler": resolved.scheduler, "clip_skip": resolved.clip_skip,
+            "model_name": model.info.name, "model_hash": model.info.short_hash,
+        }
         for image, seed, infotext in zip(result.images, result.seeds, result.infotexts):
             path = save_image(image, outdir, seed=seed, infotext=infotext,
-                              date_subdir=bool(payload.get("save_to_dirs", True)))
+                              date_subdir=bool(payload.get("save_to_dirs", True)),
+                              pattern=payload.get("filename_pattern", "[seed]"), fields=filename_fields)
             relative = path.relative_to(outputs).as_posix()
             image_id = services.store.add_image(
                 job_id=job.id, path=relative, seed=seed, prompt=resolved.prompt,

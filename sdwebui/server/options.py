@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
+from sdwebui.pipelines.params import EMPHASIS_MODES
 from sdwebui.server.store import Store
 
 
@@ -73,6 +75,10 @@ OPTIONS: dict[str, OptionSpec] = {
     "sd_checkpoint_hash": OptionSpec("", "SHA256 hash of the current checkpoint", str, api_writable=False),
     "sd_vae": OptionSpec("Automatic", "SD VAE", str),
     "CLIP_stop_at_last_layers": OptionSpec(1, "Clip skip", int, minimum=1, maximum=12),
+    "emphasis": OptionSpec("Original", "Emphasis mode", str, choices=EMPHASIS_MODES),
+    "disable_nan_check": OptionSpec(
+        False, "Do not stop a job whose latents are NaN (A1111's --disable-nan-check; saves black images)", bool
+    ),
     # sampling
     "randn_source": OptionSpec("GPU", "Random number generator source", str, choices=("GPU", "CPU", "NV")),
     "eta_noise_seed_delta": OptionSpec(0, "Eta noise seed delta", int, minimum=0, maximum=2**32 - 1),
@@ -97,6 +103,9 @@ OPTIONS: dict[str, OptionSpec] = {
     "enable_pnginfo": OptionSpec(True, "Save text information about generation parameters as chunks to png files",
                                  bool),
     "save_to_dirs": OptionSpec(True, "Save images to a subdirectory (by date)", bool),
+    "samples_filename_pattern": OptionSpec(
+        "", "Images filename pattern ([seed], [steps], [cfg], [sampler], [model_name], [prompt_words], ...; "
+        "empty = [seed])", str),
     "outdir_samples": OptionSpec("", "Output directory for images; if empty, defaults to the ones below", str,
                                  api_writable=False),
     "outdir_txt2img_samples": OptionSpec("outputs/txt2img-images", "Output directory for txt2img images", str,
@@ -113,11 +122,32 @@ OPTIONS: dict[str, OptionSpec] = {
 }
 
 
+OUTPUT_FOLDER_OPTIONS = ("outdir_samples", "outdir_txt2img_samples")
+
+
+def output_folder(outputs_dir: Path, value: str, *, key: str = "outdir_txt2img_samples") -> str:
+    """An output-folder setting as a folder relative to the outputs folder (`<data-dir>/outputs`).
+
+    A1111's values are relative to its install folder and start with `outputs/` ("outputs/txt2img-images");
+    that prefix is read as the outputs folder itself. Folders must stay inside the outputs folder: the history
+    and the file routes serve images from there and nowhere else (to write elsewhere, start with another
+    `--data-dir`). Raises OptionError naming `key` otherwise."""
+    path = Path(value)
+    if not path.is_absolute() and path.parts[:1] == ("outputs",):
+        path = Path(*path.parts[1:]) if len(path.parts) > 1 else Path()
+    root = Path(outputs_dir).resolve()
+    target = (root / path).resolve()
+    if target != root and root not in target.parents:
+        raise OptionError(key, f"must be a folder inside the outputs folder {root}, got {value!r}")
+    return target.relative_to(root).as_posix()
+
+
 class Options:
     """Current option values: A1111's defaults overlaid with what the store holds."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, outputs_dir: Path | None = None):
         self.store = store
+        self.outputs_dir = outputs_dir
 
     def get(self, key: str) -> Any:
         spec = OPTIONS[key]
@@ -142,6 +172,8 @@ class Options:
                     continue  # clients post back what they read: that is not an attempt to change it
                 raise OptionError(key, "cannot be changed over the API")
             accepted[key] = spec.check(key, value)
+            if key in OUTPUT_FOLDER_OPTIONS and self.outputs_dir is not None and accepted[key]:
+                output_folder(self.outputs_dir, accepted[key], key=key)
         return accepted, ignored
 
     def update(self, values: Mapping[str, Any]) -> None:
@@ -150,4 +182,4 @@ class Options:
             self.store.set_settings(values)
 
 
-__all__ = ["OPTIONS", "OptionSpec", "Options", "OptionError"]
+__all__ = ["OPTIONS", "OptionSpec", "Options", "OptionError", "output_folder"]

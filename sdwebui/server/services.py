@@ -24,7 +24,7 @@ class Services:
         self.config = config
         self.paths = config.paths
         self.store, recovered = open_store(self.paths.data_dir)
-        self.options = Options(self.store)
+        self.options = Options(self.store, self.paths.outputs_dir)
         self.queue = JobQueue(self.store, max_size=lambda: int(self.options.get("api_max_queue_size")))
         self.worker = Worker(
             self.queue,
