@@ -400,6 +400,9 @@ def create_infotext(
         "Variation seed": subseed if varies else None,
         "Variation seed strength": params.subseed_strength if varies else None,
         "Seed resize from": f"{resize_from[0]}x{resize_from[1]}" if resize_from else None,
+        # A1111 lists these here even though they come from `extra_generation_params` (img2img, hires fix).
+        "Denoising strength": extra.get("Denoising strength"),
+        "Conditional mask weight": extra.get("Conditional mask weight"),
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "ENSD": ctx.eta_noise_seed_delta if ctx.eta_noise_seed_delta and sampling.sampler.uses_ensd else None,
         "RNG": {"cpu": "CPU", "nv": "NV"}.get(ctx.rng),
