@@ -1,0 +1,362 @@
+"""img2img, sketch, inpainting and outpainting: A1111's `StableDiffusionProcessingImg2Img` as plain functions.
+
+    images (+ mask) --prepare_images--> processing-size images, latent mask, overlays (pure PIL, `masking`)
+                    --VAE encode-->     init latents (bilinear-resized for "Just resize (latent upscale)")
+                    --denoise-->        `denoise.denoise_latents` from the strength's start sigma, per batch
+                    --VAE decode-->     images, pasted back through the blurred mask (`masking.apply_overlay`)
+
+- A colour sketch is just the init image (the UI flattens the strokes into it).
+- Inpainting: white in the mask = repaint. The mask is binarised (alpha masks thresholded), optionally inverted,
+  blurred in pixels (x, then y), and for "only masked" the region around it (plus padding, grown to the output
+  aspect) is cropped, processed at the full output size and pasted back. Masked content: 0 fill (colours smeared
+  in from around the mask), 1 original, 2 latent noise, 3 latent nothing.
+- Every model gets A1111's per-step blend that re-imposes the init latent outside the (latent) mask; 9-channel
+  inpainting models also get the masked-image conditioning (mask + VAE latents of the masked image,
+  `inpainting_image_conditioning`).
+- Outpainting is "Resize and fill" (the new border is filled with stretched edges) or an uploaded mask that
+  covers the border.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from sdwebui.core import noise as core_noise
+from sdwebui.pipelines import masking
+from sdwebui.pipelines.conditioning import build_conditioning
+from sdwebui.pipelines.context import GenerationContext, GenerationStopped, StepProgress
+from sdwebui.pipelines.denoise import denoise_latents, denoise_sigmas, make_denoiser
+from sdwebui.pipelines.img2img_params import INPAINTING_FILLS, Img2ImgParams
+from sdwebui.pipelines.params import ParamError
+from sdwebui.pipelines.txt2img import (
+    GenerationError,
+    GenerationResult,
+    _NetworkScope,
+    create_infotext,
+    prompt_infotext,
+    resolve_sampling,
+    sampler_options,
+    schedule_sigmas,
+    scheduled_denoiser,
+)
+from sdwebui.pipelines.vae_decode import decode_latents
+from sdwebui.pipelines.vae_encode import encode_pixels, pil_to_tensor
+from sdwebui.prompts.extra_networks import parse_prompts
+
+LATENT_FACTOR = 8
+
+
+@dataclass
+class PreparedImages:
+    """What `prepare_images` makes of the user's images and mask (A1111 `StableDiffusionProcessingImg2Img.init`
+    up to the VAE)."""
+
+    images: list[Image.Image]
+    """Init images at the processing size (after resize / crop, and "fill" when asked), RGB."""
+    image_mask: Image.Image | None = None
+    """The processed mask at the processing size ("L", white = repaint), or None without a mask."""
+    overlays: list[Image.Image] | None = None
+    """Per init image: the original with alpha = 255 - blurred mask, composited over the result."""
+    paste_to: tuple[int, int, int, int] | None = None
+    """"Only masked": (x, y, w, h) of the crop in the original image."""
+    infotext: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_images(
+    params: Img2ImgParams, init_images: list[Image.Image], mask: Image.Image | None = None
+) -> PreparedImages:
+    """Resize, mask, crop and fill the init images as A1111 does before encoding them."""
+    width, height = params.width, params.height
+    infotext: dict[str, object] = {"Denoising strength": params.denoising_strength}
+    notes: list[str] = []
+    crop = None
+    paste_to = None
+    image_mask = None
+    mask_for_overlay = None
+    if mask is not None:
+        image_mask = masking.create_binary_mask(mask, round=params.mask_round)
+        if params.inpainting_mask_invert:
+            image_mask = ImageOps.invert(image_mask)
+            infotext["Mask mode"] = "Inpaint not masked"
+        if params.mask_blur_x > 0 or params.mask_blur_y > 0:
+            image_mask = masking.blur_mask(image_mask, params.mask_blur_x, params.mask_blur_y)
+            if params.mask_blur is not None:
+                infotext["Mask blur"] = params.mask_blur
+        if params.inpaint_full_res:
+            mask_for_overlay = image_mask
+            region = masking.crop_region(image_mask, params.inpaint_full_res_padding)
+            if region:
+                crop = masking.expand_crop_region(region, width, height, image_mask.width, image_mask.height)
+                x1, y1, x2, y2 = crop
+                image_mask = masking.resize_image(2, image_mask.crop(crop), width, height)
+                paste_to = (x1, y1, x2 - x1, y2 - y1)
+                infotext["Inpaint area"] = "Only masked"
+                infotext["Masked area padding"] = params.inpaint_full_res_padding
+            else:
+                image_mask = None
+                mask_for_overlay = None
+                notes.append('Unable to perform "Inpaint Only mask" because mask is blank, switch to img2img mode.')
+        else:
+            image_mask = masking.resize_image(params.resize_mode, image_mask, width, height)
+            doubled = np.clip(np.asarray(image_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
+            mask_for_overlay = Image.fromarray(doubled, mode="L")
+
+    images: list[Image.Image] = []
+    overlays: list[Image.Image] | None = [] if image_mask is not None else None
+    for original in init_images:
+        image = masking.flatten(original)
+        if crop is None and params.resize_mode != 3:
+            image = masking.resize_image(params.resize_mode, image, width, height)
+        if image_mask is not None:
+            if mask_for_overlay.size != image.size:
+                mask_for_overlay = masking.resize_image(params.resize_mode, mask_for_overlay, image.width, image.height)
+            overlays.append(masking.overlay_image(image, mask_for_overlay))
+        if crop is not None:
+            image = masking.resize_image(2, image.crop(crop), width, height)
+        if image_mask is not None and params.inpainting_fill != 1:
+            image = masking.fill(image, image_mask)
+            if params.inpainting_fill == 0:
+                infotext["Masked content"] = "fill"
+        images.append(image)
+    return PreparedImages(images, image_mask, overlays, paste_to, infotext, notes)
+
+
+def latent_mask(image_mask: Image.Image, latent_size: tuple[int, int], round_mask: bool = True) -> torch.Tensor:
+    """A1111's `latmask`: the mask resized to the latent grid (PIL's default filter on an RGB copy), in [0, 1];
+    returned as [1, 1, h, w] with 1 = repaint (A1111's `nmask`)."""
+    h, w = latent_size
+    array = np.asarray(image_mask.convert("RGB").resize((w, h)), dtype=np.float32)[..., 0] / 255
+    if round_mask:
+        array = np.around(array)
+    return torch.from_numpy(np.ascontiguousarray(array))[None, None]
+
+
+def inpainting_conditioning(
+    model, source: torch.Tensor, image_mask: Image.Image | None, latent_size: tuple[int, int],
+    *, round_mask: bool = True, mask_weight: float = 1.0,
+) -> torch.Tensor:
+    """A1111 `inpainting_image_conditioning`: [mask, VAE latents of the masked image] for a 9-channel UNet.
+
+    `source` is the init batch in [-1, 1]; without a mask the whole image counts as masked (all ones)."""
+    if image_mask is not None:
+        cond_mask = torch.from_numpy(np.asarray(image_mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        if round_mask:
+            cond_mask = torch.round(cond_mask)
+    else:
+        cond_mask = source.new_ones(1, 1, *source.shape[-2:])
+    cond_mask = cond_mask.to(source.device, source.dtype)
+    masked = torch.lerp(source, source * (1.0 - cond_mask), float(mask_weight))
+    masked_latents = encode_pixels(model, masked)
+    cond_mask = torch.nn.functional.interpolate(cond_mask, size=latent_size)
+    cond_mask = cond_mask.to(masked_latents.device).expand(masked_latents.shape[0], -1, -1, -1)
+    return torch.cat([cond_mask, masked_latents], dim=1)
+
+
+def is_inpainting_model(model) -> bool:
+    return int(getattr(model.unet.config, "in_channels", 4)) == model.latent_channels * 2 + 1
+
+
+def img2img(
+    ctx: GenerationContext,
+    params: Img2ImgParams,
+    init_images: list[Image.Image],
+    mask: Image.Image | None = None,
+) -> GenerationResult:
+    if not init_images:
+        raise ParamError("init_images", "at least one init image is needed")
+    model = ctx.model
+    sampling = resolve_sampling(params.sampler, params.scheduler)
+    sampler = sampling.sampler
+    if len(init_images) > 1:
+        if len(init_images) > params.batch_size:
+            raise ParamError(
+                "init_images", f"{len(init_images)} init images for a batch size of {params.batch_size}; "
+                "give one image, or at most batch size images"
+            )
+        params = params.replace(batch_size=len(init_images))  # A1111: the batch is the init images
+    seed = core_noise.fix_seed(params.seed)
+    subseed = core_noise.fix_seed(params.subseed)
+    params = params.replace(seed=seed, subseed=subseed)
+    varies = params.subseed_strength > 0
+    seeds = [seed + (0 if varies else i) for i in range(params.image_count)]
+    subseeds = [subseed + i for i in range(params.image_count)]
+    latent_size = (params.height // LATENT_FACTOR, params.width // LATENT_FACTOR)
+    latent_shape = (model.latent_channels, *latent_size)
+    sampler_kwargs, sampler_infotext = sampler_options(sampling, params)
+    all_prompts = [params.prompt] * params.image_count
+    all_negative_prompts = [params.negative_prompt] * params.image_count
+    schedule_steps = sampler.total_steps(params.steps)
+
+    prepared = prepare_images(params, init_images, mask)
+    notes = list(prepared.notes)
+    overlays = prepared.overlays
+    if overlays is not None and len(overlays) == 1:
+        overlays = overlays * params.batch_size
+    image_infotext = dict(prepared.infotext)
+
+    with torch.inference_mode(), ExitStack() as stack:
+        source = pil_to_tensor(prepared.images).to(model.device)
+        init_latent = encode_pixels(model, source).float()
+        if init_latent.shape[0] == 1 and params.batch_size > 1:  # one init image for the whole batch: encode once
+            source = source.repeat(params.batch_size, 1, 1, 1)
+            init_latent = init_latent.repeat(params.batch_size, 1, 1, 1)
+        if params.resize_mode == 3:
+            init_latent = torch.nn.functional.interpolate(init_latent, size=latent_size, mode="bilinear")
+        keep_mask = None
+        if prepared.image_mask is not None:
+            nmask = latent_mask(prepared.image_mask, init_latent.shape[-2:], params.mask_round).to(init_latent.device)
+            keep_mask = 1.0 - nmask
+            if params.inpainting_fill == 2:
+                # A1111 draws this once, from the first batch's seeds (its own "needs to be fixed" note).
+                fill_noise = core_noise.ImageRNG(
+                    tuple(init_latent.shape[1:]), seeds[: init_latent.shape[0]], device=model.device, rng=ctx.rng
+                ).first().to(init_latent.device, init_latent.dtype)
+                init_latent = init_latent * keep_mask + fill_noise * nmask
+                image_infotext["Masked content"] = INPAINTING_FILLS[2]
+            elif params.inpainting_fill == 3:
+                init_latent = init_latent * keep_mask
+                image_infotext["Masked content"] = INPAINTING_FILLS[3]
+        image_conditioning = None
+        if is_inpainting_model(model):
+            image_conditioning = inpainting_conditioning(
+                model, source, prepared.image_mask, tuple(init_latent.shape[-2:]),
+                round_mask=params.mask_round, mask_weight=params.inpainting_mask_weight,
+            ).to(init_latent.dtype)
+            image_infotext["Conditional mask weight"] = params.inpainting_mask_weight
+
+        inner = make_denoiser(model)
+        sigmas = denoise_sigmas(
+            sampler, inner, params.steps, params.denoising_strength, fix_steps=params.fix_steps,
+            make_sigmas=lambda n: schedule_sigmas(sampling, params.replace(steps=n), inner)[0],
+        ).to(model.device)
+        schedule_infotext = schedule_sigmas(sampling, params, inner)[1]
+        networks = _NetworkScope(ctx, stack)
+
+        all_latents: list[torch.Tensor] = []
+        kept_seeds: list[int] = []
+        kept_subseeds: list[int] = []
+        kept_extra: list[dict[str, object]] = []
+        kept_index: list[int] = []
+        interrupted = False
+        cached = None
+        for batch_index in range(params.batch_count):
+            if ctx.stop.interrupted.is_set():
+                interrupted = True
+                break
+            ctx.stop.skipped.clear()
+            batch = slice(batch_index * params.batch_size, (batch_index + 1) * params.batch_size)
+            prompts, calls = parse_prompts(all_prompts[batch])
+            negative_prompts = all_negative_prompts[batch]
+            activation = networks.activate(calls)
+            notes.extend(note for note in activation.notes if note not in notes)
+            key = (tuple(prompts), tuple(negative_prompts), networks.active)
+            if cached is None or cached[0] != key:
+                conditioning = build_conditioning(
+                    model.text_encoder, prompts, negative_prompts, schedule_steps,
+                    clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=ctx.embeddings,
+                )
+                denoiser = scheduled_denoiser(
+                    model, inner, conditioning, params.width, params.height, float(params.cfg_scale)
+                )
+                cached = (key, denoiser, {**activation.infotext, **prompt_infotext(params, conditioning)})
+            denoiser, batch_extra = cached[1], cached[2]
+            denoiser.reset()
+            latents, stopped = _denoise_batch(
+                ctx, sampler, denoiser, sigmas, seeds[batch], subseeds[batch], latent_shape, params, batch_index,
+                sampler_kwargs, init_latent, keep_mask, image_conditioning,
+            )
+            if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
+                continue
+            all_latents.append(latents)
+            kept_seeds.extend(seeds[batch])
+            kept_subseeds.extend(subseeds[batch])
+            kept_extra.extend([batch_extra] * len(seeds[batch]))
+            kept_index.extend(range(len(seeds[batch])))
+            if stopped:
+                interrupted = True
+                break
+
+        if not all_latents:
+            return GenerationResult(params, [], [], [], torch.zeros((0, *latent_shape)), notes, interrupted=True)
+        latents = torch.cat(all_latents)
+        if ctx.nan_check and torch.isnan(latents).any():
+            raise GenerationError(
+                "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
+            )
+        images, decode_notes = decode_latents(model, latents)
+        notes.extend(decode_notes)
+
+    if overlays is not None:
+        images = [
+            masking.apply_overlay(image, prepared.paste_to, overlays[index])
+            for image, index in zip(images, kept_index)
+        ]
+    noise_infotext = {}
+    if params.initial_noise_multiplier != 1.0:
+        noise_infotext["Noise multiplier"] = params.initial_noise_multiplier
+    infotexts = [
+        create_infotext(
+            model, params, sampling, ctx, image_seed, image_subseed,
+            {**image_infotext, **image_extra, **noise_infotext, **sampler_infotext, **schedule_infotext},
+        )
+        for image_seed, image_subseed, image_extra in zip(kept_seeds, kept_subseeds, kept_extra)
+    ]
+    return GenerationResult(params, images, kept_seeds, infotexts, latents.float().cpu(), notes, interrupted)
+
+
+def _denoise_batch(
+    ctx, sampler, denoiser, sigmas, batch_seeds, batch_subseeds, latent_shape, params, batch_index, sampler_kwargs,
+    init_latent, keep_mask, image_conditioning,
+):
+    model = ctx.model
+    resize_from = params.seed_resize_from
+    rng = core_noise.ImageRNG(
+        latent_shape,
+        batch_seeds,
+        device=model.device,
+        rng=ctx.rng,
+        subseeds=batch_subseeds,
+        subseed_strength=params.subseed_strength,
+        seed_resize_from=(resize_from[1] // 8, resize_from[0] // 8) if resize_from else None,
+        eta_noise_seed_delta=ctx.eta_noise_seed_delta,
+    )
+    noise = rng.first().to(model.device, torch.float32)
+    size = len(batch_seeds)
+    init = init_latent if init_latent.shape[0] == size else init_latent[:1].expand(size, -1, -1, -1)
+    cond = image_conditioning
+    if cond is not None and cond.shape[0] != size:
+        cond = cond[:1].expand(size, -1, -1, -1)
+    last_denoised: list[torch.Tensor] = []
+    total = len(sigmas) - 1
+
+    def callback(info: dict) -> None:
+        last_denoised[:] = [info["denoised"]]
+        if ctx.on_step is not None:
+            ctx.on_step(StepProgress(info["i"] + 1, total, batch_index, params.batch_count, info["denoised"]))
+        if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
+            raise GenerationStopped()
+
+    try:
+        latents = denoise_latents(
+            sampler, denoiser, init, noise, sigmas, noise_multiplier=params.initial_noise_multiplier,
+            mask=keep_mask, image_conditioning=cond, callback=callback, noise_sampler=rng.noise_sampler(),
+            **sampler_kwargs,
+        )
+        return latents, False
+    except GenerationStopped:
+        if not last_denoised:
+            return init.clone(), True
+        latest = last_denoised[0]
+        if keep_mask is not None:
+            latest = latest * (1.0 - keep_mask) + init * keep_mask
+        return latest, True
+
+
+__all__ = ["img2img", "prepare_images", "PreparedImages", "latent_mask", "inpainting_conditioning",
+           "is_inpainting_model"]
