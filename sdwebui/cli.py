@@ -28,6 +28,11 @@ def add_path_flags(parser: argparse.ArgumentParser) -> None:
         "--styles-file", action="append", metavar="PATH",
         help="A1111 styles.csv to read; repeatable, wildcards allowed (default: <data-dir>/styles.csv)",
     )
+    for family in ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT"):
+        group.add_argument(
+            f"--{family.lower()}-models-path", metavar="DIR",
+            help=f"{family} upscaler models folder (default: <models-dir>/{family})",
+        )
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +172,10 @@ def paths_from(args):
         lora_dir=args.lora_dir,
         embeddings_dir=args.embeddings_dir,
         styles_file=getattr(args, "styles_file", None),
+        upscaler_dirs={
+            family: getattr(args, f"{family.lower()}_models_path", None)
+            for family in ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT")
+        },
     )
 
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+UPSCALER_FAMILIES = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT")
+"""Model-upscaler folders below `models/`, named as A1111 names them (each has an `--<name>-models-path` flag)."""
+
+
 @dataclass(frozen=True)
 class Paths:
     data_dir: Path
@@ -23,6 +27,9 @@ class Paths:
     styles_files: tuple[Path, ...] = ()
     """A1111's `--styles-file` (repeatable, wildcards allowed); `from_flags` defaults it to
     `<data-dir>/styles.csv`, as A1111."""
+    upscaler_dirs: tuple[tuple[str, Path], ...] = ()
+    """(family, folder) for the model upscalers, in A1111's order: ESRGAN, RealESRGAN, SwinIR, DAT, HAT
+    (`<models-dir>/ESRGAN` etc.; flags `--esrgan-models-path` etc.). Empty: the defaults below `models_dir`."""
 
     @classmethod
     def from_flags(
@@ -35,6 +42,7 @@ class Paths:
         embeddings_dir: str | Path | None = None,
         outputs_dir: str | Path | None = None,
         styles_file: str | Path | Sequence[str | Path] | None = None,
+        upscaler_dirs: dict[str, str | Path | None] | None = None,
     ) -> "Paths":
         data = Path(data_dir or ".").expanduser().resolve()
         models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
@@ -51,7 +59,16 @@ class Paths:
             embeddings_dir=pick(embeddings_dir, data / "embeddings"),
             outputs_dir=pick(outputs_dir, data / "outputs"),
             styles_files=tuple(_expand(f) for f in _as_list(styles_file)) or (data / "styles.csv",),
+            upscaler_dirs=tuple(
+                (family, pick((upscaler_dirs or {}).get(family), models / family)) for family in UPSCALER_FAMILIES
+            ),
         )
+
+    @property
+    def upscaler_folders(self) -> tuple[tuple[str, Path], ...]:
+        """(family, folder) of each model-upscaler family (A1111's `models/ESRGAN`, `models/RealESRGAN`, ...)."""
+        given = dict(self.upscaler_dirs)
+        return tuple((family, given.get(family, self.models_dir / family)) for family in UPSCALER_FAMILIES)
 
     @property
     def cache_dir(self) -> Path:

@@ -47,6 +47,15 @@ from sdwebui.server.a1111_models import (
     UpscalerItem,
 )
 from sdwebui.server.errors import FieldError
+from sdwebui.server.extras import (
+    ExtrasBatchImagesRequest,
+    ExtrasBatchImagesResponse,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
+    extras_params,
+    html_info,
+    make_extras_payload,
+)
 from sdwebui.server.options import OPTIONS, OptionError
 from sdwebui.server.queue import QueueFull
 from sdwebui.server.services import Services
@@ -95,11 +104,6 @@ INFOTEXT_SETTINGS = {
     "Sigma noise": ("s_noise", float),
 }
 
-UPSCALERS = [
-    {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4},
-    {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4},
-    {"name": "Nearest", "model_name": None, "model_path": None, "model_url": None, "scale": 4},
-]
 LATENT_UPSCALE_MODES = [
     "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
     "Latent (nearest-exact)",
@@ -191,7 +195,31 @@ def build_router(services: Services) -> APIRouter:
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def get_upscalers():
-        return UPSCALERS
+        return [entry.a1111() for entry in services.upscalers.entries()]
+
+    @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
+    async def extras_single_image_api(req: ExtrasSingleImageRequest):
+        params = extras_params(req)
+        image = decode_base64_image(req.image.strip(), ("image",))
+        payload = await run_in_threadpool(make_extras_payload, services, params, [(("image",), image)], [""])
+        job = await _run_extras(services, payload)
+        info = job.result["infotexts"][0] if job.result and job.result["infotexts"] else ""
+        images = await run_in_threadpool(encode_images, job.images)
+        return {"image": images[0] if images else None, "html_info": html_info(info)}
+
+    @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
+    async def extras_batch_images_api(req: ExtrasBatchImagesRequest):
+        params = extras_params(req)
+        decoded = [
+            (("imageList", i, "data"), decode_base64_image(item.data.strip(), ("imageList", i, "data")))
+            for i, item in enumerate(req.imageList)
+        ]
+        names = [item.name for item in req.imageList]
+        payload = await run_in_threadpool(make_extras_payload, services, params, decoded, names)
+        job = await _run_extras(services, payload)
+        infotexts = job.result["infotexts"] if job.result else []
+        images = await run_in_threadpool(encode_images, job.images)
+        return {"images": images, "html_info": html_info(infotexts[0] if infotexts else "")}
 
     @router.get("/latent-upscale-modes")
     def get_latent_upscale_modes():
@@ -316,6 +344,22 @@ def build_router(services: Services) -> APIRouter:
         return {"info": info, "items": items, "parameters": parameters}
 
     return router
+
+
+# ---- extras -------------------------------------------------------------------------------------------------
+
+
+async def _run_extras(services: Services, payload: dict):
+    try:
+        job = services.submit("extras", payload)
+    except QueueFull as error:
+        raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
+    await job.wait()
+    if job.status == "failed":
+        raise HTTPException(500, f"upscaling failed: {job.error}")
+    if job.status == "cancelled":
+        raise HTTPException(409, "the job was cancelled before it started")
+    return job
 
 
 # ---- txt2img ------------------------------------------------------------------------------------------------

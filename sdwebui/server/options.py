@@ -92,6 +92,9 @@ OPTIONS: dict[str, OptionSpec] = {
     "sigma_max": OptionSpec(0.0, "Schedule max sigma (0 = model's)", float, minimum=0, maximum=1000),
     "rho": OptionSpec(0.0, "Schedule rho (0 = schedule's)", float, minimum=0, maximum=100),
     "always_discard_next_to_last_sigma": OptionSpec(False, "Always discard next-to-last sigma", bool),
+    # upscaling (A1111's "Upscaling" section; one tile setting serves every model family here)
+    "ESRGAN_tile": OptionSpec(192, "Tile size for ESRGAN upscalers (0 = no tiling)", int, minimum=0, maximum=512),
+    "ESRGAN_tile_overlap": OptionSpec(8, "Tile overlap for ESRGAN upscalers (pixels)", int, minimum=0, maximum=48),
     # live previews
     "live_previews_enable": OptionSpec(True, "Show live previews of the created image", bool),
     "show_progress_every_n_steps": OptionSpec(

@@ -28,7 +28,7 @@ class Services:
         self.queue = JobQueue(self.store, max_size=lambda: int(self.options.get("api_max_queue_size")))
         self.worker = Worker(
             self.queue,
-            {"txt2img": self._run_txt2img, "load_model": self._run_load_model},
+            {"txt2img": self._run_txt2img, "load_model": self._run_load_model, "extras": self._run_extras},
             name="worker-0",
             on_out_of_memory=self.release_memory,
             warmup=_import_pipelines if config.preload else None,
@@ -40,6 +40,7 @@ class Services:
         self._models_lock = threading.Lock()
         self._loras = None
         self._embeddings = None
+        self._upscalers = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,6 +91,17 @@ class Services:
                 self._embeddings = EmbeddingDatabase(self.paths.embeddings_dir)
             return self._embeddings
 
+    @property
+    def upscalers(self):
+        """The `UpscalerLibrary` over A1111's upscaler folders (`models/ESRGAN`, ...; made on first use). Listing
+        needs no torch device; a model is loaded onto the generation device when a job first uses it."""
+        with self._models_lock:
+            if self._upscalers is None:
+                from sdwebui.models.upscalers import UpscalerLibrary
+
+                self._upscalers = UpscalerLibrary(self.paths.upscaler_folders, device=_LazyDevice(self))
+            return self._upscalers
+
     def styles(self):
         """The prompt styles of the styles files (`--styles-file`), read afresh: users edit `styles.csv` while
         the app runs and A1111's refresh button re-reads it; the file is small."""
@@ -130,6 +142,8 @@ class Services:
 
         if self._loras is not None:
             self._loras.release()
+        if self._upscalers is not None:
+            self._upscalers.release()
         if self._models is not None:
             self._models.unload()
         release_freed_memory()
@@ -165,9 +179,25 @@ class Services:
 
         return run_txt2img(job, self)
 
+    def _run_extras(self, job: JobHandle) -> dict:
+        from sdwebui.server.extras import run_extras_job
+
+        return run_extras_job(job, self)
+
     def _run_load_model(self, job: JobHandle) -> dict:
         model = self.models.get(job.payload.get("checkpoint"), vae=job.payload.get("vae"))
         return {"model": {"name": model.info.name, "hash": model.info.short_hash}}
+
+
+class _LazyDevice:
+    """The generation device, asked for only when an upscaler model is loaded (listing upscalers must not
+    build the model manager)."""
+
+    def __init__(self, services: Services):
+        self.services = services
+
+    def resolve(self):
+        return self.services.models.devices.device
 
 
 def _listed(path: Path, allowed: list[Path]) -> bool:
