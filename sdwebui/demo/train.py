@@ -66,6 +66,9 @@ class TrainConfig:
     cond_dropout: float = 0.1
     sample_every: int = 200
     work_dir: str = "bench/out/demo_train"
+    resume: str | None = None
+    """A `diffusion_raw.pt` of an earlier run to continue from (its `diffusion_ema.pt` beside it seeds the EMA);
+    the run then trains `unet_steps` more steps with its own warm-up and cosine schedule."""
     # architecture
     vae_channels: tuple[int, ...] = (32, 32, 64, 64)
     vae_layers: int = 1
@@ -289,10 +292,12 @@ class EMA:
         self.decay = decay
         self.shadow = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
         self.modules = modules
+        self.resumed = False
+        """A resumed EMA keeps its full decay from the first step (the warm-up ramp is for a fresh one)."""
 
     @torch.no_grad()
     def update(self, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
+        d = self.decay if self.resumed else min(self.decay, (1 + step) / (10 + step))
         for s, m in zip(self.shadow, self.modules):
             for ps, pm in zip(s.parameters(), m.parameters()):
                 ps.lerp_(pm, 1 - d)
@@ -328,7 +333,18 @@ def train_diffusion(cfg: TrainConfig, latents, latent_stds, scenes, vae, log, wo
     g = torch.Generator().manual_seed(cfg.seed + 2)
     rng = np.random.default_rng(cfg.seed + 3)
     text_encoder, unet = build_text_encoder(cfg), build_unet(cfg)
+    if cfg.resume:
+        raw = torch.load(cfg.resume, weights_only=True)
+        text_encoder.load_state_dict(raw["text_encoder"])
+        unet.load_state_dict(raw["unet"])
+        log(f"resumed from {cfg.resume}")
     ema = EMA([text_encoder, unet], cfg.ema)
+    ema_file = Path(cfg.resume).with_name("diffusion_ema.pt") if cfg.resume else None
+    if ema_file is not None and ema_file.is_file():
+        shadow = torch.load(ema_file, weights_only=True)
+        ema.shadow[0].load_state_dict(shadow["text_encoder"])
+        ema.shadow[1].load_state_dict(shadow["unet"])
+        ema.resumed = True
     params = list(text_encoder.parameters()) + list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     ac = sd_alphas_cumprod()
@@ -412,12 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-every", type=int, default=defaults.sample_every)
     p.add_argument("--work-dir", default=defaults.work_dir, help="sample grids, logs and intermediate weights")
     p.add_argument("--vae-from", default=None, help="reuse a trained VAE (vae.pt from an earlier work dir)")
+    p.add_argument("--resume", default=None,
+                   help="continue the text encoder + UNet from an earlier run's diffusion_raw.pt (with --vae-from)")
+    p.add_argument("--warmup", type=int, default=defaults.warmup)
     p.add_argument("--no-export", action="store_true", help="skip writing the single-file checkpoint")
     a = p.parse_args(argv)
     cfg = TrainConfig(
         out=a.out, seed=a.seed, threads=a.threads, n_images=a.n_images, vae_steps=a.vae_steps,
         unet_steps=a.unet_steps, batch=a.batch, vae_batch=a.vae_batch, lr=a.lr, sample_every=a.sample_every,
-        work_dir=a.work_dir,
+        work_dir=a.work_dir, resume=a.resume, warmup=a.warmup,
     )
     # One thread by default: on a shared 2-core machine a second OpenMP thread mostly waits for the first.
     torch.set_num_threads(cfg.threads)
@@ -442,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.vae_from:
         vae = build_vae(cfg)
-        vae.load_state_dict(torch.load(a.vae_from))
+        vae.load_state_dict(torch.load(a.vae_from, weights_only=True))
         vae.eval()
     else:
         vae = train_vae(cfg, images, log, work)
