@@ -92,3 +92,10 @@ class GenerationContext:
     extra_networks: ExtraNetworksHook | None = None
     """Applies `<lora:...>` and other extra networks; None: tags are removed from the prompt and reported as
     not applied."""
+    load_model: Callable[[str], SDModel] | None = None
+    """Loads another checkpoint by the name the parameters carry (hires checkpoint, refiner); None: parameters
+    that name one are refused."""
+    upscalers: "UpscalerLibrary | None" = None  # noqa: F821  (sdwebui.models.upscalers)
+    """Image upscalers for the hires fix (Lanczos and Nearest work without one)."""
+    upscale_tile: tuple[int, int] = (192, 8)
+    """(tile size, overlap) for model upscalers (A1111's `ESRGAN_tile`, `ESRGAN_tile_overlap`)."""

@@ -67,6 +67,32 @@ class Txt2ImgParams:
     """A1111's "Always discard next-to-last sigma"."""
     emphasis: str = "Original"
     """A1111's "Emphasis mode" setting: Original, No norm, Ignore or None (see `pipelines.conditioning`)."""
+    tiling: bool = False
+    """Seamless images: circular padding in the UNet's and VAE's convolutions (A1111's "Tiling")."""
+    enable_hr: bool = False
+    """Hires fix: a second pass at a larger size (A1111's `enable_hr`); the `hr_*` fields below shape it."""
+    denoising_strength: float = 0.7
+    """Strength of the hires pass (A1111's UI default 0.7; img2img overrides the field with its own default)."""
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    """A latent mode ("Latent", "Latent (bicubic)", ...) or an image upscaler's name (Lanczos, an ESRGAN file...)."""
+    hr_second_pass_steps: int = 0
+    """0 = as many as the first pass."""
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    """"Resize width/height to" (0 = from `hr_scale`; one of them 0 = keep the aspect ratio)."""
+    hr_checkpoint: str | None = None
+    """Checkpoint for the hires pass (None = the same; A1111's "Use same checkpoint")."""
+    hr_sampler: str | None = None
+    hr_scheduler: str | None = None
+    """None = the first pass's (A1111's "Use same sampler" / "Use same scheduler")."""
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    """Empty = the first pass's prompt (as A1111)."""
+    refiner_checkpoint: str | None = None
+    """SDXL refiner (or any checkpoint) that takes over sampling at `refiner_switch_at` (None = no refiner)."""
+    refiner_switch_at: float = 0.8
+    """Fraction of the model's noise levels done when the refiner takes over (A1111: measured by sigma)."""
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -93,6 +119,22 @@ class Txt2ImgParams:
                 _check_float_range(name, getattr(self, name), 0.0, high)
         if self.emphasis not in EMPHASIS_MODES:
             raise ParamError("emphasis", f"must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
+        for name in ("tiling", "enable_hr"):
+            if not isinstance(getattr(self, name), bool):
+                raise ParamError(name, f"must be true or false, got {getattr(self, name)!r}")
+        _check_float_range("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        _check_float_range("hr_scale", self.hr_scale, 1.0 if self.enable_hr else 0.0, 16.0)
+        _check_int_range("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
+        for name in ("hr_resize_x", "hr_resize_y"):
+            _check_int_range(name, getattr(self, name), 0, MAX_SIDE)
+        _check_float_range("refiner_switch_at", self.refiner_switch_at, 0.0, 1.0)
+        for name in ("hr_prompt", "hr_negative_prompt", "hr_upscaler"):
+            if not isinstance(getattr(self, name), str):
+                raise ParamError(name, "must be text")
+        if self.enable_hr:
+            width, height = self.hires_size
+            if max(width, height) > MAX_SIDE or min(width, height) < 8:
+                raise ParamError("hr_scale", f"the hires size {width}x{height} is outside 8..{MAX_SIDE}")
         if not isinstance(self.prompt, str):
             raise ParamError("prompt", "must be text")
         if not isinstance(self.negative_prompt, str):
@@ -108,6 +150,34 @@ class Txt2ImgParams:
         if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:
             return self.seed_resize_from_w, self.seed_resize_from_h
         return None
+
+    @property
+    def hires_target(self) -> tuple[int, int, int, int]:
+        """(upscale to width, upscale to height, truncate x, truncate y): A1111's `calculate_target_resolution`.
+
+        With both "resize to" sides given, the image is upscaled to cover them keeping its aspect ratio, and the
+        latent is then cropped (`truncate_x/y`, in latent pixels) to the asked size."""
+        if self.hr_resize_x == 0 and self.hr_resize_y == 0:
+            return int(self.width * self.hr_scale), int(self.height * self.hr_scale), 0, 0
+        if self.hr_resize_y == 0:
+            return self.hr_resize_x, self.hr_resize_x * self.height // self.width, 0, 0
+        if self.hr_resize_x == 0:
+            return self.hr_resize_y * self.width // self.height, self.hr_resize_y, 0, 0
+        if self.width / self.height < self.hr_resize_x / self.hr_resize_y:
+            to_x, to_y = self.hr_resize_x, self.hr_resize_x * self.height // self.width
+        else:
+            to_x, to_y = self.hr_resize_y * self.width // self.height, self.hr_resize_y
+        return to_x, to_y, (to_x - self.hr_resize_x) // 8, (to_y - self.hr_resize_y) // 8
+
+    @property
+    def hires_size(self) -> tuple[int, int]:
+        """The final size of a hires-fixed image (after the crop of "resize to")."""
+        to_x, to_y, truncate_x, truncate_y = self.hires_target
+        return (to_x // 8 - truncate_x) * 8, (to_y // 8 - truncate_y) * 8
+
+    @property
+    def hires_steps(self) -> int:
+        return self.hr_second_pass_steps or self.steps
 
     def replace(self, **changes) -> "Txt2ImgParams":
         values = {f.name: getattr(self, f.name) for f in fields(self)}

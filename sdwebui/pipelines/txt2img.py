@@ -28,6 +28,7 @@ from sdwebui.pipelines.conditioning import BatchConditioning, build_conditioning
 from sdwebui.pipelines.context import GenerationContext, GenerationStopped, NetworkActivation, StepProgress
 from sdwebui.pipelines.infotext import build_infotext
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
+from sdwebui.models.tiling import circular_padding
 from sdwebui.pipelines.vae_decode import decode_latents
 from sdwebui.prompts.extra_networks import ExtraNetworkCall, parse_prompts
 
@@ -207,10 +208,24 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
     schedule_steps = sampler.total_steps(params.steps)
 
     with torch.inference_mode(), ExitStack() as stack:
+        stack.enter_context(circular_padding(model.unet, model.vae, enabled=params.tiling))
+        models = _OtherModels(ctx, stack, params.tiling)
         inner = make_denoiser(model)
         sigmas, schedule_infotext = schedule_sigmas(sampling, params, inner)
         sigmas = sigmas.to(model.device)
         networks = _NetworkScope(ctx, stack)
+        refiner = _Refiner(ctx, params, models) if params.refiner_checkpoint else None
+        hires = None
+        if params.enable_hr:
+            from sdwebui.pipelines.hires import HiresFix, plan_hires
+
+            plan = plan_hires(ctx, params, sampling, models.load)
+            wrap = None
+            if refiner is not None:  # A1111's default "second pass": the refiner acts in the hires pass only
+                size = params.hires_target[:2]
+                wrap = lambda d, p: refiner.wrap(d, plan.model, p["prompts"], p["negative_prompts"], *size, hires=True)  # noqa: E731
+            hires = HiresFix(ctx, plan, wrap)
+        decode_model = model
 
         all_latents: list[torch.Tensor] = []
         kept_seeds: list[int] = []
@@ -238,6 +253,8 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
                 denoiser = scheduled_denoiser(
                     model, inner, conditioning, params.width, params.height, float(params.cfg_scale)
                 )
+                if refiner is not None and hires is None:
+                    denoiser = refiner.wrap(denoiser, model, prompts, negative_prompts, params.width, params.height)
                 cached = (key, denoiser, {**activation.infotext, **prompt_infotext(params, conditioning)})
             denoiser, batch_extra = cached[1], cached[2]
             denoiser.reset()
@@ -246,8 +263,16 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
                 ctx, sampler, denoiser, sigmas, batch_seeds, subseeds[batch], latent_shape, params, batch_index,
                 sampler_kwargs,
             )
+            decode_model = refiner.model if getattr(denoiser, "switched_at_call", None) is not None else model
             if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
                 continue
+            if hires is not None and not stopped:
+                latents, stopped = hires.run(decode_model, latents, batch_seeds, subseeds[batch], batch_index)
+                switched = getattr(hires.last_denoiser, "switched_at_call", None) is not None
+                decode_model = refiner.model if switched else hires.plan.model
+                batch_extra = {**hires.plan.infotext, **batch_extra, **hires.extra_infotext}
+                if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
+                    continue
             all_latents.append(latents)
             kept_seeds.extend(batch_seeds)
             kept_subseeds.extend(subseeds[batch])
@@ -264,17 +289,83 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
             raise GenerationError(
                 "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
             )
-        images, decode_notes = decode_latents(model, latents)
+        images, decode_notes = decode_latents(decode_model, latents)
         notes.extend(decode_notes)
 
+    refiner_infotext = refiner.infotext if refiner is not None else {}
     infotexts = [
         create_infotext(
             model, params, sampling, ctx, image_seed, image_subseed,
-            {**image_extra, **sampler_infotext, **schedule_infotext},
+            {**image_extra, **sampler_infotext, **schedule_infotext, **refiner_infotext},
         )
         for image_seed, image_subseed, image_extra in zip(kept_seeds, kept_subseeds, kept_extra)
     ]
     return GenerationResult(params, images, kept_seeds, infotexts, latents.float().cpu(), notes, interrupted)
+
+
+class _OtherModels:
+    """Checkpoints a job uses besides `ctx.model` (hires checkpoint, refiner), loaded once per job; with tiling,
+    their convolutions pad circularly too for the rest of the job."""
+
+    def __init__(self, ctx: GenerationContext, stack: ExitStack, tiling: bool):
+        self.ctx = ctx
+        self.stack = stack
+        self.tiling = tiling
+        self.loaded: dict[str, SDModel] = {}
+
+    def load(self, name: str) -> SDModel:
+        if name not in self.loaded:
+            if self.ctx.load_model is None:
+                raise GenerationError(f"cannot load checkpoint {name!r} here (no model loader)")
+            model = self.ctx.load_model(name)
+            if model is not self.ctx.model:
+                self.stack.enter_context(circular_padding(model.unet, model.vae, enabled=self.tiling))
+            self.loaded[name] = model
+        return self.loaded[name]
+
+
+class _Refiner:
+    """Builds refiner switches (`pipelines.refiner`) and remembers whether one switched (for the infotext)."""
+
+    def __init__(self, ctx: GenerationContext, params: Txt2ImgParams, models: _OtherModels):
+        self.ctx = ctx
+        self.params = params
+        self.models = models
+        self.model = models.load(params.refiner_checkpoint)
+        self.inner = make_denoiser(self.model)
+        self.infotext: dict[str, object] = {}
+
+    def wrap(self, base, base_model: SDModel, prompts, negative_prompts, width: int, height: int, hires: bool = False):
+        from sdwebui.pipelines.refiner import RefinerSwitch
+
+        if self.model.info.path == base_model.info.path:
+            return base  # A1111: the refiner is the model already running; nothing to switch
+        params = self.params
+        if hires:  # the refiner's prompt schedule is laid out as the hires pass's
+            first = resolve_sampling(params.sampler, params.scheduler).sampler.total_steps(params.steps)
+            hr_sampler = resolve_sampling(params.hr_sampler or params.sampler, params.hr_scheduler or params.scheduler)
+            steps, hires_steps = first, hr_sampler.sampler.total_steps(params.hires_steps)
+        else:
+            steps = resolve_sampling(params.sampler, params.scheduler).sampler.total_steps(params.steps)
+            hires_steps = None
+
+        def make():
+            conditioning = build_conditioning(
+                self.model.text_encoder, prompts, negative_prompts, steps, hires_steps=hires_steps,
+                clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=self.ctx.embeddings,
+            )
+            return scheduled_denoiser(self.model, self.inner, conditioning, width, height, float(params.cfg_scale))
+
+        def on_switch(_call: int) -> None:
+            self.infotext = {"Refiner": _short_title(self.model), "Refiner switch at": params.refiner_switch_at}
+
+        # A1111 measures the switch on the running model's own 1000 training sigmas.
+        model_sigmas = DiscreteSchedule(base_model.alphas_cumprod).sigmas
+        return RefinerSwitch(base, model_sigmas, params.refiner_switch_at, make, on_switch)
+
+
+def _short_title(model: SDModel) -> str:
+    return f"{model.info.name} [{model.info.short_hash}]"
 
 
 def _sample_batch(
@@ -406,6 +497,7 @@ def create_infotext(
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "ENSD": ctx.eta_noise_seed_delta if ctx.eta_noise_seed_delta and sampling.sampler.uses_ensd else None,
         "RNG": {"cpu": "CPU", "nv": "NV"}.get(ctx.rng),
+        "Tiling": True if getattr(params, "tiling", False) else None,
         **extra,
         "Version": INFOTEXT_VERSION,
     }

@@ -1,0 +1,222 @@
+"""Hires fix: txt2img's second pass, upscaled and denoised again from the first pass's result.
+
+Reference: A1111 `StableDiffusionProcessingTxt2Img` (`init`, `calculate_target_resolution`, `calculate_hr_conds`,
+`sample`, `sample_hr_pass`):
+
+1. Target size: `hr_scale` x the first pass's size, or "resize to" `hr_resize_x/y` (see
+   `Txt2ImgParams.hires_target`: cover the asked size keeping the aspect ratio, then crop the latent).
+2. Upscale: a latent mode interpolates the latents; an image upscaler decodes the first pass with the first
+   pass's model, upscales the pictures (`resize_image` "Just resize") and encodes them with the hires model.
+3. Denoise from that latent at `denoising_strength` with the hires sampler and schedule, running exactly
+   `hr_second_pass_steps` (0 = the first pass's steps) steps (A1111 always "fixes" the hires pass's steps), with
+   noise drawn from the image's seed at the new size (a fresh per-image generator, as A1111's new `ImageRNG`).
+4. Conditioning from the hires prompt (empty = the prompt) encoded by the hires model; prompt-editing fractions
+   above 1 refer to this pass (the schedules are built with `hires_steps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sdwebui.core import noise as core_noise
+from sdwebui.models.sd_model import SDModel
+from sdwebui.pipelines.conditioning import build_conditioning
+from sdwebui.pipelines.context import GenerationContext, GenerationStopped, StepProgress
+from sdwebui.pipelines.denoise import denoise_latents, denoise_sigmas
+from sdwebui.pipelines.params import ParamError, Txt2ImgParams
+from sdwebui.pipelines.upscale import TileOptions, is_latent_mode, resize_image_to, upscale_latents
+from sdwebui.pipelines.vae_decode import decode_latents
+from sdwebui.pipelines.vae_encode import encode_images
+from sdwebui.prompts.extra_networks import parse_prompts
+
+
+def short_title(model: SDModel) -> str:
+    """A1111's `CheckpointInfo.short_title`: "name [short hash]"."""
+    return f"{model.info.name} [{model.info.short_hash}]"
+
+
+def sigmas_for(sampling, params: Txt2ImgParams, denoiser, steps: int) -> torch.Tensor:
+    """`steps`-step sigmas with the job's schedule settings (no Txt2ImgParams re-validation: a low strength makes
+    the hires schedule longer than the steps limit)."""
+    return sampling.sampler.sigmas(
+        steps, denoiser, sampling.schedule_label,
+        sigma_min=params.sigma_min or None, sigma_max=params.sigma_max or None, rho=params.rho or None,
+        discard_penultimate_sigma=params.discard_penultimate_sigma,
+    )
+
+
+@dataclass
+class HiresPlan:
+    params: Txt2ImgParams
+    sampling: Any
+    """`ResolvedSampling` of the hires pass."""
+    model: SDModel
+    upscaler: str
+    first_total_steps: int
+    infotext: dict[str, object] = field(default_factory=dict)
+
+
+def plan_hires(ctx: GenerationContext, params: Txt2ImgParams, first_sampling, load: Callable[[str], SDModel]) -> HiresPlan:
+    """Everything the hires pass needs that does not depend on the batch; raises ParamError for bad names."""
+    from sdwebui.pipelines.txt2img import resolve_sampling
+
+    hr_sampler = params.hr_sampler or params.sampler
+    hr_scheduler = params.hr_scheduler or params.scheduler
+    try:
+        sampling = resolve_sampling(hr_sampler, hr_scheduler)
+    except ParamError as error:
+        raise ParamError({"sampler": "hr_sampler", "scheduler": "hr_scheduler"}.get(error.field, error.field),
+                         error.message) from None
+    upscaler = params.hr_upscaler or "Latent"
+    if not is_latent_mode(upscaler) and upscaler not in ("None", "Lanczos", "Nearest"):
+        if ctx.upscalers is None:
+            raise ParamError("hr_upscaler", f"upscaler {upscaler!r} not found (no upscaler models here)")
+        try:
+            ctx.upscalers.find(upscaler)
+        except LookupError as error:
+            raise ParamError("hr_upscaler", str(error.args[0])) from None
+    model = ctx.model
+    infotext: dict[str, object] = {"Denoising strength": params.denoising_strength}
+    if params.hr_checkpoint:
+        model = load(params.hr_checkpoint)
+        infotext["Hires checkpoint"] = short_title(model)
+    if params.hr_sampler and sampling.sampler.name != first_sampling.sampler.name:
+        infotext["Hires sampler"] = sampling.sampler.name
+    if params.hr_scheduler and sampling.schedule_label != first_sampling.schedule_label:
+        infotext["Hires schedule type"] = sampling.infotext_schedule
+    if params.hr_prompt and params.hr_prompt != params.prompt:
+        infotext["Hires prompt"] = params.hr_prompt
+    if params.hr_negative_prompt and params.hr_negative_prompt != params.negative_prompt:
+        infotext["Hires negative prompt"] = params.hr_negative_prompt
+    if params.hr_resize_x == 0 and params.hr_resize_y == 0:
+        infotext["Hires upscale"] = params.hr_scale
+    else:
+        infotext["Hires resize"] = f"{params.hr_resize_x}x{params.hr_resize_y}"
+    if params.hr_second_pass_steps:
+        infotext["Hires steps"] = params.hr_second_pass_steps
+    infotext["Hires upscaler"] = upscaler
+    return HiresPlan(params, sampling, model, upscaler, first_sampling.sampler.total_steps(params.steps), infotext)
+
+
+class HiresFix:
+    """Runs the hires pass batch by batch; keeps the conditioning and denoisers it built for reuse."""
+
+    def __init__(self, ctx: GenerationContext, plan: HiresPlan, wrap_denoiser: Callable[[Any, dict], Any] | None = None):
+        from sdwebui.pipelines.denoise import make_denoiser
+
+        self.ctx = ctx
+        self.plan = plan
+        self.inner = make_denoiser(plan.model)
+        self.wrap_denoiser = wrap_denoiser
+        params = plan.params
+        self.to_x, self.to_y, self.truncate_x, self.truncate_y = params.hires_target
+        self.steps = params.hires_steps
+        self.sampler_kwargs, self.sampler_infotext = _sampler_options(plan.sampling, params)
+        self.sigmas = denoise_sigmas(
+            plan.sampling.sampler, self.inner, self.steps, params.denoising_strength, fix_steps=True,
+            make_sigmas=lambda n: sigmas_for(plan.sampling, params, self.inner, n),
+        ).to(plan.model.device)
+        self._cached: tuple[tuple, Any, dict] | None = None
+        self.extra_infotext: dict[str, object] = {}
+        self.last_denoiser: Any = None
+
+    def prompts(self, count: int) -> tuple[list[str], list[str]]:
+        params = self.plan.params
+        return [params.hr_prompt or params.prompt] * count, [params.hr_negative_prompt or params.negative_prompt] * count
+
+    def upscale(self, first_model: SDModel, latents: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        if is_latent_mode(plan.upscaler):
+            samples = upscale_latents(latents, plan.upscaler, self.to_x, self.to_y)
+        else:
+            images, _ = decode_latents(first_model, latents)
+            entry = _find_entry(self.ctx, plan.upscaler)
+            tile, overlap = self.ctx.upscale_tile
+            resized = [
+                resize_image_to(image, entry, self.to_x, self.to_y, library=self.ctx.upscalers,
+                                tiles=TileOptions(tile, overlap), should_stop=self.ctx.stop.interrupted.is_set)
+                for image in images
+            ]
+            samples = encode_images(plan.model, resized).float()
+        ty, tx = self.truncate_y, self.truncate_x
+        if tx or ty:
+            samples = samples[:, :, ty // 2: samples.shape[2] - (ty + 1) // 2, tx // 2: samples.shape[3] - (tx + 1) // 2]
+        return samples
+
+    def denoiser(self, prompts: list[str], negative_prompts: list[str]):
+        """The hires pass's CFG denoiser for a batch's prompts (built once per distinct prompts)."""
+        from sdwebui.pipelines.txt2img import prompt_infotext, scheduled_denoiser
+
+        plan = self.plan
+        key = (tuple(prompts), tuple(negative_prompts))
+        if self._cached is None or self._cached[0] != key:
+            params = plan.params
+            conditioning = build_conditioning(
+                plan.model.text_encoder, prompts, negative_prompts, plan.first_total_steps,
+                clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=self.ctx.embeddings,
+                hires_steps=plan.sampling.sampler.total_steps(self.steps),
+            )
+            denoiser = scheduled_denoiser(plan.model, self.inner, conditioning, self.to_x, self.to_y,
+                                          float(params.cfg_scale))
+            if self.wrap_denoiser is not None:
+                denoiser = self.wrap_denoiser(denoiser, {"prompts": prompts, "negative_prompts": negative_prompts})
+            self._cached = (key, denoiser, prompt_infotext(params, conditioning))
+        return self._cached[1], self._cached[2]
+
+    def run(self, first_model: SDModel, latents: torch.Tensor, seeds: list[int], subseeds: list[int],
+            batch_index: int) -> tuple[torch.Tensor, bool]:
+        """(hires latents, stopped) for one batch's first-pass latents."""
+        ctx, plan, params = self.ctx, self.plan, self.plan.params
+        samples = self.upscale(first_model, latents).to(plan.model.device)
+        prompts, _calls = parse_prompts(self.prompts(len(seeds))[0])
+        negative_prompts = self.prompts(len(seeds))[1]
+        denoiser, extra = self.denoiser(prompts, negative_prompts)
+        self.extra_infotext = extra
+        self.last_denoiser = denoiser
+        denoiser.reset()
+        resize_from = params.seed_resize_from
+        rng = core_noise.ImageRNG(
+            tuple(samples.shape[1:]), seeds, device=plan.model.device, rng=ctx.rng, subseeds=subseeds,
+            subseed_strength=params.subseed_strength,
+            seed_resize_from=(resize_from[1] // 8, resize_from[0] // 8) if resize_from else None,
+            eta_noise_seed_delta=ctx.eta_noise_seed_delta,
+        )
+        noise = rng.first().to(plan.model.device, torch.float32)
+        last: list[torch.Tensor] = []
+        total = len(self.sigmas) - 1
+
+        def callback(info: dict) -> None:
+            last[:] = [info["denoised"]]
+            if ctx.on_step is not None:
+                ctx.on_step(StepProgress(info["i"] + 1, total, batch_index, params.batch_count, info["denoised"]))
+            if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
+                raise GenerationStopped()
+
+        try:
+            out = denoise_latents(plan.sampling.sampler, denoiser, samples.float(), noise, self.sigmas,
+                                  callback=callback, noise_sampler=rng.noise_sampler(), **self.sampler_kwargs)
+            return out, False
+        except GenerationStopped:
+            return (last[0] if last else samples), True
+
+
+def _find_entry(ctx: GenerationContext, name: str):
+    from sdwebui.models.upscalers import BUILTIN, UpscalerEntry
+
+    if name in BUILTIN:
+        return UpscalerEntry(name, name.lower())
+    assert ctx.upscalers is not None
+    return ctx.upscalers.find(name)
+
+
+def _sampler_options(sampling, params: Txt2ImgParams):
+    from sdwebui.pipelines.txt2img import sampler_options
+
+    return sampler_options(sampling, params)
+
+
+__all__ = ["HiresFix", "HiresPlan", "plan_hires", "short_title", "sigmas_for"]
