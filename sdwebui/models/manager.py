@@ -49,6 +49,8 @@ class ModelManager:
         self._lock = threading.RLock()
         self._loaded: SDModel | None = None
         self._loaded_key: tuple | None = None
+        self._secondary: SDModel | None = None
+        self._secondary_key: tuple | None = None
 
     # ---- discovery -------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -121,6 +123,24 @@ class ModelManager:
             self._loaded, self._loaded_key = model, request.key
             return model
 
+    def get_secondary(self, checkpoint: str | Path) -> SDModel:
+        """A checkpoint a job uses beside the main one (hires-fix checkpoint, SDXL refiner), with its own VAE.
+
+        It is kept in a second slot, so a job alternating base and refiner batch after batch, and the next such
+        job, load neither again; the main model stays where it is. Peak memory is two models (A1111 swaps them
+        through its checkpoint cache instead, reloading from disk when the cache is 0, its default)."""
+        request = LoadRequest(self.resolve_checkpoint(checkpoint), None, self.prediction_type)
+        with self._lock:
+            if self._loaded is not None and self._loaded_key == request.key:
+                return self._loaded
+            if self._secondary is not None and self._secondary_key == request.key:
+                return self._secondary
+            self._secondary = self._secondary_key = None
+            release_freed_memory()
+            model = self._load(request, automatic_vae=True)
+            self._secondary, self._secondary_key = model, request.key
+            return model
+
     def _vae_for(self, vae: str | Path | None) -> Path | None:
         return self.resolve_vae(vae)
 
@@ -145,10 +165,12 @@ class ModelManager:
 
     def unload(self) -> None:
         with self._lock:
-            if self._loaded is None:
+            if self._loaded is None and self._secondary is None:
                 return
             self._loaded = None
             self._loaded_key = None
+            self._secondary = None
+            self._secondary_key = None
             release_freed_memory()
 
 

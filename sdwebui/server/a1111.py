@@ -69,6 +69,8 @@ PARAM_TO_FIELD = {
     "batch_count": ("n_iter",),
     "clip_skip": ("override_settings", "CLIP_stop_at_last_layers"),
     "sampler": ("sampler_name",),
+    "hr_checkpoint": ("hr_checkpoint_name",),
+    "hr_sampler": ("hr_sampler_name",),
 }
 
 # Infotext label -> (request field, type); A1111 `infotext_utils.paste_fields["txt2img"]`.
@@ -87,7 +89,19 @@ INFOTEXT_FIELDS = {
     "Seed resize from-1": ("seed_resize_from_w", int),
     "Seed resize from-2": ("seed_resize_from_h", int),
     "Denoising strength": ("denoising_strength", float),
+    "Hires upscale": ("hr_scale", float),
+    "Hires steps": ("hr_second_pass_steps", int),
+    "Hires upscaler": ("hr_upscaler", str),
+    "Hires resize-1": ("hr_resize_x", int),
+    "Hires resize-2": ("hr_resize_y", int),
+    "Hires sampler": ("hr_sampler_name", str),
+    "Hires schedule type": ("hr_scheduler", str),
+    "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str),
+    "Refiner switch at": ("refiner_switch_at", float),
 }
+HIRES_INFOTEXT_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
+"""A1111 turns hires fix on for a pasted infotext with "Denoising strength" and one of these."""
 # Infotext label -> option (A1111 `infotext_utils.infotext_to_setting_name_mapping`).
 INFOTEXT_SETTINGS = {
     "Clip skip": ("CLIP_stop_at_last_layers", int),
@@ -397,6 +411,7 @@ def prepare_txt2img(services: Services, req: Txt2ImgRequest, warnings: list[str]
         "s_tmin": req.s_tmin,
         "s_tmax": req.s_tmax or None,  # A1111: 0 means infinity
         "s_noise": req.s_noise,
+        **hires_values(req),
     }
     if "CLIP_stop_at_last_layers" in overrides:
         values["clip_skip"] = overrides["CLIP_stop_at_last_layers"]
@@ -438,15 +453,48 @@ def styled_prompts(services: Services, req: Txt2ImgRequest) -> tuple[str, str]:
         raise FieldError(("styles",), str(error)) from None
 
 
-def refuse_unavailable(req: Txt2ImgRequest) -> None:
+def hires_values(req: Txt2ImgRequest) -> dict[str, Any]:
+    """A1111's hires fix, refiner and tiling fields -> Txt2ImgParams fields ("Use same ..." and "None" are
+    none; a missing `hr_upscaler` is A1111's default latent mode, "Latent"; a missing `refiner_switch_at` is
+    the UI's 0.8)."""
+    def same(value, *defaults):
+        return None if value in (None, "", *defaults) else value
+
+    values: dict[str, Any] = {
+        "tiling": bool(req.tiling),
+        "enable_hr": bool(req.enable_hr),
+        "hr_scale": float(req.hr_scale),
+        "hr_upscaler": req.hr_upscaler or "Latent",
+        "hr_second_pass_steps": req.hr_second_pass_steps,
+        "hr_resize_x": req.hr_resize_x,
+        "hr_resize_y": req.hr_resize_y,
+        "hr_checkpoint": same(req.hr_checkpoint_name, "Use same checkpoint"),
+        "hr_sampler": same(req.hr_sampler_name, "Use same sampler"),
+        "hr_scheduler": same(req.hr_scheduler, "Use same scheduler"),
+        "hr_prompt": req.hr_prompt,
+        "hr_negative_prompt": req.hr_negative_prompt,
+        "refiner_checkpoint": same(req.refiner_checkpoint, "None"),
+        "refiner_switch_at": 0.8 if req.refiner_switch_at is None else float(req.refiner_switch_at),
+    }
     if req.enable_hr:
-        raise FieldError(("enable_hr",), "hires fix is not available in this server yet")
+        values["denoising_strength"] = 0.7 if req.denoising_strength is None else float(req.denoising_strength)
+    if values["hr_sampler"] is not None or values["hr_scheduler"] is not None:
+        from sdwebui.server.generation import check_sampling
+
+        try:
+            sampler, scheduler = check_sampling(values["hr_sampler"] or req.sampler_name or req.sampler_index,
+                                                values["hr_scheduler"] or "Automatic")
+        except ParamError as error:
+            field = "hr_scheduler" if error.field == "scheduler" else "hr_sampler_name"
+            raise FieldError((field,), error.message) from None
+        if values["hr_sampler"] is not None:
+            values["hr_sampler"] = sampler
+    return values
+
+
+def refuse_unavailable(req: Txt2ImgRequest) -> None:
     if req.restore_faces:
         raise FieldError(("restore_faces",), "face restoration is not available in this server yet")
-    if req.tiling:
-        raise FieldError(("tiling",), "tiling is not available in this server yet")
-    if req.refiner_checkpoint and req.refiner_checkpoint != "None":
-        raise FieldError(("refiner_checkpoint",), "the refiner is not available in this server yet")
     if req.script_name:
         raise FieldError(("script_name",), f"Script '{req.script_name}' not found")
     for name in req.alwayson_scripts or {}:
@@ -478,6 +526,8 @@ def apply_infotext(services: Services, req: Txt2ImgRequest) -> None:
         except (TypeError, ValueError):
             raise FieldError(("infotext",), f"cannot read {label!r} from the infotext: {params[label]!r}") from None
         setattr(req, name, value)
+    if "enable_hr" not in explicit and "Denoising strength" in params and any(k in params for k in HIRES_INFOTEXT_KEYS):
+        req.enable_hr = True
     overrides = dict(req.override_settings or {})
     for label, (key, kind) in INFOTEXT_SETTINGS.items():
         if label in params and key not in overrides:

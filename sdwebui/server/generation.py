@@ -65,6 +65,41 @@ def check_limits(params: Txt2ImgParams, options: Mapping[str, Any]) -> None:
         )
     if params.steps > options["api_max_steps"]:
         raise ParamError("steps", f"{params.steps} steps is over this server's limit of {options['api_max_steps']}")
+    if getattr(params, "enable_hr", False):
+        width, height = params.hires_size
+        if width * height * params.batch_size > options["api_max_pixels"]:
+            raise ParamError(
+                "hr_scale",
+                f"the hires size {width}x{height} x batch size is over this server's limit of "
+                f"{options['api_max_pixels']} pixels (setting api_max_pixels)",
+            )
+        if params.hires_steps > options["api_max_steps"]:
+            raise ParamError("hr_second_pass_steps", f"{params.hires_steps} steps is over this server's limit")
+
+
+def resolve_other_models(services: "Services", params):
+    """The hires checkpoint and refiner named by a request, as paths (ParamError naming the field when not
+    found), and the hires upscaler checked against what is installed. A1111's "Use same checkpoint" and
+    refiner "None" mean none."""
+    from sdwebui.pipelines.upscale import is_latent_mode
+
+    changes: dict[str, Any] = {}
+    for name in ("hr_checkpoint", "refiner_checkpoint"):
+        value = getattr(params, name, None)
+        if value in (None, "", "None", "Use same checkpoint"):
+            if value is not None:
+                changes[name] = None
+            continue
+        try:
+            changes[name] = str(services.resolve_checkpoint(value))
+        except LookupError as error:
+            raise ParamError(name, str(error.args[0]) if error.args else str(error)) from None
+    if getattr(params, "enable_hr", False) and not is_latent_mode(params.hr_upscaler):
+        try:
+            services.upscalers.find(params.hr_upscaler)
+        except LookupError as error:
+            raise ParamError("hr_upscaler", str(error.args[0])) from None
+    return params.replace(**changes) if changes else params
 
 
 def preview_period(options: Mapping[str, Any]) -> int:
@@ -97,6 +132,7 @@ def make_payload(
     _apply_sampler_settings(values, sampler_name, options)
     p = Txt2ImgParams(**values)
     check_limits(p, options)
+    p = resolve_other_models(services, p)
     checkpoint_path = services.resolve_checkpoint(checkpoint or options.get("sd_model_checkpoint"))
     vae_name = vae if vae is not None else options.get("sd_vae", "Automatic")
     services.resolve_vae(vae_name)
@@ -113,6 +149,7 @@ def make_payload(
         ),
         "filename_pattern": str(options["samples_filename_pattern"] or "[seed]"),
         "nan_check": not options["disable_nan_check"],
+        "upscale_tile": [int(options["ESRGAN_tile"]), int(options["ESRGAN_tile_overlap"])],
         "preview_every": preview_period(options),
         "client": client,
     }
@@ -188,6 +225,9 @@ def run_txt2img(job: "JobHandle", services: "Services") -> dict:
         embeddings=services.embeddings,
         extra_networks=LoraNetworks(services.loras),
         nan_check=bool(payload.get("nan_check", True)),
+        load_model=services.models.get_secondary,
+        upscalers=services.upscalers,
+        upscale_tile=tuple(payload.get("upscale_tile", (192, 8))),
     )
     result = txt2img(ctx, params)
     job.images = result.images

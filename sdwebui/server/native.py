@@ -76,6 +76,21 @@ class Txt2ImgJob(BaseModel):
     s_tmin: float | None = _float(None, ge=0.0, le=1000.0)
     s_tmax: float | None = _float(None, ge=0.0)
     s_noise: float | None = _float(None, ge=0.0, le=10.0)
+    tiling: bool = False
+    enable_hr: bool = False
+    denoising_strength: float = _float(0.7, ge=0.0, le=1.0)
+    hr_scale: float = _float(2.0, ge=1.0, le=16.0)
+    hr_upscaler: str = Field("Latent", max_length=500, description="a latent mode or an upscaler's name")
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_checkpoint: str | None = Field(None, max_length=500, description="default: the job's checkpoint")
+    hr_sampler: str | None = Field(None, max_length=200)
+    hr_scheduler: str | None = Field(None, max_length=200)
+    hr_prompt: str = Field("", max_length=65536)
+    hr_negative_prompt: str = Field("", max_length=65536)
+    refiner_checkpoint: str | None = Field(None, max_length=500)
+    refiner_switch_at: float = _float(0.8, ge=0.0, le=1.0)
     model: str | None = Field(None, description="checkpoint name, title or hash; default: the current one")
     vae: str | None = Field(None, description='"Automatic", "None" or a VAE file name; default: the setting')
     save_images: bool = True
