@@ -263,3 +263,54 @@ def test_history_search_and_delete(services):
     assert not path.exists() and services.store.image(fox) is None
     assert [row["prompt"] for row in find_images(services, "red")] == ["a red panda"]
     assert delete_image(services, fox) is False
+
+
+# ---- hires fix, refiner, tiling, extras ------------------------------------------------------------------------
+
+
+def test_hires_fields_make_the_api_request(services):
+    from sdwebui.ui.fields import request_from_fields
+
+    values = {"prompt": "x", "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.3,
+              "hr_sampler_name": "Use same sampler", "tiling": True, "refiner_checkpoint": "None",
+              "refiner_switch_at": 0.5}
+    request = request_from_fields(values, save_images=False)
+    assert request.enable_hr is True and request.hr_scale == 1.5 and request.hr_upscaler == "Lanczos"
+    assert request.denoising_strength == 0.3 and request.tiling is True
+    assert request.hr_sampler_name is None and request.refiner_checkpoint is None
+    # Hires settings without hires fix on are not sent.
+    plain = request_from_fields({"prompt": "x", "hr_scale": 3.0}, save_images=False)
+    assert plain.enable_hr is False and plain.hr_scale == 2.0
+
+
+def test_infotext_with_hires_keys_turns_hires_on():
+    from sdwebui.ui.fields import fields_from_infotext
+
+    values = fields_from_infotext("a cat\nSteps: 4, Seed: 3, Size: 64x64, Denoising strength: 0.45, "
+                                  "Hires upscale: 2.5, Hires steps: 7, Hires upscaler: Latent (bicubic), "
+                                  "Refiner: base-refiner [0123456789], Refiner switch at: 0.7, Tiling: True")
+    assert values["enable_hr"] is True and values["hr_scale"] == 2.5 and values["hr_second_pass_steps"] == 7
+    assert values["hr_upscaler"] == "Latent (bicubic)" and values["denoising_strength"] == 0.45
+    assert values["refiner_checkpoint"] == "base-refiner [0123456789]" and values["refiner_switch_at"] == 0.7
+    assert values["tiling"] is True
+    assert "enable_hr" not in fields_from_infotext("a cat\nSteps: 4, Denoising strength: 0.45")
+
+
+def test_extras_tab_job_upscales(services):
+    from PIL import Image
+
+    from sdwebui.ui.extras import submit_extras
+    from sdwebui.ui.fields import UIError
+
+    values = {"resize_mode": 0, "upscaling_resize": 2, "upscaling_resize_w": 512, "upscaling_resize_h": 512,
+              "upscaling_crop": True, "upscaler_1": "Lanczos", "upscaler_2": "None",
+              "extras_upscaler_2_visibility": 0}
+    job = submit_extras(services, Image.new("RGB", (16, 8)), values)
+    try:
+        assert job.kind == "extras" and job.payload["params"]["upscaler_1"] == "Lanczos"
+    finally:
+        services.queue.cancel(job.id)
+    with pytest.raises(UIError, match="^upscaler_1: "):
+        submit_extras(services, Image.new("RGB", (16, 8)), {**values, "upscaler_1": "nope"})
+    with pytest.raises(UIError, match="^image: "):
+        submit_extras(services, None, values)

@@ -36,6 +36,22 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
     "subseed_strength",
     "seed_resize_from_w",
     "seed_resize_from_h",
+    # Hires fix, refiner and tiling (A1111 request names)
+    "tiling",
+    "enable_hr",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "denoising_strength",
+    "hr_scale",
+    "hr_resize_x",
+    "hr_resize_y",
+    "hr_checkpoint_name",
+    "hr_sampler_name",
+    "hr_scheduler",
+    "hr_prompt",
+    "hr_negative_prompt",
+    "refiner_checkpoint",
+    "refiner_switch_at",
 )
 
 # A1111's txt2img tab defaults (`modules/ui.py`; the API's differ: 50 steps, Euler).
@@ -56,6 +72,21 @@ DEFAULTS: dict[str, Any] = {
     "subseed_strength": 0.0,
     "seed_resize_from_w": 0,
     "seed_resize_from_h": 0,
+    "tiling": False,
+    "enable_hr": False,
+    "hr_upscaler": "Latent",
+    "hr_second_pass_steps": 0,
+    "denoising_strength": 0.7,
+    "hr_scale": 2.0,
+    "hr_resize_x": 0,
+    "hr_resize_y": 0,
+    "hr_checkpoint_name": "Use same checkpoint",
+    "hr_sampler_name": "Use same sampler",
+    "hr_scheduler": "Use same scheduler",
+    "hr_prompt": "",
+    "hr_negative_prompt": "",
+    "refiner_checkpoint": "None",
+    "refiner_switch_at": 0.8,
 }
 
 # A1111 request field -> UI field (the rest have the same name).
@@ -93,6 +124,7 @@ def request_from_fields(values: Mapping[str, Any], *, save_images: bool):
             subseed_strength=float(v["subseed_strength"]),
             seed_resize_from_w=int(v["seed_resize_from_w"]),
             seed_resize_from_h=int(v["seed_resize_from_h"]),
+            **_hires_request_fields(v),
             save_images=save_images,
             send_images=False,
         )
@@ -102,6 +134,33 @@ def request_from_fields(values: Mapping[str, Any], *, save_images: bool):
         raise UIError(f"{_REQUEST_TO_FIELD.get(field, field)}: {first['msg']}") from None
     except (TypeError, ValueError) as error:
         raise UIError(str(error)) from None
+
+
+_HIRES_TYPES = {
+    "tiling": bool, "enable_hr": bool, "hr_upscaler": str, "hr_second_pass_steps": int, "denoising_strength": float,
+    "hr_scale": float, "hr_resize_x": int, "hr_resize_y": int, "hr_checkpoint_name": str, "hr_sampler_name": str,
+    "hr_scheduler": str, "hr_prompt": str, "hr_negative_prompt": str, "refiner_checkpoint": str,
+    "refiner_switch_at": float,
+}
+
+
+def _hires_request_fields(v: Mapping[str, Any]) -> dict[str, Any]:
+    """The hires fix / refiner / tiling controls as request fields: only those the user changed (so a plain job
+    from the UI is the very request a plain API call makes), and the hires ones only with hires fix on."""
+    out: dict[str, Any] = {}
+    for name, kind in _HIRES_TYPES.items():
+        value = kind(v[name])
+        if value == DEFAULTS[name]:
+            continue
+        if name.startswith("hr_") or name == "denoising_strength":
+            if not v["enable_hr"]:
+                continue
+        out[name] = value
+    if v["enable_hr"]:
+        out["denoising_strength"] = float(v["denoising_strength"])
+    if out.get("refiner_checkpoint") is None:
+        out.pop("refiner_switch_at", None)
+    return out
 
 
 def submit_txt2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
@@ -222,6 +281,18 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
             out[field] = kind(float(params[label])) if kind is int else kind(params[label])
         except (TypeError, ValueError):
             continue  # an odd value leaves the field as it is (A1111 does the same)
+    # A1111's paste rule: hires fix is on when the infotext has a denoising strength and a hires key.
+    from sdwebui.server.a1111 import HIRES_INFOTEXT_KEYS
+
+    if "Denoising strength" in params and any(key in params for key in HIRES_INFOTEXT_KEYS):
+        out["enable_hr"] = True
+    # Checkpoints are named "name [hash]" there; the dropdowns take that as a custom value (it resolves).
+    if "Hires checkpoint" in params:
+        out["hr_checkpoint_name"] = str(params["Hires checkpoint"])
+    if "Refiner" in params:
+        out["refiner_checkpoint"] = str(params["Refiner"])
+    if "Tiling" in params:
+        out["tiling"] = str(params["Tiling"]) == "True"
     if "sampler" in out or "scheduler" in out:
         sampler, schedule = canonical_sampling(out.get("sampler"), out.get("scheduler"))
         if sampler is not None:
@@ -233,6 +304,17 @@ def fields_from_infotext(text: str) -> dict[str, Any]:
         else:
             out.pop("scheduler", None)
     return out
+
+
+def upscaler_choices(services: Services) -> list[str]:
+    """The hires fix's upscalers in A1111's order: the latent modes, then None, Lanczos, Nearest and the models."""
+    from sdwebui.models.upscalers import LATENT_UPSCALE_MODES
+
+    return [*LATENT_UPSCALE_MODES, *(entry.name for entry in services.upscalers.entries())]
+
+
+def extras_upscaler_choices(services: Services) -> list[str]:
+    return [entry.name for entry in services.upscalers.entries()]
 
 
 def canonical_sampling(sampler: str | None, schedule: str | None) -> tuple[str | None, str | None]:
@@ -372,5 +454,5 @@ __all__ = [
     "TXT2IMG_FIELDS", "DEFAULTS", "UIError", "request_from_fields", "submit_txt2img", "apply_styles", "style_names",
     "progress_text",
     "fields_from_infotext", "canonical_sampling", "sampler_choices", "schedule_choices", "checkpoint_choices",
-    "vae_choices", "native_size", "TokenCounter",
+    "vae_choices", "native_size", "TokenCounter", "upscaler_choices", "extras_upscaler_choices",
 ]

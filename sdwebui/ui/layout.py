@@ -12,7 +12,7 @@ from __future__ import annotations
 import gradio as gr
 
 from sdwebui.server.services import Services
-from sdwebui.ui import history, pnginfo, settings, txt2img
+from sdwebui.ui import extras, history, pnginfo, settings, txt2img
 from sdwebui.ui.fields import (
     TXT2IMG_FIELDS,
     TokenCounter,
@@ -85,6 +85,8 @@ def build_ui(services: Services):
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build(services, counter)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                ext = extras.build(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
@@ -129,9 +131,13 @@ def build_ui(services: Services):
             values = fields_from_infotext(text or "") if (text or "").strip() else {}
             updates = [values[name] if name in values else gr.skip() for name in TXT2IMG_FIELDS]
             extra_open = any(values.get(k) for k in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h"))
-            return [*updates, gr.update(open=True) if extra_open else gr.skip(), gr.Tabs(selected="txt2img")]
+            return [*updates, gr.update(open=True) if extra_open else gr.skip(),
+                    gr.update(open=True) if values.get("enable_hr") else gr.skip(),
+                    gr.update(open=True) if values.get("refiner_checkpoint") else gr.skip(),
+                    gr.Tabs(selected="txt2img")]
 
-        paste_outputs = [*t2i.inputs, t2i.components["extra"], tabs]
+        paste_outputs = [*t2i.inputs, t2i.components["extra"], t2i.components["hires"], t2i.components["refiner"],
+                         tabs]
         png.components["send_to_txt2img"].click(paste, png.components["parameters"], paste_outputs,
                                                 show_progress="hidden")
         hist.components["reuse"].click(paste, hist.components["parameters"], paste_outputs, show_progress="hidden")
@@ -157,6 +163,11 @@ def build_ui(services: Services):
 
         demo.load(on_load, None, [checkpoint, vae, t2i.fields["sampler"], t2i.fields["scheduler"],
                                   t2i.fields["styles"], *size, status], show_progress="hidden")
+        hires_lists = [t2i.fields[name] for name in ("hr_upscaler", "hr_checkpoint_name", "hr_sampler_name",
+                                                     "hr_scheduler", "refiner_checkpoint")]
+        demo.load(lambda: txt2img.refresh_choices(services), None, hires_lists, show_progress="hidden")
+        demo.load(lambda: extras.refresh_choices(services), None, [ext.fields["upscaler_1"], ext.fields["upscaler_2"]],
+                  show_progress="hidden")
     return demo
 
 

@@ -130,6 +130,10 @@ def build(services: Services, counter: TokenCounter) -> Txt2ImgTab:
                     f["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
                                                         elem_id="txt2img_seed_resize_from_h", min_width=140)
 
+            f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id="txt2img_tiling",
+                                      info="seamless images: the picture wraps around at its edges")
+            build_hires_and_refiner(services, f, c)
+
         with gr.Column(scale=1, min_width=300, elem_id="txt2img_results"):
             c["progress"] = gr.HTML("", elem_id="txt2img_progress", padding=False)
             c["preview"] = gr.Image(label="Live preview", type="pil", format="png", interactive=False, visible=False,
@@ -284,6 +288,89 @@ def build(services: Services, counter: TokenCounter) -> Txt2ImgTab:
     return tab
 
 
+def build_hires_and_refiner(services: Services, f: dict, c: dict) -> None:
+    """A1111's "Hires. fix" and "Refiner" sections (dropdown lists are filled on page load, see `refresh_choices`)."""
+    from sdwebui.server.a1111 import LATENT_UPSCALE_MODES
+    from sdwebui.ui.fields import checkpoint_choices
+
+    titles, _ = checkpoint_choices(services)
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr") as c["hires"]:
+        f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
+        with gr.Row():
+            f["hr_upscaler"] = gr.Dropdown([*LATENT_UPSCALE_MODES, "None", "Lanczos", "Nearest"],
+                                           value=DEFAULTS["hr_upscaler"], label="Upscaler",
+                                           elem_id="txt2img_hr_upscaler", min_width=140)
+            f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                  elem_id="txt2img_hires_steps", min_width=140)
+            f["denoising_strength"] = gr.Slider(0.0, 1.0, value=DEFAULTS["denoising_strength"], step=0.01,
+                                                label="Denoising strength", elem_id="txt2img_denoising_strength",
+                                                min_width=140)
+        with gr.Row():
+            f["hr_scale"] = gr.Slider(1.0, 4.0, value=DEFAULTS["hr_scale"], step=0.05, label="Upscale by",
+                                      elem_id="txt2img_hr_scale", min_width=140)
+            f["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                         elem_id="txt2img_hr_resize_x", min_width=140)
+            f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                         elem_id="txt2img_hr_resize_y", min_width=140)
+        with gr.Row():
+            f["hr_checkpoint_name"] = gr.Dropdown(["Use same checkpoint", *titles], value="Use same checkpoint",
+                                                  label="Hires checkpoint", elem_id="txt2img_hr_checkpoint",
+                                                  allow_custom_value=True, min_width=140)
+            f["hr_sampler_name"] = gr.Dropdown(["Use same sampler"], value="Use same sampler",
+                                               label="Hires sampling method", elem_id="txt2img_hr_sampler",
+                                               min_width=140)
+            f["hr_scheduler"] = gr.Dropdown(["Use same scheduler"], value="Use same scheduler",
+                                            label="Hires schedule type", elem_id="txt2img_hr_scheduler",
+                                            min_width=140)
+        with gr.Row():
+            f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="txt2img_hr_prompt",
+                                        placeholder="Prompt for hires fix pass.\nLeave empty to use the same prompt "
+                                                    "as in the first pass.")
+            f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
+                                                 elem_id="txt2img_hr_negative_prompt",
+                                                 placeholder="Negative prompt for hires fix pass.\nLeave empty to use "
+                                                             "the same negative prompt as in the first pass.")
+        c["hr_final_size"] = gr.HTML("", elem_id="txt2img_hr_final_resolution", padding=False)
+    with gr.Accordion("Refiner", open=False, elem_id="txt2img_refiner") as c["refiner"]:
+        with gr.Row():
+            f["refiner_checkpoint"] = gr.Dropdown(["None", *titles], value="None", label="Checkpoint",
+                                                  elem_id="txt2img_checkpoint", allow_custom_value=True,
+                                                  min_width=200)
+            f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=DEFAULTS["refiner_switch_at"], step=0.01,
+                                               label="Switch at", elem_id="txt2img_switch_at", min_width=140)
+
+    def final_size(enabled, width, height, scale, resize_x, resize_y):
+        """A1111 shows "from 512x512 to 1024x1024" under the hires settings."""
+        if not enabled:
+            return ""
+        from sdwebui.pipelines.params import Txt2ImgParams
+
+        try:
+            params = Txt2ImgParams(prompt="", width=int(width), height=int(height), enable_hr=True,
+                                   hr_scale=float(scale), hr_resize_x=int(resize_x), hr_resize_y=int(resize_y))
+        except ValueError as error:
+            return f'<span class="sdw-note">{html.escape(str(error))}</span>'
+        to_w, to_h = params.hires_size
+        return (f'<span class="sdw-hr-size">from <b>{int(width)}x{int(height)}</b> to '
+                f'<b>{to_w}x{to_h}</b></span>')
+
+    size_inputs = [f["enable_hr"], f["width"], f["height"], f["hr_scale"], f["hr_resize_x"], f["hr_resize_y"]]
+    for control in size_inputs:
+        control.change(final_size, size_inputs, c["hr_final_size"], show_progress="hidden", queue=False)
+
+
+def refresh_choices(services: Services):
+    """Fresh dropdown lists for the hires fix and refiner (installed upscalers, checkpoints, samplers)."""
+    from sdwebui.ui.fields import checkpoint_choices, sampler_choices, schedule_choices, upscaler_choices
+
+    titles, _ = checkpoint_choices(services)
+    return (gr.update(choices=upscaler_choices(services)),
+            gr.update(choices=["Use same checkpoint", *titles]),
+            gr.update(choices=["Use same sampler", *sampler_choices()]),
+            gr.update(choices=["Use same scheduler", *schedule_choices()]),
+            gr.update(choices=["None", *titles]))
+
+
 def _png_to_image(data: bytes):
     from PIL import Image
 
@@ -292,4 +379,4 @@ def _png_to_image(data: bytes):
     return image
 
 
-__all__ = ["build", "Txt2ImgTab", "progress_html", "token_html"]
+__all__ = ["build", "Txt2ImgTab", "progress_html", "token_html", "refresh_choices"]

@@ -1,0 +1,127 @@
+"""The Extras tab (A1111's "Single Image" extras): upscale a picture with one or two upscalers.
+
+The job is the same one `/sdapi/v1/extra-single-image` queues (`server.extras`), so the browser and the API
+get the same pixels for the same settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from sdwebui.server.services import Services
+from sdwebui.ui.fields import UIError, _field_error_text
+
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class ExtrasTab:
+    fields: dict[str, Any] = field(default_factory=dict)
+    components: dict[str, Any] = field(default_factory=dict)
+
+
+def submit_extras(services: Services, image, values: dict[str, Any]):
+    """Queue an extras job for one PIL image (UIError with the field's name for bad input)."""
+    from pydantic import ValidationError
+
+    from sdwebui.server.errors import FieldError
+    from sdwebui.server.extras import ExtrasSingleImageRequest, extras_params, make_extras_payload
+    from sdwebui.server.queue import QueueFull
+
+    if image is None:
+        raise UIError("image: drop an image to upscale first")
+    try:
+        request = ExtrasSingleImageRequest(
+            resize_mode=int(values["resize_mode"]),
+            upscaling_resize=float(values["upscaling_resize"]),
+            upscaling_resize_w=int(values["upscaling_resize_w"]),
+            upscaling_resize_h=int(values["upscaling_resize_h"]),
+            upscaling_crop=bool(values["upscaling_crop"]),
+            upscaler_1=str(values["upscaler_1"] or "None"),
+            upscaler_2=str(values["upscaler_2"] or "None"),
+            extras_upscaler_2_visibility=float(values["extras_upscaler_2_visibility"]),
+        )
+        params = extras_params(request)
+        payload = make_extras_payload(services, params, [(("image",), image)], [""])
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise UIError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    except FieldError as error:
+        raise UIError(_field_error_text(error)) from None
+    try:
+        return services.submit("extras", payload)
+    except QueueFull as error:
+        raise UIError(str(error)) from None
+
+
+def build(services: Services) -> ExtrasTab:
+    tab = ExtrasTab()
+    f, c = tab.fields, tab.components
+    names = ["None", "Lanczos", "Nearest"]
+    with gr.Row(equal_height=False, elem_id="extras_main"):
+        with gr.Column(scale=1, min_width=300):
+            c["image"] = gr.Image(label="Source", type="pil", image_mode="RGB", sources=["upload", "clipboard"],
+                                  elem_id="extras_image", height=360)
+            c["generate"] = gr.Button("Generate", variant="primary", elem_id="extras_generate")
+            f["resize_mode"] = gr.Radio([("Scale by", 0), ("Scale to", 1)], value=0, label="Resize",
+                                        elem_id="extras_resize_mode")
+            f["upscaling_resize"] = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label="Resize",
+                                              elem_id="extras_upscaling_resize")
+            with gr.Row():
+                f["upscaling_resize_w"] = gr.Slider(64, 8192, value=512, step=8, label="Width",
+                                                    elem_id="extras_upscaling_resize_w", min_width=140)
+                f["upscaling_resize_h"] = gr.Slider(64, 8192, value=512, step=8, label="Height",
+                                                    elem_id="extras_upscaling_resize_h", min_width=140)
+            f["upscaling_crop"] = gr.Checkbox(True, label="Crop to fit", elem_id="extras_upscaling_crop")
+            with gr.Row():
+                f["upscaler_1"] = gr.Dropdown(names, value="None", label="Upscaler 1", elem_id="extras_upscaler_1",
+                                              min_width=140)
+                f["upscaler_2"] = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2",
+                                              min_width=140)
+            f["extras_upscaler_2_visibility"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001,
+                                                          label="Upscaler 2 visibility",
+                                                          elem_id="extras_upscaler_2_visibility")
+        with gr.Column(scale=1, min_width=300):
+            c["status"] = gr.HTML("", elem_id="extras_status", padding=False)
+            c["result"] = gr.Image(label="Result", type="pil", format="png", interactive=False,
+                                   elem_id="extras_result", height=420)
+            c["html_info"] = gr.HTML("", elem_id="extras_html_info", padding=False)
+
+    order = list(f)
+
+    async def generate(image, *values):
+        from sdwebui.server.extras import html_info
+        from sdwebui.ui.txt2img import progress_html
+
+        try:
+            job = await asyncio.to_thread(submit_extras, services, image, dict(zip(order, values)))
+        except UIError as error:
+            yield progress_html(0, f"Error: {error}", state="error"), gr.skip(), ""
+            return
+        yield progress_html(0, "Upscaling…", state="running"), gr.skip(), ""
+        while not job.finished.is_set():
+            await asyncio.sleep(POLL_SECONDS)
+        if job.status != "done" or not job.images:
+            yield progress_html(0, f"Error: {job.error or job.status}", state="error"), None, ""
+            return
+        infotexts = (job.result or {}).get("infotexts") or [""]
+        out = job.images[0]
+        yield (progress_html(1, f"Done · {out.width}x{out.height}", state="done"), out, html_info(infotexts[0]))
+
+    c["generate"].click(generate, [c["image"], *[f[name] for name in order]],
+                        [c["status"], c["result"], c["html_info"]], show_progress="hidden", concurrency_limit=None)
+    return tab
+
+
+def refresh_choices(services: Services):
+    from sdwebui.ui.fields import extras_upscaler_choices
+
+    names = extras_upscaler_choices(services)
+    return gr.update(choices=names), gr.update(choices=names)
+
+
+__all__ = ["build", "ExtrasTab", "submit_extras", "refresh_choices"]
