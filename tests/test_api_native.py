@@ -343,7 +343,7 @@ NATIVE_BAD_INPUTS = [
     ({"vae": "/etc/passwd"}, "vae"),
     ({"prompt": "x" * 65537}, "prompt"),
     ({"samplr": "Euler"}, "samplr"),  # unknown keys are an error in the native API
-    ({"type": "img2img"}, "type"),
+    ({"type": "inpaint"}, "type"),
 ]
 
 
@@ -391,7 +391,9 @@ def test_openapi_and_docs_are_served(client):
                  "/api/v1/images/{image_id}", "/api/v1/models", "/api/v1/models/refresh", "/sdapi/v1/txt2img",
                  "/sdapi/v1/progress", "/sdapi/v1/options"):
         assert path in schema["paths"], path
-    job_schema = schema["components"]["schemas"]["Txt2ImgJob"]
+    body_schema = schema["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    job_schema, img2img_schema = body_schema["oneOf"]
+    assert job_schema["title"] == "Txt2ImgJob" and "init_images" in img2img_schema["required"]
     assert job_schema["properties"]["width"]["multipleOf"] == 8
     assert job_schema["additionalProperties"] is False
     docs = client.get("/docs")

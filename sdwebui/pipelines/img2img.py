@@ -27,6 +27,7 @@ import torch
 from PIL import Image, ImageOps
 
 from sdwebui.core import noise as core_noise
+from sdwebui.models.tiling import circular_padding
 from sdwebui.pipelines import masking
 from sdwebui.pipelines.conditioning import build_conditioning
 from sdwebui.pipelines.context import GenerationContext, GenerationStopped, StepProgress
@@ -201,6 +202,8 @@ def img2img(
     image_infotext = dict(prepared.infotext)
 
     with torch.inference_mode(), ExitStack() as stack:
+        # A1111's `tiling` applies to img2img too (seamless textures): circular padding for UNet and VAE.
+        stack.enter_context(circular_padding(model.unet, model.vae, enabled=bool(getattr(params, "tiling", False))))
         source = pil_to_tensor(prepared.images).to(model.device)
         init_latent = encode_pixels(model, source).float()
         if init_latent.shape[0] == 1 and params.batch_size > 1:  # one init image for the whole batch: encode once

@@ -41,6 +41,10 @@ class Img2ImgParams(Txt2ImgParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if getattr(self, "enable_hr", False):
+            raise ParamError("enable_hr", "hires fix is a txt2img option (A1111's img2img has none)")
+        if getattr(self, "refiner_checkpoint", None):
+            raise ParamError("refiner_checkpoint", "the refiner is not available for img2img yet")
         _check_float_range("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _check_int_range("resize_mode", self.resize_mode, 0, 3)
         _check_float_range("initial_noise_multiplier", self.initial_noise_multiplier, 0.0, 10.0)

@@ -43,6 +43,8 @@ from sdwebui.server.a1111_models import (
     SDModelItem,
     SDVaeItem,
     TextToImageResponse,
+    Img2ImgRequest,
+    ImageToImageResponse,
     Txt2ImgRequest,
     UpscalerItem,
 )
@@ -136,25 +138,11 @@ def build_router(services: Services) -> APIRouter:
     # ---- generation -----------------------------------------------------------------------------------------
     @router.post("/txt2img", response_model=TextToImageResponse)
     async def text2imgapi(request: Txt2ImgRequest):
-        warnings = [f"ignored unknown field {key!r}" for key in (request.model_extra or {})]
-        # Validation may import the sampler registry (torch) on first use: keep it off the event loop.
-        payload = await run_in_threadpool(prepare_txt2img, services, request, warnings)
-        try:
-            job = services.submit("txt2img", payload)
-        except QueueFull as error:
-            raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
-        await job.wait()
-        if job.status == "failed":
-            raise HTTPException(500, f"generation failed: {job.error}")
-        if job.status == "cancelled":
-            raise HTTPException(409, "the job was cancelled before it started")
-        images = await run_in_threadpool(encode_images, job.images) if request.send_images else []
-        info = processed_info(request, job, payload)
-        parameters = request.model_dump(exclude=set(request.model_extra or {}))
-        body: dict[str, Any] = {"images": images, "parameters": parameters, "info": json.dumps(info)}
-        if warnings:
-            body["warnings"] = warnings
-        return JSONResponse(body)
+        return await generate(services, "txt2img", request, prepare_txt2img)
+
+    @router.post("/img2img", response_model=ImageToImageResponse)
+    async def img2imgapi(request: Img2ImgRequest):
+        return await generate(services, "img2img", request, prepare_img2img)
 
     @router.get("/progress", response_model=ProgressResponse)
     def progressapi(skip_current_image: bool = Query(False)):
@@ -376,11 +364,52 @@ async def _run_extras(services: Services, payload: dict):
     return job
 
 
-# ---- txt2img ------------------------------------------------------------------------------------------------
+# ---- txt2img / img2img --------------------------------------------------------------------------------------
+
+
+async def generate(services: Services, kind: str, request: Txt2ImgRequest, prepare) -> JSONResponse:
+    """Queue a generation job for an A1111 request, wait for it, and answer as A1111 does."""
+    warnings = [f"ignored unknown field {key!r}" for key in (request.model_extra or {})]
+    # Validation may import the sampler registry (torch) on first use: keep it off the event loop.
+    payload = await run_in_threadpool(prepare, services, request, warnings)
+    try:
+        job = services.submit(kind, payload)
+    except QueueFull as error:
+        raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
+    await job.wait()
+    if job.status == "failed":
+        raise HTTPException(500, f"generation failed: {job.error}")
+    if job.status == "cancelled":
+        raise HTTPException(409, "the job was cancelled before it started")
+    images = await run_in_threadpool(encode_images, job.images) if request.send_images else []
+    info = processed_info(request, job, payload)
+    parameters = request.model_dump(exclude=set(request.model_extra or {}))
+    if kind == "img2img" and not getattr(request, "include_init_images", False):
+        # A1111 drops the (large) input images from the echoed parameters unless asked for them.
+        parameters["init_images"] = None
+        parameters["mask"] = None
+    body: dict[str, Any] = {"images": images, "parameters": parameters, "info": json.dumps(info)}
+    if warnings:
+        body["warnings"] = warnings
+    return JSONResponse(body)
+
 
 
 def prepare_txt2img(services: Services, req: Txt2ImgRequest, warnings: list[str]) -> dict:
     """A1111 request -> job payload, or a FieldError naming the A1111 field."""
+    return prepare_generation(services, req, warnings, "txt2img")
+
+
+def prepare_generation(
+    services: Services,
+    req: Txt2ImgRequest,
+    warnings: list[str],
+    kind: str,
+    more_values: dict[str, Any] | None = None,
+    more_payload: dict[str, Any] | None = None,
+) -> dict:
+    """The request handling txt2img and img2img share: infotext, styles, overrides, the common fields, and
+    the payload; `more_values` / `more_payload` are the kind's own parameters and payload entries."""
     from sdwebui.models.files import ModelFileError
     from sdwebui.server.generation import make_payload
 
@@ -415,6 +444,7 @@ def prepare_txt2img(services: Services, req: Txt2ImgRequest, warnings: list[str]
     }
     if "CLIP_stop_at_last_layers" in overrides:
         values["clip_skip"] = overrides["CLIP_stop_at_last_layers"]
+    values.update(more_values or {})  # settings (img2img_fix_steps, ...) come from `overrides` in make_payload
     try:
         return make_payload(
             services, values,
@@ -423,7 +453,8 @@ def prepare_txt2img(services: Services, req: Txt2ImgRequest, warnings: list[str]
             save_images=req.save_images,
             client="a1111",
             overrides=overrides,
-            extra={"styles": list(req.styles or []), "task_id": req.force_task_id},
+            extra={"styles": list(req.styles or []), "task_id": req.force_task_id, **(more_payload or {})},
+            kind=kind,
         )
     except ParamError as error:
         loc = PARAM_TO_FIELD.get(error.field, (error.field,))
@@ -437,6 +468,54 @@ def prepare_txt2img(services: Services, req: Txt2ImgRequest, warnings: list[str]
         if key == "sd_model_checkpoint" and "sd_model_checkpoint" not in overrides:
             raise HTTPException(404, _lookup_message(error)) from None
         raise FieldError(("override_settings", key), _lookup_message(error)) from None
+
+
+def prepare_img2img(services: Services, req: Img2ImgRequest, warnings: list[str]) -> dict:
+    """A1111 img2img request -> job payload: the images are decoded and checked here (a 422 naming
+    `init_images.<i>` or `mask`), and stored in the payload as PNG."""
+    if not req.init_images:
+        raise FieldError(("init_images",), "at least one init image is needed")
+    if len(req.init_images) > req.batch_size and req.batch_size > 0 and len(req.init_images) > 1:
+        raise FieldError(("init_images",), f"{len(req.init_images)} init images for a batch size of {req.batch_size}; "
+                         "give one image, or at most batch size images")
+    images = [decode_base64_image(text.strip(), ("init_images", i)) for i, text in enumerate(req.init_images)]
+    mask = decode_base64_image(req.mask.strip(), ("mask",)) if req.mask else None
+    if mask is not None and mask.size != images[0].size:
+        raise FieldError(("mask",), f"the mask is {mask.width}x{mask.height}, the init image "
+                         f"{images[0].width}x{images[0].height}; they must be the same size")
+    if req.latent_mask:
+        warnings.append("ignored latent_mask (not supported; the mask is used)")
+    if req.image_cfg_scale is not None:
+        warnings.append("image_cfg_scale only applies to instruct-pix2pix models; ignored")
+    blur_x, blur_y = (req.mask_blur, req.mask_blur) if req.mask_blur is not None else (req.mask_blur_x, req.mask_blur_y)
+    more_values = {
+        "denoising_strength": 0.75 if req.denoising_strength is None else float(req.denoising_strength),
+        "resize_mode": req.resize_mode,
+        "initial_noise_multiplier": req.initial_noise_multiplier,
+        "image_cfg_scale": req.image_cfg_scale,
+        "mask_blur_x": blur_x,
+        "mask_blur_y": blur_y,
+        "mask_round": req.mask_round,
+        "inpainting_fill": req.inpainting_fill,
+        "inpaint_full_res": bool(req.inpaint_full_res),
+        "inpaint_full_res_padding": req.inpaint_full_res_padding,
+        "inpainting_mask_invert": bool(req.inpainting_mask_invert),
+    }
+    if req.enable_hr:
+        warnings.append("ignored enable_hr (hires fix is a txt2img field)")
+        more_values["enable_hr"] = False
+    more_payload = {"init_images": png_base64(images), "mask": png_base64([mask])[0] if mask is not None else None}
+    return prepare_generation(services, req, warnings, "img2img", more_values, more_payload)
+
+
+def png_base64(images) -> list[str]:
+    """Images as base64 PNG (how a job's payload carries them; PNG keeps every pixel and the alpha)."""
+    out = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        out.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return out
 
 
 def styled_prompts(services: Services, req: Txt2ImgRequest) -> tuple[str, str]:
@@ -550,7 +629,7 @@ def apply_infotext(services: Services, req: Txt2ImgRequest) -> None:
         req.override_settings = overrides
     # Re-validate what the infotext put in (a pasted "Size: 1000x1000" must fail like a typed one would).
     try:
-        Txt2ImgRequest.model_validate(req.model_dump())
+        type(req).model_validate(req.model_dump())
     except Exception as error:  # noqa: BLE001 - pydantic.ValidationError
         errors = getattr(error, "errors", lambda: [])()
         loc = tuple(errors[0]["loc"]) if errors else ("infotext",)
@@ -629,7 +708,7 @@ def processed_info(req: Txt2ImgRequest, job, payload: dict) -> dict:
         "styles": list(req.styles or []),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
         "clip_skip": params["clip_skip"],
-        "is_using_inpainting_conditioning": False,
+        "is_using_inpainting_conditioning": "Conditional mask weight" in extra,
         "version": VERSION,
     }
 

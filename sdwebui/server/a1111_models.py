@@ -85,11 +85,38 @@ class Txt2ImgRequest(BaseModel):
     infotext: str | None = Field(None, max_length=PROMPT_MAX * 2)
 
 
+class Img2ImgRequest(Txt2ImgRequest):
+    """A1111's img2img request (`StableDiffusionProcessingImg2Img` fields plus the API's). Defaults are A1111's
+    API defaults, which differ from its UI's: `inpainting_fill` 0 (fill), `inpaint_full_res` true (only masked),
+    padding 0."""
+
+    init_images: list[str] = Field(default_factory=list, max_length=64,
+                                   description="base64 images (data: URL prefix accepted)")
+    resize_mode: int = Field(0, ge=0, le=3)
+    image_cfg_scale: float | None = _float(None, ge=0.0, le=100.0)
+    mask: str | None = Field(None, description="base64 mask image; white = repaint")
+    mask_blur_x: int = Field(4, ge=0, le=256)
+    mask_blur_y: int = Field(4, ge=0, le=256)
+    mask_blur: int | None = Field(None, ge=0, le=256)
+    mask_round: bool = True
+    inpainting_fill: int = Field(0, ge=0, le=3)
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    initial_noise_multiplier: float | None = _float(None, ge=0.0, le=10.0)
+    latent_mask: str | None = None
+    include_init_images: bool = Field(False, description="echo init_images and mask back in `parameters`")
+
+
 class TextToImageResponse(BaseModel):
     images: list[str] | None = Field(default=None, description="The generated images, base64 PNG")
     parameters: dict
     info: str
     warnings: list[str] | None = Field(default=None, description="sdwebui: request keys that were ignored")
+
+
+class ImageToImageResponse(TextToImageResponse):
+    pass
 
 
 class PNGInfoRequest(BaseModel):

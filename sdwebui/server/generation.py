@@ -17,6 +17,7 @@ import io
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from sdwebui.pipelines.img2img_params import Img2ImgParams
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
 from sdwebui.server.options import output_folder
 
@@ -25,6 +26,14 @@ if TYPE_CHECKING:
     from sdwebui.server.services import Services
 
 PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(Txt2ImgParams))
+PARAMS_TYPES = {"txt2img": Txt2ImgParams, "img2img": Img2ImgParams}
+OUTDIR_OPTIONS = {"txt2img": ("outdir_txt2img_samples", "txt2img-images"),
+                  "img2img": ("outdir_img2img_samples", "img2img-images")}
+
+
+def param_fields(kind: str) -> tuple[str, ...]:
+    """The parameter names a job of this kind stores (Txt2ImgParams' for txt2img, Img2ImgParams' for img2img)."""
+    return tuple(f.name for f in dataclasses.fields(PARAMS_TYPES[kind]))
 
 
 def check_sampling(sampler: str, scheduler: str) -> tuple[str, str]:
@@ -116,9 +125,10 @@ def make_payload(
     client: str = "native",
     overrides: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    kind: str = "txt2img",
 ) -> dict:
     """Validate everything a job needs (raises ParamError naming the field, or ModelNotFoundError) and return
-    its payload. No model is loaded here."""
+    its payload. No model is loaded here. `kind` is "txt2img" or "img2img" (whose `extra` carries the images)."""
     options = {**services.options.all(), **(overrides or {})}
     values = dict(params)
     # Settings a request did not give (A1111 takes these from its options).
@@ -130,14 +140,20 @@ def make_payload(
     sampler_name, schedule = check_sampling(sampler, scheduler)
     values["sampler"], values["scheduler"] = sampler_name, schedule
     _apply_sampler_settings(values, sampler_name, options)
-    p = Txt2ImgParams(**values)
+    if kind == "img2img":
+        # A1111 takes these from its settings; a request's own value wins.
+        values.setdefault("fix_steps", bool(options["img2img_fix_steps"]))
+        if values.get("initial_noise_multiplier") is None:
+            values["initial_noise_multiplier"] = float(options["initial_noise_multiplier"])
+        values.setdefault("inpainting_mask_weight", float(options["inpainting_mask_weight"]))
+    p = PARAMS_TYPES[kind](**values)
     check_limits(p, options)
     p = resolve_other_models(services, p)
     checkpoint_path = services.resolve_checkpoint(checkpoint or options.get("sd_model_checkpoint"))
     vae_name = vae if vae is not None else options.get("sd_vae", "Automatic")
     services.resolve_vae(vae_name)
     payload = {
-        "params": {name: getattr(p, name) for name in PARAM_FIELDS},
+        "params": {name: getattr(p, name) for name in param_fields(kind)},
         "checkpoint": str(checkpoint_path),
         "vae": vae_name or "Automatic",
         "rng": str(options["randn_source"]).lower(),
@@ -145,7 +161,8 @@ def make_payload(
         "save_images": bool(save_images),
         "save_to_dirs": bool(options["save_to_dirs"]),
         "outdir": output_folder(
-            services.paths.outputs_dir, options["outdir_samples"] or options["outdir_txt2img_samples"] or "txt2img-images"
+            services.paths.outputs_dir,
+            options["outdir_samples"] or options[OUTDIR_OPTIONS[kind][0]] or OUTDIR_OPTIONS[kind][1],
         ),
         "filename_pattern": str(options["samples_filename_pattern"] or "[seed]"),
         "nan_check": not options["disable_nan_check"],
@@ -193,13 +210,37 @@ def preview_png(denoised, family: str) -> bytes:
 
 def run_txt2img(job: "JobHandle", services: "Services") -> dict:
     """Generate, save (when asked) and record the images of one txt2img job."""
+    return run_generation(job, services, "txt2img")
+
+
+def run_img2img(job: "JobHandle", services: "Services") -> dict:
+    """Generate, save (when asked) and record the images of one img2img / inpainting job."""
+    return run_generation(job, services, "img2img")
+
+
+def payload_images(payload: Mapping[str, Any]) -> tuple[list, Any]:
+    """The init images and mask an img2img payload carries (base64 PNG, checked before queueing)."""
+    import base64
+
+    from PIL import Image
+
+    def decode(text: str):
+        image = Image.open(io.BytesIO(base64.b64decode(text)))
+        image.load()
+        return image
+
+    mask = payload.get("mask")
+    return [decode(text) for text in payload.get("init_images", [])], decode(mask) if mask else None
+
+
+def run_generation(job: "JobHandle", services: "Services", kind: str) -> dict:
     from sdwebui.pipelines.context import GenerationContext
     from sdwebui.pipelines.networks import LoraNetworks
     from sdwebui.pipelines.output import save_image
-    from sdwebui.pipelines.txt2img import txt2img
 
     payload = job.payload
-    params = Txt2ImgParams(**payload["params"])
+    params = PARAMS_TYPES[kind](**payload["params"])
+    fields = param_fields(kind)
     model = services.models.get(payload["checkpoint"], vae=payload.get("vae"))
     family = model.family.value
     every = int(payload.get("preview_every", 0))
@@ -229,7 +270,15 @@ def run_txt2img(job: "JobHandle", services: "Services") -> dict:
         upscalers=services.upscalers,
         upscale_tile=tuple(payload.get("upscale_tile", (192, 8))),
     )
-    result = txt2img(ctx, params)
+    if kind == "img2img":
+        from sdwebui.pipelines.img2img import img2img
+
+        init_images, mask = payload_images(payload)
+        result = img2img(ctx, params, init_images, mask)
+    else:
+        from sdwebui.pipelines.txt2img import txt2img
+
+        result = txt2img(ctx, params)
     job.images = result.images
     job.interrupted = result.interrupted
     for image, infotext in zip(result.images, result.infotexts):
@@ -238,7 +287,7 @@ def run_txt2img(job: "JobHandle", services: "Services") -> dict:
     saved: list[dict] = []
     if payload.get("save_images", True) and result.images:
         outputs = services.paths.outputs_dir
-        outdir = outputs / payload.get("outdir", "txt2img-images")
+        outdir = outputs / payload.get("outdir", OUTDIR_OPTIONS[kind][1])
         resolved = result.params
         filename_fields = {
             "prompt": resolved.prompt, "negative_prompt": resolved.negative_prompt, "steps": resolved.steps,
@@ -254,7 +303,7 @@ def run_txt2img(job: "JobHandle", services: "Services") -> dict:
             image_id = services.store.add_image(
                 job_id=job.id, path=relative, seed=seed, prompt=resolved.prompt,
                 negative_prompt=resolved.negative_prompt, infotext=infotext,
-                params={name: getattr(resolved, name) for name in PARAM_FIELDS},
+                params={name: getattr(resolved, name) for name in fields},
                 model_name=model.info.name, model_hash=model.info.short_hash,
                 width=image.width, height=image.height,
             )
@@ -263,7 +312,7 @@ def run_txt2img(job: "JobHandle", services: "Services") -> dict:
     resolved = result.params
     count = len(result.images)
     return {
-        "params": {name: getattr(resolved, name) for name in PARAM_FIELDS},
+        "params": {name: getattr(resolved, name) for name in fields},
         "seeds": result.seeds,
         "subseeds": [resolved.subseed + i for i in range(count)],
         "infotexts": result.infotexts,
@@ -280,4 +329,7 @@ def run_txt2img(job: "JobHandle", services: "Services") -> dict:
     }
 
 
-__all__ = ["make_payload", "run_txt2img", "check_sampling", "check_limits", "PARAM_FIELDS"]
+__all__ = [
+    "make_payload", "run_txt2img", "run_img2img", "run_generation", "param_fields", "payload_images",
+    "check_sampling", "check_limits", "PARAM_FIELDS",
+]

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import HTTPException
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import FileResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdwebui import __version__
 from sdwebui.pipelines.params import MAX_SIDE, MAX_STEPS, ParamError
@@ -96,10 +96,41 @@ class Txt2ImgJob(BaseModel):
     save_images: bool = True
 
 
+class Img2ImgJob(Txt2ImgJob):
+    """An img2img / inpainting job: txt2img's fields plus the images and A1111's img2img options (engine
+    defaults: masked content "original", whole picture, padding 32, as A1111's UI)."""
+
+    type: Literal["img2img"] = "img2img"
+    init_images: list[str] = Field(..., min_length=1, max_length=64, description="base64 images")
+    mask: str | None = Field(None, description="base64 mask, white = repaint; same size as the first image")
+    denoising_strength: float = _float(0.75, ge=0.0, le=1.0)
+    resize_mode: int = Field(0, ge=0, le=3)
+    initial_noise_multiplier: float | None = _float(None, ge=0.0, le=10.0)
+    mask_blur_x: int = Field(4, ge=0, le=256)
+    mask_blur_y: int = Field(4, ge=0, le=256)
+    inpainting_fill: int = Field(1, ge=0, le=3)
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = Field(32, ge=0, le=MAX_SIDE)
+    inpainting_mask_invert: bool = False
+    fix_steps: bool | None = Field(None, description="do exactly `steps` steps; default: the setting")
+
+
 class JobCreated(BaseModel):
     id: str
     status: str
     queue_position: int | None
+
+
+# The body is validated by `_parse_job` (by `type`, with errors located as FastAPI's); the schema says so.
+_JOB_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"oneOf": [
+            {"title": "Txt2ImgJob", **Txt2ImgJob.model_json_schema()},
+            {"title": "Img2ImgJob", **Img2ImgJob.model_json_schema()},
+        ]}}},
+    }
+}
 
 
 def build_router(services: Services) -> APIRouter:
@@ -110,11 +141,12 @@ def build_router(services: Services) -> APIRouter:
         return {"status": "ok", "version": __version__, "worker_alive": services.worker.alive}
 
     # ---- jobs -----------------------------------------------------------------------------------------------
-    @router.post("/jobs", status_code=202, response_model=JobCreated)
-    async def create_job(job: Txt2ImgJob):
+    @router.post("/jobs", status_code=202, response_model=JobCreated, openapi_extra=_JOB_BODY_SCHEMA)
+    async def create_job(body: Annotated[dict[str, Any], Body(description="a Txt2ImgJob or an Img2ImgJob")]):
+        job = _parse_job(body)
         payload = await run_in_threadpool(_txt2img_payload, services, job)
         try:
-            handle = services.submit("txt2img", payload)
+            handle = services.submit(job.type, payload)
         except QueueFull as error:
             raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
         return {"id": handle.id, "status": handle.status, "queue_position": services.queue.position(handle.id)}
@@ -200,14 +232,39 @@ def build_router(services: Services) -> APIRouter:
     return router
 
 
+def _parse_job(body: dict[str, Any]) -> "Txt2ImgJob":
+    """The body as the job its `type` names (txt2img when absent); errors located under `body` as FastAPI's."""
+    model = Img2ImgJob if body.get("type") == "img2img" else Txt2ImgJob
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**entry, "loc": ("body", *entry["loc"])} for entry in error.errors(include_url=False)]
+        ) from None
+
+
 def _txt2img_payload(services: Services, job: Txt2ImgJob) -> dict:
+    """The payload of a txt2img or img2img job (the images decoded and checked here: 422 naming the field)."""
+    from sdwebui.server.a1111 import decode_base64_image, png_base64
     from sdwebui.server.generation import make_payload
 
-    values = job.model_dump(exclude={"type", "model", "vae", "save_images"})
-    if values["clip_skip"] is None:
-        del values["clip_skip"]
+    values = job.model_dump(exclude={"type", "model", "vae", "save_images", "init_images", "mask"})
+    extra = None
+    if isinstance(job, Img2ImgJob):
+        images = [decode_base64_image(text.strip(), ("init_images", i)) for i, text in enumerate(job.init_images)]
+        mask = decode_base64_image(job.mask.strip(), ("mask",)) if job.mask else None
+        if mask is not None and mask.size != images[0].size:
+            raise FieldError(("mask",), f"the mask is {mask.width}x{mask.height}, the first image "
+                             f"{images[0].width}x{images[0].height}; they must be the same size")
+        extra = {"init_images": png_base64(images), "mask": png_base64([mask])[0] if mask is not None else None}
+        if values["fix_steps"] is None:
+            del values["fix_steps"]
+    for key in ("clip_skip",):
+        if values[key] is None:
+            del values[key]
     try:
-        return make_payload(services, values, checkpoint=job.model, vae=job.vae, save_images=job.save_images)
+        return make_payload(services, values, checkpoint=job.model, vae=job.vae, save_images=job.save_images,
+                            extra=extra, kind=job.type)
     except ParamError as error:
         raise FieldError((error.field,), error.message) from None
     except LookupError as error:
@@ -287,4 +344,4 @@ def _models(services: Services) -> list[dict]:
     ]
 
 
-__all__ = ["build_router", "Txt2ImgJob"]
+__all__ = ["build_router", "Txt2ImgJob", "Img2ImgJob"]

@@ -113,6 +113,13 @@ OPTIONS: dict[str, OptionSpec] = {
                                  api_writable=False),
     "outdir_txt2img_samples": OptionSpec("outputs/txt2img-images", "Output directory for txt2img images", str,
                                          api_writable=False),
+    "outdir_img2img_samples": OptionSpec("outputs/img2img-images", "Output directory for img2img images", str,
+                                         api_writable=False),
+    "img2img_fix_steps": OptionSpec(
+        False, "With img2img, do exactly the amount of steps the slider specifies", bool),
+    "initial_noise_multiplier": OptionSpec(1.0, "Noise multiplier for img2img", float, minimum=0.0, maximum=1.5),
+    "inpainting_mask_weight": OptionSpec(1.0, "Inpainting conditioning mask strength", float, minimum=0.0,
+                                         maximum=1.0),
     # limits of this server (not in A1111, which has none)
     "api_max_pixels": OptionSpec(
         4096 * 4096, "Max width x height x batch size of one request", int, minimum=64, maximum=2**40
@@ -125,7 +132,7 @@ OPTIONS: dict[str, OptionSpec] = {
 }
 
 
-OUTPUT_FOLDER_OPTIONS = ("outdir_samples", "outdir_txt2img_samples")
+OUTPUT_FOLDER_OPTIONS = ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples")
 
 
 def output_folder(outputs_dir: Path, value: str, *, key: str = "outdir_txt2img_samples") -> str:

@@ -28,7 +28,8 @@ class Services:
         self.queue = JobQueue(self.store, max_size=lambda: int(self.options.get("api_max_queue_size")))
         self.worker = Worker(
             self.queue,
-            {"txt2img": self._run_txt2img, "load_model": self._run_load_model, "extras": self._run_extras},
+            {"txt2img": self._run_txt2img, "img2img": self._run_img2img, "load_model": self._run_load_model,
+             "extras": self._run_extras},
             name="worker-0",
             on_out_of_memory=self.release_memory,
             warmup=_import_pipelines if config.preload else None,
@@ -178,6 +179,11 @@ class Services:
         from sdwebui.server.generation import run_txt2img
 
         return run_txt2img(job, self)
+
+    def _run_img2img(self, job: JobHandle) -> dict:
+        from sdwebui.server.generation import run_img2img
+
+        return run_img2img(job, self)
 
     def _run_extras(self, job: JobHandle) -> dict:
         from sdwebui.server.extras import run_extras_job
