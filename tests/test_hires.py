@@ -56,13 +56,12 @@ def run(model, models=None, steps_seen=None, **kwargs):
 
 
 def passes(steps_seen):
-    """[(total steps of a pass, steps reported)] in order."""
-    out = []
-    for step, total in steps_seen:
-        if step == 1:
-            out.append([total, 0])
-        out[-1][1] += 1
-    return [tuple(p) for p in out]
+    """[(steps in the pass, total reported)]: one progress bar runs over both passes of a batch (as A1111)."""
+    totals = {total for _, total in steps_seen}
+    assert len(totals) == 1, steps_seen
+    total = totals.pop()
+    assert [step for step, _ in steps_seen] == list(range(1, total + 1)), steps_seen
+    return total
 
 
 # ------------------------------------------------------------------------------------------------ hires fix
@@ -74,7 +73,7 @@ def test_hires_latent_size_steps_and_infotext(models):
                  hr_second_pass_steps=3)
     assert result.images[0].size == (128, 128)
     assert result.latents.shape == (1, 4, 16, 16)
-    assert passes(seen) == [(4, 4), (3, 3)]  # the hires pass runs exactly hr_second_pass_steps
+    assert passes(seen) == 4 + 3  # the hires pass runs exactly hr_second_pass_steps
     info = parse_infotext(result.infotexts[0])
     assert info["Size-1"] == "64" and info["Denoising strength"] == "0.5"
     assert info["Hires upscale"] == "2" and info["Hires steps"] == "3" and info["Hires upscaler"] == "Latent"
@@ -84,7 +83,7 @@ def test_hires_latent_size_steps_and_infotext(models):
     # Zero second-pass steps: as many as the first pass (and no "Hires steps" key, as A1111).
     seen.clear()
     result = run(models("sd1"), steps_seen=seen, enable_hr=True, hr_scale=1.5)
-    assert passes(seen) == [(4, 4), (4, 4)] and result.images[0].size == (96, 96)
+    assert passes(seen) == 4 + 4 and result.images[0].size == (96, 96)
     assert "Hires steps" not in parse_infotext(result.infotexts[0])
 
 

@@ -167,9 +167,15 @@ class HiresFix:
             self._cached = (key, denoiser, prompt_infotext(params, conditioning))
         return self._cached[1], self._cached[2]
 
+    @property
+    def step_count(self) -> int:
+        """Sampler steps the hires pass runs per batch."""
+        return len(self.sigmas) - 1
+
     def run(self, first_model: SDModel, latents: torch.Tensor, seeds: list[int], subseeds: list[int],
-            batch_index: int) -> tuple[torch.Tensor, bool]:
-        """(hires latents, stopped) for one batch's first-pass latents."""
+            batch_index: int, steps_before: int = 0) -> tuple[torch.Tensor, bool]:
+        """(hires latents, stopped) for one batch's first-pass latents. Progress is reported after the first
+        pass's `steps_before` steps, out of both passes' steps (one bar for the batch, as A1111)."""
         ctx, plan, params = self.ctx, self.plan, self.plan.params
         samples = self.upscale(first_model, latents).to(plan.model.device)
         prompts, _calls = parse_prompts(self.prompts(len(seeds))[0])
@@ -187,12 +193,13 @@ class HiresFix:
         )
         noise = rng.first().to(plan.model.device, torch.float32)
         last: list[torch.Tensor] = []
-        total = len(self.sigmas) - 1
+        total = steps_before + len(self.sigmas) - 1
 
         def callback(info: dict) -> None:
             last[:] = [info["denoised"]]
             if ctx.on_step is not None:
-                ctx.on_step(StepProgress(info["i"] + 1, total, batch_index, params.batch_count, info["denoised"]))
+                ctx.on_step(StepProgress(steps_before + info["i"] + 1, total, batch_index, params.batch_count,
+                                         info["denoised"]))
             if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
                 raise GenerationStopped()
 

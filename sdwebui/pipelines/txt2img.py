@@ -261,13 +261,14 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
             batch_seeds = seeds[batch]
             latents, stopped = _sample_batch(
                 ctx, sampler, denoiser, sigmas, batch_seeds, subseeds[batch], latent_shape, params, batch_index,
-                sampler_kwargs,
+                sampler_kwargs, more_steps=hires.step_count if hires is not None else 0,
             )
             decode_model = refiner.model if getattr(denoiser, "switched_at_call", None) is not None else model
             if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
                 continue
             if hires is not None and not stopped:
-                latents, stopped = hires.run(decode_model, latents, batch_seeds, subseeds[batch], batch_index)
+                latents, stopped = hires.run(decode_model, latents, batch_seeds, subseeds[batch], batch_index,
+                                             steps_before=len(sigmas) - 1)
                 switched = getattr(hires.last_denoiser, "switched_at_call", None) is not None
                 decode_model = refiner.model if switched else hires.plan.model
                 batch_extra = {**hires.plan.infotext, **batch_extra, **hires.extra_infotext}
@@ -369,8 +370,11 @@ def _short_title(model: SDModel) -> str:
 
 
 def _sample_batch(
-    ctx, sampler, denoiser, sigmas, batch_seeds, batch_subseeds, latent_shape, params, batch_index, sampler_kwargs
+    ctx, sampler, denoiser, sigmas, batch_seeds, batch_subseeds, latent_shape, params, batch_index, sampler_kwargs,
+    more_steps: int = 0,
 ):
+    """One batch's first pass. `more_steps`: steps still to come for the batch (the hires pass), counted in the
+    progress total as A1111's progress bar does."""
     model = ctx.model
     resize_from = params.seed_resize_from
     rng = core_noise.ImageRNG(
@@ -390,7 +394,8 @@ def _sample_batch(
     def callback(info: dict) -> None:
         last_denoised[:] = [info["denoised"]]
         if ctx.on_step is not None:
-            ctx.on_step(StepProgress(info["i"] + 1, len(sigmas) - 1, batch_index, params.batch_count, info["denoised"]))
+            ctx.on_step(StepProgress(info["i"] + 1, len(sigmas) - 1 + more_steps, batch_index, params.batch_count,
+                                     info["denoised"]))
         if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
             raise GenerationStopped()
 
