@@ -7,9 +7,8 @@ Where we differ, on purpose:
   `/options` change never alters a waiting job.
 - Bad input is a 422 naming the field before any model work (A1111 floors sizes silently, answers 404 for an
   unknown sampler, and 500 for most other mistakes).
-- Features that do not exist yet (hires fix, face restoration, tiling, refiner, scripts) are refused with a
-  422 naming the field rather than silently ignored, so a client never gets an image made differently from
-  what it asked for.
+- Features that do not exist yet (face restoration, scripts) are refused with a 422 naming the field rather
+  than silently ignored, so a client never gets an image made differently from what it asked for.
 - No image grid is returned: `images` holds the images only (`index_of_first_image` is 0).
 """
 
