@@ -1,4 +1,4 @@
-"""The whole page: the top bar (checkpoint and VAE, A1111's quick settings) over the tabs (txt2img, PNG Info,
+"""The whole page: the top bar (checkpoint and VAE, A1111's quick settings) over the tabs (txt2img, img2img, PNG Info,
 History, Settings), and the wiring between them ("Send to txt2img", "Reuse parameters", page-load refresh).
 
 `build_ui(services)` returns Gradio Blocks; `mount_ui(app, services)` mounts them at `/` of the server's
@@ -12,7 +12,7 @@ from __future__ import annotations
 import gradio as gr
 
 from sdwebui.server.services import Services
-from sdwebui.ui import extras, history, pnginfo, settings, txt2img
+from sdwebui.ui import extras, history, img2img, pnginfo, settings, txt2img
 from sdwebui.ui.fields import (
     TXT2IMG_FIELDS,
     TokenCounter,
@@ -40,14 +40,14 @@ CSS = """
   background: var(--background-fill-secondary); }
 .sdw-tokens-over { color: var(--color-accent); opacity: 1; }
 .sdw-note { font-size: var(--text-sm); opacity: 0.85; margin: 0.2em 0; overflow-wrap: anywhere; }
-#txt2img_generate { min-height: 4.5em; }
+#txt2img_generate, #img2img_generate { min-height: 4.5em; }
 /* The latent preview is 1/8 of the image's size: show it at the gallery's size, pixels kept sharp. */
-#txt2img_preview img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#txt2img_preview img, #img2img_preview img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 /* Phones: nothing may be wider than the screen. */
 .gradio-container { max-width: 100% !important; overflow-x: hidden; }
 @media (max-width: 640px) {
   .gradio-container { padding: 4px !important; }
-  #txt2img_generate { min-height: 3em; }
+  #txt2img_generate, #img2img_generate { min-height: 3em; }
 }
 """
 
@@ -57,9 +57,11 @@ HOTKEYS_JS = """
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
     const target = event.target;
-    if (!target || !target.closest || !target.closest("#txt2img_prompt, #txt2img_neg_prompt")) return;
+    const box = target && target.closest &&
+      target.closest("#txt2img_prompt, #txt2img_neg_prompt, #img2img_prompt, #img2img_neg_prompt");
+    if (!box) return;
     event.preventDefault();
-    const button = document.querySelector("#txt2img_generate");
+    const button = document.querySelector(`#${box.id.split("_")[0]}_generate`);
     if (button) button.click();
   });
 }
@@ -85,6 +87,8 @@ def build_ui(services: Services):
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build(services, counter)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = img2img.build(services, counter)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 ext = extras.build(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
@@ -145,8 +149,37 @@ def build_ui(services: Services):
         def to_pnginfo(text):
             return text or "", gr.Tabs(selected="pnginfo")
 
-        t2i.components["send_to_pnginfo"].click(to_pnginfo, t2i.components["infotext"],
-                                                [png.components["parameters"], tabs], show_progress="hidden")
+        for tab in (t2i, i2i):
+            tab.components["send_to_pnginfo"].click(to_pnginfo, tab.components["infotext"],
+                                                    [png.components["parameters"], tabs], show_progress="hidden")
+
+        # ---- an image (+ its infotext) -> img2img / inpaint -------------------------------------------------
+        i2i_paste = [name for name in img2img.IMG2IMG_FIELDS if name in TXT2IMG_FIELDS and name != "styles"]
+
+        def to_img2img(image, text, target):
+            values = fields_from_infotext(text or "") if (text or "").strip() else {}
+            updates = [values[name] if name in values else gr.skip() for name in i2i_paste]
+            if image is None:
+                return [*updates, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Tabs(selected="img2img")]
+            if target == "inpaint":
+                editor = {"background": image, "layers": [], "composite": image}
+                return [*updates, gr.skip(), editor, "inpaint", gr.Tabs(selected="inpaint"),
+                        gr.Tabs(selected="img2img")]
+            return [*updates, image, gr.skip(), "img2img", gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img")]
+
+        send_outputs = [*[i2i.fields[name] for name in i2i_paste], i2i.fields["init_image"], i2i.fields["inpaint"],
+                        i2i.fields["mode"], i2i.components["mode_tabs"], tabs]
+        for tab in (t2i, i2i):
+            for target in ("img2img", "inpaint"):
+                tab.components[f"send_to_{target}"].click(
+                    (lambda target: lambda gallery, state, text: to_img2img(
+                        img2img.gallery_image(gallery, state), text, target))(target),
+                    [tab.components["gallery"], tab.components["result_state"], tab.components["infotext"]],
+                    send_outputs, show_progress="hidden")
+        for target in ("img2img", "inpaint"):
+            png.components[f"send_to_{target}"].click(
+                (lambda target: lambda path, text: to_img2img(pnginfo.open_image(path), text, target))(target),
+                [png.components["image"], png.components["parameters"]], send_outputs, show_progress="hidden")
 
         # ---- fresh lists on every page load and tab visit -----------------------------------------------------
         history_tab.select(hist.components["load"], hist.components["search"], hist.components["load_outputs"],
@@ -166,6 +199,9 @@ def build_ui(services: Services):
         hires_lists = [t2i.fields[name] for name in ("hr_upscaler", "hr_checkpoint_name", "hr_sampler_name",
                                                      "hr_scheduler", "refiner_checkpoint")]
         demo.load(lambda: txt2img.refresh_choices(services), None, hires_lists, show_progress="hidden")
+        demo.load(lambda: (gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()),
+                           gr.update(choices=style_names(services))),
+                  None, [i2i.fields["sampler"], i2i.fields["scheduler"], i2i.fields["styles"]], show_progress="hidden")
         demo.load(lambda: extras.refresh_choices(services), None, [ext.fields["upscaler_1"], ext.fields["upscaler_2"]],
                   show_progress="hidden")
     return demo

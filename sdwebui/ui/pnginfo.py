@@ -1,5 +1,6 @@
 """The PNG Info tab: drop an image, read its generation parameters (A1111 `parameters` chunk, or EXIF
-UserComment for JPEG/WebP as A1111, Forge, Fooocus and SD.Next write them), send them to txt2img.
+UserComment for JPEG/WebP as A1111, Forge, Fooocus and SD.Next write them), send them to txt2img, or the
+image with them to img2img / inpaint.
 
 The upload is read from the file as the browser sent it (`type="filepath"`): converting it to a PIL image in
 Gradio would drop the text chunks that hold the parameters.
@@ -42,6 +43,20 @@ def read_parameters(path: str | None) -> tuple[str, str]:
     return info, extra
 
 
+def open_image(path: str | None):
+    """The uploaded file as an RGB(A) PIL image for img2img, or None."""
+    if not path:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    except Exception:  # noqa: BLE001 - not an image: nothing to send
+        return None
+
+
 def build() -> PngInfoTab:
     tab = PngInfoTab()
     c = tab.components
@@ -54,8 +69,11 @@ def build() -> PngInfoTab:
                                          elem_id="pnginfo_parameters")
             c["items"] = gr.HTML("", elem_id="pnginfo_items", padding=False)
             c["send_to_txt2img"] = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send_txt2img")
+            with gr.Row():
+                c["send_to_img2img"] = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img", size="sm")
+                c["send_to_inpaint"] = gr.Button("Send to inpaint", elem_id="pnginfo_send_inpaint", size="sm")
     c["image"].change(read_parameters, c["image"], [c["parameters"], c["items"]], show_progress="hidden")
     return tab
 
 
-__all__ = ["build", "read_parameters", "PngInfoTab"]
+__all__ = ["build", "read_parameters", "open_image", "PngInfoTab"]

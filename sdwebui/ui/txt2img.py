@@ -38,10 +38,12 @@ class Txt2ImgTab:
     """Field name (`fields.TXT2IMG_FIELDS`) -> its Gradio component."""
     components: dict[str, Any] = field(default_factory=dict)
     """Everything else another part of the UI needs (buttons, gallery, info box, states)."""
+    names: tuple[str, ...] = TXT2IMG_FIELDS
+    """The field names, in the order of `inputs` (the generate event's inputs)."""
 
     @property
     def inputs(self) -> list:
-        return [self.fields[name] for name in TXT2IMG_FIELDS]
+        return [self.fields[name] for name in self.names]
 
 
 def progress_html(fraction: float, text: str, *, state: str = "running") -> str:
@@ -58,94 +60,114 @@ def token_html(count: int, capacity: int) -> str:
     return f'<span class="sdw-tokens{over}" title="tokens / capacity (75 per chunk)">{count}/{capacity}</span>'
 
 
-def build(services: Services, counter: TokenCounter) -> Txt2ImgTab:
-    tab = Txt2ImgTab()
+def build(
+    services: Services,
+    counter: TokenCounter,
+    *,
+    prefix: str = "txt2img",
+    field_names: tuple[str, ...] = TXT2IMG_FIELDS,
+    submit=submit_txt2img,
+    image_inputs=None,
+    extra_settings=None,
+) -> Txt2ImgTab:
+    """The generation tab. txt2img by default; img2img builds the same tab (`prefix` for the element ids, its
+    own `field_names` and `submit`) with `image_inputs(f, c)` above the settings and `extra_settings(f, c)` in
+    place of the hires fix / refiner sections."""
+    tab = Txt2ImgTab(names=tuple(field_names))
     f = tab.fields
     c = tab.components
     job_state = gr.State(None)
     result_state = gr.State(None)
 
-    with gr.Row(elem_id="txt2img_toprow", equal_height=False):
+    with gr.Row(elem_id=f"{prefix}_toprow", equal_height=False):
         with gr.Column(scale=6, min_width=280):
             with gr.Group(elem_classes="sdw-prompt-box"):
-                c["prompt_tokens"] = gr.HTML(token_html(0, 75), elem_id="txt2img_token_counter",
+                c["prompt_tokens"] = gr.HTML(token_html(0, 75), elem_id=f"{prefix}_token_counter",
                                              elem_classes="sdw-token-counter", padding=False)
-                f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id="txt2img_prompt",
+                f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id=f"{prefix}_prompt",
                                          placeholder="Prompt (press Ctrl+Enter to generate)")
             with gr.Group(elem_classes="sdw-prompt-box"):
-                c["negative_tokens"] = gr.HTML(token_html(0, 75), elem_id="txt2img_negative_token_counter",
+                c["negative_tokens"] = gr.HTML(token_html(0, 75), elem_id=f"{prefix}_negative_token_counter",
                                                elem_classes="sdw-token-counter", padding=False)
                 f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=20,
-                                                  elem_id="txt2img_neg_prompt",
+                                                  elem_id=f"{prefix}_neg_prompt",
                                                   placeholder="Negative prompt (press Ctrl+Enter to generate)")
-        with gr.Column(scale=1, min_width=160, elem_id="txt2img_actions"):
-            c["generate"] = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", size="lg")
+        with gr.Column(scale=1, min_width=160, elem_id=f"{prefix}_actions"):
+            c["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate", size="lg")
             with gr.Row():
-                c["interrupt"] = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm", min_width=60)
-                c["skip"] = gr.Button("Skip", elem_id="txt2img_skip", size="sm", min_width=60)
+                c["interrupt"] = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", size="sm", min_width=60)
+                c["skip"] = gr.Button("Skip", elem_id=f"{prefix}_skip", size="sm", min_width=60)
             # styles.csv (--styles-file); applied to the prompts when the job is queued.
-            f["styles"] = gr.Dropdown([], value=[], multiselect=True, label="Styles", elem_id="txt2img_styles")
+            f["styles"] = gr.Dropdown([], value=[], multiselect=True, label="Styles", elem_id=f"{prefix}_styles")
 
-    with gr.Row(elem_id="txt2img_main", equal_height=False):
-        with gr.Column(scale=1, min_width=300, elem_id="txt2img_settings"):
+    with gr.Row(elem_id=f"{prefix}_main", equal_height=False):
+        with gr.Column(scale=1, min_width=300, elem_id=f"{prefix}_settings"):
+            if image_inputs is not None:
+                image_inputs(f, c)
             with gr.Row():
                 f["sampler"] = gr.Dropdown([DEFAULTS["sampler"]], value=DEFAULTS["sampler"], label="Sampling method",
-                                           elem_id="txt2img_sampling", min_width=140)
+                                           elem_id=f"{prefix}_sampling", min_width=140)
                 f["scheduler"] = gr.Dropdown([DEFAULTS["scheduler"]], value=DEFAULTS["scheduler"],
-                                             label="Schedule type", elem_id="txt2img_scheduler", min_width=140)
+                                             label="Schedule type", elem_id=f"{prefix}_scheduler", min_width=140)
             f["steps"] = gr.Slider(1, 150, value=DEFAULTS["steps"], step=1, label="Sampling steps",
-                                   elem_id="txt2img_steps")
+                                   elem_id=f"{prefix}_steps")
             with gr.Row(equal_height=True):
                 with gr.Column(scale=8, min_width=200):
                     f["width"] = gr.Slider(64, 2048, value=DEFAULTS["width"], step=8, label="Width",
-                                           elem_id="txt2img_width")
+                                           elem_id=f"{prefix}_width")
                     f["height"] = gr.Slider(64, 2048, value=DEFAULTS["height"], step=8, label="Height",
-                                            elem_id="txt2img_height")
-                c["swap"] = gr.Button("⇅", elem_id="txt2img_res_switch_btn", size="sm", scale=1, min_width=40)
+                                            elem_id=f"{prefix}_height")
+                c["swap"] = gr.Button("⇅", elem_id=f"{prefix}_res_switch_btn", size="sm", scale=1, min_width=40)
             with gr.Row():
                 f["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
-                                             elem_id="txt2img_batch_count", min_width=140)
-                f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size",
+                                             elem_id=f"{prefix}_batch_count", min_width=140)
+                f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size",
                                             min_width=140)
             f["cfg_scale"] = gr.Slider(1.0, 30.0, value=DEFAULTS["cfg_scale"], step=0.5, label="CFG Scale",
-                                       elem_id="txt2img_cfg_scale")
+                                       elem_id=f"{prefix}_cfg_scale")
             with gr.Row(equal_height=True):
                 f["seed"] = gr.Number(-1, label="Seed", precision=0, minimum=-1, maximum=2**32 - 1,
-                                      elem_id="txt2img_seed", scale=6, min_width=120)
-                c["random_seed"] = gr.Button("🎲", elem_id="txt2img_random_seed", size="sm", scale=1, min_width=40)
-                c["reuse_seed"] = gr.Button("♻️", elem_id="txt2img_reuse_seed", size="sm", scale=1, min_width=40)
-            with gr.Accordion("Extra", open=False, elem_id="txt2img_subseed_show") as c["extra"]:
+                                      elem_id=f"{prefix}_seed", scale=6, min_width=120)
+                c["random_seed"] = gr.Button("🎲", elem_id=f"{prefix}_random_seed", size="sm", scale=1, min_width=40)
+                c["reuse_seed"] = gr.Button("♻️", elem_id=f"{prefix}_reuse_seed", size="sm", scale=1, min_width=40)
+            with gr.Accordion("Extra", open=False, elem_id=f"{prefix}_subseed_show") as c["extra"]:
                 with gr.Row(equal_height=True):
                     f["subseed"] = gr.Number(-1, label="Variation seed", precision=0, minimum=-1,
-                                             maximum=2**32 - 1, elem_id="txt2img_subseed", scale=6, min_width=120)
-                    c["random_subseed"] = gr.Button("🎲", elem_id="txt2img_random_subseed", size="sm", scale=1,
+                                             maximum=2**32 - 1, elem_id=f"{prefix}_subseed", scale=6, min_width=120)
+                    c["random_subseed"] = gr.Button("🎲", elem_id=f"{prefix}_random_subseed", size="sm", scale=1,
                                                     min_width=40)
-                    c["reuse_subseed"] = gr.Button("♻️", elem_id="txt2img_reuse_subseed", size="sm", scale=1,
+                    c["reuse_subseed"] = gr.Button("♻️", elem_id=f"{prefix}_reuse_subseed", size="sm", scale=1,
                                                    min_width=40)
                 f["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
-                                                  elem_id="txt2img_subseed_strength")
+                                                  elem_id=f"{prefix}_subseed_strength")
                 with gr.Row():
                     f["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
-                                                        elem_id="txt2img_seed_resize_from_w", min_width=140)
+                                                        elem_id=f"{prefix}_seed_resize_from_w", min_width=140)
                     f["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
-                                                        elem_id="txt2img_seed_resize_from_h", min_width=140)
+                                                        elem_id=f"{prefix}_seed_resize_from_h", min_width=140)
 
-            f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id="txt2img_tiling",
+            f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{prefix}_tiling",
                                       info="seamless images: the picture wraps around at its edges")
-            build_hires_and_refiner(services, f, c)
+            if extra_settings is not None:
+                extra_settings(f, c)
+            else:
+                build_hires_and_refiner(services, f, c)
 
-        with gr.Column(scale=1, min_width=300, elem_id="txt2img_results"):
-            c["progress"] = gr.HTML("", elem_id="txt2img_progress", padding=False)
+        with gr.Column(scale=1, min_width=300, elem_id=f"{prefix}_results"):
+            c["progress"] = gr.HTML("", elem_id=f"{prefix}_progress", padding=False)
             c["preview"] = gr.Image(label="Live preview", type="pil", format="png", interactive=False, visible=False,
-                                    elem_id="txt2img_preview", height=420)
+                                    elem_id=f"{prefix}_preview", height=420)
             c["gallery"] = gr.Gallery(label="Output", format="png", columns=2, height="auto", object_fit="contain",
-                                      elem_id="txt2img_gallery", interactive=False)
+                                      elem_id=f"{prefix}_gallery", interactive=False)
             c["infotext"] = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
-                                       elem_id="txt2img_infotext")
-            c["html_info"] = gr.HTML("", elem_id="txt2img_html_info", padding=False)
+                                       elem_id=f"{prefix}_infotext")
+            c["html_info"] = gr.HTML("", elem_id=f"{prefix}_html_info", padding=False)
             with gr.Row():
                 c["send_to_pnginfo"] = gr.Button("Send parameters to PNG Info", size="sm",
-                                                 elem_id="txt2img_send_to_pnginfo")
+                                                 elem_id=f"{prefix}_send_to_pnginfo")
+                # The selected image (and its parameters) to the img2img tab (wired in `layout`).
+                c["send_to_img2img"] = gr.Button("Send to img2img", size="sm", elem_id=f"{prefix}_send_to_img2img")
+                c["send_to_inpaint"] = gr.Button("Send to inpaint", size="sm", elem_id=f"{prefix}_send_to_inpaint")
 
     c["job_state"] = job_state
     c["result_state"] = result_state
@@ -170,7 +192,7 @@ def build(services: Services, counter: TokenCounter) -> Txt2ImgTab:
 
     # ---- generate -------------------------------------------------------------------------------------------
     async def generate(*values):
-        fields = dict(zip(TXT2IMG_FIELDS, values))
+        fields = dict(zip(tab.names, values))
         out = {
             job_state: None,
             result_state: gr.skip(),
@@ -182,7 +204,7 @@ def build(services: Services, counter: TokenCounter) -> Txt2ImgTab:
         }
         try:
             # Validation may import the sampler registry (torch) on first use: off the event loop.
-            job = await asyncio.to_thread(submit_txt2img, services, fields)
+            job = await asyncio.to_thread(submit, services, fields)
         except UIError as error:
             out[c["progress"]] = progress_html(0, f"Error: {error}", state="error")
             yield out

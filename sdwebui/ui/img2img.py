@@ -1,0 +1,243 @@
+"""The img2img tab, laid out as A1111's: the txt2img tab (`txt2img.build` with its own fields) with the image
+inputs above the settings, in sub-tabs img2img / Sketch / Inpaint / Inpaint upload, and the img2img and inpaint
+controls (resize mode, resize to / by, denoising strength, mask blur, mask mode, masked content, inpaint area,
+padding) in place of the hires fix.
+
+A job from here is the very request `POST /sdapi/v1/img2img` receives for the same values (`a1111.prepare_img2img`
+builds its payload). A colour sketch is sent as the flattened drawing; an inpaint mask is every pixel the brush
+touched (white = repaint).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from sdwebui.server.queue import JobHandle, QueueFull
+from sdwebui.server.services import Services
+from sdwebui.ui import txt2img
+from sdwebui.ui.fields import TokenCounter, UIError, apply_styles, request_from_fields
+
+RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
+MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
+MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
+INPAINT_AREAS = ["Whole picture", "Only masked"]
+MODES = ("img2img", "sketch", "inpaint", "inpaint_upload")
+
+# The generation fields txt2img has (no hires fix / refiner), then img2img's own.
+IMG2IMG_FIELDS: tuple[str, ...] = (
+    "prompt", "negative_prompt", "styles", "sampler", "scheduler", "steps", "cfg_scale", "width", "height",
+    "batch_count", "batch_size", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+    "tiling",
+    "mode", "init_image", "sketch", "inpaint", "inpaint_upload_image", "inpaint_upload_mask", "resize_mode",
+    "size_tab", "scale_by", "denoising_strength", "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res",
+    "inpaint_full_res_padding",
+)
+
+DEFAULTS: dict[str, Any] = {
+    "mode": "img2img", "resize_mode": 0, "size_tab": "Resize to", "scale_by": 1.0, "denoising_strength": 0.75,
+    "mask_blur": 4, "mask_mode": 0, "inpainting_fill": 1, "inpaint_full_res": 0, "inpaint_full_res_padding": 32,
+}
+"""A1111's img2img tab defaults (its API's differ: masked content "fill", "only masked", padding 0)."""
+
+
+def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
+    def image_inputs(f: dict, c: dict) -> None:
+        f["mode"] = gr.State(DEFAULTS["mode"])
+        with gr.Tabs(elem_id="img2img_mode_tabs", selected="img2img") as c["mode_tabs"]:
+            with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab0:
+                f["init_image"] = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA",
+                                           sources=["upload", "clipboard"], elem_id="img2img_image", height=360)
+            with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab1:
+                f["sketch"] = gr.ImageEditor(label="Sketch", type="pil", image_mode="RGBA", elem_id="img2img_sketch",
+                                             sources=["upload", "clipboard"], height=360,
+                                             brush=gr.Brush(default_size=12, color_mode="defaults"))
+            with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as tab2:
+                f["inpaint"] = gr.ImageEditor(label="Image for inpainting with mask", type="pil", image_mode="RGBA",
+                                              elem_id="img2img_img2maskimg", sources=["upload", "clipboard"],
+                                              height=360, layers=False,
+                                              brush=gr.Brush(default_size=24, colors=["#ffffff"],
+                                                             color_mode="fixed"))
+            with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab3:
+                with gr.Row():
+                    f["inpaint_upload_image"] = gr.Image(label="Image", type="pil", image_mode="RGBA",
+                                                         sources=["upload", "clipboard"],
+                                                         elem_id="img_inpaint_base", height=300)
+                    f["inpaint_upload_mask"] = gr.Image(label="Mask (white = repaint)", type="pil", image_mode="L",
+                                                        sources=["upload", "clipboard"],
+                                                        elem_id="img_inpaint_mask", height=300)
+        for tab, mode in zip((tab0, tab1, tab2, tab3), MODES):
+            tab.select((lambda m: lambda: m)(mode), None, f["mode"], show_progress="hidden", queue=False)
+        f["resize_mode"] = gr.Radio(RESIZE_MODES, value=RESIZE_MODES[0], type="index", label="Resize mode",
+                                    elem_id="img2img_resize_mode")
+        with gr.Row():
+            f["size_tab"] = gr.Radio(["Resize to", "Resize by"], value="Resize to", label="Size",
+                                     elem_id="img2img_size_tab", min_width=140)
+            f["scale_by"] = gr.Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale (Resize by)",
+                                      elem_id="img2img_scale", min_width=140)
+
+    def extra_settings(f: dict, c: dict) -> None:
+        f["denoising_strength"] = gr.Slider(0.0, 1.0, value=DEFAULTS["denoising_strength"], step=0.01,
+                                            label="Denoising strength", elem_id="img2img_denoising_strength")
+        with gr.Accordion("Inpaint", open=True, elem_id="img2img_inpaint_controls") as c["inpaint_controls"]:
+            f["mask_blur"] = gr.Slider(0, 64, value=DEFAULTS["mask_blur"], step=1, label="Mask blur",
+                                       elem_id="img2img_mask_blur")
+            f["mask_mode"] = gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index", label="Mask mode",
+                                      elem_id="img2img_mask_mode")
+            f["inpainting_fill"] = gr.Radio(MASKED_CONTENT, value="original", type="index", label="Masked content",
+                                            elem_id="img2img_inpainting_fill")
+            with gr.Row():
+                f["inpaint_full_res"] = gr.Radio(INPAINT_AREAS, value=INPAINT_AREAS[0], type="index",
+                                                 label="Inpaint area", elem_id="img2img_inpaint_full_res",
+                                                 min_width=140)
+                f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
+                                                          label="Only masked padding, pixels",
+                                                          elem_id="img2img_inpaint_full_res_padding", min_width=140)
+
+    return txt2img.build(services, counter, prefix="img2img", field_names=IMG2IMG_FIELDS, submit=submit_img2img,
+                         image_inputs=image_inputs, extra_settings=extra_settings)
+
+
+# ---- images and mask from the controls -----------------------------------------------------------------------
+
+
+def _as_image(value):
+    from PIL import Image
+
+    if value is None:
+        return None
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+        image = Image.open(value)
+        image.load()
+        return image
+    return None
+
+
+def editor_mask(editor: Mapping[str, Any] | None):
+    """The inpaint editor's strokes as a mask: white where any layer has paint (alpha > 0)."""
+    from PIL import Image
+
+    if not editor:
+        return None
+    background = _as_image(editor.get("background"))
+    if background is None:
+        return None
+    mask = np.zeros((background.height, background.width), dtype=bool)
+    for layer in editor.get("layers") or []:
+        layer = _as_image(layer)
+        if layer is None:
+            continue
+        alpha = np.asarray(layer.convert("RGBA").resize(background.size))[..., 3]
+        mask |= alpha > 0
+    return Image.fromarray((mask * 255).astype(np.uint8), mode="L")
+
+
+def images_for(values: Mapping[str, Any]):
+    """(init image, mask or None) for the selected sub-tab; a UIError when there is no image."""
+    mode = values.get("mode") or "img2img"
+    mask = None
+    if mode == "sketch":
+        editor = values.get("sketch") or {}
+        image = _as_image(editor.get("composite")) or _as_image(editor.get("background"))
+    elif mode == "inpaint":
+        editor = values.get("inpaint") or {}
+        image = _as_image(editor.get("background"))
+        mask = editor_mask(editor)
+        if mask is not None and not mask.getbbox():
+            raise UIError("mask: draw over the part of the image to repaint first")
+    elif mode == "inpaint_upload":
+        image = _as_image(values.get("inpaint_upload_image"))
+        mask = _as_image(values.get("inpaint_upload_mask"))
+        if image is not None and mask is None:
+            raise UIError("mask: upload a mask (white = repaint)")
+    else:
+        image = _as_image(values.get("init_image"))
+    if image is None:
+        raise UIError("init image: upload an image first")
+    return image, mask
+
+
+def _b64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def request_from_img2img_fields(values: Mapping[str, Any], *, save_images: bool):
+    """The img2img tab's values -> the A1111 img2img request the API would receive for them."""
+    from pydantic import ValidationError
+
+    from sdwebui.server.a1111_models import Img2ImgRequest
+
+    v = {**DEFAULTS, **{k: val for k, val in values.items() if val is not None}}
+    image, mask = images_for(v)
+    common = {k: val for k, val in v.items() if k not in DEFAULTS}
+    if v["size_tab"] == "Resize by":
+        # A1111: the image's size times the scale, floored to a multiple of 8.
+        width, height = int(image.width * float(v["scale_by"])), int(image.height * float(v["scale_by"]))
+        common["width"], common["height"] = max(8, width - width % 8), max(8, height - height % 8)
+    base = request_from_fields(common, save_images=save_images)
+    try:
+        return Img2ImgRequest(
+            **base.model_dump(exclude_unset=True),
+            init_images=[_b64(image)],
+            mask=_b64(mask) if mask is not None else None,
+            resize_mode=int(v["resize_mode"]),
+            denoising_strength=float(v["denoising_strength"]),
+            mask_blur=int(v["mask_blur"]),
+            inpainting_mask_invert=int(v["mask_mode"]),
+            inpainting_fill=int(v["inpainting_fill"]),
+            inpaint_full_res=bool(int(v["inpaint_full_res"])),
+            inpaint_full_res_padding=int(v["inpaint_full_res_padding"]),
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise UIError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def submit_img2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
+    """Queue an img2img job exactly as `/sdapi/v1/img2img` does."""
+    from sdwebui.server.a1111 import prepare_img2img
+    from sdwebui.server.errors import FieldError
+    from sdwebui.ui.fields import _field_error_text
+
+    values = apply_styles(services, values)
+    request = request_from_img2img_fields(values, save_images=bool(services.options.get("samples_save")))
+    try:
+        payload = prepare_img2img(services, request, [])
+    except FieldError as error:
+        raise UIError(_field_error_text(error)) from None
+    except Exception as error:  # noqa: BLE001 - HTTPException (no checkpoint) and friends: say what it was
+        raise UIError(str(getattr(error, "detail", None) or error)) from None
+    payload["client"] = "ui"
+    try:
+        return services.submit("img2img", payload)
+    except QueueFull as error:
+        raise UIError(str(error)) from None
+
+
+def gallery_image(gallery, state):
+    """The selected (or first) image of a result gallery, as PIL."""
+    items = list(gallery or [])
+    if not items:
+        return None
+    index = min(int((state or {}).get("index") or 0), len(items) - 1)
+    item = items[index]
+    if isinstance(item, (tuple, list)):
+        item = item[0]
+    if isinstance(item, Mapping):
+        item = item.get("image", {}).get("path") if isinstance(item.get("image"), Mapping) else item.get("image")
+    return _as_image(item)
+
+
+__all__ = ["build", "IMG2IMG_FIELDS", "submit_img2img", "request_from_img2img_fields", "images_for",
+           "editor_mask", "gallery_image"]

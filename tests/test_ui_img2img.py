@@ -1,0 +1,119 @@
+"""The img2img tab's logic: a UI job is the job `/sdapi/v1/img2img` would queue for the same values, the
+sub-tabs' images and masks (sketch, drawn mask, uploaded mask), "resize by", and the page builds with the tab."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdwebui.config import Paths
+from sdwebui.server.config import ServerConfig
+from test_api_support import make_data_dir
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, tiny_sd1_path):
+    from sdwebui.server.services import Services
+
+    data = make_data_dir(tmp_path_factory.mktemp("ui-img2img"), tiny_sd1_path, "tiny-sd1.safetensors")
+    services = Services(ServerConfig(paths=Paths.from_flags(data_dir=data), preload=False))
+    yield services
+    services.close()
+
+
+def picture(width=64, height=48, color=(200, 40, 40)):
+    return Image.new("RGB", (width, height), color)
+
+
+def test_a_ui_img2img_job_is_the_job_the_api_would_queue(services):
+    from sdwebui.server.a1111 import prepare_img2img
+    from sdwebui.server.a1111_models import Img2ImgRequest
+    from sdwebui.ui.img2img import _b64, submit_img2img
+
+    image = picture()
+    values = {"prompt": "a cat", "sampler": "Euler", "steps": 3, "width": 64, "height": 48, "seed": 5,
+              "mode": "img2img", "init_image": image, "denoising_strength": 0.4, "resize_mode": 1}
+    job = submit_img2img(services, values)
+    try:
+        same = Img2ImgRequest(prompt="a cat", sampler_name="Euler", scheduler="Automatic", steps=3, width=64,
+                              height=48, seed=5, init_images=[_b64(image)], denoising_strength=0.4, resize_mode=1,
+                              mask_blur=4, inpainting_fill=1, inpaint_full_res=False, inpaint_full_res_padding=32,
+                              inpainting_mask_invert=0, cfg_scale=7.0, save_images=True, send_images=False)
+        api_payload = prepare_img2img(services, same, [])
+        assert {**job.payload, "client": None} == {**api_payload, "client": None}
+        assert job.kind == "img2img" and job.payload["params"]["denoising_strength"] == 0.4
+        assert job.payload["mask"] is None
+    finally:
+        services.queue.cancel(job.id)
+
+
+def test_inpaint_tab_mask_is_the_painted_pixels(services):
+    from sdwebui.ui.img2img import images_for
+
+    background = picture()
+    layer = Image.new("RGBA", background.size, (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), (10, 10, 20, 30))
+    image, mask = images_for({"mode": "inpaint", "inpaint": {"background": background, "layers": [layer],
+                                                              "composite": background}})
+    assert image is background
+    array = np.asarray(mask)
+    assert array[15, 15] == 255 and array[0, 0] == 0 and array.sum() == 255 * 10 * 20
+
+
+def test_inpaint_without_strokes_or_images_is_a_named_error(services):
+    from sdwebui.ui.fields import UIError
+    from sdwebui.ui.img2img import images_for
+
+    with pytest.raises(UIError, match="^mask: "):
+        images_for({"mode": "inpaint", "inpaint": {"background": picture(), "layers": [], "composite": None}})
+    with pytest.raises(UIError, match="^init image: "):
+        images_for({"mode": "img2img", "init_image": None})
+    with pytest.raises(UIError, match="^mask: "):
+        images_for({"mode": "inpaint_upload", "inpaint_upload_image": picture(), "inpaint_upload_mask": None})
+
+
+def test_sketch_sends_the_drawing(services):
+    from sdwebui.ui.img2img import images_for
+
+    drawing = picture(color=(0, 0, 255))
+    image, mask = images_for({"mode": "sketch", "sketch": {"background": picture(), "layers": [],
+                                                            "composite": drawing}})
+    assert image is drawing and mask is None
+
+
+def test_inpaint_upload_job_carries_the_mask_and_options(services):
+    from sdwebui.ui.img2img import submit_img2img
+
+    mask = Image.new("L", (64, 48), 0)
+    mask.paste(255, (0, 0, 16, 16))
+    job = submit_img2img(services, {"prompt": "x", "width": 64, "height": 48, "steps": 2, "mode": "inpaint_upload",
+                                    "inpaint_upload_image": picture(), "inpaint_upload_mask": mask, "mask_blur": 2,
+                                    "mask_mode": 1, "inpainting_fill": 2, "inpaint_full_res": 1,
+                                    "inpaint_full_res_padding": 8})
+    try:
+        params = job.payload["params"]
+        assert job.payload["mask"]
+        assert (params["mask_blur_x"], params["mask_blur_y"], params["inpainting_mask_invert"]) == (2, 2, True)
+        assert (params["inpainting_fill"], params["inpaint_full_res"], params["inpaint_full_res_padding"]) == (2, True, 8)
+    finally:
+        services.queue.cancel(job.id)
+
+
+def test_resize_by_scales_the_image_size_to_multiples_of_8(services):
+    from sdwebui.ui.img2img import request_from_img2img_fields
+
+    request = request_from_img2img_fields({"prompt": "", "mode": "img2img", "init_image": picture(100, 60),
+                                           "size_tab": "Resize by", "scale_by": 1.5}, save_images=False)
+    assert (request.width, request.height) == (144, 88)  # 150 -> 144, 90 -> 88
+
+
+def test_the_page_has_the_img2img_tab(services):
+    from sdwebui.ui.layout import build_ui
+
+    demo = build_ui(services)
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    for elem_id in ("tab_img2img", "img2img_generate", "img2img_image", "img2img_sketch", "img2img_img2maskimg",
+                    "img_inpaint_mask", "img2img_denoising_strength", "img2img_mask_blur", "img2img_inpainting_fill",
+                    "txt2img_send_to_inpaint", "pnginfo_send_img2img", "txt2img_generate", "txt2img_enable_hr"):
+        assert elem_id in ids, elem_id
