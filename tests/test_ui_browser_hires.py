@@ -66,6 +66,14 @@ def test_hires_fix_from_the_txt2img_tab(page, server):
     assert (record["width"], record["height"]) == (96, 96)
     page.screenshot(path=str(ARTIFACTS / "ui-txt2img-hires.png"), full_page=True)
 
+    # Send to extras: the Extras tab opens with the picture as its source; upscale it x2 with Lanczos.
+    page.locator("#txt2img_send_to_extras").click()
+    page.locator("#extras_image img").first.wait_for(timeout=30_000)
+    pick(page, "extras_upscaler_1", "Lanczos")
+    page.locator("#extras_generate").click()
+    wait_until(lambda: "Done" in page.locator("#extras_status").inner_text(), timeout=120)
+    assert "192x192" in page.locator("#extras_status").inner_text()
+
 
 def test_extras_tab_upscales_an_uploaded_image(page, server, tmp_path):
     from PIL import Image

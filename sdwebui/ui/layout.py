@@ -181,6 +181,16 @@ def build_ui(services: Services):
                 (lambda target: lambda path, text: to_img2img(pnginfo.open_image(path), text, target))(target),
                 [png.components["image"], png.components["parameters"]], send_outputs, show_progress="hidden")
 
+        # ---- an image -> Extras ----------------------------------------------------------------------------
+        def to_extras(image):
+            return (image if image is not None else gr.skip()), gr.Tabs(selected="extras")
+
+        for tab in (t2i, i2i):
+            tab.components["send_to_extras"].click(
+                lambda gallery, state: to_extras(img2img.gallery_image(gallery, state)),
+                [tab.components["gallery"], tab.components["result_state"]], [ext.components["image"], tabs],
+                show_progress="hidden")
+
         # ---- fresh lists on every page load and tab visit -----------------------------------------------------
         history_tab.select(hist.components["load"], hist.components["search"], hist.components["load_outputs"],
                            show_progress="hidden")

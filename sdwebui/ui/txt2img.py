@@ -168,6 +168,7 @@ def build(
                 # The selected image (and its parameters) to the img2img tab (wired in `layout`).
                 c["send_to_img2img"] = gr.Button("Send to img2img", size="sm", elem_id=f"{prefix}_send_to_img2img")
                 c["send_to_inpaint"] = gr.Button("Send to inpaint", size="sm", elem_id=f"{prefix}_send_to_inpaint")
+                c["send_to_extras"] = gr.Button("Send to extras", size="sm", elem_id=f"{prefix}_send_to_extras")
 
     c["job_state"] = job_state
     c["result_state"] = result_state
