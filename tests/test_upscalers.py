@@ -267,3 +267,26 @@ def test_api_extras_bad_input_is_422(server, body, field):
         r = client.post("/sdapi/v1/extra-single-image", json=payload)
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field
+
+
+def test_native_extras_job_saves_and_records(server):
+    from test_api_support import wait_for_job
+
+    images = [_b64png(Image.new("RGB", (16, 12), (9, 9, 9)))]
+    with server.client() as client:
+        r = client.post("/api/v1/jobs", json={"type": "extras", "images": images, "upscaler_1": "tiny-2x",
+                                              "upscaling_resize": 2})
+        assert r.status_code == 202, r.text
+        view = wait_for_job(client, r.json()["id"], timeout=120)
+        assert view["status"] == "done", view
+        saved = view["result"]["images"]
+        assert len(saved) == 1 and saved[0]["path"].startswith("extras-images/")
+        record = client.get(f"/api/v1/images/{saved[0]['id']}").json()
+        assert (record["width"], record["height"]) == (32, 24)
+        assert "Postprocess upscaler: tiny-2x" in record["infotext"]
+        png = client.get(f"/api/v1/images/{saved[0]['id']}/file")
+        assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (32, 24)
+        r = client.post("/api/v1/jobs", json={"type": "extras", "images": images, "upscaler_1": "nope"})
+        assert r.status_code == 422 and r.json()["field"] == "upscaler_1"
+        r = client.post("/api/v1/jobs", json={"type": "extras", "images": images, "gfpgan_visibility": 1})
+        assert r.status_code == 422  # unknown keys are an error on the native API

@@ -14,7 +14,7 @@ import base64
 import dataclasses
 import html
 import io
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,44 @@ class FileData(BaseModel):
 
 class ExtrasBatchImagesRequest(ExtrasBaseRequest):
     imageList: list[FileData] = Field(default_factory=list, max_length=1000)
+
+
+class ExtrasJob(BaseModel):
+    """A native (`POST /api/v1/jobs`) extras job: the images and A1111's extras fields (names as A1111's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["extras"] = "extras"
+    images: list[str] = Field(..., min_length=1, max_length=64, description="base64 images")
+    resize_mode: int = Field(0, ge=0, le=1)
+    upscaling_resize: float = _float(2.0, ge=0.0, le=16.0)
+    upscaling_resize_w: int = Field(512, ge=8, le=MAX_SIDE)
+    upscaling_resize_h: int = Field(512, ge=8, le=MAX_SIDE)
+    upscaling_crop: bool = True
+    upscaler_1: str = Field("None", max_length=500)
+    upscaler_2: str = Field("None", max_length=500)
+    extras_upscaler_2_visibility: float = _float(0.0, ge=0.0, le=1.0)
+    save_images: bool = True
+
+
+def native_extras_payload(services: "Services", job: ExtrasJob) -> dict:
+    """The payload of a native extras job (images decoded and checked here: 422 naming `images.N`); its images
+    are saved to `outputs/extras-images` and recorded in the history when `save_images` is on."""
+    from sdwebui.server.a1111 import decode_base64_image
+    from sdwebui.server.options import output_folder
+
+    request = ExtrasBaseRequest(**job.model_dump(exclude={"type", "images", "save_images"}))
+    params = extras_params(request)
+    decoded = [(("images", i), decode_base64_image(text.strip(), ("images", i))) for i, text in enumerate(job.images)]
+    payload = make_extras_payload(services, params, decoded, [""] * len(decoded))
+    options = services.options.all()
+    payload.update({
+        "save_images": job.save_images,
+        "outdir": output_folder(services.paths.outputs_dir, options["outdir_samples"] or "extras-images"),
+        "save_to_dirs": bool(options["save_to_dirs"]),
+        "client": "native",
+    })
+    return payload
 
 
 class ExtrasSingleImageResponse(BaseModel):
@@ -159,7 +197,23 @@ def run_extras_job(job: "JobHandle", services: "Services") -> dict:
         infotexts.append(result.infotext)
         job.report_step(index + 1, total, 0, 1, None)
     job.images = out
-    return {"infotexts": infotexts, "sizes": [list(image.size) for image in out]}
+    saved: list[dict] = []
+    if payload.get("save_images") and out:
+        from sdwebui.pipelines.output import save_image
+
+        outputs = services.paths.outputs_dir
+        outdir = outputs / payload.get("outdir", "extras-images")
+        for image, info in zip(out, infotexts):
+            # The saved PNG keeps the generation infotext it came with (as A1111's extras do); the history records
+            # that, or the upscaling's infotext for a picture without one.
+            original = image.info.get("parameters") or ""
+            path = save_image(image, outdir, seed=0, infotext=original, pattern="",
+                              date_subdir=bool(payload.get("save_to_dirs", True)))
+            relative = path.relative_to(outputs).as_posix()
+            image_id = services.store.add_image(job_id=job.id, path=relative, infotext=original or info,
+                                                params=payload["params"], width=image.width, height=image.height)
+            saved.append({"id": image_id, "path": relative})
+    return {"infotexts": infotexts, "sizes": [list(image.size) for image in out], "images": saved}
 
 
 def html_info(infotext: str) -> str:
@@ -169,5 +223,5 @@ def html_info(infotext: str) -> str:
 
 __all__ = [
     "ExtrasSingleImageRequest", "ExtrasBatchImagesRequest", "ExtrasSingleImageResponse",
-    "ExtrasBatchImagesResponse", "extras_params", "make_extras_payload", "run_extras_job", "html_info",
+    "ExtrasBatchImagesResponse", "ExtrasJob", "native_extras_payload", "extras_params", "make_extras_payload", "run_extras_job", "html_info",
 ]

@@ -36,6 +36,7 @@ from sdwebui import __version__
 from sdwebui.pipelines.params import MAX_SIDE, MAX_STEPS, ParamError
 from sdwebui.server import catalog
 from sdwebui.server.errors import FieldError
+from sdwebui.server.extras import ExtrasJob, native_extras_payload
 from sdwebui.server.queue import QueueFull
 from sdwebui.server.security import confine
 from sdwebui.server.services import Services
@@ -128,6 +129,7 @@ _JOB_BODY_SCHEMA = {
         "content": {"application/json": {"schema": {"oneOf": [
             {"title": "Txt2ImgJob", **Txt2ImgJob.model_json_schema()},
             {"title": "Img2ImgJob", **Img2ImgJob.model_json_schema()},
+            {"title": "ExtrasJob", **ExtrasJob.model_json_schema()},
         ]}}},
     }
 }
@@ -142,9 +144,12 @@ def build_router(services: Services) -> APIRouter:
 
     # ---- jobs -----------------------------------------------------------------------------------------------
     @router.post("/jobs", status_code=202, response_model=JobCreated, openapi_extra=_JOB_BODY_SCHEMA)
-    async def create_job(body: Annotated[dict[str, Any], Body(description="a Txt2ImgJob or an Img2ImgJob")]):
+    async def create_job(body: Annotated[dict[str, Any], Body(description="a Txt2ImgJob, an Img2ImgJob or an ExtrasJob")]):
         job = _parse_job(body)
-        payload = await run_in_threadpool(_txt2img_payload, services, job)
+        if isinstance(job, ExtrasJob):
+            payload = await run_in_threadpool(native_extras_payload, services, job)
+        else:
+            payload = await run_in_threadpool(_txt2img_payload, services, job)
         try:
             handle = services.submit(job.type, payload)
         except QueueFull as error:
@@ -234,7 +239,7 @@ def build_router(services: Services) -> APIRouter:
 
 def _parse_job(body: dict[str, Any]) -> "Txt2ImgJob":
     """The body as the job its `type` names (txt2img when absent); errors located under `body` as FastAPI's."""
-    model = Img2ImgJob if body.get("type") == "img2img" else Txt2ImgJob
+    model = {"img2img": Img2ImgJob, "extras": ExtrasJob}.get(body.get("type"), Txt2ImgJob)
     try:
         return model.model_validate(body)
     except ValidationError as error:
