@@ -324,3 +324,25 @@ def test_tiling_job_infotext_and_restores_the_model(models):
     assert not torch.equal(tiled.latents, plain.latents)
     assert all(m.padding_mode == "zeros" for m in model.vae.modules() if isinstance(m, torch.nn.Conv2d))
     assert torch.equal(run(model, steps=2).latents, plain.latents)
+
+
+def test_hires_prompt_networks_are_applied_for_the_hires_pass(models):
+    """A `<lora:...>` tag in the hires prompt is handed to the extra-networks hook for the second pass only."""
+    from contextlib import contextmanager
+
+    from sdwebui.pipelines.context import NetworkActivation
+
+    seen = []
+
+    @contextmanager
+    def hook(model, calls):
+        seen.append(tuple(call.tag for call in calls))
+        yield NetworkActivation(infotext={"Lora hashes": "x: 0123"} if calls else {})
+
+    model = models("sd1")
+    params = Txt2ImgParams(prompt="a cube", hr_prompt="a cube <lora:x:0.5>", width=64, height=64, steps=2, seed=1,
+                           sampler="Euler", enable_hr=True, denoising_strength=0.5, batch_count=2)
+    result = txt2img(GenerationContext(model=model, rng="cpu", extra_networks=hook), params)
+    # First pass: no networks; hires pass: the tag; and again for the second batch.
+    assert [len(tags) for tags in seen] == [0, 1, 0, 1]
+    assert "Lora hashes" in parse_infotext(result.infotexts[0])

@@ -123,6 +123,7 @@ class HiresFix:
         self._cached: tuple[tuple, Any, dict] | None = None
         self.extra_infotext: dict[str, object] = {}
         self.last_denoiser: Any = None
+        self.notes: list[str] = []
 
     def prompts(self, count: int) -> tuple[list[str], list[str]]:
         params = self.plan.params
@@ -147,12 +148,12 @@ class HiresFix:
             samples = samples[:, :, ty // 2: samples.shape[2] - (ty + 1) // 2, tx // 2: samples.shape[3] - (tx + 1) // 2]
         return samples
 
-    def denoiser(self, prompts: list[str], negative_prompts: list[str]):
-        """The hires pass's CFG denoiser for a batch's prompts (built once per distinct prompts)."""
+    def denoiser(self, prompts: list[str], negative_prompts: list[str], networks_key: object = None):
+        """The hires pass's CFG denoiser for a batch's prompts (built once per distinct prompts and networks)."""
         from sdwebui.pipelines.txt2img import prompt_infotext, scheduled_denoiser
 
         plan = self.plan
-        key = (tuple(prompts), tuple(negative_prompts))
+        key = (tuple(prompts), tuple(negative_prompts), networks_key)
         if self._cached is None or self._cached[0] != key:
             params = plan.params
             conditioning = build_conditioning(
@@ -173,15 +174,29 @@ class HiresFix:
         return len(self.sigmas) - 1
 
     def run(self, first_model: SDModel, latents: torch.Tensor, seeds: list[int], subseeds: list[int],
-            batch_index: int, steps_before: int = 0) -> tuple[torch.Tensor, bool]:
+            batch_index: int, steps_before: int = 0, networks: Any = None) -> tuple[torch.Tensor, bool]:
         """(hires latents, stopped) for one batch's first-pass latents. Progress is reported after the first
-        pass's `steps_before` steps, out of both passes' steps (one bar for the batch, as A1111)."""
+        pass's `steps_before` steps, out of both passes' steps (one bar for the batch, as A1111).
+
+        `networks` (txt2img's network scope): the hires prompt's `<lora:...>` tags are applied for this pass, as
+        A1111's `hr_extra_network_data` (on the job's model; with another hires checkpoint they are left out,
+        with a note)."""
         ctx, plan, params = self.ctx, self.plan, self.plan.params
         samples = self.upscale(first_model, latents).to(plan.model.device)
-        prompts, _calls = parse_prompts(self.prompts(len(seeds))[0])
+        prompts, calls = parse_prompts(self.prompts(len(seeds))[0])
         negative_prompts = self.prompts(len(seeds))[1]
-        denoiser, extra = self.denoiser(prompts, negative_prompts)
-        self.extra_infotext = extra
+        network_infotext: dict[str, object] = {}
+        networks_key = None
+        if networks is not None and plan.model is ctx.model:
+            activation = networks.activate(calls)
+            self.notes.extend(note for note in activation.notes if note not in self.notes)
+            network_infotext, networks_key = activation.infotext, networks.active
+        elif calls:
+            note = "extra networks in the hires prompt are not applied to another hires checkpoint"
+            if note not in self.notes:
+                self.notes.append(note)
+        denoiser, extra = self.denoiser(prompts, negative_prompts, networks_key)
+        self.extra_infotext = {**network_infotext, **extra}
         self.last_denoiser = denoiser
         denoiser.reset()
         resize_from = params.seed_resize_from

@@ -268,7 +268,8 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
                 continue
             if hires is not None and not stopped:
                 latents, stopped = hires.run(decode_model, latents, batch_seeds, subseeds[batch], batch_index,
-                                             steps_before=len(sigmas) - 1)
+                                             steps_before=len(sigmas) - 1, networks=networks)
+                notes.extend(note for note in hires.notes if note not in notes)
                 switched = getattr(hires.last_denoiser, "switched_at_call", None) is not None
                 decode_model = refiner.model if switched else hires.plan.model
                 batch_extra = {**hires.plan.infotext, **batch_extra, **hires.extra_infotext}
