@@ -190,6 +190,9 @@ def build_ui(services: Services):
                 lambda gallery, state: to_extras(img2img.gallery_image(gallery, state)),
                 [tab.components["gallery"], tab.components["result_state"]], [ext.components["image"], tabs],
                 show_progress="hidden")
+        png.components["send_to_extras"].click(lambda path: to_extras(pnginfo.open_image(path)),
+                                               png.components["image"], [ext.components["image"], tabs],
+                                               show_progress="hidden")
 
         # ---- fresh lists on every page load and tab visit -----------------------------------------------------
         history_tab.select(hist.components["load"], hist.components["search"], hist.components["load_outputs"],

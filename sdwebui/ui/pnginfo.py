@@ -72,6 +72,7 @@ def build() -> PngInfoTab:
             with gr.Row():
                 c["send_to_img2img"] = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img", size="sm")
                 c["send_to_inpaint"] = gr.Button("Send to inpaint", elem_id="pnginfo_send_inpaint", size="sm")
+                c["send_to_extras"] = gr.Button("Send to extras", elem_id="pnginfo_send_extras", size="sm")
     c["image"].change(read_parameters, c["image"], [c["parameters"], c["items"]], show_progress="hidden")
     return tab
 
