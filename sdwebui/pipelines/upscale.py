@@ -7,6 +7,10 @@ overlapping by `ESRGAN_tile_overlap`), `modules/processing.py` (latent upscale w
 Tiles are blended with weights that ramp across the overlap (A1111's `images.combine_grid` does the same blend in
 Pillow space), so a tile's edge pixels, which saw zero padding instead of the neighbouring image, count for
 little and the tiled result matches the untiled one closely.
+
+Differences from A1111, on purpose: models get RGB input, as spandrel documents for every architecture it loads
+(A1111 hands them BGR, a leftover of the cv2-based ESRGAN code; colours can differ slightly for models that are
+not symmetric in their channels), and models run in float32 (A1111 uses half precision on CUDA).
 """
 
 from __future__ import annotations
