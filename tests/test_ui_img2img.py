@@ -95,7 +95,8 @@ def test_inpaint_upload_job_carries_the_mask_and_options(services):
         params = job.payload["params"]
         assert job.payload["mask"]
         assert (params["mask_blur_x"], params["mask_blur_y"], params["inpainting_mask_invert"]) == (2, 2, True)
-        assert (params["inpainting_fill"], params["inpaint_full_res"], params["inpaint_full_res_padding"]) == (2, True, 8)
+        area = (params["inpainting_fill"], params["inpaint_full_res"], params["inpaint_full_res_padding"])
+        assert area == (2, True, 8)
     finally:
         services.queue.cancel(job.id)
 

@@ -1,5 +1,5 @@
-"""The whole page: the top bar (checkpoint and VAE, A1111's quick settings) over the tabs (txt2img, img2img, PNG Info,
-History, Settings), and the wiring between them ("Send to txt2img", "Reuse parameters", page-load refresh).
+"""The whole page: the top bar (checkpoint and VAE, A1111's quick settings) over the tabs (txt2img, img2img,
+Extras, PNG Info, History, Settings), and the wiring between them ("Send to txt2img", "Reuse parameters", page-load refresh).
 
 `build_ui(services)` returns Gradio Blocks; `mount_ui(app, services)` mounts them at `/` of the server's
 FastAPI app, so the page, its event queue and the API share one process and one port, behind the same security
@@ -42,7 +42,8 @@ CSS = """
 .sdw-note { font-size: var(--text-sm); opacity: 0.85; margin: 0.2em 0; overflow-wrap: anywhere; }
 #txt2img_generate, #img2img_generate { min-height: 4.5em; }
 /* The latent preview is 1/8 of the image's size: show it at the gallery's size, pixels kept sharp. */
-#txt2img_preview img, #img2img_preview img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#txt2img_preview img, #img2img_preview img { width: 100%; height: 100%; object-fit: contain;
+  image-rendering: pixelated; }
 /* Phones: nothing may be wider than the screen. */
 .gradio-container { max-width: 100% !important; overflow-x: hidden; }
 @media (max-width: 640px) {

@@ -1,0 +1,75 @@
+"""The img2img tab's inpainting in a real browser (headless Chromium via Playwright, as `test_ui_browser`): upload
+an image into the Inpaint sub-tab, draw a mask with the brush, generate; the job carries the drawn mask and the
+pixels far from it come back unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_ui_browser import browser, open_ui, server, set_number, shot  # noqa: F401 - fixtures
+from test_api_support import wait_until
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+
+@pytest.fixture
+def page(browser, server):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    open_ui(page, server)
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def test_draw_a_mask_and_inpaint(page, server, tmp_path):  # noqa: F811
+    rng = np.random.default_rng(1)
+    source = Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8), mode="RGB")
+    path = tmp_path / "source.png"
+    source.save(path)
+
+    page.get_by_role("tab", name="img2img", exact=True).first.click()
+    page.get_by_role("tab", name="Inpaint", exact=True).first.click()
+    editor = page.locator("#img2img_img2maskimg")
+    with page.expect_file_chooser() as chooser:
+        editor.get_by_text("Upload an image").first.click()
+    chooser.value.set_files(str(path))
+    page.wait_for_timeout(1500)
+    # The canvas fills the editor; the image is shown fitted in its middle (a square here).
+    box = editor.locator("canvas").last.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    side = min(box["width"], box["height"])
+    # A short stroke in the image's upper-left quarter.
+    x0, y0 = cx - side * 0.3, cy - side * 0.25
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x0 + step * side * 0.02, y0, steps=2)
+    page.mouse.up()
+    shot(page, "inpaint-mask")
+
+    for elem_id, value in (("img2img_width", "64"), ("img2img_height", "64"), ("img2img_steps", "2"),
+                           ("img2img_mask_blur", "0")):
+        set_number(page, elem_id, value)
+    page.locator("#img2img_prompt textarea").fill("a patch of grass")
+    page.locator("#img2img_generate").click()
+    page.locator("#img2img_gallery img").first.wait_for(timeout=120_000)
+    info = page.locator("#img2img_infotext textarea")
+    wait_until(lambda: "Denoising strength" in info.input_value(), timeout=30)
+    shot(page, "inpaint-done")
+
+    image_record = server.services.store.images(limit=1)[0]
+    assert "Denoising strength: 0.75" in image_record["infotext"]
+    out = np.asarray(Image.open(server.services.paths.outputs_dir / image_record["path"]).convert("RGB"))
+    changed = (out != np.asarray(source)).any(axis=2)
+    # Repainted where the stroke went (upper left), the original everywhere far from it (A1111's overlay).
+    assert changed[:32, :32].sum() > 20
+    assert not changed[48:, :].any() and not changed[:, 48:].any()
