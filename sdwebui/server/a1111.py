@@ -200,9 +200,12 @@ def build_router(services: Services) -> APIRouter:
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     async def extras_single_image_api(req: ExtrasSingleImageRequest):
-        params = extras_params(req)
-        image = decode_base64_image(req.image.strip(), ("image",))
-        payload = await run_in_threadpool(make_extras_payload, services, params, [(("image",), image)], [""])
+        def prepare():  # decoding and the first use of the upscaler modules (torch) stay off the event loop
+            params = extras_params(req)
+            image = decode_base64_image(req.image.strip(), ("image",))
+            return make_extras_payload(services, params, [(("image",), image)], [""])
+
+        payload = await run_in_threadpool(prepare)
         job = await _run_extras(services, payload)
         info = job.result["infotexts"][0] if job.result and job.result["infotexts"] else ""
         images = await run_in_threadpool(encode_images, job.images)
@@ -210,13 +213,15 @@ def build_router(services: Services) -> APIRouter:
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
     async def extras_batch_images_api(req: ExtrasBatchImagesRequest):
-        params = extras_params(req)
-        decoded = [
-            (("imageList", i, "data"), decode_base64_image(item.data.strip(), ("imageList", i, "data")))
-            for i, item in enumerate(req.imageList)
-        ]
-        names = [item.name for item in req.imageList]
-        payload = await run_in_threadpool(make_extras_payload, services, params, decoded, names)
+        def prepare():
+            params = extras_params(req)
+            decoded = [
+                (("imageList", i, "data"), decode_base64_image(item.data.strip(), ("imageList", i, "data")))
+                for i, item in enumerate(req.imageList)
+            ]
+            return make_extras_payload(services, params, decoded, [item.name for item in req.imageList])
+
+        payload = await run_in_threadpool(prepare)
         job = await _run_extras(services, payload)
         infotexts = job.result["infotexts"] if job.result else []
         images = await run_in_threadpool(encode_images, job.images)
