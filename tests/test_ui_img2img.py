@@ -73,6 +73,20 @@ def test_inpaint_without_strokes_or_images_is_a_named_error(services):
         images_for({"mode": "inpaint_upload", "inpaint_upload_image": picture(), "inpaint_upload_mask": None})
 
 
+def test_inpaint_sketch_sends_the_drawing_and_its_strokes_as_mask(services):
+    from sdwebui.ui.img2img import images_for
+
+    background = picture()
+    layer = Image.new("RGBA", background.size, (0, 0, 0, 0))
+    layer.paste((0, 255, 0, 255), (40, 5, 50, 15))
+    composite = background.copy()
+    composite.paste((0, 255, 0), (40, 5, 50, 15))
+    image, mask = images_for({"mode": "inpaint_sketch", "inpaint_sketch": {
+        "background": background, "layers": [layer], "composite": composite}})
+    assert image is composite
+    assert np.asarray(mask).sum() == 255 * 100 and np.asarray(mask)[10, 45] == 255
+
+
 def test_sketch_sends_the_drawing(services):
     from sdwebui.ui.img2img import images_for
 
@@ -114,7 +128,21 @@ def test_the_page_has_the_img2img_tab(services):
 
     demo = build_ui(services)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
-    for elem_id in ("tab_img2img", "img2img_generate", "img2img_image", "img2img_sketch", "img2img_img2maskimg",
+    for elem_id in ("tab_img2img", "img2img_generate", "img2img_image", "img2img_sketch", "img2img_img2maskimg", "img2img_inpaint_sketch",
                     "img_inpaint_mask", "img2img_denoising_strength", "img2img_mask_blur", "img2img_inpainting_fill",
                     "txt2img_send_to_inpaint", "pnginfo_send_img2img", "txt2img_generate", "txt2img_enable_hr"):
         assert elem_id in ids, elem_id
+
+
+def test_an_inpainting_infotext_fills_the_img2img_fields():
+    from sdwebui.ui.img2img import img2img_fields_from_infotext
+
+    text = ("a cat\nSteps: 12, Sampler: Euler a, Schedule type: Automatic, CFG scale: 6, Seed: 9, Size: 64x96, "
+            "Denoising strength: 0.35, Mask blur: 8, Mask mode: Inpaint not masked, Inpaint area: Only masked, "
+            "Masked area padding: 16, Masked content: latent noise, Version: x")
+    values = img2img_fields_from_infotext(text)
+    assert values["prompt"] == "a cat" and values["steps"] == 12 and values["seed"] == 9
+    assert (values["width"], values["height"], values["denoising_strength"]) == (64, 96, 0.35)
+    assert values["mask_blur"] == 8 and values["inpaint_full_res_padding"] == 16
+    assert values["mask_mode"] == "Inpaint not masked" and values["inpaint_full_res"] == "Only masked"
+    assert values["inpainting_fill"] == "latent noise"

@@ -1,5 +1,5 @@
 """The img2img tab, laid out as A1111's: the txt2img tab (`txt2img.build` with its own fields) with the image
-inputs above the settings, in sub-tabs img2img / Sketch / Inpaint / Inpaint upload, and the img2img and inpaint
+inputs above the settings, in sub-tabs img2img / Sketch / Inpaint / Inpaint sketch / Inpaint upload, and the img2img and inpaint
 controls (resize mode, resize to / by, denoising strength, mask blur, mask mode, masked content, inpaint area,
 padding) in place of the hires fix.
 
@@ -27,14 +27,14 @@ RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resiz
 MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
-MODES = ("img2img", "sketch", "inpaint", "inpaint_upload")
+MODES = ("img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload")
 
 # The generation fields txt2img has (no hires fix / refiner), then img2img's own.
 IMG2IMG_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "styles", "sampler", "scheduler", "steps", "cfg_scale", "width", "height",
     "batch_count", "batch_size", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
     "tiling",
-    "mode", "init_image", "sketch", "inpaint", "inpaint_upload_image", "inpaint_upload_mask", "resize_mode",
+    "mode", "init_image", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload_image", "inpaint_upload_mask", "resize_mode",
     "size_tab", "scale_by", "denoising_strength", "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res",
     "inpaint_full_res_padding",
 )
@@ -63,7 +63,12 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
                                               height=360, layers=False,
                                               brush=gr.Brush(default_size=24, colors=["#ffffff"],
                                                              color_mode="fixed"))
-            with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab3:
+            with gr.Tab("Inpaint sketch", id="inpaint_sketch", elem_id="img2img_inpaint_sketch_tab") as tab3:
+                f["inpaint_sketch"] = gr.ImageEditor(label="Color sketch inpainting", type="pil", image_mode="RGBA",
+                                                     elem_id="img2img_inpaint_sketch", sources=["upload", "clipboard"],
+                                                     height=360, layers=False,
+                                                     brush=gr.Brush(default_size=12, color_mode="defaults"))
+            with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab4:
                 with gr.Row():
                     f["inpaint_upload_image"] = gr.Image(label="Image", type="pil", image_mode="RGBA",
                                                          sources=["upload", "clipboard"],
@@ -71,7 +76,7 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
                     f["inpaint_upload_mask"] = gr.Image(label="Mask (white = repaint)", type="pil", image_mode="L",
                                                         sources=["upload", "clipboard"],
                                                         elem_id="img_inpaint_mask", height=300)
-        for tab, mode in zip((tab0, tab1, tab2, tab3), MODES):
+        for tab, mode in zip((tab0, tab1, tab2, tab3, tab4), MODES):
             tab.select((lambda m: lambda: m)(mode), None, f["mode"], show_progress="hidden", queue=False)
         f["resize_mode"] = gr.Radio(RESIZE_MODES, value=RESIZE_MODES[0], type="index", label="Resize mode",
                                     elem_id="img2img_resize_mode")
@@ -154,6 +159,13 @@ def images_for(values: Mapping[str, Any]):
         mask = editor_mask(editor)
         if mask is not None and not mask.getbbox():
             raise UIError("mask: draw over the part of the image to repaint first")
+    elif mode == "inpaint_sketch":
+        # A1111: the coloured strokes are both the new content (in the init image) and the mask.
+        editor = values.get("inpaint_sketch") or {}
+        image = _as_image(editor.get("composite")) or _as_image(editor.get("background"))
+        mask = editor_mask(editor)
+        if mask is not None and not mask.getbbox():
+            raise UIError("mask: sketch over the part of the image to repaint first")
     elif mode == "inpaint_upload":
         image = _as_image(values.get("inpaint_upload_image"))
         mask = _as_image(values.get("inpaint_upload_mask"))
@@ -225,6 +237,27 @@ def submit_img2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
         raise UIError(str(error)) from None
 
 
+def img2img_fields_from_infotext(text: str) -> dict[str, Any]:
+    """The img2img tab's fields an infotext sets: txt2img's (prompt, seed, size, denoising strength, ...) and
+    A1111's inpainting keys (Mask blur, Mask mode, Masked content, Inpaint area, Masked area padding)."""
+    from sdwebui.pipelines.infotext import parse_infotext
+    from sdwebui.ui.fields import fields_from_infotext
+
+    out = {k: v for k, v in fields_from_infotext(text).items() if k in IMG2IMG_FIELDS and k != "styles"}
+    params = parse_infotext(text)
+    choices = (("Mask mode", "mask_mode", MASK_MODES), ("Masked content", "inpainting_fill", MASKED_CONTENT),
+               ("Inpaint area", "inpaint_full_res", INPAINT_AREAS))
+    for label, name, options in choices:
+        if str(params.get(label)) in options:
+            out[name] = options[options.index(str(params[label]))]
+    for label, name in (("Mask blur", "mask_blur"), ("Masked area padding", "inpaint_full_res_padding")):
+        try:
+            out[name] = int(float(params[label]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    return out
+
+
 def gallery_image(gallery, state):
     """The selected (or first) image of a result gallery, as PIL."""
     items = list(gallery or [])
@@ -239,5 +272,5 @@ def gallery_image(gallery, state):
     return _as_image(item)
 
 
-__all__ = ["build", "IMG2IMG_FIELDS", "submit_img2img", "request_from_img2img_fields", "images_for",
+__all__ = ["build", "IMG2IMG_FIELDS", "submit_img2img", "img2img_fields_from_infotext", "request_from_img2img_fields", "images_for",
            "editor_mask", "gallery_image"]

@@ -155,10 +155,12 @@ def build_ui(services: Services):
                                                     [png.components["parameters"], tabs], show_progress="hidden")
 
         # ---- an image (+ its infotext) -> img2img / inpaint -------------------------------------------------
-        i2i_paste = [name for name in img2img.IMG2IMG_FIELDS if name in TXT2IMG_FIELDS and name != "styles"]
+        i2i_paste = [name for name in img2img.IMG2IMG_FIELDS
+                     if name in TXT2IMG_FIELDS and name != "styles" or name in img2img.DEFAULTS
+                     and name not in ("mode", "size_tab", "scale_by", "resize_mode")]
 
         def to_img2img(image, text, target):
-            values = fields_from_infotext(text or "") if (text or "").strip() else {}
+            values = img2img.img2img_fields_from_infotext(text or "") if (text or "").strip() else {}
             updates = [values[name] if name in values else gr.skip() for name in i2i_paste]
             if image is None:
                 return [*updates, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Tabs(selected="img2img")]
