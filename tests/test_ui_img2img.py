@@ -128,7 +128,8 @@ def test_the_page_has_the_img2img_tab(services):
 
     demo = build_ui(services)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
-    for elem_id in ("tab_img2img", "img2img_generate", "img2img_image", "img2img_sketch", "img2img_img2maskimg", "img2img_inpaint_sketch",
+    for elem_id in ("tab_img2img", "img2img_generate", "img2img_image", "img2img_sketch", "img2img_img2maskimg",
+                    "img2img_inpaint_sketch",
                     "img_inpaint_mask", "img2img_denoising_strength", "img2img_mask_blur", "img2img_inpainting_fill",
                     "txt2img_send_to_inpaint", "pnginfo_send_img2img", "txt2img_generate", "txt2img_enable_hr"):
         assert elem_id in ids, elem_id

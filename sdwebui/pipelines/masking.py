@@ -131,7 +131,8 @@ def crop_region(mask: Image.Image, pad: int = 0) -> tuple[int, int, int, int] | 
 
 
 def expand_crop_region(
-    region: tuple[int, int, int, int], processing_width: int, processing_height: int, image_width: int, image_height: int
+    region: tuple[int, int, int, int], processing_width: int, processing_height: int, image_width: int,
+    image_height: int,
 ) -> tuple[int, int, int, int]:
     """A1111 `masking.expand_crop_region`: grow the region to the processing aspect ratio, kept inside the image."""
     x1, y1, x2, y2 = region

@@ -1,7 +1,7 @@
 """The img2img tab, laid out as A1111's: the txt2img tab (`txt2img.build` with its own fields) with the image
-inputs above the settings, in sub-tabs img2img / Sketch / Inpaint / Inpaint sketch / Inpaint upload, and the img2img and inpaint
-controls (resize mode, resize to / by, denoising strength, mask blur, mask mode, masked content, inpaint area,
-padding) in place of the hires fix.
+inputs above the settings, in sub-tabs img2img / Sketch / Inpaint / Inpaint sketch / Inpaint upload, and the
+img2img and inpaint controls (resize mode, resize to / by, denoising strength, mask blur, mask mode, masked
+content, inpaint area, padding) in place of the hires fix.
 
 A job from here is the very request `POST /sdapi/v1/img2img` receives for the same values (`a1111.prepare_img2img`
 builds its payload). A colour sketch is sent as the flattened drawing; an inpaint mask is every pixel the brush
@@ -34,7 +34,8 @@ IMG2IMG_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "styles", "sampler", "scheduler", "steps", "cfg_scale", "width", "height",
     "batch_count", "batch_size", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
     "tiling",
-    "mode", "init_image", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload_image", "inpaint_upload_mask", "resize_mode",
+    "mode", "init_image", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload_image", "inpaint_upload_mask",
+    "resize_mode",
     "size_tab", "scale_by", "denoising_strength", "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res",
     "inpaint_full_res_padding",
 )
@@ -272,5 +273,6 @@ def gallery_image(gallery, state):
     return _as_image(item)
 
 
-__all__ = ["build", "IMG2IMG_FIELDS", "submit_img2img", "img2img_fields_from_infotext", "request_from_img2img_fields", "images_for",
+__all__ = ["build", "IMG2IMG_FIELDS", "submit_img2img", "img2img_fields_from_infotext", "request_from_img2img_fields",
+           "images_for",
            "editor_mask", "gallery_image"]

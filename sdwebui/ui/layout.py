@@ -1,5 +1,6 @@
 """The whole page: the top bar (checkpoint and VAE, A1111's quick settings) over the tabs (txt2img, img2img,
-Extras, PNG Info, History, Settings), and the wiring between them ("Send to txt2img", "Reuse parameters", page-load refresh).
+Extras, PNG Info, History, Settings), and the wiring between them ("Send to txt2img / img2img / inpaint",
+"Reuse parameters", page-load refresh).
 
 `build_ui(services)` returns Gradio Blocks; `mount_ui(app, services)` mounts them at `/` of the server's
 FastAPI app, so the page, its event queue and the API share one process and one port, behind the same security
