@@ -94,3 +94,12 @@ def test_native_job_with_hires(server):
         assert "Hires upscaler: Lanczos" in view["result"]["infotexts"][0]
         r = client.post("/api/v1/jobs", json={"prompt": "x", "enable_hr": True, "hr_upscaler": "nope"})
         assert r.status_code == 422 and r.json()["field"] == "hr_upscaler"
+
+
+def test_infotext_paste_brings_the_refiner_back(server):
+    with server.client() as client:
+        _, first = post(client, override_settings={"sd_model_checkpoint": "tiny-sdxl"},
+                        refiner_checkpoint="tiny-sdxl-refiner", refiner_switch_at=0.5, steps=4)
+        _, again = post(client, infotext=first["infotexts"][0], override_settings={}, steps=4)
+    assert "Refiner: tiny-sdxl-refiner [" in again["infotexts"][0]
+    assert again["infotexts"][0] == first["infotexts"][0]

@@ -100,6 +100,9 @@ INFOTEXT_FIELDS = {
     "Hires prompt": ("hr_prompt", str),
     "Hires negative prompt": ("hr_negative_prompt", str),
     "Refiner switch at": ("refiner_switch_at", float),
+    # Checkpoints appear as "name [short hash]", which `resolve_checkpoint` takes.
+    "Hires checkpoint": ("hr_checkpoint_name", str),
+    "Refiner": ("refiner_checkpoint", str),
 }
 HIRES_INFOTEXT_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1")
 """A1111 turns hires fix on for a pasted infotext with "Denoising strength" and one of these."""
