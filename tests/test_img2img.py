@@ -173,3 +173,37 @@ def test_bad_strength_names_the_field():
     with pytest.raises(ParamError) as error:
         Img2ImgParams(prompt="", resize_mode=4)
     assert error.value.field == "resize_mode"
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd2_v_path", "tiny_sdxl_path"])
+def test_other_families_do_img2img_and_inpainting(request, fixture):
+    other = load_checkpoint(request.getfixturevalue(fixture), device="cpu", dtype=torch.float32,
+                            vae_dtype=torch.float32)
+    image = gradient()
+    plain = run(other, [image], denoising_strength=0.5, steps=2)
+    assert plain.images[0].size == (SIZE, SIZE) and torch.isfinite(plain.latents).all()
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (0, 0, 32, 32))
+    inpainted = run(other, [image], mask, denoising_strength=1.0, steps=2, mask_blur_x=0, mask_blur_y=0)
+    out = np.asarray(inpainted.images[0])
+    assert np.array_equal(out[32:, 32:], np.asarray(image)[32:, 32:])
+
+
+def test_batch_count_and_interrupt_keep_what_was_made(model):
+    from sdwebui.pipelines.context import StopFlags
+
+    stop = StopFlags()
+
+    def on_step(progress):
+        if progress.batch_index == 1 and progress.step == 1:
+            stop.interrupt()
+
+    ctx = GenerationContext(model=model, rng="cpu", on_step=on_step, stop=stop)
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (0, 0, 16, 16))
+    result = img2img(ctx, Img2ImgParams(prompt="x", width=SIZE, height=SIZE, steps=3, seed=3, batch_count=3,
+                                        sampler="Euler", mask_blur_x=0, mask_blur_y=0), [gradient()], mask)
+    assert result.interrupted and result.seeds == [3, 4]
+    assert len(result.images) == 2 and all(image.size == (SIZE, SIZE) for image in result.images)
+    # The interrupted image is still pasted back through the mask.
+    assert np.array_equal(np.asarray(result.images[1])[32:], np.asarray(gradient())[32:])
