@@ -129,7 +129,7 @@ def test_the_page_has_the_img2img_tab(services):
     demo = build_ui(services)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     for elem_id in ("tab_img2img", "img2img_generate", "img2img_image", "img2img_sketch", "img2img_img2maskimg",
-                    "img2img_inpaint_sketch",
+                    "img2img_inpaint_sketch", "img2img_batch_input_dir",
                     "img_inpaint_mask", "img2img_denoising_strength", "img2img_mask_blur", "img2img_inpainting_fill",
                     "txt2img_send_to_inpaint", "pnginfo_send_img2img", "txt2img_generate", "txt2img_enable_hr"):
         assert elem_id in ids, elem_id
@@ -147,3 +147,40 @@ def test_an_inpainting_infotext_fills_the_img2img_fields():
     assert values["mask_blur"] == 8 and values["inpaint_full_res_padding"] == 16
     assert values["mask_mode"] == "Inpaint not masked" and values["inpaint_full_res"] == "Only masked"
     assert values["inpainting_fill"] == "latent noise"
+
+
+def test_batch_from_a_folder_runs_every_image_with_its_mask(services, tmp_path):
+    from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.img2img_params import Img2ImgParams
+    from sdwebui.server.generation import _img2img_batch
+    from sdwebui.ui.fields import UIError
+    from sdwebui.ui.img2img import batch_files, submit_img2img
+
+    inputs, masks = tmp_path / "in", tmp_path / "masks"
+    inputs.mkdir()
+    masks.mkdir()
+    picture(color=(255, 0, 0)).save(inputs / "b.png")
+    picture(color=(0, 255, 0)).save(inputs / "a.jpg")
+    (inputs / "notes.txt").write_text("not an image")
+    mask = Image.new("L", (64, 48), 0)
+    mask.paste(255, (0, 0, 8, 8))
+    mask.save(masks / "b.png")
+    assert all(m is not None for _, _, m in batch_files(str(inputs), str(masks)))  # one mask: for every image
+    mask.save(masks / "c.png")  # several masks: matched by name
+    found = batch_files(str(inputs), str(masks))
+    assert [name for name, _, _ in found] == ["a.jpg", "b.png"]
+    assert found[0][2] is None and found[1][2] is not None
+    with pytest.raises(UIError, match="^input directory: "):
+        batch_files(str(tmp_path / "missing"))
+
+    job = submit_img2img(services, {"prompt": "x", "width": 64, "height": 48, "steps": 2, "sampler": "Euler",
+                                    "mode": "batch", "batch_input_dir": str(inputs),
+                                    "batch_mask_dir": str(masks), "mask_blur": 0})
+    assert len(job.payload["batch"]) == 2 and job.payload["batch"][1]["mask"]
+    services.queue.cancel(job.id)
+    # The job's batch as the worker runs it: one run per image, put together.
+    ctx = GenerationContext(model=services.models.get(job.payload["checkpoint"]), rng="cpu")
+    result = _img2img_batch(ctx, Img2ImgParams(**job.payload["params"]), job.payload["batch"])
+    assert len(result.seeds) == 2 and len(result.images) == 2 and not result.interrupted
+    kept = np.asarray(result.images[1])
+    assert np.array_equal(kept[16:, 16:], np.asarray(picture(color=(255, 0, 0)))[16:, 16:])

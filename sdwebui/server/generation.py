@@ -233,6 +233,29 @@ def payload_images(payload: Mapping[str, Any]) -> tuple[list, Any]:
     return [decode(text) for text in payload.get("init_images", [])], decode(mask) if mask else None
 
 
+def _img2img_batch(ctx, params, batch: list[dict]):
+    """A1111's img2img "Batch" (from a folder): every image (with its mask, if any) is a run of its own, with
+    the same parameters; the results are put together. An interrupt ends the whole batch."""
+    from sdwebui.pipelines.img2img import img2img
+
+    combined = None
+    for entry in batch:
+        images, mask = payload_images({"init_images": [entry["image"]], "mask": entry.get("mask")})
+        result = img2img(ctx, params, images, mask)
+        if combined is None:
+            combined = result
+        else:
+            combined.images.extend(result.images)
+            combined.seeds.extend(result.seeds)
+            combined.infotexts.extend(result.infotexts)
+            combined.notes.extend(note for note in result.notes if note not in combined.notes)
+            combined.interrupted = result.interrupted
+        if result.interrupted or ctx.stop.interrupted.is_set():
+            combined.interrupted = True
+            break
+    return combined
+
+
 def run_generation(job: "JobHandle", services: "Services", kind: str) -> dict:
     from sdwebui.pipelines.context import GenerationContext
     from sdwebui.pipelines.networks import LoraNetworks
@@ -273,8 +296,11 @@ def run_generation(job: "JobHandle", services: "Services", kind: str) -> dict:
     if kind == "img2img":
         from sdwebui.pipelines.img2img import img2img
 
-        init_images, mask = payload_images(payload)
-        result = img2img(ctx, params, init_images, mask)
+        if payload.get("batch"):
+            result = _img2img_batch(ctx, params, payload["batch"])
+        else:
+            init_images, mask = payload_images(payload)
+            result = img2img(ctx, params, init_images, mask)
     else:
         from sdwebui.pipelines.txt2img import txt2img
 

@@ -1,6 +1,6 @@
 """The img2img tab, laid out as A1111's: the txt2img tab (`txt2img.build` with its own fields) with the image
-inputs above the settings, in sub-tabs img2img / Sketch / Inpaint / Inpaint sketch / Inpaint upload, and the
-img2img and inpaint controls (resize mode, resize to / by, denoising strength, mask blur, mask mode, masked
+inputs above the settings, in sub-tabs img2img / Sketch / Inpaint / Inpaint sketch / Inpaint upload / Batch,
+and the img2img and inpaint controls (resize mode, resize to / by, denoising strength, mask blur, mask mode, masked
 content, inpaint area, padding) in place of the hires fix.
 
 A job from here is the very request `POST /sdapi/v1/img2img` receives for the same values (`a1111.prepare_img2img`
@@ -27,15 +27,19 @@ RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resiz
 MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
 MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
 INPAINT_AREAS = ["Whole picture", "Only masked"]
-MODES = ("img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload")
+MODES = ("img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload", "batch")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_BATCH_FILES = 1000
 
 # The generation fields txt2img has (no hires fix / refiner), then img2img's own.
-IMG2IMG_FIELDS: tuple[str, ...] = (
+COMMON_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "styles", "sampler", "scheduler", "steps", "cfg_scale", "width", "height",
     "batch_count", "batch_size", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
     "tiling",
+)
+IMG2IMG_FIELDS: tuple[str, ...] = COMMON_FIELDS + (
     "mode", "init_image", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload_image", "inpaint_upload_mask",
-    "resize_mode",
+    "batch_input_dir", "batch_mask_dir", "resize_mode",
     "size_tab", "scale_by", "denoising_strength", "mask_blur", "mask_mode", "inpainting_fill", "inpaint_full_res",
     "inpaint_full_res_padding",
 )
@@ -77,7 +81,14 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
                     f["inpaint_upload_mask"] = gr.Image(label="Mask (white = repaint)", type="pil", image_mode="L",
                                                         sources=["upload", "clipboard"],
                                                         elem_id="img_inpaint_mask", height=300)
-        for tab, mode in zip((tab0, tab1, tab2, tab3, tab4), MODES):
+            with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as tab5:
+                gr.Markdown("Process the images of a folder on the server, one run each (results go to the img2img "
+                            "outputs and the history). A mask folder holds one mask for all, or masks named as "
+                            "the images.", elem_classes="sdw-note")
+                f["batch_input_dir"] = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                f["batch_mask_dir"] = gr.Textbox(label="Inpaint batch mask directory (optional)",
+                                                 elem_id="img2img_batch_inpaint_mask_dir")
+        for tab, mode in zip((tab0, tab1, tab2, tab3, tab4, tab5), MODES):
             tab.select((lambda m: lambda: m)(mode), None, f["mode"], show_progress="hidden", queue=False)
         f["resize_mode"] = gr.Radio(RESIZE_MODES, value=RESIZE_MODES[0], type="index", label="Resize mode",
                                     elem_id="img2img_resize_mode")
@@ -179,6 +190,43 @@ def images_for(values: Mapping[str, Any]):
     return image, mask
 
 
+def batch_files(input_dir: str, mask_dir: str | None = None) -> list[tuple[str, Any, Any]]:
+    """(name, image, mask or None) for every image in `input_dir`, sorted by name (A1111's img2img batch): the
+    mask is the only file of `mask_dir`, or the one with the image's name (any image extension)."""
+    from pathlib import Path
+
+    folder = Path(str(input_dir or "").strip()).expanduser()
+    if not str(input_dir or "").strip() or not folder.is_dir():
+        raise UIError(f"input directory: not a folder: {input_dir!r}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UIError(f"input directory: no images in {folder}")
+    if len(files) > MAX_BATCH_FILES:
+        raise UIError(f"input directory: {len(files)} images, more than {MAX_BATCH_FILES} in one job")
+    masks: dict[str, Any] = {}
+    single = None
+    if str(mask_dir or "").strip():
+        mask_folder = Path(str(mask_dir).strip()).expanduser()
+        if not mask_folder.is_dir():
+            raise UIError(f"mask directory: not a folder: {mask_dir!r}")
+        mask_files = sorted(p for p in mask_folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        masks = {p.stem: p for p in mask_files}
+        single = mask_files[0] if len(mask_files) == 1 else None
+    out = []
+    for path in files:
+        try:
+            image = _as_image(str(path))
+            mask_path = single or masks.get(path.stem)
+            mask = _as_image(str(mask_path)) if mask_path else None
+        except Exception as error:  # noqa: BLE001 - PIL raises many types for odd files
+            raise UIError(f"input directory: cannot read {path.name}: {error}") from None
+        if mask is not None and mask.size != image.size:
+            raise UIError(f"mask directory: the mask for {path.name} is {mask.width}x{mask.height}, the image "
+                          f"{image.width}x{image.height}")
+        out.append((path.name, image, mask))
+    return out
+
+
 def _b64(image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -192,8 +240,11 @@ def request_from_img2img_fields(values: Mapping[str, Any], *, save_images: bool)
     from sdwebui.server.a1111_models import Img2ImgRequest
 
     v = {**DEFAULTS, **{k: val for k, val in values.items() if val is not None}}
-    image, mask = images_for(v)
-    common = {k: val for k, val in v.items() if k not in DEFAULTS}
+    if v["mode"] == "batch":
+        _, image, mask = batch_files(v.get("batch_input_dir"), v.get("batch_mask_dir"))[0]
+    else:
+        image, mask = images_for(v)
+    common = {k: val for k, val in v.items() if k in COMMON_FIELDS}
     if v["size_tab"] == "Resize by":
         # A1111: the image's size times the scale, floored to a multiple of 8.
         width, height = int(image.width * float(v["scale_by"])), int(image.height * float(v["scale_by"]))
@@ -232,6 +283,11 @@ def submit_img2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
     except Exception as error:  # noqa: BLE001 - HTTPException (no checkpoint) and friends: say what it was
         raise UIError(str(getattr(error, "detail", None) or error)) from None
     payload["client"] = "ui"
+    if (values.get("mode") or "img2img") == "batch":
+        payload["batch"] = [
+            {"name": name, "image": _b64(image), "mask": _b64(mask) if mask is not None else None}
+            for name, image, mask in batch_files(values.get("batch_input_dir"), values.get("batch_mask_dir"))
+        ]
     try:
         return services.submit("img2img", payload)
     except QueueFull as error:
