@@ -204,3 +204,11 @@ def test_mask_blur_matches_a_gaussian_of_a1111_kernel_size():
     expected = np.rint(255 * kernel)
     assert np.array_equal(blurred[20 - size // 2: 20 + size // 2 + 1], expected)
     assert blurred[: 20 - size // 2].sum() == 0
+
+
+def test_latent_upscale_mode_with_a_mask(model):
+    """Resize mode 3 encodes the image at its own size; the result is the output size, overlay included."""
+    small = noise_image(32, 32, seed=8)
+    mask = box_mask(32, 32, (0, 0, 16, 16))
+    result = run(model, small, mask, resize_mode=3, mask_blur_x=0, mask_blur_y=0)
+    assert result.images[0].size == (SIZE, SIZE)

@@ -296,6 +296,10 @@ def img2img(
         notes.extend(decode_notes)
 
     if overlays is not None:
+        if prepared.paste_to is None and overlays[0].size != images[0].size:
+            # "Just resize (latent upscale)" keeps the init image at its own size; the overlay must match the
+            # output (A1111 fails here with "images do not match").
+            overlays = [overlay.resize(images[0].size, resample=masking.LANCZOS) for overlay in overlays]
         images = [
             masking.apply_overlay(image, prepared.paste_to, overlays[index])
             for image, index in zip(images, kept_index)
