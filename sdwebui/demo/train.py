@@ -463,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         vae = build_vae(cfg)
         vae.load_state_dict(torch.load(a.vae_from, weights_only=True))
         vae.eval()
+        torch.save(vae.state_dict(), work / "vae.pt")  # the work dir holds every part, as after a full run
     else:
         vae = train_vae(cfg, images, log, work)
         normalise_vae_latents(vae, images, log)
