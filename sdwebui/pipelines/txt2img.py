@@ -26,6 +26,7 @@ from sdwebui.models.sd_model import SDModel
 from sdwebui.models.text_encoding import Conditioning
 from sdwebui.pipelines.conditioning import BatchConditioning, build_conditioning, uses_emphasis
 from sdwebui.pipelines.context import GenerationContext, GenerationStopped, NetworkActivation, StepProgress
+from sdwebui.pipelines.denoise import make_denoiser
 from sdwebui.pipelines.infotext import build_infotext
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
 from sdwebui.models.tiling import circular_padding
@@ -118,21 +119,6 @@ def refiner_negative_condition(model: SDModel, uncond: dict, width: int, height:
     time_ids = uncond["added_cond_kwargs"]["time_ids"].clone()
     time_ids[:, 4] = 2.5
     return {**uncond, "added_cond_kwargs": {**uncond["added_cond_kwargs"], "time_ids": time_ids}}
-
-
-def make_denoiser(model: SDModel) -> ModelDenoiser:
-    unet = model.unet
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor, encoder_hidden_states, added_cond_kwargs=None):
-        return unet(
-            x.to(model.dtype),
-            t,
-            encoder_hidden_states=encoder_hidden_states,
-            added_cond_kwargs=added_cond_kwargs,
-            return_dict=False,
-        )[0]
-
-    return ModelDenoiser(model_fn, DiscreteSchedule(model.alphas_cumprod), model.prediction_type)
 
 
 def scheduled_denoiser(
