@@ -116,6 +116,8 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cors-allow-origins", help="comma-separated origins allowed to call the API from a browser")
     group.add_argument("--allowed-hosts", help="comma-separated extra Host names accepted without credentials")
     group.add_argument("--no-preload", action="store_true", help="do not import the pipeline until the first job")
+    group.add_argument("--api", action="store_true",
+                       help="accepted for A1111 scripts; the API is always served (A1111 needs this flag for it)")
     group.add_argument("--nowebui", "--no-ui", dest="nowebui", action="store_true",
                        help="serve the API only, without the web UI (as A1111's --nowebui)")
 

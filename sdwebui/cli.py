@@ -121,10 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(with_default_command(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command is None:  # plain `sdwebui` (and `./webui.sh`) starts the server
-        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), "serve"])
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -139,6 +137,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sdwebui: error: {describe_error(error)}", file=sys.stderr)
         return 2 if is_user_error(error) else 1
+
+
+GLOBAL_FLAGS = ("--debug",)
+"""Options of `sdwebui` itself that take no value and may come before the command."""
+
+
+def with_default_command(argv: list[str]) -> list[str]:
+    """`argv` with `serve` put in when no command is named, so `sdwebui`, `./webui.sh --port 7861` and
+    A1111-style `./webui.sh --listen --api-auth u:p` start the server, as A1111's `webui.sh ARGS` does."""
+    i = 0
+    while i < len(argv) and argv[i] in GLOBAL_FLAGS:
+        i += 1
+    if i < len(argv) and (argv[i] in COMMANDS or argv[i] in ("-h", "--help", "--version")):
+        return argv
+    return [*argv[:i], "serve", *argv[i:]]
 
 
 def is_user_error(error: Exception) -> bool:

@@ -287,3 +287,14 @@ def test_skip_abandons_the_current_batch_only(server, client):
     thread.join(60)
     info = json.loads(out["body"]["info"])
     assert info["all_seeds"] == [51], "batch 0 was skipped, batch 1 ran"
+
+
+def test_left_out_size_is_the_checkpoints_native_size(client):
+    """A1111's API always defaults to 512; here a request without width/height gets the model's own size (the
+    tiny model's metadata says 64), and sizes a client sends are kept."""
+    response = client.post("/sdapi/v1/txt2img", json={"steps": 1})
+    assert response.status_code == 200, response.text
+    body, info = response.json(), json.loads(response.json()["info"])
+    assert (info["width"], info["height"]) == (64, 64) and decode_png(body["images"][0]).size == (64, 64)
+    body, info = txt2img(client, steps=1, width=128, height=64)
+    assert decode_png(body["images"][0]).size == (128, 64)

@@ -118,3 +118,18 @@ def test_valid_safetensors_of_another_architecture_is_named(tmp_path, capsys):
     assert code == 2
     assert "some-lora.safetensors" in err and "not a Stable Diffusion checkpoint" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], ["serve"]),
+    (["--port", "7861"], ["serve", "--port", "7861"]),
+    (["--debug", "--listen"], ["--debug", "serve", "--listen"]),
+    (["txt2img", "a cat"], ["txt2img", "a cat"]),
+    (["--debug", "models"], ["--debug", "models"]),
+    (["--version"], ["--version"]),
+    (["-h"], ["-h"]),
+])
+def test_no_command_means_serve(argv, expected):
+    from sdwebui.cli import with_default_command
+
+    assert with_default_command(argv) == expected

@@ -65,6 +65,14 @@ def test_serve_refuses_to_listen_beyond_loopback_without_credentials(tmp_path, f
     assert result.stdout == "" and not port_open(port)
 
 
+def test_plain_sdwebui_with_a1111_server_flags_is_serve(tmp_path):
+    """`./webui.sh --listen --api --port N` (A1111's way) reaches the server command and its checks."""
+    port = free_port()
+    result = run_cli("--listen", "--api", "--port", str(port), "--data-dir", str(tmp_path))
+    assert result.returncode == 2 and "refusing to listen on" in result.stderr, result.stderr
+    assert not port_open(port)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--listen", "--api-auth", "no-colon"], "expected user:password"),
     (["--listen", "--api-auth-file", "/nonexistent/credentials"], "cannot read the credentials file"),

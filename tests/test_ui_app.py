@@ -206,16 +206,18 @@ def test_progress_text_queue_position_then_steps(services):
     assert format_seconds(61) == "1m 01s" and format_seconds(3600 * 2 + 5) == "2h 00m"
 
 
-def test_native_size_follows_the_checkpoint_family(services, tiny_sdxl_path):
-    import shutil
+def test_native_size_follows_the_checkpoint(services, tiny_sdxl_path):
+    from safetensors.torch import load_file, save_file
 
     from sdwebui.ui.fields import native_size
 
-    assert native_size(services) == 512  # the tiny SD 1.x checkpoint
+    # The tiny checkpoints state their size in their metadata (`sdwebui.native_size`), as the demo model does.
+    assert native_size(services) == 64
+    # Without metadata, the family's size: SDXL 1024, from the file's header with nothing loaded.
     copy = services.paths.ckpt_dir / "tiny-sdxl.safetensors"
-    shutil.copyfile(tiny_sdxl_path, copy)
+    save_file(load_file(str(tiny_sdxl_path)), str(copy))
     try:
-        assert native_size(services, "tiny-sdxl.safetensors") == 1024  # from the file's header, nothing loaded
+        assert native_size(services, "tiny-sdxl.safetensors") == 1024
         assert services._models is None or services._models.loaded is None
     finally:
         copy.unlink()

@@ -270,4 +270,40 @@ __all__ = [
     "sd2_uses_v_prediction",
     "UNET_PREFIX",
     "VAE_PREFIX",
+    "native_size_from_metadata",
+    "peek_native_size",
 ]
+
+
+def native_size_from_metadata(metadata: Mapping[str, str]) -> int | None:
+    """The training resolution a file's safetensors metadata states, if any: our `sdwebui.native_size`,
+    `modelspec.resolution` ("1024x1024") or kohya's `ss_resolution` ("(1024, 1024)"); the width is taken."""
+    import re
+
+    for key in ("sdwebui.native_size", "modelspec.resolution", "ss_resolution"):
+        value = metadata.get(key)
+        if value:
+            numbers = [int(n) for n in re.findall(r"\d+", value)]
+            if numbers and 8 <= numbers[0] <= 16384:
+                return numbers[0]
+    return None
+
+
+def peek_native_size(path: str | Path) -> int | None:
+    """A checkpoint's native size (what the loader will set as `SDModel.native_size`) from the `.safetensors`
+    header alone: its metadata, else its family's (SD 1/2 512, SDXL 1024). None for other formats."""
+    from sdwebui.models.files import read_safetensors_header
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return None
+    header = read_safetensors_header(path)
+    native = native_size_from_metadata(header.metadata)
+    if native is not None:
+        return native
+    family = detect(header.tensors, path).family
+    yaml_path = config_yaml_beside(path)
+    if family == ModelFamily.SD2 and yaml_path is not None and read_ldm_yaml_parameterization(yaml_path) == "v":
+        return 768  # SD 2.x 768-v, as the loader decides (without a yaml only the weights can tell)
+    return family.spec.native_size
+

@@ -23,6 +23,7 @@ import torch
 
 from sdwebui.models import convert
 from sdwebui.models.detect import (
+    native_size_from_metadata,
     UNET_PREFIX,
     VAE_PREFIX,
     PredictionDecision,
@@ -259,19 +260,6 @@ def _take(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: sd.pop(k) for k in keys}
 
 
-def _native_size_from_metadata(metadata: Mapping[str, str]) -> int | None:
-    import re
-
-    for key in ("sdwebui.native_size", "modelspec.resolution", "ss_resolution"):
-        value = metadata.get(key)
-        if value:
-            # "512", "(1024, 1024)" (kohya's ss_resolution), "1024x1024" (modelspec): the width is taken.
-            numbers = [int(n) for n in re.findall(r"\d+", value)]
-            if numbers and 8 <= numbers[0] <= 16384:
-                return numbers[0]
-    return None
-
-
 def _load_single_file(
     path: Path,
     device: torch.device,
@@ -348,7 +336,7 @@ def _load_single_file(
 
     prediction = _finish_prediction(decision, unet, notes)
     alphas = _alphas_from_state_dict(sd, decision, notes)
-    native = _native_size_from_metadata(metadata)
+    native = native_size_from_metadata(metadata)
     if native is not None:
         notes.append(f"native size {native} from the file's metadata")
     elif family == ModelFamily.SD2 and prediction == "v_prediction" and unet_config["cross_attention_dim"] == 1024:

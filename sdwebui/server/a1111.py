@@ -425,6 +425,7 @@ def prepare_generation(
     prompt, negative_prompt = styled_prompts(services, req)
     overrides, ignored = _checked_overrides(services, req.override_settings or {})
     warnings.extend(f"ignored unknown setting override_settings.{key}" for key in ignored)
+    default_size_to_native(services, req, overrides)
     sampler_field = "sampler_name" if req.sampler_name else "sampler_index"
     values: dict[str, Any] = {
         "prompt": prompt,
@@ -523,6 +524,17 @@ def png_base64(images) -> list[str]:
         image.save(buffer, format="PNG")
         out.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
     return out
+
+
+def default_size_to_native(services: Services, req: Txt2ImgRequest, overrides: dict[str, Any]) -> None:
+    """A request that leaves out width / height gets the checkpoint's native size (SDXL 1024, the demo model
+    64), as the UI and CLI do; A1111's API always uses 512, which is wrong for SDXL and for our demo model.
+    Sizes a client sends, or an infotext gives, are kept."""
+    missing = [name for name in ("width", "height") if name not in req.model_fields_set]
+    if missing:
+        size = services.native_size(overrides.get("sd_model_checkpoint") or services.options.get("sd_model_checkpoint"))
+        for name in missing:
+            setattr(req, name, size)
 
 
 def styled_prompts(services: Services, req: Txt2ImgRequest) -> tuple[str, str]:

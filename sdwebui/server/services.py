@@ -103,6 +103,25 @@ class Services:
                 self._upscalers = UpscalerLibrary(self.paths.upscaler_folders, device=_LazyDevice(self))
             return self._upscalers
 
+    def native_size(self, checkpoint: str | None = None) -> int:
+        """The default width and height for a checkpoint (None = the current one): the size it was trained at
+        (its metadata, else its family's: SD 1/2 512, SDXL 1024; the demo model 64). Read from the loaded model
+        when it is that checkpoint, else from the file's header (no weights are read); 512, A1111's default,
+        when it cannot be told."""
+        try:
+            path = self.resolve_checkpoint(checkpoint)
+        except Exception:  # noqa: BLE001 - no checkpoint at all (or a bad name): A1111's default
+            return 512
+        loaded = self.loaded_model()
+        if loaded is not None and getattr(loaded.info, "path", None) == path:
+            return loaded.native_size
+        try:
+            from sdwebui.models.detect import peek_native_size
+
+            return peek_native_size(path) or 512
+        except Exception:  # noqa: BLE001 - an unreadable header: loading will report it
+            return 512
+
     def styles(self):
         """The prompt styles of the styles files (`--styles-file`), read afresh: users edit `styles.csv` while
         the app runs and A1111's refresh button re-reads it; the file is small."""

@@ -373,30 +373,8 @@ def vae_choices(services: Services) -> tuple[list[str], str]:
 
 
 def native_size(services: Services, checkpoint: str | None = None) -> int:
-    """The default width and height for a checkpoint: its family's native size (SDXL 1024, SD 1/2 512).
-
-    Read from the loaded model when it is that checkpoint, else from the file's safetensors header (keys and
-    shapes only; no weights are read). 512 when it cannot be told."""
-    from sdwebui.models.family import ModelFamily
-
-    try:
-        path = services.resolve_checkpoint(checkpoint)
-    except Exception:  # noqa: BLE001 - no checkpoint at all: A1111's default
-        return 512
-    models = services._models  # only if already made: asking must not load torch + a model
-    loaded = models.loaded if models is not None else None
-    if loaded is not None and getattr(loaded.info, "path", None) == path:
-        return loaded.family.spec.native_size
-    if path.suffix.lower() != ".safetensors":
-        return 512
-    try:
-        from sdwebui.models.detect import detect
-        from sdwebui.models.files import read_safetensors_header
-
-        family: ModelFamily = detect(read_safetensors_header(path).tensors, path).family
-        return family.spec.native_size
-    except Exception:  # noqa: BLE001 - unreadable header: let loading report it
-        return 512
+    """The default width and height for a checkpoint (`Services.native_size`)."""
+    return services.native_size(checkpoint)
 
 
 # ---- token counter --------------------------------------------------------------------------------------------
