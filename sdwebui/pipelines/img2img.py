@@ -29,25 +29,22 @@ from PIL import Image, ImageOps
 from sdwebui.core import noise as core_noise
 from sdwebui.models.tiling import circular_padding
 from sdwebui.pipelines import masking
-from sdwebui.pipelines.conditioning import build_conditioning
 from sdwebui.pipelines.context import GenerationContext, GenerationStopped, StepProgress
 from sdwebui.pipelines.denoise import denoise_latents, denoise_sigmas, make_denoiser
 from sdwebui.pipelines.img2img_params import INPAINTING_FILLS, Img2ImgParams
 from sdwebui.pipelines.params import ParamError
 from sdwebui.pipelines.txt2img import (
+    BatchDenoisers,
     GenerationError,
     GenerationResult,
     _NetworkScope,
     create_infotext,
-    prompt_infotext,
     resolve_sampling,
     sampler_options,
     schedule_sigmas,
-    scheduled_denoiser,
 )
 from sdwebui.pipelines.vae_decode import decode_latents
 from sdwebui.pipelines.vae_encode import encode_pixels, pil_to_tensor
-from sdwebui.prompts.extra_networks import parse_prompts
 
 LATENT_FACTOR = 8
 
@@ -247,29 +244,14 @@ def img2img(
         kept_extra: list[dict[str, object]] = []
         kept_index: list[int] = []
         interrupted = False
-        cached = None
+        denoisers = BatchDenoisers(ctx, model, inner, networks, params, schedule_steps)
         for batch_index in range(params.batch_count):
             if ctx.stop.interrupted.is_set():
                 interrupted = True
                 break
             ctx.stop.skipped.clear()
             batch = slice(batch_index * params.batch_size, (batch_index + 1) * params.batch_size)
-            prompts, calls = parse_prompts(all_prompts[batch])
-            negative_prompts = all_negative_prompts[batch]
-            activation = networks.activate(calls)
-            notes.extend(note for note in activation.notes if note not in notes)
-            key = (tuple(prompts), tuple(negative_prompts), networks.active)
-            if cached is None or cached[0] != key:
-                conditioning = build_conditioning(
-                    model.text_encoder, prompts, negative_prompts, schedule_steps,
-                    clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=ctx.embeddings,
-                )
-                denoiser = scheduled_denoiser(
-                    model, inner, conditioning, params.width, params.height, float(params.cfg_scale)
-                )
-                cached = (key, denoiser, {**activation.infotext, **prompt_infotext(params, conditioning)})
-            denoiser, batch_extra = cached[1], cached[2]
-            denoiser.reset()
+            _, denoiser, batch_extra = denoisers.for_batch(all_prompts[batch], all_negative_prompts[batch], notes)
             latents, stopped = _denoise_batch(
                 ctx, sampler, denoiser, sigmas, seeds[batch], subseeds[batch], latent_shape, params, batch_index,
                 sampler_kwargs, init_latent, keep_mask, image_conditioning,

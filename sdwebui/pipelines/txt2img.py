@@ -145,6 +145,41 @@ def scheduled_denoiser(
     return CFGDenoiser.scheduled(inner, at, cfg_scale)
 
 
+class BatchDenoisers:
+    """The CFG denoiser for each batch of a job (txt2img and img2img alike): the batch's extra networks are
+    activated (their notes collected), and its conditioning is built once per distinct (prompts, negative
+    prompts, networks) and reused by the next batch that asks for the same, as A1111 caches its conds.
+    `wrap(denoiser, prompts, negative_prompts)` lets the caller put something around it (the refiner)."""
+
+    def __init__(self, ctx: GenerationContext, model: SDModel, inner: ModelDenoiser, networks: _NetworkScope,
+                 params: Txt2ImgParams, schedule_steps: int, wrap=None):
+        self.ctx, self.model, self.inner, self.networks = ctx, model, inner, networks
+        self.params, self.schedule_steps, self.wrap = params, schedule_steps, wrap
+        self._cached: tuple[tuple, CFGDenoiser, dict[str, object]] | None = None
+
+    def for_batch(self, prompts_with_tags: list[str], negative_prompts: list[str], notes: list[str]):
+        """(prompts without their `<lora:...>` tags, the denoiser reset for a new run, the batch's infotext)."""
+        params = self.params
+        prompts, calls = parse_prompts(prompts_with_tags)
+        activation = self.networks.activate(calls)
+        notes.extend(note for note in activation.notes if note not in notes)
+        key = (tuple(prompts), tuple(negative_prompts), self.networks.active)
+        if self._cached is None or self._cached[0] != key:
+            conditioning = build_conditioning(
+                self.model.text_encoder, prompts, negative_prompts, self.schedule_steps,
+                clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=self.ctx.embeddings,
+            )
+            denoiser = scheduled_denoiser(
+                self.model, self.inner, conditioning, params.width, params.height, float(params.cfg_scale)
+            )
+            if self.wrap is not None:
+                denoiser = self.wrap(denoiser, prompts, negative_prompts)
+            self._cached = (key, denoiser, {**activation.infotext, **prompt_infotext(params, conditioning)})
+        denoiser, extra = self._cached[1], self._cached[2]
+        denoiser.reset()
+        return prompts, denoiser, extra
+
+
 class _NetworkScope:
     """Keeps the extra networks of the current batch applied; re-applies only when a batch asks for others."""
 
@@ -219,31 +254,18 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
         kept_extra: list[dict[str, object]] = []
         notes: list[str] = []
         interrupted = False
-        cached: tuple[tuple, CFGDenoiser, dict[str, object]] | None = None
+        wrap = None
+        if refiner is not None and hires is None:
+            def wrap(denoiser, prompts, negative_prompts):
+                return refiner.wrap(denoiser, model, prompts, negative_prompts, params.width, params.height)
+        denoisers = BatchDenoisers(ctx, model, inner, networks, params, schedule_steps, wrap)
         for batch_index in range(params.batch_count):
             if ctx.stop.interrupted.is_set():
                 interrupted = True
                 break
             ctx.stop.skipped.clear()
             batch = slice(batch_index * params.batch_size, (batch_index + 1) * params.batch_size)
-            prompts, calls = parse_prompts(all_prompts[batch])
-            negative_prompts = all_negative_prompts[batch]
-            activation = networks.activate(calls)
-            notes.extend(note for note in activation.notes if note not in notes)
-            key = (tuple(prompts), tuple(negative_prompts), networks.active)
-            if cached is None or cached[0] != key:
-                conditioning = build_conditioning(
-                    model.text_encoder, prompts, negative_prompts, schedule_steps,
-                    clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=ctx.embeddings,
-                )
-                denoiser = scheduled_denoiser(
-                    model, inner, conditioning, params.width, params.height, float(params.cfg_scale)
-                )
-                if refiner is not None and hires is None:
-                    denoiser = refiner.wrap(denoiser, model, prompts, negative_prompts, params.width, params.height)
-                cached = (key, denoiser, {**activation.infotext, **prompt_infotext(params, conditioning)})
-            denoiser, batch_extra = cached[1], cached[2]
-            denoiser.reset()
+            _, denoiser, batch_extra = denoisers.for_batch(all_prompts[batch], all_negative_prompts[batch], notes)
             batch_seeds = seeds[batch]
             latents, stopped = _sample_batch(
                 ctx, sampler, denoiser, sigmas, batch_seeds, subseeds[batch], latent_shape, params, batch_index,
