@@ -29,12 +29,14 @@ from PIL import Image, ImageOps
 from sdwebui.core import noise as core_noise
 from sdwebui.models.tiling import circular_padding
 from sdwebui.pipelines import masking
-from sdwebui.pipelines.context import GenerationContext, GenerationStopped, StepProgress
+from sdwebui.pipelines.context import GenerationContext, GenerationStopped
 from sdwebui.pipelines.denoise import denoise_latents, denoise_sigmas, make_denoiser
 from sdwebui.pipelines.img2img_params import INPAINTING_FILLS, Img2ImgParams
 from sdwebui.pipelines.params import ParamError
 from sdwebui.pipelines.txt2img import (
     BatchDenoisers,
+    batch_rng,
+    step_callback,
     GenerationError,
     GenerationResult,
     _NetworkScope,
@@ -304,17 +306,7 @@ def _denoise_batch(
     init_latent, keep_mask, image_conditioning,
 ):
     model = ctx.model
-    resize_from = params.seed_resize_from
-    rng = core_noise.ImageRNG(
-        latent_shape,
-        batch_seeds,
-        device=model.device,
-        rng=ctx.rng,
-        subseeds=batch_subseeds,
-        subseed_strength=params.subseed_strength,
-        seed_resize_from=(resize_from[1] // 8, resize_from[0] // 8) if resize_from else None,
-        eta_noise_seed_delta=ctx.eta_noise_seed_delta,
-    )
+    rng = batch_rng(ctx, params, latent_shape, batch_seeds, batch_subseeds)
     noise = rng.first().to(model.device, torch.float32)
     size = len(batch_seeds)
     init = init_latent if init_latent.shape[0] == size else init_latent[:1].expand(size, -1, -1, -1)
@@ -322,14 +314,7 @@ def _denoise_batch(
     if cond is not None and cond.shape[0] != size:
         cond = cond[:1].expand(size, -1, -1, -1)
     last_denoised: list[torch.Tensor] = []
-    total = len(sigmas) - 1
-
-    def callback(info: dict) -> None:
-        last_denoised[:] = [info["denoised"]]
-        if ctx.on_step is not None:
-            ctx.on_step(StepProgress(info["i"] + 1, total, batch_index, params.batch_count, info["denoised"]))
-        if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
-            raise GenerationStopped()
+    callback = step_callback(ctx, params, batch_index, len(sigmas) - 1, last_denoised)
 
     try:
         latents = denoise_latents(

@@ -378,18 +378,13 @@ def _short_title(model: SDModel) -> str:
     return f"{model.info.name} [{model.info.short_hash}]"
 
 
-def _sample_batch(
-    ctx, sampler, denoiser, sigmas, batch_seeds, batch_subseeds, latent_shape, params, batch_index, sampler_kwargs,
-    more_steps: int = 0,
-):
-    """One batch's first pass. `more_steps`: steps still to come for the batch (the hires pass), counted in the
-    progress total as A1111's progress bar does."""
-    model = ctx.model
+def batch_rng(ctx: GenerationContext, params: Txt2ImgParams, latent_shape, batch_seeds, batch_subseeds):
+    """A batch's seeded noise as A1111 makes it: per-image seeds, variation seed, resize-seed, RNG source, ENSD."""
     resize_from = params.seed_resize_from
-    rng = core_noise.ImageRNG(
+    return core_noise.ImageRNG(
         latent_shape,
         batch_seeds,
-        device=model.device,
+        device=ctx.model.device,
         rng=ctx.rng,
         subseeds=batch_subseeds,
         subseed_strength=params.subseed_strength,
@@ -397,16 +392,34 @@ def _sample_batch(
         seed_resize_from=(resize_from[1] // 8, resize_from[0] // 8) if resize_from else None,
         eta_noise_seed_delta=ctx.eta_noise_seed_delta,
     )
-    x = rng.first().to(model.device, torch.float32) * sigmas[0]
-    last_denoised: list[torch.Tensor] = []
+
+
+def step_callback(ctx: GenerationContext, params: Txt2ImgParams, batch_index: int, total_steps: int,
+                  last_denoised: list):
+    """The sampler callback: reports progress (with the x0 estimate for previews), keeps the latest estimate
+    in `last_denoised` and stops the sampler when the job is interrupted or the batch skipped."""
 
     def callback(info: dict) -> None:
         last_denoised[:] = [info["denoised"]]
         if ctx.on_step is not None:
-            ctx.on_step(StepProgress(info["i"] + 1, len(sigmas) - 1 + more_steps, batch_index, params.batch_count,
-                                     info["denoised"]))
+            ctx.on_step(StepProgress(info["i"] + 1, total_steps, batch_index, params.batch_count, info["denoised"]))
         if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
             raise GenerationStopped()
+
+    return callback
+
+
+def _sample_batch(
+    ctx, sampler, denoiser, sigmas, batch_seeds, batch_subseeds, latent_shape, params, batch_index, sampler_kwargs,
+    more_steps: int = 0,
+):
+    """One batch's first pass. `more_steps`: steps still to come for the batch (the hires pass), counted in the
+    progress total as A1111's progress bar does."""
+    model = ctx.model
+    rng = batch_rng(ctx, params, latent_shape, batch_seeds, batch_subseeds)
+    x = rng.first().to(model.device, torch.float32) * sigmas[0]
+    last_denoised: list[torch.Tensor] = []
+    callback = step_callback(ctx, params, batch_index, len(sigmas) - 1 + more_steps, last_denoised)
 
     try:
         latents = sampler.sample(
