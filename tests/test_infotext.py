@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -329,3 +330,26 @@ def test_parse_windows_line_endings_and_surrounding_whitespace():
     text = "  a cat\r\nNegative prompt: dog\r\nSteps: 20, Seed: 3, Size: 64x64\n\n"
     res = parse_infotext(text)
     assert res["Prompt"] == "a cat" and res["Negative prompt"] == "dog" and res["Seed"] == "3"
+
+
+def test_fooocus_json_metadata_is_read_as_an_infotext():
+    """Fooocus's default metadata scheme: JSON in the `parameters` chunk, ComfyUI sampler names."""
+    from sdwebui.pipelines.infotext import parse_infotext as parse
+
+    fooocus = json.dumps({
+        "adm_guidance": "(1.5, 0.8, 0.3)", "base_model": "juggernautXL_v8Rundiffusion.safetensors",
+        "base_model_hash": "aeb7e9e689", "guidance_scale": 4, "lora_combined_1": "sd_xl_offset_example-lora_1.0.safetensors : 0.1",
+        "negative_prompt": "blurry", "performance": "Speed", "prompt": "a cat on a sofa", "refiner_model": "None",
+        "resolution": "(1152, 896)", "sampler": "dpmpp_2m_sde_gpu", "scheduler": "karras", "seed": "12345",
+        "sharpness": 2, "steps": 30, "styles": "['Fooocus V2']", "version": "Fooocus v2.5.5",
+    })
+    res = parse(fooocus)
+    assert res["Prompt"] == "a cat on a sofa <lora:sd_xl_offset_example-lora_1.0:0.1>"
+    assert res["Negative prompt"] == "blurry"
+    assert (res["Sampler"], res["Schedule type"], res["Steps"], res["CFG scale"], res["Seed"]) == (
+        "DPM++ 2M SDE", "Karras", "30", "4", "12345")
+    assert (res["Size-1"], res["Size-2"]) == ("1152", "896")
+    assert res["Model"] == "juggernautXL_v8Rundiffusion" and res["Model hash"] == "aeb7e9e689"
+    assert "Refiner" not in res
+    # Text that merely starts with a brace is still an ordinary prompt.
+    assert parse("{not json} a cat\nSteps: 5, Seed: 1, Size: 64x64")["Prompt"] == "{not json} a cat"

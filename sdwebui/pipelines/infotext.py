@@ -199,12 +199,81 @@ def split_infotext(text: str) -> tuple[str, str, str]:
     return prompt, negative, last
 
 
+COMFY_SAMPLERS = {
+    "euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "dpm_2": "DPM2", "dpm_2_ancestral": "DPM2 a",
+    "lms": "LMS", "dpm_fast": "DPM fast", "dpm_adaptive": "DPM adaptive", "dpmpp_2s_ancestral": "DPM++ 2S a",
+    "dpmpp_sde": "DPM++ SDE", "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE",
+    "dpmpp_3m_sde": "DPM++ 3M SDE", "ddim": "DDIM", "uni_pc": "UniPC", "uni_pc_bh2": "UniPC", "lcm": "LCM",
+    "restart": "Restart",
+}
+"""ComfyUI's sampler names (which Fooocus writes) -> A1111's; a `_gpu` suffix (Fooocus) names the same one."""
+COMFY_SCHEDULERS = {
+    "normal": "Normal", "karras": "Karras", "exponential": "Exponential", "sgm_uniform": "SGM Uniform",
+    "simple": "Simple", "ddim_uniform": "DDIM", "beta": "Beta", "kl_optimal": "KL Optimal",
+    "align_your_steps": "Align Your Steps",
+}
+
+
+def fooocus_to_infotext(text: str) -> str | None:
+    """Fooocus's own metadata scheme (a JSON object in the `parameters` chunk, `fooocus_scheme: fooocus`) as
+    an A1111 infotext; None when `text` is not that. Keys as Fooocus's `modules/meta_parser.py` writes them;
+    its LoRAs (`lora_combined_N: "name : weight"`) become `<lora:name:weight>` tags, as A1111 would write them."""
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "prompt" not in data:
+        return None
+
+    def given(key: str) -> str | None:
+        value = data.get(key)
+        return None if value in (None, "", "None") else str(value)
+
+    prompt = given("prompt") or ""
+    for key in sorted(k for k in data if k.startswith("lora_combined_")):
+        name, _, weight = str(data[key]).partition(" : ")
+        if given(key) and name:
+            prompt += f" <lora:{re.sub(r'[.](safetensors|ckpt|pt)$', '', name.strip())}:{weight.strip() or 1}>"
+    params: dict[str, object] = {}
+    if given("steps"):
+        params["Steps"] = given("steps")
+    sampler = given("sampler")
+    if sampler:
+        params["Sampler"] = COMFY_SAMPLERS.get(sampler.removesuffix("_gpu"), sampler)
+    scheduler = given("scheduler")
+    if scheduler:
+        params["Schedule type"] = COMFY_SCHEDULERS.get(scheduler, scheduler)
+    if given("guidance_scale"):
+        params["CFG scale"] = given("guidance_scale")
+    if given("seed"):
+        params["Seed"] = given("seed")
+    size = re.findall(r"\d+", given("resolution") or "")
+    if len(size) == 2:
+        params["Size"] = f"{size[0]}x{size[1]}"
+    if given("base_model_hash"):
+        params["Model hash"] = given("base_model_hash")
+    if given("base_model"):
+        params["Model"] = re.sub(r"[.](safetensors|ckpt)$", "", given("base_model"))
+    if given("refiner_model"):
+        params["Refiner"] = re.sub(r"[.](safetensors|ckpt)$", "", given("refiner_model"))
+        if given("refiner_switch"):
+            params["Refiner switch at"] = given("refiner_switch")
+    if given("version"):
+        params["Version"] = given("version")
+    return build_infotext(prompt.strip(), given("negative_prompt") or "", params)
+
+
 def parse_infotext(text: str) -> dict[str, object]:
     """A1111 `parse_generation_parameters` (without styles extraction and the paste-skip option).
 
     Beyond A1111's dict: a legacy sampler name with a schedule suffix ("DPM++ 2M Karras") is split into
-    `Sampler` and `Schedule type` here (A1111 does the same later, when pasting the values into the UI).
+    `Sampler` and `Schedule type` here (A1111 does the same later, when pasting the values into the UI);
+    Fooocus's JSON metadata is read too (`fooocus_to_infotext`).
     """
+    text = fooocus_to_infotext(text) or text
     prompt, negative, last = split_infotext(text)
     res: dict[str, object] = {"Prompt": prompt, "Negative prompt": negative}
     res.update(parse_params_line(last))
