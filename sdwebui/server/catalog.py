@@ -14,8 +14,6 @@ from pathlib import Path
 
 from sdwebui.config import Paths
 
-LORA_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
-
 
 @dataclass(frozen=True)
 class CheckpointEntry:
@@ -100,29 +98,4 @@ def vaes(paths: Paths) -> list[dict]:
     return [{"model_name": path.name, "filename": str(path)} for path in find_vaes(paths.vae_dir, paths.ckpt_dir)]
 
 
-def loras(paths: Paths) -> list[dict]:
-    """The A1111 Lora extension's `/sdapi/v1/loras` items (name, alias, path, metadata from the file header)."""
-    from sdwebui.models.files import ModelFileError, read_safetensors_header
-
-    root = paths.lora_dir
-    if not root.is_dir():
-        return []
-    items = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for file_name in sorted(files):
-            if not file_name.lower().endswith(LORA_EXTENSIONS):
-                continue
-            path = Path(folder) / file_name
-            metadata: dict = {}
-            if path.suffix.lower() == ".safetensors":
-                try:
-                    metadata = dict(read_safetensors_header(path).metadata)
-                except ModelFileError:
-                    continue  # not a readable LoRA: A1111 skips it too
-            alias = metadata.get("ss_output_name") or path.stem
-            items.append({"name": path.stem, "alias": alias, "path": str(path), "metadata": metadata})
-    return items
-
-
-__all__ = ["CheckpointEntry", "checkpoints", "entry_for", "cached_sha256", "vaes", "loras"]
+__all__ = ["CheckpointEntry", "checkpoints", "entry_for", "cached_sha256", "vaes"]
