@@ -65,7 +65,7 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     text_aux_weight: float = 0.0
     """Weight of an auxiliary loss that makes the text encoder say each single-shape caption's position,
-    colour and shape from its (mean) hidden states (linear heads, dropped after training). Trained only
+    colour, shape and background from its (mean) hidden states (linear heads, dropped after training). Trained only
     through the UNet, the encoder let the position words collapse (left/right differ 10x less than
     colours), so the UNet never saw what it should bind to; 0 = off."""
     high_noise_weight: float = 1.0
@@ -355,7 +355,7 @@ def train_diffusion(cfg: TrainConfig, latents, latent_stds, scenes, vae, log, wo
         ema.shadow[1].load_state_dict(shadow["unet"])
         ema.resumed = True
     params = list(text_encoder.parameters()) + list(unet.parameters())
-    aux_attributes = {"position": ds.POSITIONS, "colour": ds.COLOURS, "shape": ds.SHAPES}
+    aux_attributes = {"position": ds.POSITIONS, "colour": ds.COLOURS, "shape": ds.SHAPES, "background": ds.COLOURS}
     aux_heads = torch.nn.ModuleDict({
         name: torch.nn.Linear(text_encoder.config.hidden_size, len(values)) for name, values in aux_attributes.items()
     })
@@ -390,7 +390,8 @@ def train_diffusion(cfg: TrainConfig, latents, latent_stds, scenes, vae, log, wo
             if single:
                 pooled = encode_text(text_encoder, [ds.caption(scenes[i], rng, full=True) for i in single]).mean(1)
                 for name, values in aux_attributes.items():
-                    target = torch.tensor([values.index(getattr(scenes[i].shapes[0], name)) for i in single])
+                    owner = (lambda i: scenes[i]) if name == "background" else (lambda i: scenes[i].shapes[0])
+                    target = torch.tensor([values.index(getattr(owner(i), name)) for i in single])
                     loss = loss + cfg.text_aux_weight * F.cross_entropy(aux_heads[name](pooled), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
