@@ -135,8 +135,8 @@ def png_parameters(data: bytes) -> str | None:
 
 
 def test_generate_shows_the_image_and_the_png_carries_the_infotext(page, server):
-    # The tiny checkpoint is SD 1.x: the size defaults to its native 512.
-    assert number(page, "txt2img_width") == "512" and number(page, "txt2img_height") == "512"
+    # The size defaults to the checkpoint's native size: the tiny checkpoint's metadata says 64.
+    assert number(page, "txt2img_width") == "64" and number(page, "txt2img_height") == "64"
     prompt_box(page).fill("a red fox in the snow")
     # Six words, six CLIP tokens, in a 75-token chunk (A1111's counter shows "6/75").
     wait_until(lambda: page.locator("#txt2img_token_counter").inner_text().strip() == "6/75", timeout=15)
