@@ -10,6 +10,7 @@ are skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
@@ -85,9 +86,10 @@ def server(tmp_path_factory, tiny_sd1_path):
         yield live
 
 
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+@contextlib.contextmanager
+def ui_page(browser, server, height: int = 900):
+    """A fresh browser context on the UI; fails the test if the page raised a JavaScript error."""
+    context = browser.new_context(viewport={"width": 1280, "height": height})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -95,6 +97,12 @@ def page(browser, server):
     yield page
     context.close()
     assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, server):
+    with ui_page(browser, server) as page:
+        yield page
 
 
 def open_ui(page, server) -> None:

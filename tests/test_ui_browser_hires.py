@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from test_api_support import LiveServer, make_data_dir, wait_until
-from test_ui_browser import ARTIFACTS, browser, number, open_ui, prompt_box, set_number  # noqa: F401
+from test_ui_browser import ARTIFACTS, browser, number, prompt_box, set_number, ui_page  # noqa: F401
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,14 +30,8 @@ def server(tmp_path_factory, tiny_sd1_path):
 
 @pytest.fixture
 def page(browser, server):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    open_ui(page, server)
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors in the page: {errors}"
+    with ui_page(browser, server, height=1000) as page:
+        yield page
 
 
 def pick(page, elem_id: str, option: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_ui_browser import browser, open_ui, server, set_number, shot  # noqa: F401 - fixtures
+from test_ui_browser import browser, server, set_number, shot, ui_page  # noqa: F401 - fixtures
 from test_api_support import wait_until
 
 pytestmark = [
@@ -20,14 +20,8 @@ pytestmark = [
 
 @pytest.fixture
 def page(browser, server):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    open_ui(page, server)
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors in the page: {errors}"
+    with ui_page(browser, server, height=1000) as page:
+        yield page
 
 
 def test_draw_a_mask_and_inpaint(page, server, tmp_path):  # noqa: F811

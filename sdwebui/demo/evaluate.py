@@ -207,8 +207,8 @@ def _load_local(work_dir: str, weights: str = "diffusion_ema.pt"):
 
     cfg = TrainConfig()
     vae, te, unet = build_vae(cfg), build_text_encoder(cfg), build_unet(cfg)
-    vae.load_state_dict(torch.load(f"{work_dir}/vae.pt"))
-    d = torch.load(f"{work_dir}/{weights}")
+    vae.load_state_dict(torch.load(f"{work_dir}/vae.pt", weights_only=True))
+    d = torch.load(f"{work_dir}/{weights}", weights_only=True)
     te.load_state_dict(d["text_encoder"])
     unet.load_state_dict(d["unet"])
     return vae.eval(), te.eval(), unet.eval()
