@@ -69,6 +69,17 @@ def merge_prompts(style_prompt: str, prompt: str) -> str:
     return ", ".join(part for part in (prompt.strip(), style_prompt.strip()) if part)
 
 
+def _signature(files: Sequence[Path]) -> tuple:
+    out = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(out)
+
+
 def apply_styles_to_prompt(prompt: str, style_texts: Iterable[str]) -> str:
     for text in style_texts:
         prompt = merge_prompts(text, prompt)
@@ -82,6 +93,8 @@ class StyleDatabase:
         self.patterns = tuple(str(f) for f in files)
         self.styles: dict[str, PromptStyle] = {}
         self.reload()
+
+    _signature: tuple = ()
 
     @classmethod
     def from_styles(cls, styles: Iterable[PromptStyle]) -> StyleDatabase:
@@ -98,11 +111,20 @@ class StyleDatabase:
         return out
 
     def reload(self) -> None:
+        files = self.files()
         styles: dict[str, PromptStyle] = {}
-        for path in self.files():
+        for path in files:
             for style in read_styles_csv(path):
                 styles[style.name] = style
         self.styles = styles
+        self._signature = _signature(files)
+
+    def reload_if_changed(self) -> StyleDatabase:
+        """Re-read the files when one was added, removed or modified since the last read (users edit
+        `styles.csv` while the app runs); returns self."""
+        if _signature(self.files()) != self._signature:
+            self.reload()
+        return self
 
     def names(self) -> list[str]:
         return list(self.styles)

@@ -39,6 +39,7 @@ class Services:
             log.warning("re-queued %d job(s) left waiting by the last run", len(recovered))
         self._models = None
         self._models_lock = threading.Lock()
+        self._styles = None
         self._loras = None
         self._embeddings = None
         self._upscalers = None
@@ -123,11 +124,14 @@ class Services:
             return 512
 
     def styles(self):
-        """The prompt styles of the styles files (`--styles-file`), read afresh: users edit `styles.csv` while
-        the app runs and A1111's refresh button re-reads it; the file is small."""
+        """The prompt styles of the styles files (`--styles-file`), re-read when a file changed: users edit
+        `styles.csv` while the app runs, and the UI asks on every keystroke (token counts)."""
         from sdwebui.prompts.styles import StyleDatabase
 
-        return StyleDatabase(self.paths.styles_files)
+        with self._models_lock:
+            if self._styles is None:
+                self._styles = StyleDatabase(self.paths.styles_files)
+            return self._styles.reload_if_changed()
 
     def resolve_checkpoint(self, name: str | None) -> Path:
         """The checkpoint a client named (file name, stem, A1111 title or hash; None = the default).
