@@ -283,8 +283,10 @@ def test_history_after_reload_search_reuse_delete(page, server):
         created = client.post("/api/v1/jobs", json={"prompt": "a lighthouse at dusk", "seed": 77, "width": 64,
                                                     "height": 64, "steps": 2})
         assert created.status_code == 202, created.text
-        assert wait_for_job(client, created.json()["id"], timeout=120)["status"] == "done"
-    record = server.services.store.images(limit=1)[0]
+        job_id = created.json()["id"]
+        assert wait_for_job(client, job_id, timeout=120)["status"] == "done"
+    # This job's image (other tests' jobs on the shared server may have saved images too).
+    record = server.services.store.images(job_id=job_id, limit=1)[0]
     assert record["prompt"] == "a lighthouse at dusk"
     file = server.services.paths.outputs_dir / record["path"]
     assert file.is_file()
