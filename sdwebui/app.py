@@ -23,8 +23,9 @@ log = logging.getLogger("sdwebui")
 
 
 def build_app(config: ServerConfig):
-    from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
+
+    from fastapi_offline import FastAPIOffline
 
     from sdwebui import __version__
     from sdwebui.server import a1111, native
@@ -43,7 +44,9 @@ def build_app(config: ServerConfig):
             # Stops after the running job (interrupted: it keeps what it made); queued jobs stay queued.
             await run_in_threadpool(services.close)
 
-    app = FastAPI(
+    # FastAPI with /docs (Swagger UI) and /redoc served from the package: FastAPI's own pages load their
+    # scripts from a CDN, which an offline machine cannot reach.
+    app = FastAPIOffline(
         title="sdwebui",
         version=__version__,
         description="Stable Diffusion WebUI API: the native job API (`/api/v1`) and an "
@@ -143,6 +146,7 @@ def config_from_args(args, paths) -> ServerConfig:
         vae_precision="full" if getattr(args, "no_half_vae", False) else "auto",
         prediction_type=getattr(args, "prediction_type", None),
         preload=not args.no_preload,
+        threads=getattr(args, "threads", None),
         ui=not getattr(args, "nowebui", False),
         flags=flags,
     )

@@ -35,6 +35,13 @@ def add_path_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("device")
     group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:1, mps or cpu")
@@ -42,6 +49,11 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
         "--precision", default="auto", choices=["auto", "half", "bf16", "full"], help="UNet/text encoder precision"
     )
     group.add_argument("--no-half", action="store_true", help="A1111's flag: run everything in fp32")
+    group.add_argument(
+        "--threads", type=_positive_int, metavar="N",
+        help="CPU threads for generation (default: torch's choice, one per core); on a CPU shared with other "
+        "work, fewer threads are often faster",
+    )
     group.add_argument("--no-half-vae", action="store_true", help="A1111's flag: run the VAE in fp32")
     group.add_argument(
         "--prediction-type",
@@ -244,6 +256,10 @@ def run_txt2img(args) -> int:
     resolve_sampling(args.sampler, args.scheduler)
 
     precision = "full" if args.no_half else args.precision
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     devices = plan_devices(args.device, precision=precision, vae_precision="full" if args.no_half_vae else "auto")
     manager = ModelManager(paths, devices, prediction_type=args.prediction_type)
     model = manager.get(args.model, vae=args.vae)

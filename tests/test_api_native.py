@@ -399,3 +399,16 @@ def test_openapi_and_docs_are_served(client):
     assert job_schema["additionalProperties"] is False
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower() and "/openapi.json" in docs.text
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_work_offline(client, page):
+    """Swagger UI and ReDoc load their scripts from this server, not from a CDN an offline machine cannot reach."""
+    import re
+
+    html = client.get(page).text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and not [url for url in assets if "://" in url], assets
+    for url in assets:
+        response = client.get(url)
+        assert response.status_code == 200 and len(response.content) > 1000, url

@@ -133,3 +133,50 @@ def test_no_command_means_serve(argv, expected):
     from sdwebui.cli import with_default_command
 
     assert with_default_command(argv) == expected
+
+
+@pytest.fixture
+def restore_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_flag_sets_torch_threads(data_dir, tmp_path, capsys, restore_torch_threads):
+    import torch
+
+    code = main(["txt2img", "x", "--threads", "1", "--out", str(tmp_path / "out"), "--data-dir", str(data_dir), *SMALL])
+    assert code == 0 and torch.get_num_threads() == 1
+
+
+def test_threads_flag_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["txt2img", "x", "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "--threads: must be at least 1, not 0" in capsys.readouterr().err
+
+
+def test_server_worker_sets_its_own_thread_count():
+    """With OpenMP the count is per thread: the worker thread, which generates, must set it itself."""
+    import threading
+
+    import torch
+
+    from sdwebui.app import config_from_args
+    from sdwebui.cli import build_parser, paths_from
+    from sdwebui.server.services import _prepare_worker
+
+    args = build_parser().parse_args(["serve", "--threads", "1"])
+    assert config_from_args(args, paths_from(args)).threads == 1
+    seen = []
+
+    def worker():
+        _prepare_worker(threads=1, preload=False)
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [1]

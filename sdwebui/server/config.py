@@ -80,6 +80,8 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     preload: bool = True
     """Import the generation pipeline in the worker as soon as the server is up, so the first job is fast."""
+    threads: int | None = None
+    """CPU threads torch uses for generation (`--threads`); None = torch's default (one per core)."""
     ui: bool = True
     """Serve the web UI at `/` (Gradio, mounted on the same app); False = API only (`--nowebui`)."""
     flags: dict = field(default_factory=dict, hash=False, compare=False)

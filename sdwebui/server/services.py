@@ -7,6 +7,7 @@ question arrives, not at start-up.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -32,7 +33,7 @@ class Services:
              "extras": self._run_extras},
             name="worker-0",
             on_out_of_memory=self.release_memory,
-            warmup=_import_pipelines if config.preload else None,
+            warmup=functools.partial(_prepare_worker, threads=config.threads, preload=config.preload),
         )
         self.recovered = self.queue.restore(recovered)
         if recovered:
@@ -241,9 +242,16 @@ def _listed(path: Path, allowed: list[Path]) -> bool:
         return False
 
 
-def _import_pipelines() -> None:
-    import sdwebui.pipelines.output  # noqa: F401
-    import sdwebui.pipelines.txt2img  # noqa: F401
+def _prepare_worker(*, threads: int | None, preload: bool) -> None:
+    """Runs first in the worker thread. The thread count is set here, not at start-up: with OpenMP it is a
+    per-thread setting, and this is the thread that generates."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if preload:
+        import sdwebui.pipelines.output  # noqa: F401
+        import sdwebui.pipelines.txt2img  # noqa: F401
 
 
 __all__ = ["Services"]
