@@ -302,6 +302,23 @@ def test_native_size_hints_in_metadata(tiny_sd1, tmp_path):
     assert load_checkpoint(path).native_size == 768
 
 
+def test_native_size_peek_reads_each_file_version_once(tiny_sd1, tmp_path, monkeypatch):
+    import os
+
+    from sdwebui.models import files
+    from sdwebui.models.detect import peek_native_size
+
+    reads = []
+    real_read = files.read_safetensors_header
+    monkeypatch.setattr(files, "read_safetensors_header", lambda path: reads.append(path) or real_read(path))
+    path = write_single_file(tiny_sd1, tmp_path / "m.safetensors", metadata={"sdwebui.native_size": "768"})
+    assert [peek_native_size(path) for _ in range(3)] == [768, 768, 768]
+    assert len(reads) == 1
+    write_single_file(tiny_sd1, path, metadata={"sdwebui.native_size": "640"})  # replaced in place
+    os.utime(path, ns=(1, 1))  # even if the clock's resolution hid the change, the time differs now
+    assert peek_native_size(path) == 640 and len(reads) == 2
+
+
 # ------------------------------------------------------------------------------ shapes -> config inference
 
 

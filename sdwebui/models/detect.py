@@ -31,6 +31,8 @@ Prediction type, first match wins:
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,18 +293,26 @@ def native_size_from_metadata(metadata: Mapping[str, str]) -> int | None:
 
 def peek_native_size(path: str | Path) -> int | None:
     """A checkpoint's native size (what the loader will set as `SDModel.native_size`) from the `.safetensors`
-    header alone: its metadata, else its family's (SD 1/2 512, SDXL 1024). None for other formats."""
-    from sdwebui.models.files import read_safetensors_header
-
+    header alone: its metadata, else its family's (SD 1/2 512, SDXL 1024). None for other formats.
+    Remembered per file version (size and modification time, the checkpoint's and its yaml's): the API asks
+    on every request that leaves the size out."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         return None
+    yaml_path = config_yaml_beside(path)
+    versions = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (path, yaml_path) if p is not None)
+    return _peek_native_size(path, yaml_path, versions)
+
+
+@functools.lru_cache(maxsize=64)
+def _peek_native_size(path: Path, yaml_path: Path | None, versions: tuple) -> int:
+    from sdwebui.models.files import read_safetensors_header
+
     header = read_safetensors_header(path)
     native = native_size_from_metadata(header.metadata)
     if native is not None:
         return native
     family = detect(header.tensors, path).family
-    yaml_path = config_yaml_beside(path)
     if family == ModelFamily.SD2 and yaml_path is not None and read_ldm_yaml_parameterization(yaml_path) == "v":
         return 768  # SD 2.x 768-v, as the loader decides (without a yaml only the weights can tell)
     return family.spec.native_size
