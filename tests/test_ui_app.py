@@ -168,6 +168,39 @@ def test_infotext_fields_only_those_named_and_unknown_sampler_left_alone():
     assert "sampler" not in values and "seed" not in values and "width" not in values
 
 
+def test_pasted_settings_become_override_entries_and_reach_the_job(services):
+    """A1111's "Override settings": an infotext's Clip skip / ENSD / RNG that differ from the current settings
+    are listed for the next job only; the checkpoint its Model hash names is listed when it is another one."""
+    from sdwebui.server import catalog
+    from sdwebui.ui.fields import UIError, override_entries_from_infotext, request_from_fields, submit_txt2img
+
+    current = catalog.checkpoints(services.paths)[0]
+    text = ("a cat\nSteps: 4, Seed: 3, Size: 64x64, Clip skip: 2, ENSD: 31337, RNG: cpu, "
+            f"Model hash: 0123456789, Model: {current.model_name}")
+    entries = override_entries_from_infotext(services, text)
+    assert entries == ["Clip skip: 2", "Eta noise seed delta: 31337", "Random number generator source: CPU"]
+    assert override_entries_from_infotext(services, "a cat\nSteps: 4, Clip skip: 1, Clip skip: x") == []
+    request = request_from_fields({"prompt": "x", "override_settings": entries}, save_images=False)
+    assert request.override_settings == {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337,
+                                         "randn_source": "CPU"}
+    job = submit_txt2img(services, {"prompt": "x", "width": 64, "height": 64, "override_settings": ["Clip skip: 2"]})
+    try:
+        assert job.payload["params"]["clip_skip"] == 2
+    finally:
+        services.queue.cancel(job.id)
+    other = services.paths.ckpt_dir / "z-other-model.safetensors"
+    other.write_bytes(current.path.read_bytes())
+    try:
+        assert override_entries_from_infotext(services, "a cat\nSteps: 4, Seed: 3, Model: z-other-model") == [
+            "Stable Diffusion checkpoint: z-other-model.safetensors"]
+    finally:
+        other.unlink()
+    with pytest.raises(UIError, match="Override settings: 'Colour: red' is not a setting"):
+        request_from_fields({"prompt": "x", "override_settings": ["Colour: red"]}, save_images=False)
+    with pytest.raises(UIError, match="Override settings: Clip skip must be a number"):
+        request_from_fields({"prompt": "x", "override_settings": ["Clip skip: two"]}, save_images=False)
+
+
 def test_token_counter_counts_as_a1111():
     from sdwebui.ui.fields import TokenCounter
 

@@ -247,7 +247,7 @@ def test_png_info_round_trip_into_txt2img(page, server, tmp_path):
         "Negative prompt: blurry, lowres\n"
         "Steps: 7, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 987654, Size: 64x128, "
         "Model hash: 0123456789, Variation seed: 42, Variation seed strength: 0.25, Seed resize from: 32x48, "
-        "Version: v1.5.1"
+        "Clip skip: 2, Version: v1.5.1"
     )
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", infotext)
@@ -275,6 +275,9 @@ def test_png_info_round_trip_into_txt2img(page, server, tmp_path):
     assert float(number(page, "txt2img_subseed_strength")) == 0.25
     assert number(page, "txt2img_seed_resize_from_w") == "32"
     assert number(page, "txt2img_seed_resize_from_h") == "48"
+    # Settings the infotext names that differ from the current ones become A1111's "Override settings".
+    overrides = page.locator("#txt2img_override_settings")
+    wait_until(lambda: overrides.is_visible() and "Clip skip: 2" in overrides.inner_text(), timeout=15)
     shot(page, "pnginfo-sent-to-txt2img")
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Body, Query
@@ -607,6 +608,32 @@ def _checked_overrides(services: Services, overrides: dict[str, Any]) -> tuple[d
     return accepted, ignored
 
 
+def settings_from_infotext(services: Services, params: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:
+    """The settings a parsed infotext names (A1111's `infotext_to_setting_name_mapping`: Clip skip, ENSD, RNG,
+    the schedule and sampler parameters), typed, and the checkpoint its `Model hash` (else its `Model`) names
+    when that file is in the model folders. A value that cannot be read is a FieldError when `strict`, else left out."""
+    settings: dict[str, Any] = {}
+    for label, (key, kind) in INFOTEXT_SETTINGS.items():
+        if label not in params:
+            continue
+        try:
+            value = kind(params[label])
+        except (TypeError, ValueError):
+            if strict:
+                raise FieldError(("infotext",), f"cannot read {label!r} from the infotext: {params[label]!r}") from None
+            continue
+        settings[key] = str(value).upper() if key == "randn_source" else value
+    model_hash, model_name = params.get("Model hash"), params.get("Model")
+    if model_hash or model_name:
+        entries = catalog.checkpoints(services.paths)
+        # By hash when the file's hash is known (hashed once it was loaded), else by A1111's model name.
+        by_hash = [e for e in entries if model_hash and e.sha256 and e.sha256.startswith(str(model_hash).lower())]
+        by_name = [e for e in entries if model_name and e.model_name == str(model_name)]
+        if by_hash or by_name:
+            settings["sd_model_checkpoint"] = (by_hash or by_name)[0].title
+    return settings
+
+
 def apply_infotext(services: Services, req: Txt2ImgRequest) -> None:
     """A1111 `Api.apply_infotext`: fields the request did not set are taken from the infotext; settings named
     in it become `override_settings` unless the request overrides them itself."""
@@ -627,23 +654,9 @@ def apply_infotext(services: Services, req: Txt2ImgRequest) -> None:
     if "enable_hr" not in explicit and "Denoising strength" in params and any(k in params for k in HIRES_INFOTEXT_KEYS):
         req.enable_hr = True
     overrides = dict(req.override_settings or {})
-    for label, (key, kind) in INFOTEXT_SETTINGS.items():
-        if label in params and key not in overrides:
-            value = params[label]
-            try:
-                value = kind(value)
-            except (TypeError, ValueError):
-                raise FieldError(("infotext",), f"cannot read {label!r} from the infotext: {value!r}") from None
-            if key == "randn_source":
-                value = str(value).upper()
-            if value != OPTIONS[key].default:
-                overrides[key] = value
-    model_hash = params.get("Model hash")
-    if model_hash and "sd_model_checkpoint" not in overrides:
-        for entry in catalog.checkpoints(services.paths):
-            if entry.sha256 and entry.sha256.startswith(str(model_hash).lower()):
-                overrides["sd_model_checkpoint"] = entry.title
-                break
+    for key, value in settings_from_infotext(services, params).items():
+        if key not in overrides and (key == "sd_model_checkpoint" or value != OPTIONS[key].default):
+            overrides[key] = value
     if overrides:
         req.override_settings = overrides
     # Re-validate what the infotext put in (a pasted "Size: 1000x1000" must fail like a typed one would).

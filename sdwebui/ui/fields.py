@@ -52,6 +52,8 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
     "hr_negative_prompt",
     "refiner_checkpoint",
     "refiner_switch_at",
+    # A1111's "Override settings": settings for this job only, filled from a pasted infotext ("Clip skip: 2").
+    "override_settings",
 )
 
 # A1111's txt2img tab defaults (`modules/ui.py`; the API's differ: 50 steps, Euler).
@@ -87,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "hr_negative_prompt": "",
     "refiner_checkpoint": "None",
     "refiner_switch_at": 0.8,
+    "override_settings": [],
 }
 
 # A1111 request field -> UI field (the rest have the same name).
@@ -125,6 +128,7 @@ def request_from_fields(values: Mapping[str, Any], *, save_images: bool):
             seed_resize_from_w=int(v["seed_resize_from_w"]),
             seed_resize_from_h=int(v["seed_resize_from_h"]),
             **_hires_request_fields(v),
+            override_settings=override_settings_from_entries(v["override_settings"]) or None,
             save_images=save_images,
             send_images=False,
         )
@@ -134,6 +138,43 @@ def request_from_fields(values: Mapping[str, Any], *, save_images: bool):
         raise UIError(f"{_REQUEST_TO_FIELD.get(field, field)}: {first['msg']}") from None
     except (TypeError, ValueError) as error:
         raise UIError(str(error)) from None
+
+
+def override_settings_from_entries(entries) -> dict[str, Any]:
+    """A1111's "Override settings" entries ("Clip skip: 2", named by the settings' labels) -> setting key ->
+    value, typed as the setting is. The values are checked later, with the request, like the API's."""
+    from sdwebui.server.options import OPTIONS
+
+    by_label = {spec.label: key for key, spec in OPTIONS.items()}
+    settings: dict[str, Any] = {}
+    for entry in entries or []:
+        label, separator, text = str(entry).partition(": ")
+        key = by_label.get(label)
+        if not separator or key is None:
+            raise UIError(f"Override settings: {entry!r} is not a setting (write it as 'Clip skip: 2')")
+        kind = OPTIONS[key].kind
+        try:
+            settings[key] = (text == "True") if kind is bool else kind(float(text)) if kind is int else kind(text)
+        except ValueError:
+            raise UIError(f"Override settings: {label} must be a number, got {text!r}") from None
+    return settings
+
+
+def override_entries_from_infotext(services: Services, text: str) -> list[str]:
+    """The "Override settings" entries a pasted infotext implies (A1111 `get_override_settings`): each setting it
+    names (Clip skip, ENSD, RNG, ...; the checkpoint its Model hash names) whose value differs from the current
+    one."""
+    from sdwebui.pipelines.infotext import parse_infotext
+    from sdwebui.server.a1111 import settings_from_infotext
+    from sdwebui.server.options import OPTIONS
+
+    current = services.options.all()
+    current["sd_model_checkpoint"] = checkpoint_choices(services)[1]
+    return [
+        f"{OPTIONS[key].label}: {value}"
+        for key, value in settings_from_infotext(services, parse_infotext(text), strict=False).items()
+        if value != current.get(key)
+    ]
 
 
 _HIRES_TYPES = {
@@ -431,6 +472,6 @@ class TokenCounter:
 __all__ = [
     "TXT2IMG_FIELDS", "DEFAULTS", "UIError", "request_from_fields", "submit_txt2img", "apply_styles", "style_names",
     "progress_text",
-    "fields_from_infotext", "canonical_sampling", "sampler_choices", "schedule_choices", "checkpoint_choices",
+    "fields_from_infotext", "override_entries_from_infotext", "override_settings_from_entries", "canonical_sampling", "sampler_choices", "schedule_choices", "checkpoint_choices",
     "vae_choices", "native_size", "TokenCounter", "upscaler_choices", "extras_upscaler_choices",
 ]

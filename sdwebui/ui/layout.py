@@ -20,6 +20,7 @@ from sdwebui.ui.fields import (
     checkpoint_choices,
     fields_from_infotext,
     native_size,
+    override_entries_from_infotext,
     sampler_choices,
     schedule_choices,
     style_names,
@@ -135,6 +136,8 @@ def build_ui(services: Services):
         # ---- infotext -> txt2img ------------------------------------------------------------------------------
         def paste(text):
             values = fields_from_infotext(text or "") if (text or "").strip() else {}
+            if values:
+                values["override_settings"] = override_settings_update(text)
             updates = [values[name] if name in values else gr.skip() for name in TXT2IMG_FIELDS]
             extra_open = any(values.get(k) for k in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h"))
             return [*updates, gr.update(open=True) if extra_open else gr.skip(),
@@ -160,8 +163,14 @@ def build_ui(services: Services):
                      if name in TXT2IMG_FIELDS and name != "styles" or name in img2img.DEFAULTS
                      and name not in ("mode", "size_tab", "scale_by", "resize_mode")]
 
+        def override_settings_update(text):
+            entries = override_entries_from_infotext(services, text)
+            return gr.update(choices=entries, value=entries, visible=bool(entries))
+
         def to_img2img(image, text, target):
             values = img2img.img2img_fields_from_infotext(text or "") if (text or "").strip() else {}
+            if values:
+                values["override_settings"] = override_settings_update(text)
             updates = [values[name] if name in values else gr.skip() for name in i2i_paste]
             if image is None:
                 return [*updates, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Tabs(selected="img2img")]

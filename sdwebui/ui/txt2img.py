@@ -148,6 +148,12 @@ def build(
 
             f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{prefix}_tiling",
                                       info="seamless images: the picture wraps around at its edges")
+            # Filled by pasting an infotext; hidden while empty (as A1111's).
+            f["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                                 label="Override settings", visible=False,
+                                                 elem_id=f"{prefix}_override_settings")
+            f["override_settings"].change(lambda entries: gr.update(visible=bool(entries)), f["override_settings"],
+                                          f["override_settings"], show_progress="hidden", queue=False)
             if extra_settings is not None:
                 extra_settings(f, c)
             else:
