@@ -240,6 +240,10 @@ class TextEncoderStack:
         self.clip_g = clip_g
         self.clip_h = clip_h
         self.is_sdxl = family.spec.is_sdxl
+        self.uses_clip_skip = tuple(needed) == ("clip_l",)
+        """Only SD 1.x's CLIP-L follows Clip skip. A1111 ignores the setting for SD 2.x's OpenCLIP (which already
+        conditions on its penultimate layer) and for SDXL (fixed layers), and writes it in the infotext anyway;
+        following it there would make those infotexts give other images than A1111's."""
 
         tokenizers = {n: load_clip_tokenizer("clip_l" if n == "clip_l" else "open_clip") for n in needed}
         self.tokenizer: CLIPTokenizer = tokenizers[needed[0]]
@@ -424,6 +428,8 @@ class TextEncoderStack:
         hidden = out.hidden_states
         if self.is_sdxl:
             z = hidden[-2]
+        elif not self.uses_clip_skip:
+            z = out.last_hidden_state
         else:
             n_layers = len(hidden) - 1
             if clip_skip > n_layers:
