@@ -196,6 +196,25 @@ def test_skip_abandons_only_the_current_batch(tiny_files):
     assert result.seeds == [6]
 
 
+def test_each_batch_is_handed_over_as_soon_as_it_is_decoded(tiny_files):
+    """`on_images` gets every batch (images, seeds, infotexts) before the next batch samples a step."""
+    _, model = load(tiny_files, ModelFamily.SD1)
+    events = []
+    ctx = GenerationContext(
+        model=model, rng="cpu", on_step=lambda progress: events.append(("step", progress.batch_index)),
+        on_images=lambda batch: events.append(("images", batch)),
+    )
+    result = txt2img(ctx, Txt2ImgParams(prompt=PROMPT, width=SIZE, height=SIZE, steps=2, batch_count=3,
+                                        batch_size=2, seed=5))
+    handed = [event[1] for event in events if event[0] == "images"]
+    assert [batch.seeds for batch in handed] == [[5, 6], [7, 8], [9, 10]]
+    assert [event if event[0] == "step" else "images" for event in events] == [
+        ("step", 0), ("step", 0), "images", ("step", 1), ("step", 1), "images", ("step", 2), ("step", 2), "images"]
+    assert [image for batch in handed for image in batch.images] == result.images
+    assert [text for batch in handed for text in batch.infotexts] == result.infotexts
+    assert handed[0].params.seed == 5 and "Seed: 6," in handed[0].infotexts[1]
+
+
 def test_vae_nan_in_half_precision_is_retried_in_fp32(tiny_files):
     """A VAE whose activations overflow fp16 (as SD's VAE does on real GPUs) is decoded again in fp32."""
     _, path = tiny_files[ModelFamily.SD1]

@@ -30,6 +30,18 @@ class StepProgress:
     """The sampler's current x0 estimate (latent); used for live previews."""
 
 
+@dataclass(frozen=True)
+class FinishedImages:
+    """One batch's images, decoded, with their seeds and infotexts (what `GenerationContext.on_images` gets)."""
+
+    params: object
+    """The job's parameters as run (seeds resolved): `Txt2ImgParams` or `Img2ImgParams`."""
+    images: list
+    """PIL images."""
+    seeds: list[int]
+    infotexts: list[str]
+
+
 class GenerationStopped(Exception):
     """Raised inside the sampling loop when the caller asked to interrupt or skip; caught by the pipeline."""
 
@@ -99,3 +111,6 @@ class GenerationContext:
     """Image upscalers for the hires fix (Lanczos and Nearest work without one)."""
     upscale_tile: tuple[int, int] = (192, 8)
     """(tile size, overlap) for model upscalers (A1111's `ESRGAN_tile`, `ESRGAN_tile_overlap`)."""
+    on_images: Callable[[FinishedImages], None] | None = None
+    """Called with each batch's images as soon as they are decoded, before the next batch starts (the server
+    saves them there, as A1111 does, so a job that is stopped or dies later keeps them)."""

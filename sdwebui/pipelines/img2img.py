@@ -35,9 +35,9 @@ from sdwebui.pipelines.img2img_params import INPAINTING_FILLS, Img2ImgParams
 from sdwebui.pipelines.params import ParamError
 from sdwebui.pipelines.txt2img import (
     BatchDenoisers,
+    FinishedBatches,
     batch_rng,
     step_callback,
-    GenerationError,
     GenerationResult,
     _NetworkScope,
     create_infotext,
@@ -45,7 +45,6 @@ from sdwebui.pipelines.txt2img import (
     sampler_options,
     schedule_sigmas,
 )
-from sdwebui.pipelines.vae_decode import decode_latents
 from sdwebui.pipelines.vae_encode import encode_pixels, pil_to_tensor
 
 LATENT_FACTOR = 8
@@ -240,11 +239,29 @@ def img2img(
         schedule_infotext = schedule_sigmas(sampling, params, inner)[1]
         networks = _NetworkScope(ctx, stack)
 
-        all_latents: list[torch.Tensor] = []
-        kept_seeds: list[int] = []
-        kept_subseeds: list[int] = []
-        kept_extra: list[dict[str, object]] = []
-        kept_index: list[int] = []
+        noise_infotext = {}
+        if params.initial_noise_multiplier != 1.0:
+            noise_infotext["Noise multiplier"] = params.initial_noise_multiplier
+
+        def make_infotext(image_seed, image_subseed, batch_extra):
+            return create_infotext(
+                model, params, sampling, ctx, image_seed, image_subseed,
+                {**image_infotext, **batch_extra, **noise_infotext, **sampler_infotext, **schedule_infotext},
+            )
+
+        def paste_overlays(images):
+            if overlays is None:
+                return images
+            if prepared.paste_to is None and overlays[0].size != images[0].size:
+                # "Just resize (latent upscale)" keeps the init image at its own size; the overlay must match
+                # the output (A1111 fails here with "images do not match").
+                resized = [overlay.resize(images[0].size, resample=masking.LANCZOS) for overlay in overlays]
+            else:
+                resized = overlays
+            # Image i of every batch belongs to init image i (A1111 repeats the init images per batch).
+            return [masking.apply_overlay(image, prepared.paste_to, resized[i]) for i, image in enumerate(images)]
+
+        finished = FinishedBatches(ctx, params, notes, make_infotext)
         interrupted = False
         denoisers = BatchDenoisers(ctx, model, inner, networks, params, schedule_steps)
         for batch_index in range(params.batch_count):
@@ -260,45 +277,11 @@ def img2img(
             )
             if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
                 continue
-            all_latents.append(latents)
-            kept_seeds.extend(seeds[batch])
-            kept_subseeds.extend(subseeds[batch])
-            kept_extra.extend([batch_extra] * len(seeds[batch]))
-            kept_index.extend(range(len(seeds[batch])))
+            finished.add(model, latents, seeds[batch], subseeds[batch], batch_extra, finish=paste_overlays)
             if stopped:
                 interrupted = True
                 break
-
-        if not all_latents:
-            return GenerationResult(params, [], [], [], torch.zeros((0, *latent_shape)), notes, interrupted=True)
-        latents = torch.cat(all_latents)
-        if ctx.nan_check and torch.isnan(latents).any():
-            raise GenerationError(
-                "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
-            )
-        images, decode_notes = decode_latents(model, latents)
-        notes.extend(decode_notes)
-
-    if overlays is not None:
-        if prepared.paste_to is None and overlays[0].size != images[0].size:
-            # "Just resize (latent upscale)" keeps the init image at its own size; the overlay must match the
-            # output (A1111 fails here with "images do not match").
-            overlays = [overlay.resize(images[0].size, resample=masking.LANCZOS) for overlay in overlays]
-        images = [
-            masking.apply_overlay(image, prepared.paste_to, overlays[index])
-            for image, index in zip(images, kept_index)
-        ]
-    noise_infotext = {}
-    if params.initial_noise_multiplier != 1.0:
-        noise_infotext["Noise multiplier"] = params.initial_noise_multiplier
-    infotexts = [
-        create_infotext(
-            model, params, sampling, ctx, image_seed, image_subseed,
-            {**image_infotext, **image_extra, **noise_infotext, **sampler_infotext, **schedule_infotext},
-        )
-        for image_seed, image_subseed, image_extra in zip(kept_seeds, kept_subseeds, kept_extra)
-    ]
-    return GenerationResult(params, images, kept_seeds, infotexts, latents.float().cpu(), notes, interrupted)
+        return finished.result(latent_shape, interrupted)
 
 
 def _denoise_batch(

@@ -25,7 +25,13 @@ from sdwebui.models.embeddings import ti_hashes
 from sdwebui.models.sd_model import SDModel
 from sdwebui.models.text_encoding import Conditioning
 from sdwebui.pipelines.conditioning import BatchConditioning, build_conditioning, uses_emphasis
-from sdwebui.pipelines.context import GenerationContext, GenerationStopped, NetworkActivation, StepProgress
+from sdwebui.pipelines.context import (
+    FinishedImages,
+    GenerationContext,
+    GenerationStopped,
+    NetworkActivation,
+    StepProgress,
+)
 from sdwebui.pipelines.denoise import make_denoiser
 from sdwebui.pipelines.infotext import build_infotext
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
@@ -208,6 +214,47 @@ class _NetworkScope:
         return self.activation
 
 
+class FinishedBatches:
+    """The job's kept batches: each is NaN-checked, decoded, given its infotexts and handed to `ctx.on_images`
+    as soon as it is sampled (as A1111 saves each image before the next batch), then kept for the result."""
+
+    def __init__(self, ctx: GenerationContext, params, notes: list[str], make_infotext):
+        self.ctx = ctx
+        self.params = params
+        self.notes = notes
+        self.make_infotext = make_infotext
+        """(seed, subseed, the batch's infotext entries) -> the image's infotext."""
+        self.images: list[Image.Image] = []
+        self.seeds: list[int] = []
+        self.infotexts: list[str] = []
+        self.latents: list[torch.Tensor] = []
+
+    def add(self, decode_model: SDModel, latents: torch.Tensor, seeds, subseeds, extra: dict, finish=None) -> None:
+        """`finish`: images -> images, applied after decoding (img2img pastes its overlays there)."""
+        if self.ctx.nan_check and torch.isnan(latents).any():
+            raise GenerationError(
+                "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
+            )
+        images, decode_notes = decode_latents(decode_model, latents)
+        self.notes.extend(note for note in decode_notes if note not in self.notes)
+        if finish is not None:
+            images = finish(images)
+        infotexts = [self.make_infotext(seed, subseed, extra) for seed, subseed in zip(seeds, subseeds)]
+        self.images.extend(images)
+        self.seeds.extend(seeds)
+        self.infotexts.extend(infotexts)
+        self.latents.append(latents.float().cpu())
+        if self.ctx.on_images is not None:
+            self.ctx.on_images(FinishedImages(self.params, images, list(seeds), infotexts))
+
+    def result(self, latent_shape: tuple[int, ...], interrupted: bool) -> GenerationResult:
+        if not self.latents:
+            return GenerationResult(self.params, [], [], [], torch.zeros((0, *latent_shape)), self.notes,
+                                    interrupted=True)
+        return GenerationResult(self.params, self.images, self.seeds, self.infotexts, torch.cat(self.latents),
+                                self.notes, interrupted)
+
+
 def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
     model = ctx.model
     sampling = resolve_sampling(params.sampler, params.scheduler)
@@ -246,13 +293,14 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
                 size = params.hires_target[:2]
                 wrap = lambda d, p: refiner.wrap(d, plan.model, p["prompts"], p["negative_prompts"], *size, hires=True)  # noqa: E731
             hires = HiresFix(ctx, plan, wrap)
-        decode_model = model
-
-        all_latents: list[torch.Tensor] = []
-        kept_seeds: list[int] = []
-        kept_subseeds: list[int] = []
-        kept_extra: list[dict[str, object]] = []
         notes: list[str] = []
+
+        def make_infotext(image_seed, image_subseed, batch_extra):
+            refiner_infotext = refiner.infotext if refiner is not None else {}
+            return create_infotext(model, params, sampling, ctx, image_seed, image_subseed,
+                                   {**batch_extra, **sampler_infotext, **schedule_infotext, **refiner_infotext})
+
+        finished = FinishedBatches(ctx, params, notes, make_infotext)
         interrupted = False
         wrap = None
         if refiner is not None and hires is None:
@@ -283,34 +331,11 @@ def txt2img(ctx: GenerationContext, params: Txt2ImgParams) -> GenerationResult:
                 batch_extra = {**hires.plan.infotext, **batch_extra, **hires.extra_infotext}
                 if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
                     continue
-            all_latents.append(latents)
-            kept_seeds.extend(batch_seeds)
-            kept_subseeds.extend(subseeds[batch])
-            kept_extra.extend([batch_extra] * len(batch_seeds))
+            finished.add(decode_model, latents, batch_seeds, subseeds[batch], batch_extra)
             if stopped:
                 interrupted = True
                 break
-
-        if not all_latents:
-            latents = torch.zeros((0, *latent_shape))
-            return GenerationResult(params, [], [], [], latents, notes, interrupted=True)
-        latents = torch.cat(all_latents)
-        if ctx.nan_check and torch.isnan(latents).any():
-            raise GenerationError(
-                "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
-            )
-        images, decode_notes = decode_latents(decode_model, latents)
-        notes.extend(decode_notes)
-
-    refiner_infotext = refiner.infotext if refiner is not None else {}
-    infotexts = [
-        create_infotext(
-            model, params, sampling, ctx, image_seed, image_subseed,
-            {**image_extra, **sampler_infotext, **schedule_infotext, **refiner_infotext},
-        )
-        for image_seed, image_subseed, image_extra in zip(kept_seeds, kept_subseeds, kept_extra)
-    ]
-    return GenerationResult(params, images, kept_seeds, infotexts, latents.float().cpu(), notes, interrupted)
+        return finished.result(latent_shape, interrupted)
 
 
 class _OtherModels:

@@ -257,7 +257,7 @@ def _img2img_batch(ctx, params, batch: list[dict]):
 
 
 def run_generation(job: "JobHandle", services: "Services", kind: str) -> dict:
-    from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.context import FinishedImages, GenerationContext
     from sdwebui.pipelines.networks import LoraNetworks
     from sdwebui.pipelines.output import save_image
 
@@ -280,6 +280,38 @@ def run_generation(job: "JobHandle", services: "Services", kind: str) -> dict:
                         make_preview)
         save_progress()
 
+    saved: list[dict] = []
+    outputs = services.paths.outputs_dir
+    outdir = outputs / payload.get("outdir", OUTDIR_OPTIONS[kind][1])
+
+    def on_images(batch: FinishedImages) -> None:
+        """Each batch is saved as soon as it is decoded (as A1111 does): a job stopped later, or a server that
+        dies, keeps the images already made."""
+        for image, infotext in zip(batch.images, batch.infotexts):
+            image.info["parameters"] = infotext  # the PNGs a client gets carry the infotext, as A1111's do
+        if not payload.get("save_images", True):
+            return
+        resolved = batch.params
+        filename_fields = {
+            "prompt": resolved.prompt, "negative_prompt": resolved.negative_prompt, "steps": resolved.steps,
+            "cfg_scale": resolved.cfg_scale, "width": resolved.width, "height": resolved.height,
+            "sampler": resolved.sampler, "scheduler": resolved.scheduler, "clip_skip": resolved.clip_skip,
+            "model_name": model.info.name, "model_hash": model.info.short_hash,
+        }
+        for image, seed, infotext in zip(batch.images, batch.seeds, batch.infotexts):
+            path = save_image(image, outdir, seed=seed, infotext=infotext,
+                              date_subdir=bool(payload.get("save_to_dirs", True)),
+                              pattern=payload.get("filename_pattern", "[seed]"), fields=filename_fields)
+            relative = path.relative_to(outputs).as_posix()
+            image_id = services.store.add_image(
+                job_id=job.id, path=relative, seed=seed, prompt=resolved.prompt,
+                negative_prompt=resolved.negative_prompt, infotext=infotext,
+                params={name: getattr(resolved, name) for name in fields},
+                model_name=model.info.name, model_hash=model.info.short_hash,
+                width=image.width, height=image.height,
+            )
+            saved.append({"id": image_id, "path": relative})
+
     ctx = GenerationContext(
         model=model,
         rng=payload.get("rng", "gpu"),
@@ -292,6 +324,7 @@ def run_generation(job: "JobHandle", services: "Services", kind: str) -> dict:
         load_model=services.models.get_secondary,
         upscalers=services.upscalers,
         upscale_tile=tuple(payload.get("upscale_tile", (192, 8))),
+        on_images=on_images,
     )
     if kind == "img2img":
         from sdwebui.pipelines.img2img import img2img
@@ -307,34 +340,6 @@ def run_generation(job: "JobHandle", services: "Services", kind: str) -> dict:
         result = txt2img(ctx, params)
     job.images = result.images
     job.interrupted = result.interrupted
-    for image, infotext in zip(result.images, result.infotexts):
-        image.info["parameters"] = infotext  # the PNGs a client gets carry the infotext, as A1111's do
-
-    saved: list[dict] = []
-    if payload.get("save_images", True) and result.images:
-        outputs = services.paths.outputs_dir
-        outdir = outputs / payload.get("outdir", OUTDIR_OPTIONS[kind][1])
-        resolved = result.params
-        filename_fields = {
-            "prompt": resolved.prompt, "negative_prompt": resolved.negative_prompt, "steps": resolved.steps,
-            "cfg_scale": resolved.cfg_scale, "width": resolved.width, "height": resolved.height,
-            "sampler": resolved.sampler, "scheduler": resolved.scheduler, "clip_skip": resolved.clip_skip,
-            "model_name": model.info.name, "model_hash": model.info.short_hash,
-        }
-        for image, seed, infotext in zip(result.images, result.seeds, result.infotexts):
-            path = save_image(image, outdir, seed=seed, infotext=infotext,
-                              date_subdir=bool(payload.get("save_to_dirs", True)),
-                              pattern=payload.get("filename_pattern", "[seed]"), fields=filename_fields)
-            relative = path.relative_to(outputs).as_posix()
-            image_id = services.store.add_image(
-                job_id=job.id, path=relative, seed=seed, prompt=resolved.prompt,
-                negative_prompt=resolved.negative_prompt, infotext=infotext,
-                params={name: getattr(resolved, name) for name in fields},
-                model_name=model.info.name, model_hash=model.info.short_hash,
-                width=image.width, height=image.height,
-            )
-            saved.append({"id": image_id, "path": relative})
-
     resolved = result.params
     count = len(result.images)
     return {
