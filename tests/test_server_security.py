@@ -115,8 +115,10 @@ def auth_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("auth")
     (data / "outputs").mkdir()
     Image.new("RGB", (8, 8)).save(data / "outputs" / "a.png")
-    # Configured as `--listen --api-auth` (host 0.0.0.0); the test socket itself stays on 127.0.0.1.
-    with LiveServer(data, host="0.0.0.0", credentials=Credentials(((USER, PASSWORD),)), preload=False) as live:
+    # Configured as `--listen --api-auth` (host 0.0.0.0); the test socket itself stays on 127.0.0.1. The tests
+    # here send hundreds of wrong passwords on purpose: no limit (it has its own test).
+    with LiveServer(data, host="0.0.0.0", credentials=Credentials(((USER, PASSWORD),)), max_failed_logins=0,
+                    preload=False) as live:
         assert not live.config.loopback_only
         yield live
 
@@ -213,6 +215,37 @@ def test_every_route_needs_credentials(auth_server):
         response = client.get("/api/v1/outputs/a.png", headers=GOOD)
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
         assert client.get("/api/v1/outputs/a.png", headers=basic(USER, "wrong")).status_code == 401
+
+
+def test_wrong_passwords_are_limited_per_address(tmp_path):
+    with LiveServer(tmp_path, credentials=Credentials(((USER, PASSWORD),)), max_failed_logins=3,
+                    preload=False) as live, live.client() as client:
+        for _ in range(5):  # no credentials at all: the browser asking how to log in, not a guess
+            assert client.get("/sdapi/v1/options").status_code == 401
+        assert client.get("/sdapi/v1/options", headers=GOOD).status_code == 200
+        for _ in range(3):
+            assert client.get("/sdapi/v1/options", headers=basic(USER, "guess")).status_code == 401
+        refused = client.get("/sdapi/v1/options", headers=GOOD)  # even the right password waits
+        assert refused.status_code == 429 and refused.json()["error"] == "too_many_requests"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert client.get("/api/v1/health").status_code == 200
+
+
+def test_failed_login_window_ends_and_is_per_address():
+    from sdwebui.server.security import FailedLogins
+
+    now = [1000.0]
+    limiter = FailedLogins(2, window=60, clock=lambda: now[0])
+    limiter.record("10.0.0.1")
+    now[0] += 10
+    limiter.record("10.0.0.1")
+    assert limiter.wait_seconds("10.0.0.1") == pytest.approx(50)
+    assert limiter.wait_seconds("10.0.0.2") == 0
+    now[0] += 50
+    assert limiter.wait_seconds("10.0.0.1") == 0  # the first failure is a minute old
+    limiter.record("10.0.0.1")
+    assert limiter.wait_seconds("10.0.0.1") == pytest.approx(10)
+    assert FailedLogins(0).wait_seconds("10.0.0.1") == 0
 
 
 def test_public_paths_are_only_the_health_probe():

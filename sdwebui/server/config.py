@@ -78,6 +78,8 @@ class ServerConfig:
     vae_precision: str = "auto"
     prediction_type: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_failed_logins: int = 10
+    """Wrong credentials one client address may send per minute before it must wait (429); 0 = no limit."""
     preload: bool = True
     """Import the generation pipeline in the worker as soon as the server is up, so the first job is fast."""
     threads: int | None = None

@@ -8,7 +8,9 @@ from routes that neither of its two auth systems covered). In order:
    127.0.0.1 gets 403.
 2. Authentication, default deny: with credentials configured, every path needs HTTP Basic auth except the
    explicit public list (only the health probe). The check compares against every configured pair with
-   `hmac.compare_digest` and no early exit, so timing says nothing about which part was wrong.
+   `hmac.compare_digest` and no early exit, so timing says nothing about which part was wrong. An address
+   that sends `max_failed_logins` wrong credentials within a minute gets 429 until that minute has passed,
+   so passwords cannot be guessed at network speed.
 3. Cross-site requests: a state-changing request (POST, PUT, PATCH, DELETE) that carries an `Origin` other
    than the server's own or a `--cors-allow-origins` entry gets 403, so a page in the user's browser cannot
    queue jobs or change settings on a loopback server (browsers always send `Origin` on such requests).
@@ -28,6 +30,9 @@ import base64
 import binascii
 import hmac
 import json
+import math
+import time
+from collections import OrderedDict, deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,6 +54,41 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, f"request body over the limit of {limit} bytes")
 
 
+class FailedLogins:
+    """Wrong credentials per client address. Once an address has sent `limit` of them within `window` seconds,
+    it must wait until the oldest is `window` seconds old; any request from it meanwhile is refused, the right
+    password included (telling it apart would be the very guess being limited). Used from the event loop only."""
+
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self, limit: int, window: float = 60.0, clock=time.monotonic):
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def wait_seconds(self, address: str) -> float:
+        """How long `address` must wait before it may try again (0: it may)."""
+        failures = self._failures.get(address)
+        if not self.limit or not failures:
+            return 0.0
+        now = self.clock()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if len(failures) < self.limit:
+            return 0.0
+        return failures[0] + self.window - now
+
+    def record(self, address: str) -> None:
+        if not self.limit:
+            return
+        failures = self._failures.pop(address, None) or deque(maxlen=self.limit)
+        failures.append(self.clock())
+        self._failures[address] = failures  # most recent last; the oldest addresses are forgotten first
+        while len(self._failures) > self.MAX_ADDRESSES:
+            self._failures.popitem(last=False)
+
+
 class SecurityMiddleware:
     def __init__(self, app, config: ServerConfig):
         self.app = app
@@ -58,6 +98,7 @@ class SecurityMiddleware:
         self.allowed_origins = frozenset(o.rstrip("/") for o in config.cors_allow_origins)
         self.max_body = config.max_body_bytes
         self._pairs = [(u.encode(), p.encode()) for u, p in self.credentials.pairs]
+        self.failed_logins = FailedLogins(config.max_failed_logins)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
@@ -67,9 +108,20 @@ class SecurityMiddleware:
         if self.check_host and _hostname(host) not in self.allowed_hosts:
             return await _reply(scope, send, 403, "forbidden", "this server only answers requests addressed to "
                                 "localhost (Host header not allowed; see --allowed-hosts)")
-        if self._pairs and scope["path"] not in PUBLIC_PATHS and not self._authorized(headers.get("authorization")):
-            return await _reply(scope, send, 401, "unauthorized", "authentication required",
-                                extra_headers=[(b"www-authenticate", b'Basic realm="sdwebui"')])
+        if self._pairs and scope["path"] not in PUBLIC_PATHS:
+            address = (scope.get("client") or ("unknown",))[0]
+            wait = self.failed_logins.wait_seconds(address)
+            if wait > 0:
+                seconds = math.ceil(wait)
+                return await _reply(scope, send, 429, "too_many_requests", "too many wrong passwords from this "
+                                    f"address; try again in {seconds} s",
+                                    extra_headers=[(b"retry-after", str(seconds).encode())])
+            authorization = headers.get("authorization")
+            if not self._authorized(authorization):
+                if authorization is not None:  # a request without credentials is the browser asking how to log in
+                    self.failed_logins.record(address)
+                return await _reply(scope, send, 401, "unauthorized", "authentication required",
+                                    extra_headers=[(b"www-authenticate", b'Basic realm="sdwebui"')])
         method = scope.get("method", "GET")
         origin = headers.get("origin")
         if method not in SAFE_METHODS and origin is not None and not self._origin_allowed(origin, host):
