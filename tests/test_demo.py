@@ -83,14 +83,27 @@ def test_training_script_smoke(tmp_path):
 
     work = tmp_path / "work"
     rc = train.main([
-        "--threads", str(torch.get_num_threads()), "--n-images", "64", "--vae-steps", "2", "--unet-steps", "2", "--batch", "4", "--vae-batch", "4",
-        "--sample-every", "2", "--work-dir", str(work), "--no-export",
+        "--threads", str(torch.get_num_threads()), "--n-images", "64", "--vae-steps", "2", "--unet-steps", "4",
+        "--stop-after", "2", "--batch", "4", "--vae-batch", "4", "--sample-every", "3", "--work-dir", str(work),
+        "--no-export",
     ])
     assert rc == 0
     assert (work / "vae.pt").exists() and (work / "diffusion_ema.pt").exists()
-    assert (work / "samples_000002.png").exists()
+    assert (work / "samples_000002.png").exists()  # the last step always leaves a grid and the weights
     log = (work / "train_log.txt").read_text()
-    assert "unet step 1" in log and "scaled std 1.000" in log
+    assert "unet step 1" in log and "unet step 2" not in log and "scaled std 1.000" in log
+    assert "edge" in log  # the VAE's edge term is logged with the other losses
+
+
+def test_misses_are_listed_with_what_was_asked_and_read():
+    scene = ds.make_scene(np.random.default_rng(3))
+    image = ds.render(scene)
+    assert ev.format_misses([image], [scene]) == "no misses"
+    s = scene.shapes[0]
+    blank = np.full_like(image, ds.PALETTE[scene.background])
+    line = ev.format_misses([blank], [scene])
+    assert line.startswith(f"image 0: asked {s.size} {s.colour} {s.shape} {s.position} on {scene.background}; ")
+    assert "missed colour, position, shape, size" in line
 
 
 def test_tokenizer_is_clip_l():

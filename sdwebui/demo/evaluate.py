@@ -184,6 +184,22 @@ def evaluate_images(images: list[np.ndarray], scenes: list[ds.Scene]) -> dict[st
     return {k: v / max(1, len(images)) for k, v in hits.items()}
 
 
+def format_misses(images: list[np.ndarray], scenes: list[ds.Scene]) -> str:
+    """One line per image that missed an attribute: what was asked, what the detectors read."""
+    lines = []
+    for number, (img, scene) in enumerate(zip(images, scenes)):
+        det = detect(img)
+        missed = [k for k, ok in score(det, scene).items() if not ok]
+        if missed:
+            s = scene.shapes[0]
+            lines.append(
+                f"image {number}: asked {s.size} {s.colour} {s.shape} {s.position} on {scene.background}; "
+                f"read {det.size} {det.colour} {det.shape} {det.position} on {det.background} "
+                f"(missed {', '.join(missed)})"
+            )
+    return "\n".join(lines) or "no misses"
+
+
 DEFAULT_MODEL = Path(__file__).resolve().parent / "sdwebui-demo-shapes-v1.safetensors"
 
 
@@ -223,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-grid", default=None)
+    p.add_argument("--misses", action="store_true", help="also list each image that missed an attribute")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     det = detector_accuracy()
@@ -249,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| attribute | accuracy |\n|---|---|")
     for k, v in acc.items():
         print(f"| {k} | {v:.1%} |")
+    if a.misses:
+        print(format_misses(images, scenes))
     if a.save_grid:
         from PIL import Image
 
