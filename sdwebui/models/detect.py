@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from sdwebui.filestat import file_versions
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.files import ModelFileError
 
@@ -300,8 +301,7 @@ def peek_native_size(path: str | Path) -> int | None:
     if path.suffix.lower() != ".safetensors":
         return None
     yaml_path = config_yaml_beside(path)
-    versions = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (path, yaml_path) if p is not None)
-    return _peek_native_size(path, yaml_path, versions)
+    return _peek_native_size(path, yaml_path, file_versions(p for p in (path, yaml_path) if p is not None))
 
 
 @functools.lru_cache(maxsize=64)

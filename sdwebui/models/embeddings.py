@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sdwebui.filestat import file_versions
 from sdwebui.models.files import ModelFileError, load_pickle, read_state_dict
 from sdwebui.models.hashing import sha256_file
 
@@ -228,21 +229,10 @@ class EmbeddingDatabase:
                         found.append(Path(root) / file_name)
         return found
 
-    @staticmethod
-    def _signature(files: list[Path]) -> tuple:
-        out = []
-        for path in files:
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            out.append((str(path), stat.st_size, stat.st_mtime_ns))
-        return tuple(out)
-
     def refresh(self, *, force: bool = False) -> None:
         """Re-read the folders if their files changed (or always, with `force`)."""
         files = self._files()
-        signature = self._signature(files)
+        signature = file_versions(files)
         self._checked = time.monotonic()
         with self._lock:
             if not force and self._scan is not None and self._scan.signature == signature:

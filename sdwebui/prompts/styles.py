@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdwebui.filestat import file_versions
+
 __all__ = [
     "PromptStyle",
     "StyleDatabase",
@@ -69,17 +71,6 @@ def merge_prompts(style_prompt: str, prompt: str) -> str:
     return ", ".join(part for part in (prompt.strip(), style_prompt.strip()) if part)
 
 
-def _signature(files: Sequence[Path]) -> tuple:
-    out = []
-    for path in files:
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        out.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(out)
-
-
 def apply_styles_to_prompt(prompt: str, style_texts: Iterable[str]) -> str:
     for text in style_texts:
         prompt = merge_prompts(text, prompt)
@@ -117,12 +108,12 @@ class StyleDatabase:
             for style in read_styles_csv(path):
                 styles[style.name] = style
         self.styles = styles
-        self._signature = _signature(files)
+        self._signature = file_versions(files)
 
     def reload_if_changed(self) -> StyleDatabase:
         """Re-read the files when one was added, removed or modified since the last read (users edit
         `styles.csv` while the app runs); returns self."""
-        if _signature(self.files()) != self._signature:
+        if file_versions(self.files()) != self._signature:
             self.reload()
         return self
 
