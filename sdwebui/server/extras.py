@@ -29,16 +29,10 @@ def _float(default, *, ge=None, le=None):
     return Field(default, ge=ge, le=le, allow_inf_nan=False)
 
 
-class ExtrasBaseRequest(BaseModel):
-    """A1111 `ExtrasBaseRequest` (v1.10 `modules/api/models.py`), with bounds."""
-
-    model_config = ConfigDict(extra="allow")
+class ExtrasUpscaleFields(BaseModel):
+    """A1111's extras upscaling fields (names, defaults, bounds), shared by its API request and our native job."""
 
     resize_mode: int = Field(0, ge=0, le=1, description="0 = scale by upscaling_resize, 1 = scale to w x h")
-    show_extras_results: bool = True
-    gfpgan_visibility: float = _float(0.0, ge=0.0, le=1.0)
-    codeformer_visibility: float = _float(0.0, ge=0.0, le=1.0)
-    codeformer_weight: float = _float(0.0, ge=0.0, le=1.0)
     upscaling_resize: float = _float(2.0, ge=0.0, le=16.0)
     upscaling_resize_w: int = Field(512, ge=8, le=MAX_SIDE)
     upscaling_resize_h: int = Field(512, ge=8, le=MAX_SIDE)
@@ -46,6 +40,17 @@ class ExtrasBaseRequest(BaseModel):
     upscaler_1: str = Field("None", max_length=500)
     upscaler_2: str = Field("None", max_length=500)
     extras_upscaler_2_visibility: float = _float(0.0, ge=0.0, le=1.0)
+
+
+class ExtrasBaseRequest(ExtrasUpscaleFields):
+    """A1111 `ExtrasBaseRequest` (v1.10 `modules/api/models.py`), with bounds."""
+
+    model_config = ConfigDict(extra="allow")
+
+    show_extras_results: bool = True
+    gfpgan_visibility: float = _float(0.0, ge=0.0, le=1.0)
+    codeformer_visibility: float = _float(0.0, ge=0.0, le=1.0)
+    codeformer_weight: float = _float(0.0, ge=0.0, le=1.0)
     upscale_first: bool = False
 
 
@@ -62,21 +67,14 @@ class ExtrasBatchImagesRequest(ExtrasBaseRequest):
     imageList: list[FileData] = Field(default_factory=list, max_length=1000)
 
 
-class ExtrasJob(BaseModel):
-    """A native (`POST /api/v1/jobs`) extras job: the images and A1111's extras fields (names as A1111's)."""
+class ExtrasJob(ExtrasUpscaleFields):
+    """A native (`POST /api/v1/jobs`) extras job: the images and A1111's extras upscaling fields (not its face
+    restoration ones, which are not available)."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["extras"] = "extras"
     images: list[str] = Field(..., min_length=1, max_length=64, description="base64 images")
-    resize_mode: int = Field(0, ge=0, le=1)
-    upscaling_resize: float = _float(2.0, ge=0.0, le=16.0)
-    upscaling_resize_w: int = Field(512, ge=8, le=MAX_SIDE)
-    upscaling_resize_h: int = Field(512, ge=8, le=MAX_SIDE)
-    upscaling_crop: bool = True
-    upscaler_1: str = Field("None", max_length=500)
-    upscaler_2: str = Field("None", max_length=500)
-    extras_upscaler_2_visibility: float = _float(0.0, ge=0.0, le=1.0)
     save_images: bool = True
 
 
