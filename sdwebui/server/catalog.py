@@ -47,15 +47,26 @@ class CheckpointEntry:
         }
 
 
-def cached_sha256(path: Path, cache_dir: Path) -> str | None:
-    """The full SHA-256 from the hash cache when it is still valid for the file (same size and mtime)."""
+def _read_hash_cache(cache_dir: Path) -> dict:
     from sdwebui.models.hashing import CACHE_FILE_NAME
 
     try:
         data = json.loads((cache_dir / CACHE_FILE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cached_sha256(path: Path, cache_dir: Path, cache: dict | None = None) -> str | None:
+    """The full SHA-256 from the hash cache when it is still valid for the file (same size and mtime).
+    `cache`: the cache file already read (`_read_hash_cache`), when asking for many files."""
+    if not path.is_file():
+        return None
+    data = _read_hash_cache(cache_dir) if cache is None else cache
+    try:
         entry = data.get(str(path.resolve()))
         stat = path.stat()
-    except (OSError, ValueError, AttributeError):
+    except OSError:
         return None
     if (
         isinstance(entry, dict)
@@ -74,13 +85,14 @@ def checkpoints(paths: Paths) -> list[CheckpointEntry]:
     found = find_checkpoints(paths.ckpt_dir)
     if not found and DEMO_CHECKPOINT.is_file():
         found = [DEMO_CHECKPOINT]
+    cache = _read_hash_cache(paths.cache_dir)  # once, not once per file
     entries = []
     for path in found:
         try:
             name = path.relative_to(paths.ckpt_dir).as_posix()
         except ValueError:
             name = path.name
-        entries.append(CheckpointEntry(path, name, cached_sha256(path, paths.cache_dir) if path.is_file() else None))
+        entries.append(CheckpointEntry(path, name, cached_sha256(path, paths.cache_dir, cache)))
     return entries
 
 
@@ -88,7 +100,7 @@ def entry_for(paths: Paths, path: Path) -> CheckpointEntry:
     for entry in checkpoints(paths):
         if entry.path == path:
             return entry
-    return CheckpointEntry(path, path.name, cached_sha256(path, paths.cache_dir) if path.is_file() else None)
+    return CheckpointEntry(path, path.name, cached_sha256(path, paths.cache_dir))
 
 
 def vaes(paths: Paths) -> list[dict]:
