@@ -15,25 +15,34 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 
+from fastapi.concurrency import run_in_threadpool
+from fastapi_offline import FastAPIOffline
+
+from sdwebui import __version__
+from sdwebui.pipelines.scripts import Script, ScriptRegistry
+from sdwebui.scripts import builtin_scripts
+from sdwebui.server import a1111, native
 from sdwebui.server.config import ConfigError, Credentials, ServerConfig
+from sdwebui.server.errors import install_error_handlers
+from sdwebui.server.security import SecurityMiddleware
+from sdwebui.server.services import Services
+from sdwebui.ui import mount_ui
 
 log = logging.getLogger("sdwebui")
 
 
-def build_app(config: ServerConfig):
-    from fastapi.concurrency import run_in_threadpool
+def build_services(config: ServerConfig, scripts: Iterable[Script] = ()) -> Services:
+    """The app without HTTP: store, options, queue and worker, models, and the script registry (the built-in
+    scripts plus `scripts`). The server wraps it in routes; the command line uses it as it is."""
+    return Services(config, ScriptRegistry([*builtin_scripts(), *scripts]))
 
-    from fastapi_offline import FastAPIOffline
 
-    from sdwebui import __version__
-    from sdwebui.server import a1111, native
-    from sdwebui.server.errors import install_error_handlers
-    from sdwebui.server.security import SecurityMiddleware
-    from sdwebui.server.services import Services
-
-    services = Services(config)
+def build_app(config: ServerConfig, scripts: Iterable[Script] = ()):
+    """The FastAPI app for `config`: the native and A1111 routes, the web UI, the security middleware."""
+    services = build_services(config, scripts)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -58,8 +67,6 @@ def build_app(config: ServerConfig):
     app.include_router(native.build_router(services))
     app.include_router(a1111.build_router(services))
     if config.ui:
-        from sdwebui.ui import mount_ui
-
         # The UI takes every path the API does not; the API's own prefixes keep its 404/405 answers.
         _add_api_fallbacks(app, ("/api", "/sdapi"))
         # Last, so the API routes keep their paths; inside the security middleware like everything else.
@@ -174,4 +181,4 @@ def serve(config: ServerConfig) -> int:
     return 0
 
 
-__all__ = ["build_app", "serve", "config_from_args", "add_serve_flags"]
+__all__ = ["build_app", "build_services", "serve", "config_from_args", "add_serve_flags"]

@@ -12,7 +12,17 @@ import os
 import sys
 from pathlib import Path
 
+from typing import Any
+
 from sdwebui import __version__
+from sdwebui.app import add_serve_flags, build_services, config_from_args, serve
+from sdwebui.config import DEMO_CHECKPOINT, Paths
+from sdwebui.core.errors import ParamError
+from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, param_specs
+from sdwebui.server.config import ConfigError, ServerConfig
+from sdwebui.server.service import GenerationRequest
+from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
+from sdwebui.models.hashing import sha256_of
 
 
 def add_path_flags(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +72,35 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sdwebui.pipelines.params import EMPHASIS_MODES
+def add_param_flags(parser: argparse.ArgumentParser, cls: type[GenerationParams]) -> None:
+    """One flag per generation parameter, from its declaration (`--steps`, `--cfg-scale`, `--hr-scale`, ...),
+    grouped as the declarations group them. A flag left out leaves the parameter to the settings, then to its
+    default (width and height: the checkpoint's native size)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for spec in param_specs(cls):
+        if not spec.cli_flags:
+            continue
+        target = parser
+        if spec.group:
+            target = groups.get(spec.group) or groups.setdefault(spec.group, parser.add_argument_group(spec.group))
+        help_text = spec.help or spec.label
+        if spec.default is not None and spec.kind is not bool and spec.name not in ("width", "height"):
+            help_text = f"{help_text} (default: {spec.default})"
+        if spec.kind is bool:
+            target.add_argument(*spec.cli_flags, dest=spec.name, action="store_const", const=True, default=None,
+                                help=help_text)
+        else:
+            target.add_argument(*spec.cli_flags, dest=spec.name, type=spec.kind, default=None, help=help_text,
+                                choices=spec.choices, metavar=None if spec.choices else spec.name.upper())
 
+
+def param_values(args: argparse.Namespace, cls: type[GenerationParams]) -> dict[str, Any]:
+    """The parameters the command line gave (the others are left to the settings and defaults)."""
+    return {spec.name: getattr(args, spec.name) for spec in param_specs(cls)
+            if spec.cli_flags and getattr(args, spec.name, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdwebui", description="Stable Diffusion WebUI (A1111-compatible).")
     parser.add_argument("--version", action="version", version=f"sdwebui {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks for errors")
@@ -72,42 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("txt2img", help="generate images from a prompt")
     gen.add_argument("prompt")
-    gen.add_argument("-n", "--negative-prompt", default="")
     gen.add_argument("--model", help="checkpoint name (from the checkpoints folder) or path; default: the first found")
     gen.add_argument("--vae", help='VAE file name or path; "None" = the checkpoint\'s own; default: Automatic')
-    gen.add_argument("--steps", type=int, default=20)
-    gen.add_argument("--cfg-scale", type=float, default=7.0)
-    gen.add_argument("--sampler", default="DPM++ 2M", help='A1111 sampler name or alias, e.g. "Euler a", k_dpmpp_2m')
-    gen.add_argument("--scheduler", default="Automatic", help="schedule type, e.g. Karras, Uniform")
-    gen.add_argument("--seed", type=int, default=-1, help="-1 = random; image i uses seed + i")
-    gen.add_argument("--width", type=int, help="multiple of 8 (default: the model's native size)")
-    gen.add_argument("--height", type=int, help="multiple of 8 (default: the model's native size)")
-    gen.add_argument("--batch-size", type=int, default=1)
-    gen.add_argument("--batch-count", type=int, default=1)
-    gen.add_argument("--clip-skip", type=int, default=1, help="stop at the n-th last CLIP layer (A1111's CLIP skip)")
     gen.add_argument("--styles", nargs="+", default=[], metavar="NAME",
                      help="apply these styles from the styles file, in order")
-    gen.add_argument("--emphasis", default="Original", choices=EMPHASIS_MODES,
-                     help="A1111's emphasis mode for (word:1.2) / [word]")
-    seeds = gen.add_argument_group("seed extras (A1111's Extra checkbox)")
-    seeds.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
-    seeds.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
-    seeds.add_argument("--seed-resize-from-w", type=int, default=0, help="resize seed from width (0 = off)")
-    seeds.add_argument("--seed-resize-from-h", type=int, default=0, help="resize seed from height (0 = off)")
-    seeds.add_argument("--rng", choices=["gpu", "cpu", "nv"], default="gpu",
-                       help="A1111's RNG source; nv = NVIDIA's GPU noise reproduced on any device")
-    seeds.add_argument("--ensd", type=int, default=0, help="eta noise seed delta (A1111 setting)")
-    options = gen.add_argument_group("sampler parameters (A1111 settings; default: the sampler's own)")
-    options.add_argument("--eta", type=float, help="noise multiplier of ancestral/SDE samplers (1.0) or DDIM (0)")
-    options.add_argument("--s-churn", type=float)
-    options.add_argument("--s-tmin", type=float)
-    options.add_argument("--s-tmax", type=float)
-    options.add_argument("--s-noise", type=float)
-    options.add_argument("--sigma-min", type=float, help="schedule min sigma (0 = the model's)")
-    options.add_argument("--sigma-max", type=float, help="schedule max sigma (0 = the model's)")
-    options.add_argument("--rho", type=float, help="schedule rho (0 = the schedule's)")
-    options.add_argument("--discard-penultimate-sigma", action="store_true",
-                         help="A1111's 'Always discard next-to-last sigma'")
+    add_param_flags(gen, Txt2ImgParams)
     gen.add_argument("--out", help="output folder (default: <data-dir>/outputs/txt2img-images)")
     add_path_flags(gen)
     add_device_flags(gen)
@@ -121,8 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_path_flags(embeddings)
 
     commands.add_parser("samplers", help="list samplers (aliases, default schedule) and schedule types")
-
-    from sdwebui.app import add_serve_flags
 
     serve = commands.add_parser("serve", help="start the server (the default when no command is given)")
     add_serve_flags(serve)
@@ -169,8 +172,6 @@ def with_default_command(argv: list[str]) -> list[str]:
 def is_user_error(error: Exception) -> bool:
     from sdwebui.models.files import ModelFileError
     from sdwebui.models.manager import ModelNotFoundError
-    from sdwebui.pipelines.params import ParamError
-    from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 
     return isinstance(error, (ModelFileError, ModelNotFoundError, ParamError, StyleFileError, UnknownStyleError))
 
@@ -180,6 +181,8 @@ def describe_error(error: Exception) -> str:
 
     if isinstance(error, ModelNotFoundError) and error.args:
         return str(error.args[0])
+    if isinstance(error, ParamError) and error.loc in (("checkpoint",), ("vae",)):
+        return error.message  # "checkpoint x not found in ...": the message names it already
     text = str(error) or type(error).__name__
     if not is_user_error(error):
         text = f"{type(error).__name__}: {text} (run with --debug for the traceback)"
@@ -187,8 +190,6 @@ def describe_error(error: Exception) -> str:
 
 
 def paths_from(args):
-    from sdwebui.config import Paths
-
     return Paths.from_flags(
         data_dir=args.data_dir,
         models_dir=args.models_dir,
@@ -204,100 +205,70 @@ def paths_from(args):
     )
 
 
+def cli_config(args, paths) -> ServerConfig:
+    """The app the command line runs: the same services as the server's, with its jobs in memory (a server using
+    the same data folder keeps its queue and history to itself) and model paths taken as given."""
+    return ServerConfig(
+        paths=paths, device=args.device, precision="full" if args.no_half else args.precision,
+        vae_precision="full" if args.no_half_vae else "auto", prediction_type=args.prediction_type,
+        preload=False, threads=args.threads, ui=False, in_memory_store=True, trust_paths=True,
+    )
+
+
 def run_txt2img(args) -> int:
     from tqdm import tqdm
 
-    from sdwebui.models.devices import plan_devices
-    from sdwebui.models.manager import ModelManager
-    from sdwebui.pipelines.context import GenerationContext
-    from sdwebui.pipelines.output import save_image
-    from sdwebui.pipelines.params import Txt2ImgParams
-    from sdwebui.pipelines.txt2img import resolve_sampling, txt2img
-
     paths = paths_from(args)
-    prompt, negative_prompt = args.prompt, args.negative_prompt
-    if args.styles:
-        from sdwebui.prompts.styles import StyleDatabase
-
-        prompt, negative_prompt = StyleDatabase(paths.styles_files).apply(prompt, negative_prompt, args.styles)
-
-    # Validate everything we can before touching a model file.
-    def make_params(width: int, height: int) -> Txt2ImgParams:
-        return Txt2ImgParams(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            width=width,
-            height=height,
-            steps=args.steps,
-            cfg_scale=args.cfg_scale,
-            sampler=args.sampler,
-            scheduler=args.scheduler,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            batch_count=args.batch_count,
-            clip_skip=args.clip_skip,
-            subseed=args.subseed,
-            subseed_strength=args.subseed_strength,
-            seed_resize_from_w=args.seed_resize_from_w,
-            seed_resize_from_h=args.seed_resize_from_h,
-            eta=args.eta,
-            s_churn=args.s_churn,
-            s_tmin=args.s_tmin,
-            s_tmax=args.s_tmax,
-            s_noise=args.s_noise,
-            sigma_min=args.sigma_min,
-            sigma_max=args.sigma_max,
-            rho=args.rho,
-            discard_penultimate_sigma=args.discard_penultimate_sigma,
-            emphasis=args.emphasis,
-        )
-
-    make_params(args.width or 512, args.height or 512)
-    resolve_sampling(args.sampler, args.scheduler)
-
-    precision = "full" if args.no_half else args.precision
     if args.threads:
         import torch
 
-        torch.set_num_threads(args.threads)
-    devices = plan_devices(args.device, precision=precision, vae_precision="full" if args.no_half_vae else "auto")
-    manager = ModelManager(paths, devices, prediction_type=args.prediction_type)
-    model = manager.get(args.model, vae=args.vae)
-    params = make_params(args.width or model.native_size, args.height or model.native_size)
-
-    bar = tqdm(total=params.steps * params.batch_count, desc="txt2img", unit="step", file=sys.stderr, leave=False)
-    from sdwebui.models.embeddings import EmbeddingDatabase
-    from sdwebui.models.lora import LoraLibrary
-    from sdwebui.pipelines.networks import LoraNetworks
-
-    ctx = GenerationContext(
-        model=model, rng=args.rng, eta_noise_seed_delta=args.ensd, on_step=lambda progress: bar.update(1),
-        embeddings=EmbeddingDatabase(paths.embeddings_dir),
-        extra_networks=LoraNetworks(LoraLibrary(paths.lora_dir, hash_cache_dir=paths.cache_dir)),
+        torch.set_num_threads(args.threads)  # here too: the worker sets its own (OpenMP counts per thread)
+    services = build_services(cli_config(args, paths))
+    request = GenerationRequest(
+        kind="txt2img", values={"prompt": args.prompt, **param_values(args, Txt2ImgParams)}, styles=args.styles,
+        checkpoint=args.model, vae=args.vae, outdir=str(Path(args.out).resolve()) if args.out else None,
+        client="cli",
     )
+    services.start()
     try:
-        result = txt2img(ctx, params)
+        job = services.generation.submit(request)  # checked before any model work
+        with tqdm(desc="txt2img", unit="step", file=sys.stderr, leave=False) as bar:
+            follow(services, job, bar)
     finally:
-        bar.close()
-    for note in result.notes:
+        services.close()
+    if job.exception is not None:
+        raise job.exception
+    if job.status != "done":
+        raise RuntimeError(job.error or f"the job ended {job.status}")
+    result = job.result or {}
+    for note in result.get("notes") or []:
         print(f"sdwebui: note: {note}", file=sys.stderr)
-    outdir = Path(args.out) if args.out else paths.outputs_dir / "txt2img-images"
-    for image, seed, infotext in zip(result.images, result.seeds, result.infotexts):
-        path = save_image(image, outdir, seed=seed, infotext=infotext, date_subdir=args.out is None)
-        print(path)
+    for image in result.get("images") or []:
+        print(paths.outputs_dir / image["path"])
     return 0
 
 
+def follow(services, job, bar) -> None:
+    """Show the job's steps on `bar` until it ends; Ctrl+C interrupts it (keeping what it made) and re-raises."""
+    try:
+        while not job.wait_sync(0.1):
+            p = job.progress
+            if p.total_steps:
+                bar.total = p.total_steps * p.batch_count
+                bar.n = min(bar.total, p.global_step)
+                bar.refresh()
+    except KeyboardInterrupt:
+        services.generation.interrupt(job.id)
+        job.wait_sync(60)
+        raise
+
+
 def run_models(args) -> int:
-    from sdwebui.models.devices import plan_devices
     from sdwebui.models.files import ModelFileError
-    from sdwebui.models.hashing import sha256_of
-    from sdwebui.models.loader import describe_checkpoint
-    from sdwebui.models.manager import DEMO_CHECKPOINT, ModelManager
+    from sdwebui.models.loader import describe_checkpoint, find_checkpoints
 
     paths = paths_from(args)
-    manager = ModelManager(paths, plan_devices("cpu"))
-    checkpoints = manager.checkpoints()
+    checkpoints = find_checkpoints(paths.ckpt_dir)
     if not checkpoints and DEMO_CHECKPOINT.is_file():
         checkpoints = [DEMO_CHECKPOINT]
         print(f"(no checkpoints in {paths.ckpt_dir}; the built-in demo model is used)")
@@ -374,9 +345,6 @@ def run_samplers(args) -> int:
 
 
 def run_serve(args) -> int:
-    from sdwebui.app import config_from_args, serve
-    from sdwebui.server.config import ConfigError
-
     try:
         config = config_from_args(args, paths_from(args))
     except ConfigError as error:  # a malformed --api-auth or an unreadable credentials file: one line, exit 2

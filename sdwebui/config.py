@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "demo" / "sdwebui-demo-shapes-v1.safetensors"
+"""The built-in demo model (used when the checkpoints folder is empty; see `sdwebui/demo/MODEL_CARD.md`)."""
+
 UPSCALER_FAMILIES = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT")
 """Model-upscaler folders below `models/`, named as A1111 names them (each has an `--<name>-models-path` flag)."""
 

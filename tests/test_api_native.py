@@ -272,8 +272,8 @@ def test_a_job_that_raises_fails_alone_and_oom_releases_the_model(client, server
     real = worker.runners["txt2img"]
 
     def faulty(job):
-        if job.payload["params"]["prompt"] == "raise":
-            server.services.models.get(job.payload["checkpoint"])  # a model is loaded when it fails
+        if job.payload.params.prompt == "raise":
+            server.services.models.get(job.payload.checkpoint)  # a model is loaded when it fails
             raise error
         return real(job)
 
@@ -302,7 +302,7 @@ def test_out_of_memory_unloads_the_model(client, server):
     released = []
 
     def oom(job):
-        server.services.models.get(job.payload["checkpoint"])
+        server.services.models.get(job.payload.checkpoint)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     worker.runners["txt2img"] = oom

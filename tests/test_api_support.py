@@ -32,11 +32,11 @@ def make_data_dir(root: Path, checkpoint: Path, *names: str) -> Path:
 
 
 class LiveServer:
-    def __init__(self, data_dir: Path, **config):
+    def __init__(self, data_dir: Path, scripts=(), **config):
         from sdwebui.app import build_app
 
         self.config = ServerConfig(paths=Paths.from_flags(data_dir=data_dir), **config)
-        self.app = build_app(self.config)
+        self.app = build_app(self.config, scripts=scripts)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(("127.0.0.1", 0))

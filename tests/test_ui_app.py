@@ -87,8 +87,8 @@ def services(tmp_path_factory, tiny_sd1_path):
 
 
 def test_a_ui_job_is_the_job_the_a1111_api_would_queue(services):
-    from sdwebui.server.a1111 import prepare_txt2img
-    from sdwebui.server.a1111_models import Txt2ImgRequest
+    from sdwebui.server.a1111.schemas import Txt2ImgRequest
+    from sdwebui.server.a1111.translate import to_generation_request
     from sdwebui.ui.fields import request_from_fields, submit_txt2img
 
     values = {"prompt": "a cat", "negative_prompt": "dog", "sampler": "Euler a", "scheduler": "Karras", "steps": 3,
@@ -100,10 +100,12 @@ def test_a_ui_job_is_the_job_the_a1111_api_would_queue(services):
                               steps=3, cfg_scale=5.5, width=64, height=96, n_iter=2, seed=11, subseed=5,
                               subseed_strength=0.5, seed_resize_from_w=32, seed_resize_from_h=48, save_images=True,
                               send_images=False)
-        assert request_from_fields(values, save_images=True).model_dump() == same.model_dump()
-        api_payload = prepare_txt2img(services, same, [])
-        assert {**job.payload, "client": None} == {**api_payload, "client": None}
-        assert job.payload["client"] == "ui" and job.payload["save_images"] is True  # setting samples_save
+        # The same request, made by the UI's field mapping and by the A1111 adapter, makes the same job.
+        ui_payload = services.generation.prepare(request_from_fields(values, save_images=True)).to_json()
+        api_payload = services.generation.prepare(to_generation_request(services, same, "txt2img", [])).to_json()
+        assert {**ui_payload, "client": None} == {**api_payload, "client": None}
+        assert {**job.payload.to_json(), "client": None} == {**api_payload, "client": None}
+        assert job.payload.client == "ui" and job.payload.output.save is True  # setting samples_save
         assert services.queue.position(job.id) == 0
     finally:
         services.queue.cancel(job.id)
@@ -133,8 +135,8 @@ def test_styles_are_applied_to_the_prompts_before_queueing(services):
         assert "styles" not in styled
         job = submit_txt2img(services, {"prompt": "a cat", "styles": ["Framed"], "width": 64, "height": 64})
         services.queue.cancel(job.id)
-        assert job.payload["params"]["prompt"] == "a cat, framed"
-        assert job.payload["params"]["negative_prompt"] == "ugly"
+        assert job.payload.params.prompt == "a cat, framed"
+        assert job.payload.params.negative_prompt == "ugly"
         with pytest.raises(UIError, match="^styles: .*Nope"):
             submit_txt2img(services, {"prompt": "a cat", "styles": ["Nope"]})
     finally:
@@ -181,11 +183,11 @@ def test_pasted_settings_become_override_entries_and_reach_the_job(services):
     assert entries == ["Clip skip: 2", "Eta noise seed delta: 31337", "Random number generator source: CPU"]
     assert override_entries_from_infotext(services, "a cat\nSteps: 4, Clip skip: 1, Clip skip: x") == []
     request = request_from_fields({"prompt": "x", "override_settings": entries}, save_images=False)
-    assert request.override_settings == {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337,
-                                         "randn_source": "CPU"}
+    assert request.overrides == {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337,
+                                 "randn_source": "CPU"}
     job = submit_txt2img(services, {"prompt": "x", "width": 64, "height": 64, "override_settings": ["Clip skip: 2"]})
     try:
-        assert job.payload["params"]["clip_skip"] == 2
+        assert job.payload.params.clip_skip == 2
     finally:
         services.queue.cancel(job.id)
     other = services.paths.ckpt_dir / "z-other-model.safetensors"
@@ -303,19 +305,20 @@ def test_history_search_and_delete(services):
 # ---- hires fix, refiner, tiling, extras ------------------------------------------------------------------------
 
 
-def test_hires_fields_make_the_api_request(services):
+def test_hires_fields_make_the_request(services):
     from sdwebui.ui.fields import request_from_fields
 
     values = {"prompt": "x", "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.3,
-              "hr_sampler_name": "Use same sampler", "tiling": True, "refiner_checkpoint": "None",
+              "hr_sampler": "Use same sampler", "tiling": True, "refiner_checkpoint": "None",
               "refiner_switch_at": 0.5}
-    request = request_from_fields(values, save_images=False)
-    assert request.enable_hr is True and request.hr_scale == 1.5 and request.hr_upscaler == "Lanczos"
-    assert request.denoising_strength == 0.3 and request.tiling is True
-    assert request.hr_sampler_name is None and request.refiner_checkpoint is None
+    request = request_from_fields(values, save_images=False).values
+    assert request["enable_hr"] is True and request["hr_scale"] == 1.5 and request["hr_upscaler"] == "Lanczos"
+    assert request["denoising_strength"] == 0.3 and request["tiling"] is True
+    assert request["hr_sampler"] is None and request["refiner_checkpoint"] is None
+    assert "refiner_switch_at" not in request  # no refiner: its switch point is not sent
     # Hires settings without hires fix on are not sent.
-    plain = request_from_fields({"prompt": "x", "hr_scale": 3.0}, save_images=False)
-    assert plain.enable_hr is False and plain.hr_scale == 2.0
+    plain = request_from_fields({"prompt": "x", "hr_scale": 3.0}, save_images=False).values
+    assert plain["enable_hr"] is False and "hr_scale" not in plain
 
 
 def test_infotext_with_hires_keys_turns_hires_on():
@@ -342,7 +345,7 @@ def test_extras_tab_job_upscales(services):
               "extras_upscaler_2_visibility": 0}
     job = submit_extras(services, Image.new("RGB", (16, 8)), values)
     try:
-        assert job.kind == "extras" and job.payload["params"]["upscaler_1"] == "Lanczos"
+        assert job.kind == "extras" and job.payload.params.upscaler_1 == "Lanczos"
     finally:
         services.queue.cancel(job.id)
     with pytest.raises(UIError, match="^upscaler_1: "):

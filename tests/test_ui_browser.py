@@ -199,7 +199,7 @@ def test_interrupt_stops_a_long_job_and_progress_is_shown(page, server):
     page.locator("#txt2img_preview img").first.wait_for(timeout=30_000)
     shot(page, "txt2img-progress")
     running = server.services.queue.running()
-    assert len(running) == 1 and running[0].payload["params"]["steps"] == 150
+    assert len(running) == 1 and running[0].payload.params.steps == 150
     job = running[0]
 
     page.locator("#txt2img_interrupt").click()
@@ -349,7 +349,7 @@ def test_settings_apply_without_restart(page, server):
     from sdwebui.ui.fields import submit_txt2img
 
     job = submit_txt2img(server.services, {"prompt": "x", "width": 64, "height": 64, "steps": 1})
-    assert job.payload["preview_every"] == 3 and job.payload["params"]["clip_skip"] == 2
+    assert job.payload.preview_every == 3 and job.payload.params.clip_skip == 2
     job.wait_sync(60)
     server.services.options.update({"show_progress_every_n_steps": 1, "CLIP_stop_at_last_layers": 1})
 

@@ -27,9 +27,10 @@ def picture(width=64, height=48, color=(200, 40, 40)):
 
 
 def test_a_ui_img2img_job_is_the_job_the_api_would_queue(services):
-    from sdwebui.server.a1111 import prepare_img2img
-    from sdwebui.server.a1111_models import Img2ImgRequest
-    from sdwebui.ui.img2img import _b64, submit_img2img
+    from sdwebui.server.a1111.schemas import Img2ImgRequest
+    from sdwebui.server.a1111.translate import to_generation_request
+    from sdwebui.server.payloads import encode_png
+    from sdwebui.ui.img2img import submit_img2img
 
     image = picture()
     values = {"prompt": "a cat", "sampler": "Euler", "steps": 3, "width": 64, "height": 48, "seed": 5,
@@ -37,13 +38,13 @@ def test_a_ui_img2img_job_is_the_job_the_api_would_queue(services):
     job = submit_img2img(services, values)
     try:
         same = Img2ImgRequest(prompt="a cat", sampler_name="Euler", scheduler="Automatic", steps=3, width=64,
-                              height=48, seed=5, init_images=[_b64(image)], denoising_strength=0.4, resize_mode=1,
+                              height=48, seed=5, init_images=[encode_png(image)], denoising_strength=0.4, resize_mode=1,
                               mask_blur=4, inpainting_fill=1, inpaint_full_res=False, inpaint_full_res_padding=32,
                               inpainting_mask_invert=0, cfg_scale=7.0, save_images=True, send_images=False)
-        api_payload = prepare_img2img(services, same, [])
-        assert {**job.payload, "client": None} == {**api_payload, "client": None}
-        assert job.kind == "img2img" and job.payload["params"]["denoising_strength"] == 0.4
-        assert job.payload["mask"] is None
+        api_payload = services.generation.prepare(to_generation_request(services, same, "img2img", [])).to_json()
+        assert {**job.payload.to_json(), "client": None} == {**api_payload, "client": None}
+        assert job.kind == "img2img" and job.payload.params.denoising_strength == 0.4
+        assert job.payload.mask is None
     finally:
         services.queue.cancel(job.id)
 
@@ -106,10 +107,10 @@ def test_inpaint_upload_job_carries_the_mask_and_options(services):
                                     "mask_mode": 1, "inpainting_fill": 2, "inpaint_full_res": 1,
                                     "inpaint_full_res_padding": 8})
     try:
-        params = job.payload["params"]
-        assert job.payload["mask"]
-        assert (params["mask_blur_x"], params["mask_blur_y"], params["inpainting_mask_invert"]) == (2, 2, True)
-        area = (params["inpainting_fill"], params["inpaint_full_res"], params["inpaint_full_res_padding"])
+        params = job.payload.params
+        assert job.payload.mask
+        assert (params.mask_blur_x, params.mask_blur_y, params.inpainting_mask_invert) == (2, 2, True)
+        area = (params.inpainting_fill, params.inpaint_full_res, params.inpaint_full_res_padding)
         assert area == (2, True, 8)
     finally:
         services.queue.cancel(job.id)
@@ -120,7 +121,7 @@ def test_resize_by_scales_the_image_size_to_multiples_of_8(services):
 
     request = request_from_img2img_fields({"prompt": "", "mode": "img2img", "init_image": picture(100, 60),
                                            "size_tab": "Resize by", "scale_by": 1.5}, save_images=False)
-    assert (request.width, request.height) == (144, 88)  # 150 -> 144, 90 -> 88
+    assert (request.values["width"], request.values["height"]) == (144, 88)  # 150 -> 144, 90 -> 88
 
 
 def test_the_page_has_the_img2img_tab(services):
@@ -151,8 +152,9 @@ def test_an_inpainting_infotext_fills_the_img2img_fields():
 
 def test_batch_from_a_folder_runs_every_image_with_its_mask(services, tmp_path):
     from sdwebui.pipelines.context import GenerationContext
-    from sdwebui.pipelines.img2img_params import Img2ImgParams
-    from sdwebui.server.generation import _img2img_batch
+    from sdwebui.pipelines.img2img import img2img
+    from sdwebui.pipelines.jobs import run_tasks
+    from sdwebui.server.runners import first_tasks
     from sdwebui.ui.fields import UIError
     from sdwebui.ui.img2img import batch_files, submit_img2img
 
@@ -176,11 +178,14 @@ def test_batch_from_a_folder_runs_every_image_with_its_mask(services, tmp_path):
     job = submit_img2img(services, {"prompt": "x", "width": 64, "height": 48, "steps": 2, "sampler": "Euler",
                                     "mode": "batch", "batch_input_dir": str(inputs),
                                     "batch_mask_dir": str(masks), "mask_blur": 0})
-    assert len(job.payload["batch"]) == 2 and job.payload["batch"][1]["mask"]
+    assert len(job.payload.batch) == 2 and job.payload.batch[1].mask
     services.queue.cancel(job.id)
     # The job's batch as the worker runs it: one run per image, put together.
-    ctx = GenerationContext(model=services.models.get(job.payload["checkpoint"]), rng="cpu")
-    result = _img2img_batch(ctx, Img2ImgParams(**job.payload["params"]), job.payload["batch"])
+    ctx = GenerationContext(model=services.models.get(job.payload.checkpoint))
+    tasks = first_tasks(job.payload)
+    assert [task.label for task in tasks] == ["a.jpg", "b.png"]
+    result = run_tasks(tasks, lambda task, _: img2img(ctx, task.params.replace(rng="cpu"), list(task.init_images),
+                                                      task.mask), lambda: False)
     assert len(result.seeds) == 2 and len(result.images) == 2 and not result.interrupted
     kept = np.asarray(result.images[1])
     assert np.array_equal(kept[16:, 16:], np.asarray(picture(color=(255, 0, 0)))[16:, 16:])

@@ -20,6 +20,10 @@ import numpy as np
 import torch
 
 from sdwebui.demo import dataset as ds
+from sdwebui.demo.train import TrainConfig, build_text_encoder, build_unet, build_vae, local_txt2img
+from sdwebui.pipelines.context import GenerationContext
+from sdwebui.pipelines.params import Txt2ImgParams
+from sdwebui.pipelines.txt2img import txt2img
 
 _PAL_NAMES = list(ds.PALETTE)
 _PAL = np.array([ds.PALETTE[n] for n in _PAL_NAMES], dtype=np.float32)
@@ -122,60 +126,6 @@ def detector_accuracy(n: int = 500, seed: int = 12345) -> dict[str, float]:
     return {k: v / n for k, v in hits.items()}
 
 
-# ---- a minimal local sampler over diffusers modules (A1111's Euler a), for training-time grids -------
-
-
-def _sd_sigmas() -> torch.Tensor:
-    from sdwebui.demo.train import sd_alphas_cumprod
-
-    ac = sd_alphas_cumprod()
-    return ((1 - ac) / ac).sqrt()
-
-
-def _sigma_to_t(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
-    ls = sigma.log()
-    dists = ls - log_sigmas[:, None]
-    low = dists.ge(0).cumsum(0).argmax(0).clamp(max=log_sigmas.shape[0] - 2)
-    high = low + 1
-    w = ((log_sigmas[low] - ls) / (log_sigmas[low] - log_sigmas[high])).clamp(0, 1)
-    return (1 - w) * low + w * high
-
-
-@torch.no_grad()
-def local_txt2img(vae, text_encoder, unet, prompts: list[str], *, seed: int = 0, steps: int = 20,
-                  cfg_scale: float = 7.0, size: int = ds.SIZE) -> np.ndarray:
-    """k-diffusion's Euler ancestral over the discrete SD schedule (A1111's default spacing), eps model,
-    CFG against the empty prompt. Returns N x size x size x 3 uint8. For training-time grids and for
-    testing the training loop; the app itself uses `sdwebui.pipelines`."""
-    from sdwebui.demo.train import SD_SCALING_FACTOR, encode_text
-
-    sig_all = _sd_sigmas()
-    log_sigmas = sig_all.log()
-    t = torch.linspace(999, 0, steps)
-    lo, hi, w = t.floor().long(), t.ceil().long(), t.frac()
-    sigmas = torch.cat([((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp(), torch.zeros(1)])
-    n = len(prompts)
-    cond = encode_text(text_encoder, prompts)
-    uncond = encode_text(text_encoder, [""]).expand(n, -1, -1)
-    ctx = torch.cat([uncond, cond])
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, 4, size // 8, size // 8), generator=g) * sigmas[0]
-    for i in range(steps):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        ts = _sigma_to_t(s.view(1), log_sigmas).expand(2 * n)
-        xin = torch.cat([x, x]) / (s**2 + 1).sqrt()
-        eps = unet(xin, ts, ctx).sample
-        eu, ec = eps.chunk(2)
-        denoised = x - (eu + cfg_scale * (ec - eu)) * s
-        s_up = min(float(s_next), math.sqrt(float(s_next**2 * (s**2 - s_next**2) / s**2)))
-        s_down = math.sqrt(float(s_next**2) - s_up**2)
-        x = x + (x - denoised) / s * (s_down - s)
-        if s_next > 0:
-            x = x + torch.randn(x.shape, generator=g) * s_up
-    img = vae.decode(x / SD_SCALING_FACTOR).sample
-    return ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def evaluate_images(images: list[np.ndarray], scenes: list[ds.Scene]) -> dict[str, float]:
     hits = {a: 0 for a in ATTRIBUTES}
     for img, scene in zip(images, scenes):
@@ -206,10 +156,6 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "sdwebui-demo-shapes-v1.safete
 def pipeline_images(model, prompt: str, seeds: int, *, seed: int = 0, steps: int = 20, cfg_scale: float = 7.0,
                     sampler: str = "Euler a") -> list[np.ndarray]:
     """`seeds` images of one prompt through the app's own txt2img (seeds seed, seed+1, ...)."""
-    from sdwebui.pipelines.context import GenerationContext
-    from sdwebui.pipelines.params import Txt2ImgParams
-    from sdwebui.pipelines.txt2img import txt2img
-
     params = Txt2ImgParams(
         prompt=prompt, width=model.native_size, height=model.native_size, steps=steps, cfg_scale=cfg_scale,
         sampler=sampler, seed=seed, batch_size=seeds,
@@ -219,8 +165,6 @@ def pipeline_images(model, prompt: str, seeds: int, *, seed: int = 0, steps: int
 
 
 def _load_local(work_dir: str, weights: str = "diffusion_ema.pt"):
-    from sdwebui.demo.train import TrainConfig, build_text_encoder, build_unet, build_vae
-
     cfg = TrainConfig()
     vae, te, unet = build_vae(cfg), build_text_encoder(cfg), build_unet(cfg)
     vae.load_state_dict(torch.load(f"{work_dir}/vae.pt", weights_only=True))

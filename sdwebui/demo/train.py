@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from sdwebui.demo import dataset as ds
+from sdwebui.models.family import ModelFamily
+from sdwebui.models.ldm_layout import diffusers_to_ldm_checkpoint
 
 SD_SCALING_FACTOR = 0.18215
 MODEL_NAME = "sdwebui-demo-shapes-v1"
@@ -340,10 +342,58 @@ FIXED_SAMPLE_PROMPTS = [
 ]
 
 
+# ---- a minimal local sampler over diffusers modules (A1111's Euler a), for training-time grids -------
+
+
+def _sd_sigmas() -> torch.Tensor:
+    ac = sd_alphas_cumprod()
+    return ((1 - ac) / ac).sqrt()
+
+
+def _sigma_to_t(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    ls = sigma.log()
+    dists = ls - log_sigmas[:, None]
+    low = dists.ge(0).cumsum(0).argmax(0).clamp(max=log_sigmas.shape[0] - 2)
+    high = low + 1
+    w = ((log_sigmas[low] - ls) / (log_sigmas[low] - log_sigmas[high])).clamp(0, 1)
+    return (1 - w) * low + w * high
+
+
+@torch.no_grad()
+def local_txt2img(vae, text_encoder, unet, prompts: list[str], *, seed: int = 0, steps: int = 20,
+                  cfg_scale: float = 7.0, size: int = ds.SIZE) -> np.ndarray:
+    """k-diffusion's Euler ancestral over the discrete SD schedule (A1111's default spacing), eps model,
+    CFG against the empty prompt. Returns N x size x size x 3 uint8. For training-time grids and for
+    testing the training loop; the app itself uses `sdwebui.pipelines`."""
+    sig_all = _sd_sigmas()
+    log_sigmas = sig_all.log()
+    t = torch.linspace(999, 0, steps)
+    lo, hi, w = t.floor().long(), t.ceil().long(), t.frac()
+    sigmas = torch.cat([((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp(), torch.zeros(1)])
+    n = len(prompts)
+    cond = encode_text(text_encoder, prompts)
+    uncond = encode_text(text_encoder, [""]).expand(n, -1, -1)
+    ctx = torch.cat([uncond, cond])
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 4, size // 8, size // 8), generator=g) * sigmas[0]
+    for i in range(steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        ts = _sigma_to_t(s.view(1), log_sigmas).expand(2 * n)
+        xin = torch.cat([x, x]) / (s**2 + 1).sqrt()
+        eps = unet(xin, ts, ctx).sample
+        eu, ec = eps.chunk(2)
+        denoised = x - (eu + cfg_scale * (ec - eu)) * s
+        s_up = min(float(s_next), math.sqrt(float(s_next**2 * (s**2 - s_next**2) / s**2)))
+        s_down = math.sqrt(float(s_next**2) - s_up**2)
+        x = x + (x - denoised) / s * (s_down - s)
+        if s_next > 0:
+            x = x + torch.randn(x.shape, generator=g) * s_up
+    img = vae.decode(x / SD_SCALING_FACTOR).sample
+    return ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def save_sample_grid(path: Path, vae, text_encoder, unet, prompts: list[str], seed: int = 0) -> None:
     from PIL import Image
-
-    from sdwebui.demo.evaluate import local_txt2img
 
     imgs = []
     for s in range(2):
@@ -430,9 +480,6 @@ def train_diffusion(cfg: TrainConfig, latents, latent_stds, scenes, vae, log, wo
 def export_checkpoint(path: Path, vae, text_encoder, unet, cfg: TrainConfig, extra_meta: dict | None = None) -> None:
     """One single-file LDM-layout fp16 .safetensors, like a community SD 1.x checkpoint."""
     from safetensors.torch import save_file
-
-    from sdwebui.models.family import ModelFamily
-    from sdwebui.models.ldm_layout import diffusers_to_ldm_checkpoint
 
     sd = diffusers_to_ldm_checkpoint(ModelFamily.SD1, unet=unet, vae=vae, text_encoders={"clip_l": text_encoder})
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}

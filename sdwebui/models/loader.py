@@ -41,6 +41,7 @@ from sdwebui.models.files import (
     read_state_dict,
 )
 from sdwebui.models.sd_model import CheckpointInfo, SDModel
+from sdwebui.models.hashing import sha256_of
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 """What A1111 lists in models/Stable-diffusion (`.vae.*` files excluded)."""
@@ -174,7 +175,6 @@ def load_checkpoint(
     - `prediction_type`: "epsilon" / "v_prediction" override (wins over every detection rule).
     - `hash_cache_dir`: where the SHA-256 cache lives (None: hash without caching).
     """
-    from sdwebui.models.hashing import sha256_of
     from sdwebui.models.vae import find_automatic_vae
 
     path = Path(path)

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from sdwebui.models.files import ModelFileError, read_safetensors_header, read_state_dict
 from sdwebui.models.lora_formats import KNOWN_PARTS, LoraFormatError, apply_delta, compute_delta, module_kind
+from sdwebui.models.hashing import HashCache, addnet_hash_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,6 @@ class LoraLibrary:
             known = self._hashes.get(key)
         if known is not None:
             return known
-        from sdwebui.models.hashing import HashCache, addnet_hash_file, sha256_file
 
         if self.hash_cache_dir is not None:
             digest = HashCache(self.hash_cache_dir).sha256(file.path, addnet=file.is_safetensors)

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import torch
 
-from sdwebui.config import Paths
+from sdwebui.config import DEMO_CHECKPOINT, Paths
 from sdwebui.models.devices import DevicePlan
 from sdwebui.models.files import ModelFileError
 from sdwebui.models.sd_model import SDModel
+from sdwebui.models.hashing import sha256_of
 
 log = logging.getLogger(__name__)
-
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "demo" / "sdwebui-demo-shapes-v1.safetensors"
 
 
 class ModelNotFoundError(LookupError):
@@ -88,7 +87,6 @@ class ModelManager:
                 return path
         if title_hash or _looks_like_hash(text):
             wanted = (title_hash or text).lower()
-            from sdwebui.models.hashing import sha256_of
 
             for path in checkpoints:
                 if path.is_file() and sha256_of(path, self.paths.cache_dir).startswith(wanted):

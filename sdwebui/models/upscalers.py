@@ -21,19 +21,11 @@ from pathlib import Path
 
 import torch
 
+from sdwebui.core.upscale_modes import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
 from sdwebui.models.files import ModelFileError, load_pickle, read_state_dict
 
 MODEL_EXTENSIONS = (".pth", ".pt", ".safetensors")
-LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
-    # A1111 `shared.latent_upscale_modes`: name -> (torch interpolate mode, antialias)
-    "Latent": ("bilinear", False),
-    "Latent (antialiased)": ("bilinear", True),
-    "Latent (bicubic)": ("bicubic", False),
-    "Latent (bicubic antialiased)": ("bicubic", True),
-    "Latent (nearest)": ("nearest", False),
-    "Latent (nearest-exact)": ("nearest-exact", False),
-}
-BUILTIN = ("None", "Lanczos", "Nearest")
+BUILTIN = BUILTIN_UPSCALERS
 
 
 class UpscalerNotFoundError(LookupError):

@@ -17,6 +17,7 @@ import torch
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.files import ModelFileError, read_state_dict
 from sdwebui.models.sd_model import CheckpointInfo, SDModel
+from sdwebui.models.hashing import sha256_of
 
 VAE_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 AUTOMATIC_VAE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
@@ -97,7 +98,6 @@ def apply_vae(
     """A copy of `model` that decodes with the VAE in `vae_path` (the original `model` is left as it was).
 
     The latent scaling factor stays the checkpoint's (a VAE file does not carry one; A1111 behaves the same)."""
-    from sdwebui.models.hashing import sha256_of
 
     vae_path = Path(vae_path)
     vae = load_vae_file(

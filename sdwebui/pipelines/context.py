@@ -89,12 +89,54 @@ class ExtraNetworksHook(Protocol):
     ) -> AbstractContextManager[NetworkActivation]: ...
 
 
+ModelCall = Callable[..., torch.Tensor]
+"""One UNet call as the denoiser makes it: `call(x, t, encoder_hidden_states=..., added_cond_kwargs=...,
+c_concat=...) -> prediction` (x and t batched over the CFG branches)."""
+
+
+@dataclass
+class BatchPrompts:
+    """A batch about to be conditioned (A1111's `process_batch`): `GenerationHooks.before_batch` may change its
+    prompts in place (wildcards, comments); the images' infotexts carry the prompts as changed."""
+
+    batch_index: int
+    seeds: list[int]
+    subseeds: list[int]
+    prompts: list[str]
+    negative_prompts: list[str]
+
+
+@dataclass
+class BatchImages:
+    """A batch just decoded (A1111's `postprocess_batch` / `postprocess_image`): `GenerationHooks.after_batch`
+    may replace `images` (face restoration) and add `infotext` entries and `notes`; its infotexts are written
+    after the hook, and the batch is saved after that."""
+
+    batch_index: int
+    params: object
+    images: list
+    seeds: list[int]
+    prompts: list[str]
+    infotext: dict[str, object]
+    notes: list[str]
+
+
+class GenerationHooks(Protocol):
+    """What plug-ins (scripts) may do inside one generation run: `pipelines.scripts` composes the job's scripts
+    into one of these. Every method is optional in spirit: a no-op is a valid implementation."""
+
+    def before_batch(self, batch: BatchPrompts) -> None: ...
+
+    def wrap_model_call(self, model: SDModel, call: ModelCall) -> ModelCall:
+        """Around every UNet call of `model` (e.g. ControlNet adds its residuals); return `call` to leave it."""
+        ...
+
+    def after_batch(self, batch: BatchImages) -> None: ...
+
+
 @dataclass
 class GenerationContext:
     model: SDModel
-    rng: str = "gpu"
-    """A1111's "Random number generator source": "gpu", "cpu" or "nv"."""
-    eta_noise_seed_delta: int = 0
     on_step: Callable[[StepProgress], None] | None = None
     stop: StopFlags = field(default_factory=StopFlags)
     nan_check: bool = True
@@ -114,3 +156,5 @@ class GenerationContext:
     on_images: Callable[[FinishedImages], None] | None = None
     """Called with each batch's images as soon as they are decoded, before the next batch starts (the server
     saves them there, as A1111 does, so a job that is stopped or dies later keeps them)."""
+    hooks: GenerationHooks | None = None
+    """The job's scripts (before each batch, around each UNet call, after each batch); None: none."""

@@ -16,47 +16,8 @@ from PIL import Image
 
 from sdwebui.models.upscalers import UpscalerLibrary
 from sdwebui.pipelines.infotext import build_params_line
-from sdwebui.pipelines.params import MAX_SIDE, ParamError
+from sdwebui.pipelines.extras_params import ExtrasParams
 from sdwebui.pipelines.upscale import TileOptions, upscale_image
-
-
-@dataclass(frozen=True)
-class ExtrasParams:
-    resize_mode: int = 0
-    """0 = scale by `upscaling_resize`; 1 = scale to `upscaling_resize_w` x `upscaling_resize_h`."""
-    upscaling_resize: float = 2.0
-    upscaling_resize_w: int = 512
-    upscaling_resize_h: int = 512
-    upscaling_crop: bool = True
-    upscaler_1: str = "None"
-    upscaler_2: str = "None"
-    upscaler_2_visibility: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.resize_mode not in (0, 1):
-            raise ParamError("resize_mode", f"must be 0 (scale by) or 1 (scale to), got {self.resize_mode!r}")
-        if isinstance(self.upscaling_resize, bool) or not isinstance(self.upscaling_resize, (int, float)) or not (
-            0 < float(self.upscaling_resize) <= 16
-        ):
-            raise ParamError("upscaling_resize", f"must be a number above 0 and at most 16, got {self.upscaling_resize!r}")
-        for name in ("upscaling_resize_w", "upscaling_resize_h"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not (8 <= value <= MAX_SIDE):
-                raise ParamError(name, f"must be an integer between 8 and {MAX_SIDE}, got {value!r}")
-        if not (0.0 <= float(self.upscaler_2_visibility) <= 1.0):
-            raise ParamError("extras_upscaler_2_visibility", "must be between 0 and 1")
-
-    def output_size(self, width: int, height: int) -> tuple[int, int]:
-        """The size an image of (width, height) comes out at (for limits checked before any work)."""
-        if self.upscaler_1 in ("", "None"):
-            return width, height
-        if self.resize_mode == 1:
-            if self.upscaling_crop:
-                return self.upscaling_resize_w, self.upscaling_resize_h
-            scale = max(self.upscaling_resize_w / width, self.upscaling_resize_h / height)
-        else:
-            scale = float(self.upscaling_resize)
-        return int(width * scale // 8 * 8), int(height * scale // 8 * 8)
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,21 @@ def _publish(tmp: Path, final: Path) -> bool:
     return True
 
 
+IGNORED_INFO_KEYS = frozenset({
+    "jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background", "timestamp",
+    "duration", "progressive", "progression", "icc_profile", "chromaticity", "photoshop",
+})
+"""PIL's own `info` entries, which are not text a program wrote (A1111's `IGNORED_INFO_KEYS`)."""
+
+
+def read_image_info(image: Image.Image) -> tuple[str, dict[str, object]]:
+    """(infotext, the image's other text items) as A1111's PNG Info shows them."""
+    items = {key: value for key, value in (image.info or {}).items()
+             if isinstance(key, str) and key != "parameters" and key not in IGNORED_INFO_KEYS
+             and isinstance(value, (str, int, float))}
+    return read_infotext_from_png(image) or "", items
+
+
 def read_infotext_from_png(image: Image.Image | str | os.PathLike) -> str | None:
     """The infotext stored in an image, as A1111's `read_info_from_image` finds it.
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdwebui.models.upscalers import LATENT_UPSCALE_MODES, UpscalerEntry, UpscalerLibrary
+from sdwebui.core.upscale_modes import LATENT_UPSCALE_MODES, is_latent_mode
+from sdwebui.models.upscalers import UpscalerEntry, UpscalerLibrary
 
 LANCZOS = Image.Resampling.LANCZOS
 NEAREST = Image.Resampling.NEAREST
@@ -179,10 +180,6 @@ def upscale_latents(latents: torch.Tensor, mode: str, width: int, height: int) -
     return torch.nn.functional.interpolate(
         latents.float(), size=(height // 8, width // 8), mode=interpolation, antialias=antialias
     ).to(latents.dtype)
-
-
-def is_latent_mode(name: str | None) -> bool:
-    return (name or "") in LATENT_UPSCALE_MODES
 
 
 __all__ = [

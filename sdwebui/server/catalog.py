@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdwebui.config import Paths
+from sdwebui.models.hashing import CACHE_FILE_NAME
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,6 @@ class CheckpointEntry:
 
 
 def _read_hash_cache(cache_dir: Path) -> dict:
-    from sdwebui.models.hashing import CACHE_FILE_NAME
-
     try:
         data = json.loads((cache_dir / CACHE_FILE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):

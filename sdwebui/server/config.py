@@ -86,6 +86,12 @@ class ServerConfig:
     """CPU threads torch uses for generation (`--threads`); None = torch's default (one per core)."""
     ui: bool = True
     """Serve the web UI at `/` (Gradio, mounted on the same app); False = API only (`--nowebui`)."""
+    in_memory_store: bool = False
+    """Keep jobs, history and settings in memory (the command line: its jobs are its own, and a server using
+    the same data folder keeps its queue and history to itself)."""
+    trust_paths: bool = False
+    """Let requests name checkpoints and VAEs anywhere on disk (the command line's `--model PATH`); a server
+    only chooses files its model folders list."""
     flags: dict = field(default_factory=dict, hash=False, compare=False)
     """The command line as parsed (shown by /sdapi/v1/cmd-flags, secrets redacted)."""
 

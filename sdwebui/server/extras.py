@@ -1,27 +1,25 @@
-"""Extras (upscaling without diffusion) as a queued job, and A1111's `/extra-single-image` and
-`/extra-batch-images` request bodies.
+"""Extras (upscaling without diffusion): A1111's `/extra-single-image` and `/extra-batch-images` request bodies,
+the native API's extras job, and both turned into the service's `ExtrasRequest`.
 
 Upscaling runs models on the same device as generation, so it goes through the same queue (one thing on the
-GPU at a time). A job's payload holds the images as base64 PNG, checked and decoded before queueing:
-
-    {"images": ["<b64>", ...], "names": ["a.png", ...], "params": {<ExtrasParams fields>},
-     "tile": 192, "tile_overlap": 8}
+GPU at a time); the job itself is `server.payloads.ExtrasPayload`, run by `server.runners.run_extras`.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import html
-import io
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdwebui.core.errors import ParamError
+from sdwebui.pipelines.extras_params import ExtrasParams
 from sdwebui.pipelines.params import MAX_SIDE
+from sdwebui.server.errors import FieldError
+from sdwebui.server.images import decode_base64_image
+from sdwebui.server.service import ExtrasRequest
 
 if TYPE_CHECKING:
-    from sdwebui.server.queue import JobHandle
     from sdwebui.server.services import Services
 
 
@@ -78,24 +76,12 @@ class ExtrasJob(ExtrasUpscaleFields):
     save_images: bool = True
 
 
-def native_extras_payload(services: "Services", job: ExtrasJob) -> dict:
-    """The payload of a native extras job (images decoded and checked here: 422 naming `images.N`); its images
-    are saved to `outputs/extras-images` and recorded in the history when `save_images` is on."""
-    from sdwebui.server.a1111 import decode_base64_image
-    from sdwebui.server.options import output_folder
-
-    request = ExtrasBaseRequest(**job.model_dump(exclude={"type", "images", "save_images"}))
-    params = extras_params(request)
-    decoded = [(("images", i), decode_base64_image(text.strip(), ("images", i))) for i, text in enumerate(job.images)]
-    payload = make_extras_payload(services, params, decoded, [""] * len(decoded))
-    options = services.options.all()
-    payload.update({
-        "save_images": job.save_images,
-        "outdir": output_folder(services.paths.outputs_dir, options["outdir_samples"] or "extras-images"),
-        "save_to_dirs": bool(options["save_to_dirs"]),
-        "client": "native",
-    })
-    return payload
+def native_extras_request(services: "Services", job: ExtrasJob) -> ExtrasRequest:
+    """A native extras job as the service's request (images decoded and checked here: 422 naming `images.N`);
+    its images are saved to `outputs/extras-images` and recorded in the history when `save_images` is on."""
+    params = extras_params(ExtrasBaseRequest(**job.model_dump(exclude={"type", "images", "save_images"})))
+    images = [(("images", i), decode_base64_image(text, ("images", i))) for i, text in enumerate(job.images)]
+    return ExtrasRequest(params, images, save_images=job.save_images, client="native")
 
 
 class ExtrasSingleImageResponse(BaseModel):
@@ -108,12 +94,8 @@ class ExtrasBatchImagesResponse(BaseModel):
     html_info: str
 
 
-def extras_params(req: ExtrasBaseRequest):
+def extras_params(req: ExtrasBaseRequest) -> ExtrasParams:
     """A1111 request -> ExtrasParams, or a FieldError naming the A1111 field."""
-    from sdwebui.pipelines.extras import ExtrasParams
-    from sdwebui.pipelines.params import ParamError
-    from sdwebui.server.errors import FieldError
-
     for name in ("gfpgan_visibility", "codeformer_visibility"):
         if getattr(req, name) > 0:
             raise FieldError((name,), "face restoration is not available in this server (set it to 0)")
@@ -129,89 +111,7 @@ def extras_params(req: ExtrasBaseRequest):
             upscaler_2_visibility=float(req.extras_upscaler_2_visibility),
         )
     except ParamError as error:
-        raise FieldError((error.field,), error.message) from None
-
-
-def make_extras_payload(services: "Services", params, images: list[tuple[tuple, Any]], names: list[str]) -> dict:
-    """Check upscaler names and output sizes (FieldError) and build the job payload. `images`: (loc, PIL)."""
-    from sdwebui.models.upscalers import UpscalerNotFoundError
-    from sdwebui.server.errors import FieldError
-
-    library = services.upscalers
-    for field_name, value in (("upscaler_1", params.upscaler_1), ("upscaler_2", params.upscaler_2)):
-        try:
-            library.find(value)
-        except UpscalerNotFoundError as error:
-            raise FieldError((field_name,), str(error.args[0])) from None
-    options = services.options.all()
-    encoded = []
-    for loc, image in images:
-        width, height = params.output_size(image.width, image.height)
-        if width * height > options["api_max_pixels"] or max(width, height) > MAX_SIDE:
-            raise FieldError(loc, f"the result would be {width}x{height}, over this server's limit "
-                                  f"(setting api_max_pixels, at most {MAX_SIDE} a side)")
-        if width < 1 or height < 1:
-            raise FieldError(("upscaling_resize",), f"the result would be {width}x{height}")
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-    return {
-        "images": encoded,
-        "names": list(names),
-        "infotexts": [image.info.get("parameters") if isinstance(image.info.get("parameters"), str) else None
-                      for _, image in images],
-        "params": dataclasses.asdict(params),
-        "tile": int(options["ESRGAN_tile"]),
-        "tile_overlap": int(options["ESRGAN_tile_overlap"]),
-    }
-
-
-def run_extras_job(job: "JobHandle", services: "Services") -> dict:
-    from PIL import Image
-
-    from sdwebui.pipelines.extras import ExtrasParams, run_extras
-    from sdwebui.pipelines.upscale import TileOptions
-
-    payload = job.payload
-    params = ExtrasParams(**payload["params"])
-    tiles = TileOptions(int(payload.get("tile", 192)), int(payload.get("tile_overlap", 8)))
-    stop = job.stop
-    out = []
-    infotexts = []
-    total = len(payload["images"])
-    for index, (data, parameters) in enumerate(zip(payload["images"], payload.get("infotexts") or [None] * total)):
-        if stop is not None and stop.interrupted.is_set():
-            job.interrupted = True
-            break
-        image = Image.open(io.BytesIO(base64.b64decode(data)))
-        image.load()
-        result = run_extras(image, params, services.upscalers, tiles=tiles,
-                            should_stop=lambda: stop is not None and stop.interrupted.is_set())
-        if parameters:
-            result.image.info["parameters"] = parameters  # A1111 keeps the generation infotext
-        if result.info:
-            result.image.info["postprocessing"] = result.infotext
-        out.append(result.image)
-        infotexts.append(result.infotext)
-        job.report_step(index + 1, total, 0, 1, None)
-    job.images = out
-    saved: list[dict] = []
-    if payload.get("save_images") and out:
-        from sdwebui.pipelines.output import save_image
-
-        outputs = services.paths.outputs_dir
-        outdir = outputs / payload.get("outdir", "extras-images")
-        for image, info in zip(out, infotexts):
-            # The saved PNG keeps the generation infotext it came with (as A1111's extras do); the history records
-            # that, or the upscaling's infotext for a picture without one.
-            original = image.info.get("parameters") or ""
-            path = save_image(image, outdir, seed=0, infotext=original, pattern="",
-                              date_subdir=bool(payload.get("save_to_dirs", True)))
-            relative = path.relative_to(outputs).as_posix()
-            image_id = services.store.add_image(job_id=job.id, path=relative, infotext=original or info,
-                                                params=payload["params"], width=image.width, height=image.height)
-            saved.append({"id": image_id, "path": relative})
-    return {"infotexts": infotexts, "sizes": [list(image.size) for image in out], "images": saved}
+        raise FieldError(error.loc, error.message) from None
 
 
 def html_info(infotext: str) -> str:
@@ -221,5 +121,5 @@ def html_info(infotext: str) -> str:
 
 __all__ = [
     "ExtrasSingleImageRequest", "ExtrasBatchImagesRequest", "ExtrasSingleImageResponse",
-    "ExtrasBatchImagesResponse", "ExtrasJob", "native_extras_payload", "extras_params", "make_extras_payload", "run_extras_job", "html_info",
+    "ExtrasBatchImagesResponse", "ExtrasJob", "native_extras_request", "extras_params", "html_info",
 ]

@@ -33,12 +33,17 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdwebui import __version__
-from sdwebui.pipelines.params import MAX_SIDE, MAX_STEPS, ParamError
+from sdwebui.core.errors import ParamError
+from sdwebui.pipelines.img2img_params import Img2ImgParams
+from sdwebui.pipelines.params import Txt2ImgParams, param_specs
 from sdwebui.server import catalog
 from sdwebui.server.errors import FieldError
-from sdwebui.server.extras import ExtrasJob, native_extras_payload
+from sdwebui.server.extras import ExtrasJob, native_extras_request
+from sdwebui.server.images import decode_base64_image
 from sdwebui.server.queue import QueueFull
+from sdwebui.server.schemas import params_model
 from sdwebui.server.security import confine
+from sdwebui.server.service import GenerationRequest
 from sdwebui.server.services import Services
 from sdwebui.server.store import FINISHED_STATUSES
 
@@ -46,74 +51,40 @@ IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
 SAFE_FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'"}
 
 
-def _float(default, *, ge=None, le=None):
-    return Field(default, ge=ge, le=le, allow_inf_nan=False)
-
-
-class Txt2ImgJob(BaseModel):
-    """A txt2img job. Settings not given here (VAE, RNG source, clip skip, ...) come from the options."""
+class _JobFields(BaseModel):
+    """What a generation job takes besides its parameters (those come from `pipelines.params`)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    type: Literal["txt2img"] = "txt2img"
-    prompt: str = Field("", max_length=65536)
-    negative_prompt: str = Field("", max_length=65536)
-    width: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
-    height: int = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
-    steps: int = Field(20, ge=1, le=MAX_STEPS)
-    cfg_scale: float = _float(7.0, ge=0.0, le=100.0)
-    sampler: str = Field("DPM++ 2M", max_length=200)
-    scheduler: str = Field("Automatic", max_length=200)
-    seed: int = Field(-1, ge=-1, le=2**32 - 1)
-    batch_size: int = Field(1, ge=1, le=64)
-    batch_count: int = Field(1, ge=1, le=10_000)
-    clip_skip: int | None = Field(None, ge=1, le=12)
-    subseed: int = Field(-1, ge=-1, le=2**32 - 1)
-    subseed_strength: float = _float(0.0, ge=0.0, le=1.0)
-    seed_resize_from_w: int = Field(0, ge=0, le=MAX_SIDE)
-    seed_resize_from_h: int = Field(0, ge=0, le=MAX_SIDE)
-    eta: float | None = _float(None, ge=0.0, le=10.0)
-    s_churn: float | None = _float(None, ge=0.0, le=100.0)
-    s_tmin: float | None = _float(None, ge=0.0, le=1000.0)
-    s_tmax: float | None = _float(None, ge=0.0)
-    s_noise: float | None = _float(None, ge=0.0, le=10.0)
-    tiling: bool = False
-    enable_hr: bool = False
-    denoising_strength: float = _float(0.7, ge=0.0, le=1.0)
-    hr_scale: float = _float(2.0, ge=1.0, le=16.0)
-    hr_upscaler: str = Field("Latent", max_length=500, description="a latent mode or an upscaler's name")
-    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
-    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
-    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
-    hr_checkpoint: str | None = Field(None, max_length=500, description="default: the job's checkpoint")
-    hr_sampler: str | None = Field(None, max_length=200)
-    hr_scheduler: str | None = Field(None, max_length=200)
-    hr_prompt: str = Field("", max_length=65536)
-    hr_negative_prompt: str = Field("", max_length=65536)
-    refiner_checkpoint: str | None = Field(None, max_length=500)
-    refiner_switch_at: float = _float(0.8, ge=0.0, le=1.0)
     model: str | None = Field(None, description="checkpoint name, title or hash; default: the current one")
     vae: str | None = Field(None, description='"Automatic", "None" or a VAE file name; default: the setting')
+    styles: list[str] = Field(default_factory=list, max_length=100, description="styles applied to the prompts")
     save_images: bool = True
+    script_name: str | None = Field(None, max_length=200, description="a selectable script (GET /sdapi/v1/scripts)")
+    script_args: list = Field(default_factory=list, max_length=1000, description="its arguments, in order")
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict,
+                                             description='always-on scripts\' arguments: {"name": {"args": [...]}}')
 
 
-class Img2ImgJob(Txt2ImgJob):
-    """An img2img / inpainting job: txt2img's fields plus the images and A1111's img2img options (engine
-    defaults: masked content "original", whole picture, padding 32, as A1111's UI)."""
+class _Txt2ImgFields(_JobFields):
+    type: Literal["txt2img"] = "txt2img"
 
+
+class _Img2ImgFields(_JobFields):
     type: Literal["img2img"] = "img2img"
     init_images: list[str] = Field(..., min_length=1, max_length=64, description="base64 images")
     mask: str | None = Field(None, description="base64 mask, white = repaint; same size as the first image")
-    denoising_strength: float = _float(0.75, ge=0.0, le=1.0)
-    resize_mode: int = Field(0, ge=0, le=3)
-    initial_noise_multiplier: float | None = _float(None, ge=0.0, le=10.0)
-    mask_blur_x: int = Field(4, ge=0, le=256)
-    mask_blur_y: int = Field(4, ge=0, le=256)
-    inpainting_fill: int = Field(1, ge=0, le=3)
-    inpaint_full_res: bool = False
-    inpaint_full_res_padding: int = Field(32, ge=0, le=MAX_SIDE)
-    inpainting_mask_invert: bool = False
-    fix_steps: bool | None = Field(None, description="do exactly `steps` steps; default: the setting")
+
+
+Txt2ImgJob = params_model(
+    "Txt2ImgJob", Txt2ImgParams, _Txt2ImgFields,
+    doc="A txt2img job. Parameters left out come from the settings (clip skip, eta, ...), then their defaults; "
+        "width and height from the checkpoint's native size.")
+Img2ImgJob = params_model(
+    "Img2ImgJob", Img2ImgParams, _Img2ImgFields,
+    doc="An img2img / inpainting job: the images plus A1111's img2img parameters (engine defaults: masked content "
+        "\"original\", whole picture, padding 32, as A1111's UI).")
+JOB_MODELS = {"txt2img": Txt2ImgJob, "img2img": Img2ImgJob, "extras": ExtrasJob}
 
 
 class JobCreated(BaseModel):
@@ -146,20 +117,23 @@ def build_router(services: Services) -> APIRouter:
     @router.post("/jobs", status_code=202, response_model=JobCreated, openapi_extra=_JOB_BODY_SCHEMA)
     async def create_job(body: Annotated[dict[str, Any], Body(description="a Txt2ImgJob, an Img2ImgJob or an ExtrasJob")]):
         job = _parse_job(body)
-        if isinstance(job, ExtrasJob):
-            payload = await run_in_threadpool(native_extras_payload, services, job)
-        else:
-            payload = await run_in_threadpool(_txt2img_payload, services, job)
         try:
-            handle = services.submit(job.type, payload)
+            if isinstance(job, ExtrasJob):
+                handle = await run_in_threadpool(
+                    lambda: services.generation.submit_extras(native_extras_request(services, job)))
+            else:
+                request = await run_in_threadpool(generation_request, job)
+                handle = await run_in_threadpool(services.generation.submit, request)
+        except ParamError as error:
+            raise FieldError(NATIVE_NAMES.get(error.loc, error.loc), error.message) from None
         except QueueFull as error:
             raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
-        return {"id": handle.id, "status": handle.status, "queue_position": services.queue.position(handle.id)}
+        return {"id": handle.id, "status": handle.status, "queue_position": services.generation.position(handle.id)}
 
     @router.get("/jobs")
     def list_jobs(status: str | None = Query(None, pattern="^(queued|running|done|failed|cancelled|interrupted)$"),
                   limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
-        return [services.job_view(row["id"]) for row in services.store.jobs(status=status, limit=limit, offset=offset)]
+        return [services.generation.view(row["id"]) for row in services.store.jobs(status=status, limit=limit, offset=offset)]
 
     @router.get("/jobs/{job_id}")
     def get_job(job_id: str):
@@ -168,12 +142,10 @@ def build_router(services: Services) -> APIRouter:
     @router.delete("/jobs/{job_id}")
     def cancel_job(job_id: str):
         view = _job_or_404(services, job_id)
-        if services.queue.cancel(job_id):
-            return {"id": job_id, "status": "cancelled"}
-        handle = services.queue.get(job_id)
-        if handle is not None and handle.interrupt():
-            return {"id": job_id, "status": "interrupting"}
-        raise HTTPException(409, f"job {job_id} is already {view['status']}")
+        status = services.generation.cancel(job_id)
+        if status is None:
+            raise HTTPException(409, f"job {job_id} is already {view['status']}")
+        return {"id": job_id, "status": status}
 
     @router.post("/jobs/{job_id}/interrupt")
     def interrupt_job(job_id: str):
@@ -186,10 +158,10 @@ def build_router(services: Services) -> APIRouter:
     @router.get("/jobs/{job_id}/preview", responses={200: {"content": {"image/png": {}}}})
     def job_preview(job_id: str):
         _job_or_404(services, job_id)
-        handle = services.queue.get(job_id)
-        if handle is None or handle.progress.preview_png is None:
+        preview = services.generation.preview(job_id)
+        if preview is None:
             raise HTTPException(404, "no preview for this job (yet)")
-        return Response(handle.progress.preview_png, media_type="image/png", headers=SAFE_FILE_HEADERS)
+        return Response(preview, media_type="image/png", headers=SAFE_FILE_HEADERS)
 
     @router.get("/jobs/{job_id}/events")
     async def job_events(job_id: str):
@@ -239,7 +211,7 @@ def build_router(services: Services) -> APIRouter:
 
 def _parse_job(body: dict[str, Any]) -> "Txt2ImgJob":
     """The body as the job its `type` names (txt2img when absent); errors located under `body` as FastAPI's."""
-    model = {"img2img": Img2ImgJob, "extras": ExtrasJob}.get(body.get("type"), Txt2ImgJob)
+    model = JOB_MODELS.get(body.get("type"), Txt2ImgJob)
     try:
         return model.model_validate(body)
     except ValidationError as error:
@@ -248,37 +220,29 @@ def _parse_job(body: dict[str, Any]) -> "Txt2ImgJob":
         ) from None
 
 
-def _txt2img_payload(services: Services, job: Txt2ImgJob) -> dict:
-    """The payload of a txt2img or img2img job (the images decoded and checked here: 422 naming the field)."""
-    from sdwebui.server.a1111 import decode_base64_image, png_base64
-    from sdwebui.server.generation import make_payload
+NATIVE_NAMES = {("checkpoint",): ("model",), ("override_settings", "sd_model_checkpoint"): ("model",),
+                ("override_settings", "sd_vae"): ("vae",)}
+"""The request fields a `ParamError` names, where the native API calls them otherwise."""
 
-    values = job.model_dump(exclude={"type", "model", "vae", "save_images", "init_images", "mask"})
-    extra = None
-    if isinstance(job, Img2ImgJob):
-        images = [decode_base64_image(text.strip(), ("init_images", i)) for i, text in enumerate(job.init_images)]
-        mask = decode_base64_image(job.mask.strip(), ("mask",)) if job.mask else None
-        if mask is not None and mask.size != images[0].size:
-            raise FieldError(("mask",), f"the mask is {mask.width}x{mask.height}, the first image "
-                             f"{images[0].width}x{images[0].height}; they must be the same size")
-        extra = {"init_images": png_base64(images), "mask": png_base64([mask])[0] if mask is not None else None}
-        if values["fix_steps"] is None:
-            del values["fix_steps"]
-    for key in ("clip_skip",):
-        if values[key] is None:
-            del values[key]
-    try:
-        return make_payload(services, values, checkpoint=job.model, vae=job.vae, save_images=job.save_images,
-                            extra=extra, kind=job.type)
-    except ParamError as error:
-        raise FieldError((error.field,), error.message) from None
-    except LookupError as error:
-        message = str(error.args[0]) if error.args else str(error)
-        raise FieldError(("vae",) if message.startswith("VAE") else ("model",), message) from None
+
+def generation_request(job: BaseModel) -> GenerationRequest:
+    """A native job -> the service's request (the images decoded and checked here: 422 naming the field)."""
+    names = {spec.name for spec in param_specs(Txt2ImgParams if job.type == "txt2img" else Img2ImgParams)}
+    images, mask = [], None
+    if job.type == "img2img":
+        images = [decode_base64_image(text, ("init_images", i)) for i, text in enumerate(job.init_images)]
+        mask = decode_base64_image(job.mask, ("mask",)) if job.mask else None
+    return GenerationRequest(
+        kind=job.type,
+        values={name: getattr(job, name) for name in job.model_fields_set & names},
+        styles=tuple(job.styles), checkpoint=job.model, vae=job.vae, save_images=job.save_images,
+        script_name=job.script_name, script_args=tuple(job.script_args), alwayson_scripts=job.alwayson_scripts,
+        init_images=tuple(images), mask=mask, client="native",
+    )
 
 
 def _job_or_404(services: Services, job_id: str) -> dict:
-    view = services.job_view(job_id)
+    view = services.generation.view(job_id)
     if view is None:
         raise HTTPException(404, f"no job {job_id}")
     return view
@@ -286,10 +250,10 @@ def _job_or_404(services: Services, job_id: str) -> dict:
 
 def _stop(services: Services, job_id: str, how: str) -> dict:
     view = _job_or_404(services, job_id)
-    handle = services.queue.get(job_id)
+    handle = services.generation.job(job_id)
     if handle is None or handle.status != "running":
         raise HTTPException(409, f"job {job_id} is {view['status']}, not running")
-    getattr(handle, how)()
+    getattr(services.generation, how)(job_id)
     return {"id": job_id, "status": "interrupting" if how == "interrupt" else "skipping"}
 
 
@@ -297,12 +261,12 @@ async def _events(services: Services, job_id: str):
     """Server-sent events: a `progress` event whenever the status or progress changes, then `done`."""
     last: Any = None
     while True:
-        handle = services.queue.get(job_id)
+        handle = services.generation.job(job_id)
         if handle is not None:
-            data = {"id": job_id, "status": handle.status, "queue_position": services.queue.position(job_id),
+            data = {"id": job_id, "status": handle.status, "queue_position": services.generation.position(job_id),
                     "progress": handle.progress.as_dict() if handle.status == "running" else None}
         else:
-            data = await run_in_threadpool(services.job_view, job_id)
+            data = await run_in_threadpool(services.generation.view, job_id)
             if data is None:
                 return
         if data["status"] in FINISHED_STATUSES:
@@ -335,7 +299,7 @@ def _serve(services: Services, relative: str) -> FileResponse:
 
 
 def _models(services: Services) -> list[dict]:
-    loaded = services.models.loaded if services._models is not None else None
+    loaded = services.loaded_model()
     return [
         {
             "title": entry.title,

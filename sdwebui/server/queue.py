@@ -26,12 +26,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdwebui.core.errors import ParamError
 from sdwebui.server.store import Store
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[["JobHandle"], dict]
 """Runs one job; returns its JSON-able result. May set `job.images` / `job.interrupted` / `job.status_hint`."""
+PayloadLoader = Callable[[str, Mapping[str, Any]], Any]
+"""(kind, stored JSON) -> the payload as its type (`server.payloads.load_payload`)."""
 
 
 class QueueFull(RuntimeError):
@@ -86,7 +89,8 @@ class Progress:
 class JobHandle:
     id: str
     kind: str
-    payload: dict
+    payload: Any
+    """The job's typed payload (`server.payloads`), or a dict for kinds that have no type (tests' own)."""
     created: float = field(default_factory=time.time)
     status: str = "queued"
     stop: Any = None
@@ -95,6 +99,8 @@ class JobHandle:
     progress: Progress = field(default_factory=Progress)
     result: dict | None = None
     error: str | None = None
+    exception: BaseException | None = None
+    """What a failed job raised (for in-process callers such as the CLI, which report it as they would their own)."""
     images: list = field(default_factory=list)
     """PIL images of a finished job (kept in memory for the request that waits for it)."""
     interrupted: bool = False
@@ -158,9 +164,11 @@ def _resolve(future: asyncio.Future) -> None:
 class JobQueue:
     """Queued jobs in submission order, backed by the store."""
 
-    def __init__(self, store: Store, *, max_size: int | Callable[[], int] = 1000):
+    def __init__(self, store: Store, *, max_size: int | Callable[[], int] = 1000,
+                 load_payload: PayloadLoader | None = None):
         self.store = store
         self._max_size = max_size
+        self._load_payload = load_payload
         self._pending: collections.OrderedDict[str, JobHandle] = collections.OrderedDict()
         self._running: dict[str, JobHandle] = {}
         self._cond = threading.Condition()
@@ -170,30 +178,45 @@ class JobQueue:
     def max_size(self) -> int:
         return self._max_size() if callable(self._max_size) else self._max_size
 
-    def submit(self, kind: str, payload: Mapping[str, Any]) -> JobHandle:
+    def submit(self, kind: str, payload: Any) -> JobHandle:
+        """Store and queue a job; `payload` is a typed payload (with `to_json`) or a JSON-able dict."""
+        stored = payload.to_json() if hasattr(payload, "to_json") else dict(payload)
         with self._cond:
             if self._closed:
                 raise QueueFull("the server is shutting down")
             if len(self._pending) >= self.max_size:
                 raise QueueFull(f"the queue is full ({len(self._pending)} jobs waiting)")
-            row = self.store.add_job(kind, dict(payload))
-            handle = JobHandle(row["id"], kind, dict(payload), created=row["created"])
+            row = self.store.add_job(kind, stored)
+            handle = JobHandle(row["id"], kind, payload if hasattr(payload, "to_json") else stored,
+                               created=row["created"])
             self._pending[handle.id] = handle
             self._cond.notify()
         return handle
 
     def restore(self, rows: list[dict]) -> list[JobHandle]:
-        """Re-queue jobs the store handed back after a restart. Their original requesters are gone, so their
-        images are always saved (the only way anyone will see them)."""
+        """Re-queue jobs the store handed back after a restart (upgrading payloads an older version stored).
+        Their original requesters are gone, so their images are always saved (the only way anyone will see
+        them). A payload that cannot be read fails its job, with the reason; the others are re-queued."""
         handles = []
         with self._cond:
             for row in rows:
-                payload = {**row["params"], "save_images": True, "recovered": True}
+                try:
+                    payload = self._recovered_payload(row["kind"], row["params"])
+                except Exception as error:  # noqa: BLE001 - one unreadable job must not stop the start-up
+                    log.error("cannot re-queue job %s: %s", row["id"], error)
+                    self.store.finish_job(row["id"], "failed", error=f"cannot read the stored job: {error}")
+                    continue
                 handle = JobHandle(row["id"], row["kind"], payload, created=row["created"])
                 self._pending[handle.id] = handle
                 handles.append(handle)
             self._cond.notify_all()
         return handles
+
+    def _recovered_payload(self, kind: str, stored: Mapping[str, Any]) -> Any:
+        payload = self._load_payload(kind, stored) if self._load_payload is not None else dict(stored)
+        if hasattr(payload, "recovered"):
+            return payload.recovered()
+        return {**payload, "save_images": True, "recovered": True}
 
     def take(self, timeout: float | None = None) -> JobHandle | None:
         """The next job, marked running (None on timeout or when closed)."""
@@ -348,6 +371,7 @@ class Worker:
             status = "interrupted" if job.interrupted else "done"
         except Exception as exc:  # noqa: BLE001 - a job fails alone; the worker goes on
             error = describe_failure(exc)
+            job.exception = exc
             if is_out_of_memory(exc):
                 error = f"out of memory: {exc}".strip()
                 log.error("job %s ran out of memory; releasing models", job.id)
@@ -385,8 +409,6 @@ class Worker:
 def describe_failure(error: BaseException) -> str:
     """One line for the job record and API responses: the message of errors meant for users, the type and
     message otherwise (the traceback goes to the log, never to a client)."""
-    from sdwebui.pipelines.params import ParamError
-
     if isinstance(error, ParamError):
         return str(error)
     name = type(error).__name__

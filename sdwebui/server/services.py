@@ -11,26 +11,39 @@ import functools
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
+from sdwebui.config import DEMO_CHECKPOINT
+from sdwebui.pipelines.scripts import ScriptRegistry
+from sdwebui.server import catalog
 from sdwebui.server.config import ServerConfig
-from sdwebui.server.options import Options
-from sdwebui.server.queue import JobHandle, JobQueue, Worker
-from sdwebui.server.store import open_store
+from sdwebui.server.options import OptionError, Options
+from sdwebui.server.payloads import load_payload
+from sdwebui.server.queue import JobQueue, QueueFull, Worker
+from sdwebui.server.runners import RUNNERS
+from sdwebui.server.service import GenerationService
+from sdwebui.server.store import Store, open_store
+from sdwebui.prompts.styles import StyleDatabase
 
 log = logging.getLogger(__name__)
 
 
 class Services:
-    def __init__(self, config: ServerConfig):
+    def __init__(self, config: ServerConfig, scripts: ScriptRegistry | None = None):
         self.config = config
         self.paths = config.paths
-        self.store, recovered = open_store(self.paths.data_dir)
+        self.scripts = scripts if scripts is not None else ScriptRegistry()
+        if config.in_memory_store:  # the CLI: its jobs are its own, never another process's queue
+            self.store, recovered = Store(":memory:"), []
+        else:
+            self.store, recovered = open_store(self.paths.data_dir)
         self.options = Options(self.store, self.paths.outputs_dir)
-        self.queue = JobQueue(self.store, max_size=lambda: int(self.options.get("api_max_queue_size")))
+        self.queue = JobQueue(self.store, max_size=lambda: int(self.options.get("api_max_queue_size")),
+                              load_payload=load_payload)
+        self.generation = GenerationService(self)
         self.worker = Worker(
             self.queue,
-            {"txt2img": self._run_txt2img, "img2img": self._run_img2img, "load_model": self._run_load_model,
-             "extras": self._run_extras},
+            {kind: functools.partial(runner, services=self) for kind, runner in RUNNERS.items()},
             name="worker-0",
             on_out_of_memory=self.release_memory,
             warmup=functools.partial(_prepare_worker, threads=config.threads, preload=config.preload),
@@ -127,7 +140,6 @@ class Services:
     def styles(self):
         """The prompt styles of the styles files (`--styles-file`), re-read when a file changed: users edit
         `styles.csv` while the app runs, and the UI asks on every keystroke (token counts)."""
-        from sdwebui.prompts.styles import StyleDatabase
 
         with self._models_lock:
             if self._styles is None:
@@ -141,9 +153,11 @@ class Services:
         also takes any path on disk, which is right for the command line but would let an API client make the
         server open files outside its folders."""
         from sdwebui.models.loader import find_checkpoints
-        from sdwebui.models.manager import DEMO_CHECKPOINT, ModelNotFoundError
+        from sdwebui.models.manager import ModelNotFoundError
 
         path = self.models.resolve_checkpoint(name or None)
+        if self.config.trust_paths:
+            return path
         allowed = find_checkpoints(self.paths.ckpt_dir) + ([DEMO_CHECKPOINT] if DEMO_CHECKPOINT.is_file() else [])
         if not _listed(path, allowed):
             raise ModelNotFoundError(f"checkpoint {name!s} not found in {self.paths.ckpt_dir} "
@@ -157,7 +171,7 @@ class Services:
         from sdwebui.models.vae import find_vaes
 
         path = self.models.resolve_vae(name)
-        if path is not None and not _listed(path, find_vaes(self.paths.vae_dir, self.paths.ckpt_dir)):
+        if path is not None and not self.config.trust_paths and not _listed(path, find_vaes(self.paths.vae_dir, self.paths.ckpt_dir)):
             raise ModelNotFoundError(f"VAE {name!s} not found in {self.paths.vae_dir} "
                                      "(only the VAEs in the VAE folder can be chosen)")
         return path
@@ -173,10 +187,45 @@ class Services:
             self._models.unload()
         release_freed_memory()
 
-    # ---- jobs -----------------------------------------------------------------------------------------------
-    def submit(self, kind: str, payload: dict) -> JobHandle:
-        return self.queue.submit(kind, payload)
+    # ---- settings ---------------------------------------------------------------------------------------------
+    def update_options(self, values: dict[str, Any], *, from_api: bool = True) -> list[str]:
+        """Check and write settings (A1111's `POST /options`); returns the keys it does not know (ignored).
+        A new checkpoint is loaded in queue order (A1111 loads at once, under its lock): the next job finds it
+        ready. Raises OptionError naming the first bad key; nothing is written then."""
+        accepted, ignored = self.options.validate(values, from_api=from_api)
+        switch = None
+        if "sd_model_checkpoint" in accepted:
+            name = accepted["sd_model_checkpoint"]
+            try:
+                path = self.resolve_checkpoint(name)
+            except LookupError as error:
+                raise OptionError("sd_model_checkpoint", _message(error)) from None
+            accepted["sd_model_checkpoint"] = catalog.entry_for(self.paths, path).title
+            switch = str(path)
+        if "sd_vae" in accepted:
+            try:
+                self.resolve_vae(accepted["sd_vae"])
+            except LookupError as error:
+                raise OptionError("sd_vae", _message(error)) from None
+        self.options.update(accepted)
+        if switch is not None:
+            try:
+                self.generation.load_model(switch, self.options.get("sd_vae"))
+            except QueueFull:
+                pass
+        return ignored
 
+    def current_options(self) -> dict[str, Any]:
+        """Every setting, as `GET /options` shows them: the current checkpoint's title and hash included."""
+        options = self.options.all()
+        if not options.get("sd_model_checkpoint"):
+            entries = catalog.checkpoints(self.paths)
+            options["sd_model_checkpoint"] = entries[0].title if entries else None
+        loaded = self.loaded_model()
+        options["sd_checkpoint_hash"] = loaded.info.sha256 if loaded is not None else ""
+        return options
+
+    # ---- jobs -----------------------------------------------------------------------------------------------
     def job_view(self, job_id: str) -> dict | None:
         """A job as the native API shows it: the stored record with live progress while it runs."""
         record = self.store.job(job_id)
@@ -199,24 +248,9 @@ class Services:
             view["progress"] = handle.progress.as_dict()
         return view
 
-    def _run_txt2img(self, job: JobHandle) -> dict:
-        from sdwebui.server.generation import run_txt2img
 
-        return run_txt2img(job, self)
-
-    def _run_img2img(self, job: JobHandle) -> dict:
-        from sdwebui.server.generation import run_img2img
-
-        return run_img2img(job, self)
-
-    def _run_extras(self, job: JobHandle) -> dict:
-        from sdwebui.server.extras import run_extras_job
-
-        return run_extras_job(job, self)
-
-    def _run_load_model(self, job: JobHandle) -> dict:
-        model = self.models.get(job.payload.get("checkpoint"), vae=job.payload.get("vae"))
-        return {"model": {"name": model.info.name, "hash": model.info.short_hash}}
+def _message(error: Exception) -> str:
+    return str(error.args[0]) if error.args else str(error)
 
 
 class _LazyDevice:
@@ -250,7 +284,6 @@ def _prepare_worker(*, threads: int | None, preload: bool) -> None:
 
         torch.set_num_threads(threads)
     if preload:
-        import sdwebui.pipelines.output  # noqa: F401
         import sdwebui.pipelines.txt2img  # noqa: F401
 
 

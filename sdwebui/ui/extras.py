@@ -12,8 +12,16 @@ from typing import Any
 
 import gradio as gr
 
+from pydantic import ValidationError
+
+from sdwebui.core.errors import ParamError
+from sdwebui.server.errors import FieldError
+from sdwebui.server.extras import ExtrasSingleImageRequest, extras_params, html_info
+from sdwebui.server.queue import QueueFull
+from sdwebui.server.service import ExtrasRequest
 from sdwebui.server.services import Services
-from sdwebui.ui.fields import UIError, _field_error_text
+from sdwebui.ui.fields import UIError, extras_upscaler_choices
+from sdwebui.ui.txt2img import progress_html
 
 POLL_SECONDS = 0.25
 
@@ -26,12 +34,6 @@ class ExtrasTab:
 
 def submit_extras(services: Services, image, values: dict[str, Any]):
     """Queue an extras job for one PIL image (UIError with the field's name for bad input)."""
-    from pydantic import ValidationError
-
-    from sdwebui.server.errors import FieldError
-    from sdwebui.server.extras import ExtrasSingleImageRequest, extras_params, make_extras_payload
-    from sdwebui.server.queue import QueueFull
-
     if image is None:
         raise UIError("image: drop an image to upscale first")
     try:
@@ -46,14 +48,12 @@ def submit_extras(services: Services, image, values: dict[str, Any]):
             extras_upscaler_2_visibility=float(values["extras_upscaler_2_visibility"]),
         )
         params = extras_params(request)
-        payload = make_extras_payload(services, params, [(("image",), image)], [""])
+        return services.generation.submit_extras(ExtrasRequest(params, [(("image",), image)], client="ui"))
     except ValidationError as error:
         first = error.errors()[0]
         raise UIError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-    except FieldError as error:
-        raise UIError(_field_error_text(error)) from None
-    try:
-        return services.submit("extras", payload)
+    except (FieldError, ParamError) as error:
+        raise UIError(f"{'.'.join(str(p) for p in error.loc)}: {error.message}") from None
     except QueueFull as error:
         raise UIError(str(error)) from None
 
@@ -94,9 +94,6 @@ def build(services: Services) -> ExtrasTab:
     order = list(f)
 
     async def generate(image, *values):
-        from sdwebui.server.extras import html_info
-        from sdwebui.ui.txt2img import progress_html
-
         try:
             job = await asyncio.to_thread(submit_extras, services, image, dict(zip(order, values)))
         except UIError as error:
@@ -118,8 +115,6 @@ def build(services: Services) -> ExtrasTab:
 
 
 def refresh_choices(services: Services):
-    from sdwebui.ui.fields import extras_upscaler_choices
-
     names = extras_upscaler_choices(services)
     return gr.update(choices=names), gr.update(choices=names)
 

@@ -1,24 +1,41 @@
-"""What the UI's controls mean, without Gradio: field values -> a queued job, infotext -> field values, progress
--> text, model lists, token counts.
+"""What the UI's controls mean, without Gradio: field values -> a generation request, infotext -> field values,
+progress -> text, model lists, token counts.
 
-Everything here goes through the server's services and helpers (the queue, the store, the options, the A1111
-adapter's request mapping), so a job queued from the browser is the same job `/sdapi/v1/txt2img` would queue
-for the same values. Gradio-free, so it reads (and is tested) as plain Python.
+The tabs' fields are named as the engine names its parameters (`pipelines.params`), so a field's value goes into
+the generation service's request as it is; a job queued from the browser is the job `/sdapi/v1/txt2img` queues
+for the same values (both go through `GenerationService.prepare`). Gradio-free, so it reads (and is tested) as plain
+Python.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sdwebui.core.errors import ParamError
+from sdwebui.core.upscale_modes import LATENT_UPSCALE_MODES
+from sdwebui.pipelines.infotext import parse_infotext
+from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, param_specs
+from sdwebui.pipelines.scripts import Script
 from sdwebui.server import catalog
+from sdwebui.server.options import OPTIONS
+from sdwebui.server.pasting import settings_from_infotext, values_from_infotext
+from sdwebui.server.payloads import PARAMS_TYPES
 from sdwebui.server.queue import JobHandle, QueueFull
+from sdwebui.server.service import GenerationRequest
 from sdwebui.server.services import Services
+from sdwebui.prompts.styles import StyleFileError
+from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
+from sdwebui.prompts.extra_networks import parse_prompt
+from sdwebui.prompts.parser import (
+    get_learned_conditioning_prompt_schedules,
+    get_multicond_prompt_list,
+    parse_prompt_attention,
+)
 
-# The txt2img tab's fields, named as the engine names them (`Txt2ImgParams`); the order is the order of the
-# Gradio inputs and outputs that carry them.
+# The txt2img tab's fields: engine parameter names, in the order of the Gradio inputs that carry them.
 TXT2IMG_FIELDS: tuple[str, ...] = (
     "prompt",
     "negative_prompt",
@@ -36,8 +53,8 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
     "subseed_strength",
     "seed_resize_from_w",
     "seed_resize_from_h",
-    # Hires fix, refiner and tiling (A1111 request names)
     "tiling",
+    # Hires fix and refiner
     "enable_hr",
     "hr_upscaler",
     "hr_second_pass_steps",
@@ -45,8 +62,8 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
     "hr_scale",
     "hr_resize_x",
     "hr_resize_y",
-    "hr_checkpoint_name",
-    "hr_sampler_name",
+    "hr_checkpoint",
+    "hr_sampler",
     "hr_scheduler",
     "hr_prompt",
     "hr_negative_prompt",
@@ -56,95 +73,115 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
     "override_settings",
 )
 
-# A1111's txt2img tab defaults (`modules/ui.py`; the API's differ: 50 steps, Euler).
+SAME_AS_FIRST_PASS = {"hr_checkpoint": "Use same checkpoint", "hr_sampler": "Use same sampler",
+                      "hr_scheduler": "Use same scheduler", "refiner_checkpoint": "None"}
+"""The dropdown entries that mean "none" (A1111's labels)."""
+
+# A1111's txt2img tab defaults (`modules/ui.py`; the API's differ: 50 steps, Euler): the parameters' own.
 DEFAULTS: dict[str, Any] = {
-    "prompt": "",
-    "negative_prompt": "",
+    **{spec.name: spec.default for spec in param_specs(Txt2ImgParams) if spec.name in TXT2IMG_FIELDS},
+    **SAME_AS_FIRST_PASS,
     "styles": [],
-    "sampler": "DPM++ 2M",
-    "scheduler": "Automatic",
-    "steps": 20,
-    "cfg_scale": 7.0,
-    "width": 512,
-    "height": 512,
-    "batch_count": 1,
-    "batch_size": 1,
-    "seed": -1,
-    "subseed": -1,
-    "subseed_strength": 0.0,
-    "seed_resize_from_w": 0,
-    "seed_resize_from_h": 0,
-    "tiling": False,
-    "enable_hr": False,
-    "hr_upscaler": "Latent",
-    "hr_second_pass_steps": 0,
-    "denoising_strength": 0.7,
-    "hr_scale": 2.0,
-    "hr_resize_x": 0,
-    "hr_resize_y": 0,
-    "hr_checkpoint_name": "Use same checkpoint",
-    "hr_sampler_name": "Use same sampler",
-    "hr_scheduler": "Use same scheduler",
-    "hr_prompt": "",
-    "hr_negative_prompt": "",
-    "refiner_checkpoint": "None",
-    "refiner_switch_at": 0.8,
     "override_settings": [],
 }
-
-# A1111 request field -> UI field (the rest have the same name).
-_REQUEST_TO_FIELD = {"sampler_name": "sampler", "n_iter": "batch_count"}
+HIRES_FIELDS = tuple(name for name in TXT2IMG_FIELDS if name.startswith("hr_")) + ("denoising_strength",)
 
 
 class UIError(Exception):
     """A message for the user (shown in the page), e.g. a field out of range or a full queue."""
 
 
-# ---- txt2img --------------------------------------------------------------------------------------------------
+# ---- fields -> request ------------------------------------------------------------------------------------------
 
 
-def request_from_fields(values: Mapping[str, Any], *, save_images: bool):
-    """The UI's field values -> the A1111 request the API would receive for them."""
-    from pydantic import ValidationError
+def request_from_fields(values: Mapping[str, Any], *, save_images: bool, kind: str = "txt2img",
+                        scripts: Sequence[Script] = (), **images: Any) -> GenerationRequest:
+    """The tab's field values -> the generation service's request. Hires fix and refiner fields are sent only
+    when those are on, so a plain job from the UI is the very request a plain API call makes; the script fields
+    (`script_fields`) become `script_name`, `script_args` and `alwayson_scripts`."""
+    cls: type[GenerationParams] = PARAMS_TYPES[kind]
+    names = {spec.name for spec in param_specs(cls)}
+    v = {**DEFAULTS, **{key: value for key, value in values.items() if value is not None}}
+    params = {name: _typed(cls, name, v[name]) for name in names if name in v}
+    for name, same in SAME_AS_FIRST_PASS.items():
+        if name in params and params[name] in (same, ""):
+            params[name] = None
+    if kind == "txt2img":
+        if not params.get("enable_hr"):
+            for name in HIRES_FIELDS:
+                params.pop(name, None)
+        if params.get("refiner_checkpoint") is None:
+            params.pop("refiner_switch_at", None)
+    script_name, script_args, alwayson = script_values(v, scripts)
+    return GenerationRequest(
+        kind=kind, values=params, styles=tuple(v.get("styles") or ()),
+        overrides=override_settings_from_entries(v.get("override_settings")), save_images=save_images,
+        script_name=script_name, script_args=script_args, alwayson_scripts=alwayson, client="ui", **images,
+    )
 
-    from sdwebui.server.a1111_models import Txt2ImgRequest
 
-    v = {**DEFAULTS, **{k: val for k, val in values.items() if val is not None}}
+def _typed(cls: type[GenerationParams], name: str, value: Any) -> Any:
+    """Gradio gives numbers as floats (a slider's 20.0) and dropdowns as text: the parameter's type."""
+    kind = next(spec.kind for spec in param_specs(cls) if spec.name == name)
+    if value is None or isinstance(value, str) and kind is not str:
+        return value
     try:
-        return Txt2ImgRequest(
-            prompt=str(v["prompt"]),
-            negative_prompt=str(v["negative_prompt"]),
-            sampler_name=str(v["sampler"]),
-            scheduler=str(v["scheduler"]),
-            steps=int(v["steps"]),
-            cfg_scale=float(v["cfg_scale"]),
-            width=int(v["width"]),
-            height=int(v["height"]),
-            n_iter=int(v["batch_count"]),
-            batch_size=int(v["batch_size"]),
-            seed=int(v["seed"]),
-            subseed=int(v["subseed"]),
-            subseed_strength=float(v["subseed_strength"]),
-            seed_resize_from_w=int(v["seed_resize_from_w"]),
-            seed_resize_from_h=int(v["seed_resize_from_h"]),
-            **_hires_request_fields(v),
-            override_settings=override_settings_from_entries(v["override_settings"]) or None,
-            save_images=save_images,
-            send_images=False,
-        )
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise UIError(f"{_REQUEST_TO_FIELD.get(field, field)}: {first['msg']}") from None
+        if kind is int and isinstance(value, float):
+            return int(value) if value.is_integer() else value
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+    except (TypeError, ValueError):
+        return value
+    return value
+
+
+def script_fields(scripts: Sequence[Script], tab: str) -> tuple[str, ...]:
+    """The field names of the tab's script controls: the "Script" dropdown, then every argument of every
+    selectable script (shown for the chosen one), then the always-on scripts' arguments."""
+    names = ["script_name"] if any(not s.alwayson for s in scripts) else []
+    for script in scripts:
+        prefix = "alwayson" if script.alwayson else "script"
+        names.extend(f"{prefix}:{script.name}:{index}" for index in range(len(script.args)))
+    return tuple(names)
+
+
+def script_values(values: Mapping[str, Any], scripts: Sequence[Script]) -> tuple[str | None, tuple, dict]:
+    chosen = str(values.get("script_name") or "None")
+    script_name, script_args = None, ()
+    alwayson: dict[str, dict] = {}
+    for script in scripts:
+        if script.alwayson:
+            alwayson[script.name] = {"args": [values.get(f"alwayson:{script.name}:{i}") for i in range(len(script.args))]}
+        elif script.title == chosen:
+            script_name = script.title
+            script_args = tuple(values.get(f"script:{script.name}:{i}") for i in range(len(script.args)))
+    return script_name, script_args, alwayson
+
+
+def submit(services: Services, request: GenerationRequest) -> JobHandle:
+    """Queue a job through the generation service; bad input becomes a UIError naming the field."""
+    try:
+        return services.generation.submit(request)
+    except ParamError as error:
+        raise UIError(field_error_text(error)) from None
+    except QueueFull as error:
+        raise UIError(str(error)) from None
+
+
+def submit_txt2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
+    """Queue a txt2img job from the tab's fields. UI jobs are saved when the setting "Always save all generated
+    images" is on (A1111's `samples_save`), so they appear in the history."""
+    save = bool(services.options.get("samples_save"))
+    try:
+        request = request_from_fields(values, save_images=save, scripts=services.scripts.scripts("txt2img"))
     except (TypeError, ValueError) as error:
         raise UIError(str(error)) from None
+    return submit(services, request)
 
 
 def override_settings_from_entries(entries) -> dict[str, Any]:
     """A1111's "Override settings" entries ("Clip skip: 2", named by the settings' labels) -> setting key ->
     value, typed as the setting is. The values are checked later, with the request, like the API's."""
-    from sdwebui.server.options import OPTIONS
-
     by_label = {spec.label: key for key, spec in OPTIONS.items()}
     settings: dict[str, Any] = {}
     for entry in entries or []:
@@ -164,10 +201,6 @@ def override_entries_from_infotext(services: Services, text: str) -> list[str]:
     """The "Override settings" entries a pasted infotext implies (A1111 `get_override_settings`): each setting it
     names (Clip skip, ENSD, RNG, ...; the checkpoint its Model hash names) whose value differs from the current
     one."""
-    from sdwebui.pipelines.infotext import parse_infotext
-    from sdwebui.server.a1111 import settings_from_infotext
-    from sdwebui.server.options import OPTIONS
-
     current = services.options.all()
     current["sd_model_checkpoint"] = checkpoint_choices(services)[1]
     return [
@@ -177,62 +210,7 @@ def override_entries_from_infotext(services: Services, text: str) -> list[str]:
     ]
 
 
-_HIRES_TYPES = {
-    "tiling": bool, "enable_hr": bool, "hr_upscaler": str, "hr_second_pass_steps": int, "denoising_strength": float,
-    "hr_scale": float, "hr_resize_x": int, "hr_resize_y": int, "hr_checkpoint_name": str, "hr_sampler_name": str,
-    "hr_scheduler": str, "hr_prompt": str, "hr_negative_prompt": str, "refiner_checkpoint": str,
-    "refiner_switch_at": float,
-}
-
-
-def _hires_request_fields(v: Mapping[str, Any]) -> dict[str, Any]:
-    """The hires fix / refiner / tiling controls as request fields: only those the user changed (so a plain job
-    from the UI is the very request a plain API call makes), and the hires ones only with hires fix on."""
-    out: dict[str, Any] = {}
-    for name, kind in _HIRES_TYPES.items():
-        value = kind(v[name])
-        if value == DEFAULTS[name]:
-            continue
-        if name.startswith("hr_") or name == "denoising_strength":
-            if not v["enable_hr"]:
-                continue
-        out[name] = value
-    if v["enable_hr"]:
-        out["denoising_strength"] = float(v["denoising_strength"])
-    if out.get("refiner_checkpoint") is None:
-        out.pop("refiner_switch_at", None)
-    return out
-
-
-def submit_txt2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
-    """Queue a txt2img job exactly as `/sdapi/v1/txt2img` does (`a1111.prepare_txt2img` builds the payload).
-
-    Selected styles are applied to the prompt texts first (from the styles files, read afresh), so the job and
-    its infotext carry the styled prompts, as A1111's do. UI jobs are saved when the setting "Always save all
-    generated images" is on (A1111's `samples_save`), so they appear in the history."""
-    from sdwebui.server.a1111 import prepare_txt2img
-    from sdwebui.server.errors import FieldError
-
-    values = apply_styles(services, values)
-    save = bool(services.options.get("samples_save"))
-    request = request_from_fields(values, save_images=save)
-    try:
-        payload = prepare_txt2img(services, request, [])
-    except FieldError as error:
-        raise UIError(_field_error_text(error)) from None
-    except Exception as error:  # noqa: BLE001 - HTTPException (no checkpoint) and friends: say what it was
-        detail = getattr(error, "detail", None)
-        raise UIError(str(detail or error)) from None
-    payload["client"] = "ui"
-    try:
-        return services.submit("txt2img", payload)
-    except QueueFull as error:
-        raise UIError(str(error)) from None
-
-
 def style_names(services: Services) -> list[str]:
-    from sdwebui.prompts.styles import StyleFileError
-
     try:
         return services.styles().names()
     except (StyleFileError, OSError):
@@ -241,8 +219,8 @@ def style_names(services: Services) -> list[str]:
 
 def apply_styles(services: Services, values: Mapping[str, Any]) -> dict[str, Any]:
     """`values` with the selected styles merged into prompt and negative prompt (A1111 `styles.py` rules) and
-    the style list emptied; a style no file defines is a UIError naming it."""
-    from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
+    the style list emptied (the token counter counts the prompt as it will be encoded); a style no file defines is
+    a UIError naming it."""
 
     values = dict(values)
     names = [name for name in (values.pop("styles", None) or []) if name]
@@ -257,11 +235,11 @@ def apply_styles(services: Services, values: Mapping[str, Any]) -> dict[str, Any
     return values
 
 
-def _field_error_text(error) -> str:
-    loc = [str(part) for part in getattr(error, "loc", ()) if part not in ("body", "override_settings")]
-    field = _REQUEST_TO_FIELD.get(loc[-1], loc[-1]) if loc else ""
-    message = getattr(error, "message", None) or str(error)
-    return f"{field}: {message}" if field else message
+def field_error_text(error: ParamError) -> str:
+    """"width: must be a multiple of 8" (the setting's key for a bad override, the field for the rest)."""
+    loc = [str(part) for part in error.loc if part != "override_settings"]
+    field = loc[-1] if loc and not loc[-1].isdigit() else ".".join(loc)
+    return f"{field}: {error.message}" if field else error.message
 
 
 def progress_text(services: Services, job: JobHandle, now: float | None = None) -> tuple[float, str]:
@@ -275,7 +253,7 @@ def progress_text(services: Services, job: JobHandle, now: float | None = None) 
         return 0.0, f"In queue: {ahead} job{'s' if ahead != 1 else ''} ahead" if ahead else "In queue: next"
     p = job.progress
     if p.total_steps <= 0:
-        return 0.0, "Loading the model…" if job.kind == "txt2img" else "Working…"
+        return 0.0, "Loading the model…" if job.kind in PARAMS_TYPES else "Working…"
     parts = [f"Step {p.step}/{p.total_steps}"]
     if p.batch_count > 1:
         parts.append(f"batch {p.batch_index + 1}/{p.batch_count}")
@@ -306,51 +284,25 @@ def elapsed_text(job: JobHandle) -> str:
 # ---- infotext -> fields -----------------------------------------------------------------------------------------
 
 
-def fields_from_infotext(text: str) -> dict[str, Any]:
-    """The txt2img fields an infotext sets (A1111 `paste_fields`): only those it names, typed as the controls
-    want them. Legacy sampler names ("DPM++ 2M Karras", "k_euler_a") become sampler + schedule type."""
-    from sdwebui.pipelines.infotext import parse_infotext
-    from sdwebui.server.a1111 import INFOTEXT_FIELDS
-
+def fields_from_infotext(text: str, kind: str = "txt2img") -> dict[str, Any]:
+    """The tab's fields an infotext sets (A1111 `paste_fields`): only those it names, typed as the controls want
+    them. Legacy sampler names ("DPM++ 2M Karras", "k_euler_a") become sampler + schedule type; hires fix is on
+    when A1111 would turn it on."""
     params = parse_infotext(text)
-    out: dict[str, Any] = {}
-    for label, (name, kind) in INFOTEXT_FIELDS.items():
-        field = _REQUEST_TO_FIELD.get(name, name)
-        if field not in TXT2IMG_FIELDS or label not in params:
-            continue
-        try:
-            out[field] = kind(float(params[label])) if kind is int else kind(params[label])
-        except (TypeError, ValueError):
-            continue  # an odd value leaves the field as it is (A1111 does the same)
-    # A1111's paste rule: hires fix is on when the infotext has a denoising strength and a hires key.
-    from sdwebui.server.a1111 import HIRES_INFOTEXT_KEYS
-
-    if "Denoising strength" in params and any(key in params for key in HIRES_INFOTEXT_KEYS):
-        out["enable_hr"] = True
-    # Checkpoints are named "name [hash]" there; the dropdowns take that as a custom value (it resolves).
-    if "Hires checkpoint" in params:
-        out["hr_checkpoint_name"] = str(params["Hires checkpoint"])
-    if "Refiner" in params:
-        out["refiner_checkpoint"] = str(params["Refiner"])
-    if "Tiling" in params:
-        out["tiling"] = str(params["Tiling"]) == "True"
+    out = {name: value for name, value in values_from_infotext(params, PARAMS_TYPES[kind]).items()
+           if name in TXT2IMG_FIELDS or kind != "txt2img"}
     if "sampler" in out or "scheduler" in out:
         sampler, schedule = canonical_sampling(out.get("sampler"), out.get("scheduler"))
-        if sampler is not None:
-            out["sampler"] = sampler
-        else:
-            out.pop("sampler", None)
-        if schedule is not None:
-            out["scheduler"] = schedule
-        else:
-            out.pop("scheduler", None)
+        for name, value in (("sampler", sampler), ("scheduler", schedule)):
+            if value is not None:
+                out[name] = value
+            else:
+                out.pop(name, None)
     return out
 
 
 def upscaler_choices(services: Services) -> list[str]:
     """The hires fix's upscalers in A1111's order: the latent modes, then None, Lanczos, Nearest and the models."""
-    from sdwebui.models.upscalers import LATENT_UPSCALE_MODES
-
     return [*LATENT_UPSCALE_MODES, *(entry.name for entry in services.upscalers.entries())]
 
 
@@ -433,12 +385,6 @@ class TokenCounter:
 
     def count(self, text: str, steps: int = 20) -> tuple[int, int]:
         from sdwebui.models.text_encoding import split_into_chunks, target_token_count
-        from sdwebui.prompts.extra_networks import parse_prompt
-        from sdwebui.prompts.parser import (
-            get_learned_conditioning_prompt_schedules,
-            get_multicond_prompt_list,
-            parse_prompt_attention,
-        )
 
         tokenizer = self._get_tokenizer()
         text, _ = parse_prompt(text or "")
@@ -470,8 +416,9 @@ class TokenCounter:
 
 
 __all__ = [
-    "TXT2IMG_FIELDS", "DEFAULTS", "UIError", "request_from_fields", "submit_txt2img", "apply_styles", "style_names",
-    "progress_text",
-    "fields_from_infotext", "override_entries_from_infotext", "override_settings_from_entries", "canonical_sampling", "sampler_choices", "schedule_choices", "checkpoint_choices",
-    "vae_choices", "native_size", "TokenCounter", "upscaler_choices", "extras_upscaler_choices",
+    "TXT2IMG_FIELDS", "DEFAULTS", "UIError", "request_from_fields", "submit", "submit_txt2img", "script_fields",
+    "apply_styles", "style_names", "progress_text", "field_error_text", "fields_from_infotext",
+    "override_entries_from_infotext", "override_settings_from_entries", "canonical_sampling", "sampler_choices",
+    "schedule_choices", "checkpoint_choices", "vae_choices", "native_size", "TokenCounter", "upscaler_choices",
+    "extras_upscaler_choices",
 ]

@@ -3,30 +3,29 @@ inputs above the settings, in sub-tabs img2img / Sketch / Inpaint / Inpaint sket
 and the img2img and inpaint controls (resize mode, resize to / by, denoising strength, mask blur, mask mode, masked
 content, inpaint area, padding) in place of the hires fix.
 
-A job from here is the very request `POST /sdapi/v1/img2img` receives for the same values (`a1111.prepare_img2img`
-builds its payload). A colour sketch is sent as the flattened drawing; an inpaint mask is every pixel the brush
-touched (white = repaint).
+A job from here is the job `POST /sdapi/v1/img2img` queues for the same values (both go through
+`GenerationService.prepare`). The tab's own controls (sub-tab, "Resize by", the radio buttons) are turned into
+parameters in `request_from_img2img_fields`. A colour sketch is sent as the flattened drawing; an inpaint mask is
+every pixel the brush touched (white = repaint).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
-from sdwebui.server.queue import JobHandle, QueueFull
+from sdwebui.pipelines.img2img_params import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
+from sdwebui.pipelines.infotext import parse_infotext
+from sdwebui.server.queue import JobHandle
+from sdwebui.server.service import GenerationRequest
 from sdwebui.server.services import Services
 from sdwebui.ui import txt2img
-from sdwebui.ui.fields import TokenCounter, UIError, apply_styles, request_from_fields
+from sdwebui.ui.fields import TokenCounter, UIError, fields_from_infotext, request_from_fields, submit
 
-RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
-MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
-MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]
-INPAINT_AREAS = ["Whole picture", "Only masked"]
+MASKED_CONTENT = list(INPAINTING_FILLS)
 MODES = ("img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload", "batch")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_BATCH_FILES = 1000
@@ -90,7 +89,7 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
                                                  elem_id="img2img_batch_inpaint_mask_dir")
         for tab, mode in zip((tab0, tab1, tab2, tab3, tab4, tab5), MODES):
             tab.select((lambda m: lambda: m)(mode), None, f["mode"], show_progress="hidden", queue=False)
-        f["resize_mode"] = gr.Radio(RESIZE_MODES, value=RESIZE_MODES[0], type="index", label="Resize mode",
+        f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize mode",
                                     elem_id="img2img_resize_mode")
         with gr.Row():
             f["size_tab"] = gr.Radio(["Resize to", "Resize by"], value="Resize to", label="Size",
@@ -104,12 +103,12 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
         with gr.Accordion("Inpaint", open=True, elem_id="img2img_inpaint_controls") as c["inpaint_controls"]:
             f["mask_blur"] = gr.Slider(0, 64, value=DEFAULTS["mask_blur"], step=1, label="Mask blur",
                                        elem_id="img2img_mask_blur")
-            f["mask_mode"] = gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index", label="Mask mode",
+            f["mask_mode"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], type="index", label="Mask mode",
                                       elem_id="img2img_mask_mode")
             f["inpainting_fill"] = gr.Radio(MASKED_CONTENT, value="original", type="index", label="Masked content",
                                             elem_id="img2img_inpainting_fill")
             with gr.Row():
-                f["inpaint_full_res"] = gr.Radio(INPAINT_AREAS, value=INPAINT_AREAS[0], type="index",
+                f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=INPAINT_AREAS[0], type="index",
                                                  label="Inpaint area", elem_id="img2img_inpaint_full_res",
                                                  min_width=140)
                 f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
@@ -227,21 +226,14 @@ def batch_files(input_dir: str, mask_dir: str | None = None) -> list[tuple[str, 
     return out
 
 
-def _b64(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def request_from_img2img_fields(values: Mapping[str, Any], *, save_images: bool):
-    """The img2img tab's values -> the A1111 img2img request the API would receive for them."""
-    from pydantic import ValidationError
-
-    from sdwebui.server.a1111_models import Img2ImgRequest
-
+def request_from_img2img_fields(values: Mapping[str, Any], *, save_images: bool, scripts=()) -> GenerationRequest:
+    """The img2img tab's values -> the generation service's request: the sub-tab's image and mask, "Resize by"
+    as a size, and the radio buttons as the parameters they stand for."""
     v = {**DEFAULTS, **{k: val for k, val in values.items() if val is not None}}
+    batch = []
     if v["mode"] == "batch":
-        _, image, mask = batch_files(v.get("batch_input_dir"), v.get("batch_mask_dir"))[0]
+        batch = batch_files(v.get("batch_input_dir"), v.get("batch_mask_dir"))
+        _, image, mask = batch[0]
     else:
         image, mask = images_for(v)
     common = {k: val for k, val in v.items() if k in COMMON_FIELDS}
@@ -249,58 +241,33 @@ def request_from_img2img_fields(values: Mapping[str, Any], *, save_images: bool)
         # A1111: the image's size times the scale, floored to a multiple of 8.
         width, height = int(image.width * float(v["scale_by"])), int(image.height * float(v["scale_by"]))
         common["width"], common["height"] = max(8, width - width % 8), max(8, height - height % 8)
-    base = request_from_fields(common, save_images=save_images)
-    try:
-        return Img2ImgRequest(
-            **base.model_dump(exclude_unset=True),
-            init_images=[_b64(image)],
-            mask=_b64(mask) if mask is not None else None,
-            resize_mode=int(v["resize_mode"]),
-            denoising_strength=float(v["denoising_strength"]),
-            mask_blur=int(v["mask_blur"]),
-            inpainting_mask_invert=int(v["mask_mode"]),
-            inpainting_fill=int(v["inpainting_fill"]),
-            inpaint_full_res=bool(int(v["inpaint_full_res"])),
-            inpaint_full_res_padding=int(v["inpaint_full_res_padding"]),
-        )
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise UIError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    common.update({
+        "resize_mode": int(v["resize_mode"]),
+        "denoising_strength": float(v["denoising_strength"]),
+        "mask_blur_x": int(v["mask_blur"]),
+        "mask_blur_y": int(v["mask_blur"]),
+        "inpainting_mask_invert": bool(int(v["mask_mode"])),
+        "inpainting_fill": int(v["inpainting_fill"]),
+        "inpaint_full_res": bool(int(v["inpaint_full_res"])),
+        "inpaint_full_res_padding": int(v["inpaint_full_res_padding"]),
+    })
+    images = {"batch": tuple(batch)} if batch else {"init_images": (image,), "mask": mask}
+    return request_from_fields({**common, **{k: val for k, val in v.items() if ":" in k or k == "script_name"}},
+                               save_images=save_images, kind="img2img", scripts=scripts, **images)
 
 
 def submit_img2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
-    """Queue an img2img job exactly as `/sdapi/v1/img2img` does."""
-    from sdwebui.server.a1111 import prepare_img2img
-    from sdwebui.server.errors import FieldError
-    from sdwebui.ui.fields import _field_error_text
-
-    values = apply_styles(services, values)
-    request = request_from_img2img_fields(values, save_images=bool(services.options.get("samples_save")))
-    try:
-        payload = prepare_img2img(services, request, [])
-    except FieldError as error:
-        raise UIError(_field_error_text(error)) from None
-    except Exception as error:  # noqa: BLE001 - HTTPException (no checkpoint) and friends: say what it was
-        raise UIError(str(getattr(error, "detail", None) or error)) from None
-    payload["client"] = "ui"
-    if (values.get("mode") or "img2img") == "batch":
-        payload["batch"] = [
-            {"name": name, "image": _b64(image), "mask": _b64(mask) if mask is not None else None}
-            for name, image, mask in batch_files(values.get("batch_input_dir"), values.get("batch_mask_dir"))
-        ]
-    try:
-        return services.submit("img2img", payload)
-    except QueueFull as error:
-        raise UIError(str(error)) from None
+    """Queue an img2img job from the tab's values (saved when "Always save all generated images" is on)."""
+    request = request_from_img2img_fields(values, save_images=bool(services.options.get("samples_save")),
+                                          scripts=services.scripts.scripts("img2img"))
+    return submit(services, request)
 
 
 def img2img_fields_from_infotext(text: str) -> dict[str, Any]:
-    """The img2img tab's fields an infotext sets: txt2img's (prompt, seed, size, denoising strength, ...) and
-    A1111's inpainting keys (Mask blur, Mask mode, Masked content, Inpaint area, Masked area padding)."""
-    from sdwebui.pipelines.infotext import parse_infotext
-    from sdwebui.ui.fields import fields_from_infotext
-
-    out = {k: v for k, v in fields_from_infotext(text).items() if k in IMG2IMG_FIELDS and k != "styles"}
+    """The img2img tab's fields an infotext sets: the parameters (prompt, seed, size, denoising strength, ...) and
+    A1111's inpainting keys as the tab's controls show them (Mask blur, Mask mode, Masked content, Inpaint area,
+    Masked area padding)."""
+    out = {k: v for k, v in fields_from_infotext(text, "img2img").items() if k in IMG2IMG_FIELDS and k != "styles"}
     params = parse_infotext(text)
     choices = (("Mask mode", "mask_mode", MASK_MODES), ("Masked content", "inpainting_fill", MASKED_CONTENT),
                ("Inpaint area", "inpaint_full_res", INPAINT_AREAS))
@@ -330,5 +297,4 @@ def gallery_image(gallery, state):
 
 
 __all__ = ["build", "IMG2IMG_FIELDS", "submit_img2img", "img2img_fields_from_infotext", "request_from_img2img_fields",
-           "images_for",
-           "editor_mask", "gallery_image"]
+           "images_for", "editor_mask", "gallery_image", "batch_files"]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import gradio as gr
 
+from sdwebui.server.options import OptionError
 from sdwebui.server.services import Services
 from sdwebui.ui import extras, history, img2img, pnginfo, settings, txt2img
 from sdwebui.ui.fields import (
-    TXT2IMG_FIELDS,
     TokenCounter,
     checkpoint_choices,
     fields_from_infotext,
@@ -103,14 +103,11 @@ def build_ui(services: Services):
 
         # ---- top bar: the same path as POST /sdapi/v1/options ----------------------------------------------
         def set_option(key, value, width, height):
-            from sdwebui.server.a1111 import set_options
-            from sdwebui.server.errors import FieldError
-
             old_size = native_size(services) if key == "sd_model_checkpoint" else None
             try:
-                set_options(services, {key: value})
-            except FieldError as error:
-                return f"<p class='sdw-note'>Not switched: {error}</p>", gr.skip(), gr.skip()
+                services.update_options({key: value})
+            except OptionError as error:
+                return f"<p class='sdw-note'>Not switched: {error.message}</p>", gr.skip(), gr.skip()
             if old_size is None:
                 return "", gr.skip(), gr.skip()
             # Follow the new model's native size unless the user chose another size.
@@ -138,7 +135,7 @@ def build_ui(services: Services):
             values = fields_from_infotext(text or "") if (text or "").strip() else {}
             if values:
                 values["override_settings"] = override_settings_update(text)
-            updates = [values[name] if name in values else gr.skip() for name in TXT2IMG_FIELDS]
+            updates = [values[name] if name in values else gr.skip() for name in t2i.names]
             extra_open = any(values.get(k) for k in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h"))
             return [*updates, gr.update(open=True) if extra_open else gr.skip(),
                     gr.update(open=True) if values.get("enable_hr") else gr.skip(),
@@ -160,7 +157,7 @@ def build_ui(services: Services):
 
         # ---- an image (+ its infotext) -> img2img / inpaint -------------------------------------------------
         i2i_paste = [name for name in img2img.IMG2IMG_FIELDS
-                     if name in TXT2IMG_FIELDS and name != "styles" or name in img2img.DEFAULTS
+                     if name in img2img.COMMON_FIELDS and name != "styles" or name in img2img.DEFAULTS
                      and name not in ("mode", "size_tab", "scale_by", "resize_mode")]
 
         def override_settings_update(text):
@@ -222,8 +219,8 @@ def build_ui(services: Services):
 
         demo.load(on_load, None, [checkpoint, vae, t2i.fields["sampler"], t2i.fields["scheduler"],
                                   t2i.fields["styles"], *size, status], show_progress="hidden")
-        hires_lists = [t2i.fields[name] for name in ("hr_upscaler", "hr_checkpoint_name", "hr_sampler_name",
-                                                     "hr_scheduler", "refiner_checkpoint")]
+        hires_lists = [t2i.fields[name] for name in ("hr_upscaler", "hr_checkpoint", "hr_sampler", "hr_scheduler",
+                                                     "refiner_checkpoint")]
         demo.load(lambda: txt2img.refresh_choices(services), None, hires_lists, show_progress="hidden")
         demo.load(lambda: (gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()),
                            gr.update(choices=style_names(services))),

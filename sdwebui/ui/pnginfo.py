@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
+from PIL import Image
+
+from sdwebui.pipelines.output import read_image_info
 
 
 @dataclass
@@ -24,17 +27,9 @@ def read_parameters(path: str | None) -> tuple[str, str]:
     """(infotext, HTML of the other text items) of an image file; ("", message) when there is nothing."""
     if not path:
         return "", ""
-    from PIL import Image
-
-    from sdwebui.pipelines.output import read_infotext_from_png
-    from sdwebui.server.a1111 import IGNORED_INFO_KEYS
-
     try:
         with Image.open(path) as image:
-            info = read_infotext_from_png(image) or ""
-            items = {k: v for k, v in (image.info or {}).items()
-                     if isinstance(k, str) and k != "parameters" and k not in IGNORED_INFO_KEYS
-                     and isinstance(v, (str, int, float))}
+            info, items = read_image_info(image)
     except Exception as error:  # noqa: BLE001 - PIL raises many types for odd files
         return "", f'<p class="sdw-note">Not a readable image: {html.escape(str(error))}</p>'
     extra = "".join(f"<div><b>{html.escape(k)}</b><pre>{html.escape(str(v))}</pre></div>" for k, v in items.items())

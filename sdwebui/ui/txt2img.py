@@ -17,16 +17,26 @@ from typing import Any
 
 import gradio as gr
 
+from sdwebui.core.upscale_modes import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
+from sdwebui.pipelines.params import Txt2ImgParams
+from sdwebui.pipelines.scripts import Script
 from sdwebui.server.services import Services
+from sdwebui.ui.controls import param_control, script_arg_control
 from sdwebui.ui.fields import (
     DEFAULTS,
+    SAME_AS_FIRST_PASS,
     TXT2IMG_FIELDS,
     TokenCounter,
     UIError,
     apply_styles,
+    checkpoint_choices,
     elapsed_text,
     progress_text,
+    sampler_choices,
+    schedule_choices,
+    script_fields,
     submit_txt2img,
+    upscaler_choices,
 )
 
 POLL_SECONDS = 0.25
@@ -72,13 +82,39 @@ def build(
 ) -> Txt2ImgTab:
     """The generation tab. txt2img by default; img2img builds the same tab (`prefix` for the element ids, its
     own `field_names` and `submit`) with `image_inputs(f, c)` above the settings and `extra_settings(f, c)` in
-    place of the hires fix / refiner sections."""
-    tab = Txt2ImgTab(names=tuple(field_names))
-    f = tab.fields
-    c = tab.components
-    job_state = gr.State(None)
-    result_state = gr.State(None)
+    place of the hires fix / refiner sections. The tab's script controls follow the settings."""
+    scripts = services.scripts.scripts(prefix)
+    tab = Txt2ImgTab(names=(*field_names, *script_fields(scripts, prefix)))
+    f, c = tab.fields, tab.components
+    c["job_state"], c["result_state"] = gr.State(None), gr.State(None)
+    _prompt_row(prefix, f, c)
+    with gr.Row(elem_id=f"{prefix}_main", equal_height=False):
+        with gr.Column(scale=1, min_width=300, elem_id=f"{prefix}_settings"):
+            if image_inputs is not None:
+                image_inputs(f, c)
+            _sampling_controls(prefix, f, c)
+            _seed_controls(prefix, f, c)
+            f["tiling"] = param_control(Txt2ImgParams, "tiling", f"{prefix}_tiling")
+            # Filled by pasting an infotext; hidden while empty (as A1111's).
+            f["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                                 label="Override settings", visible=False,
+                                                 elem_id=f"{prefix}_override_settings")
+            f["override_settings"].change(lambda entries: gr.update(visible=bool(entries)), f["override_settings"],
+                                          f["override_settings"], show_progress="hidden", queue=False)
+            if extra_settings is not None:
+                extra_settings(f, c)
+            else:
+                build_hires_and_refiner(services, f, c)
+            build_scripts(scripts, prefix, f, c)
+        _results_column(prefix, c)
+    _wire_token_counters(services, counter, f, c)
+    _wire_generate(services, tab, submit)
+    _wire_seed_and_size_buttons(f, c)
+    return tab
 
+
+def _prompt_row(prefix: str, f: dict, c: dict) -> None:
+    """Prompts with their token counters; Generate, Interrupt, Skip and the styles beside them."""
     with gr.Row(elem_id=f"{prefix}_toprow", equal_height=False):
         with gr.Column(scale=6, min_width=280):
             with gr.Group(elem_classes="sdw-prompt-box"):
@@ -100,87 +136,68 @@ def build(
             # styles.csv (--styles-file); applied to the prompts when the job is queued.
             f["styles"] = gr.Dropdown([], value=[], multiselect=True, label="Styles", elem_id=f"{prefix}_styles")
 
-    with gr.Row(elem_id=f"{prefix}_main", equal_height=False):
-        with gr.Column(scale=1, min_width=300, elem_id=f"{prefix}_settings"):
-            if image_inputs is not None:
-                image_inputs(f, c)
-            with gr.Row():
-                f["sampler"] = gr.Dropdown([DEFAULTS["sampler"]], value=DEFAULTS["sampler"], label="Sampling method",
-                                           elem_id=f"{prefix}_sampling", min_width=140)
-                f["scheduler"] = gr.Dropdown([DEFAULTS["scheduler"]], value=DEFAULTS["scheduler"],
-                                             label="Schedule type", elem_id=f"{prefix}_scheduler", min_width=140)
-            f["steps"] = gr.Slider(1, 150, value=DEFAULTS["steps"], step=1, label="Sampling steps",
-                                   elem_id=f"{prefix}_steps")
-            with gr.Row(equal_height=True):
-                with gr.Column(scale=8, min_width=200):
-                    f["width"] = gr.Slider(64, 2048, value=DEFAULTS["width"], step=8, label="Width",
-                                           elem_id=f"{prefix}_width")
-                    f["height"] = gr.Slider(64, 2048, value=DEFAULTS["height"], step=8, label="Height",
-                                            elem_id=f"{prefix}_height")
-                c["swap"] = gr.Button("⇅", elem_id=f"{prefix}_res_switch_btn", size="sm", scale=1, min_width=40)
-            with gr.Row():
-                f["batch_count"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
-                                             elem_id=f"{prefix}_batch_count", min_width=140)
-                f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size",
-                                            min_width=140)
-            f["cfg_scale"] = gr.Slider(1.0, 30.0, value=DEFAULTS["cfg_scale"], step=0.5, label="CFG Scale",
-                                       elem_id=f"{prefix}_cfg_scale")
-            with gr.Row(equal_height=True):
-                f["seed"] = gr.Number(-1, label="Seed", precision=0, minimum=-1, maximum=2**32 - 1,
-                                      elem_id=f"{prefix}_seed", scale=6, min_width=120)
-                c["random_seed"] = gr.Button("🎲", elem_id=f"{prefix}_random_seed", size="sm", scale=1, min_width=40)
-                c["reuse_seed"] = gr.Button("♻️", elem_id=f"{prefix}_reuse_seed", size="sm", scale=1, min_width=40)
-            with gr.Accordion("Extra", open=False, elem_id=f"{prefix}_subseed_show") as c["extra"]:
-                with gr.Row(equal_height=True):
-                    f["subseed"] = gr.Number(-1, label="Variation seed", precision=0, minimum=-1,
-                                             maximum=2**32 - 1, elem_id=f"{prefix}_subseed", scale=6, min_width=120)
-                    c["random_subseed"] = gr.Button("🎲", elem_id=f"{prefix}_random_subseed", size="sm", scale=1,
-                                                    min_width=40)
-                    c["reuse_subseed"] = gr.Button("♻️", elem_id=f"{prefix}_reuse_subseed", size="sm", scale=1,
-                                                   min_width=40)
-                f["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
-                                                  elem_id=f"{prefix}_subseed_strength")
-                with gr.Row():
-                    f["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
-                                                        elem_id=f"{prefix}_seed_resize_from_w", min_width=140)
-                    f["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
-                                                        elem_id=f"{prefix}_seed_resize_from_h", min_width=140)
 
-            f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{prefix}_tiling",
-                                      info="seamless images: the picture wraps around at its edges")
-            # Filled by pasting an infotext; hidden while empty (as A1111's).
-            f["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
-                                                 label="Override settings", visible=False,
-                                                 elem_id=f"{prefix}_override_settings")
-            f["override_settings"].change(lambda entries: gr.update(visible=bool(entries)), f["override_settings"],
-                                          f["override_settings"], show_progress="hidden", queue=False)
-            if extra_settings is not None:
-                extra_settings(f, c)
-            else:
-                build_hires_and_refiner(services, f, c)
+def _sampling_controls(prefix: str, f: dict, c: dict) -> None:
+    with gr.Row():
+        f["sampler"] = gr.Dropdown([DEFAULTS["sampler"]], value=DEFAULTS["sampler"], label="Sampling method",
+                                   elem_id=f"{prefix}_sampling", min_width=140)
+        f["scheduler"] = gr.Dropdown([DEFAULTS["scheduler"]], value=DEFAULTS["scheduler"], label="Schedule type",
+                                     elem_id=f"{prefix}_scheduler", min_width=140)
+    f["steps"] = param_control(Txt2ImgParams, "steps", f"{prefix}_steps")
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=8, min_width=200):
+            f["width"] = param_control(Txt2ImgParams, "width", f"{prefix}_width")
+            f["height"] = param_control(Txt2ImgParams, "height", f"{prefix}_height")
+        c["swap"] = gr.Button("⇅", elem_id=f"{prefix}_res_switch_btn", size="sm", scale=1, min_width=40)
+    with gr.Row():
+        f["batch_count"] = param_control(Txt2ImgParams, "batch_count", f"{prefix}_batch_count", min_width=140)
+        f["batch_size"] = param_control(Txt2ImgParams, "batch_size", f"{prefix}_batch_size", min_width=140)
+    f["cfg_scale"] = param_control(Txt2ImgParams, "cfg_scale", f"{prefix}_cfg_scale")
 
-        with gr.Column(scale=1, min_width=300, elem_id=f"{prefix}_results"):
-            c["progress"] = gr.HTML("", elem_id=f"{prefix}_progress", padding=False)
-            c["preview"] = gr.Image(label="Live preview", type="pil", format="png", interactive=False, visible=False,
-                                    elem_id=f"{prefix}_preview", height=420)
-            c["gallery"] = gr.Gallery(label="Output", format="png", columns=2, height="auto", object_fit="contain",
-                                      elem_id=f"{prefix}_gallery", interactive=False)
-            c["infotext"] = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
-                                       elem_id=f"{prefix}_infotext")
-            c["html_info"] = gr.HTML("", elem_id=f"{prefix}_html_info", padding=False)
-            with gr.Row():
-                c["send_to_pnginfo"] = gr.Button("Send parameters to PNG Info", size="sm",
-                                                 elem_id=f"{prefix}_send_to_pnginfo")
-                # The selected image (and its parameters) to the img2img tab (wired in `layout`).
-                c["send_to_img2img"] = gr.Button("Send to img2img", size="sm", elem_id=f"{prefix}_send_to_img2img")
-                c["send_to_inpaint"] = gr.Button("Send to inpaint", size="sm", elem_id=f"{prefix}_send_to_inpaint")
-                c["send_to_extras"] = gr.Button("Send to extras", size="sm", elem_id=f"{prefix}_send_to_extras")
 
-    c["job_state"] = job_state
-    c["result_state"] = result_state
+def _seed_controls(prefix: str, f: dict, c: dict) -> None:
+    """Seed with 🎲 / ♻️, and A1111's "Extra": variation seed and strength, resize seed from."""
+    with gr.Row(equal_height=True):
+        f["seed"] = param_control(Txt2ImgParams, "seed", f"{prefix}_seed", scale=6, min_width=120)
+        c["random_seed"] = gr.Button("🎲", elem_id=f"{prefix}_random_seed", size="sm", scale=1, min_width=40)
+        c["reuse_seed"] = gr.Button("♻️", elem_id=f"{prefix}_reuse_seed", size="sm", scale=1, min_width=40)
+    with gr.Accordion("Extra", open=False, elem_id=f"{prefix}_subseed_show") as c["extra"]:
+        with gr.Row(equal_height=True):
+            f["subseed"] = param_control(Txt2ImgParams, "subseed", f"{prefix}_subseed", scale=6, min_width=120)
+            c["random_subseed"] = gr.Button("🎲", elem_id=f"{prefix}_random_subseed", size="sm", scale=1,
+                                            min_width=40)
+            c["reuse_subseed"] = gr.Button("♻️", elem_id=f"{prefix}_reuse_subseed", size="sm", scale=1, min_width=40)
+        f["subseed_strength"] = param_control(Txt2ImgParams, "subseed_strength", f"{prefix}_subseed_strength")
+        with gr.Row():
+            f["seed_resize_from_w"] = param_control(Txt2ImgParams, "seed_resize_from_w",
+                                                    f"{prefix}_seed_resize_from_w", min_width=140)
+            f["seed_resize_from_h"] = param_control(Txt2ImgParams, "seed_resize_from_h",
+                                                    f"{prefix}_seed_resize_from_h", min_width=140)
 
-    # ---- token counters -------------------------------------------------------------------------------------
-    # A1111 counts the prompt as it will be encoded: with the selected styles applied.
+
+def _results_column(prefix: str, c: dict) -> None:
+    """Progress, the live preview (in the gallery's place while a job runs), the gallery, the infotext and the
+    "Send to" buttons (wired in `layout`)."""
+    with gr.Column(scale=1, min_width=300, elem_id=f"{prefix}_results"):
+        c["progress"] = gr.HTML("", elem_id=f"{prefix}_progress", padding=False)
+        c["preview"] = gr.Image(label="Live preview", type="pil", format="png", interactive=False, visible=False,
+                                elem_id=f"{prefix}_preview", height=420)
+        c["gallery"] = gr.Gallery(label="Output", format="png", columns=2, height="auto", object_fit="contain",
+                                  elem_id=f"{prefix}_gallery", interactive=False)
+        c["infotext"] = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
+                                   elem_id=f"{prefix}_infotext")
+        c["html_info"] = gr.HTML("", elem_id=f"{prefix}_html_info", padding=False)
+        with gr.Row():
+            c["send_to_pnginfo"] = gr.Button("Send parameters to PNG Info", size="sm",
+                                             elem_id=f"{prefix}_send_to_pnginfo")
+            c["send_to_img2img"] = gr.Button("Send to img2img", size="sm", elem_id=f"{prefix}_send_to_img2img")
+            c["send_to_inpaint"] = gr.Button("Send to inpaint", size="sm", elem_id=f"{prefix}_send_to_inpaint")
+            c["send_to_extras"] = gr.Button("Send to extras", size="sm", elem_id=f"{prefix}_send_to_extras")
+
+
+def _wire_token_counters(services: Services, counter: TokenCounter, f: dict, c: dict) -> None:
+    """A1111 counts the prompt as it will be encoded: with the selected styles applied."""
+
     def count(key, text, steps, styles):
         try:
             styled = apply_styles(services, {key: text or "", "styles": styles or []})[key]
@@ -197,31 +214,28 @@ def build(
             trigger.change(handler, [f[key], f["steps"], f["styles"]], out, show_progress="hidden", queue=False,
                            trigger_mode="always_last")
 
-    # ---- generate -------------------------------------------------------------------------------------------
+
+def _wire_generate(services: Services, tab: Txt2ImgTab, submit) -> None:
+    """Generate queues the job through the generation service and follows it (queue position, steps, ETA, live
+    preview) until it ends; Interrupt and Skip act on this browser tab's own job."""
+    c = tab.components
+    job_state, result_state = c["job_state"], c["result_state"]
+
     async def generate(*values):
-        fields = dict(zip(tab.names, values))
-        out = {
-            job_state: None,
-            result_state: gr.skip(),
-            c["progress"]: "",
-            c["preview"]: gr.update(visible=False, value=None),
-            c["gallery"]: gr.update(visible=True),
-            c["infotext"]: gr.skip(),
-            c["html_info"]: "",
-        }
+        out = {job_state: None, result_state: gr.skip(), c["progress"]: "",
+               c["preview"]: gr.update(visible=False, value=None), c["gallery"]: gr.update(visible=True),
+               c["infotext"]: gr.skip(), c["html_info"]: ""}
         try:
             # Validation may import the sampler registry (torch) on first use: off the event loop.
-            job = await asyncio.to_thread(submit, services, fields)
+            job = await asyncio.to_thread(submit, services, dict(zip(tab.names, values)))
         except UIError as error:
-            out[c["progress"]] = progress_html(0, f"Error: {error}", state="error")
-            yield out
+            yield {**out, c["progress"]: progress_html(0, f"Error: {error}", state="error")}
             return
         fraction, text = progress_text(services, job)
         # While it runs the live preview takes the gallery's place (as in A1111).
         yield {**out, job_state: job.id, c["progress"]: progress_html(fraction, text, state="queued"),
                c["preview"]: gr.update(visible=True, value=None), c["gallery"]: gr.update(visible=False)}
-        shown_preview = 0
-        last_text = text
+        shown_preview, last_text = 0, text
         while not job.finished.is_set():
             await asyncio.sleep(POLL_SECONDS)
             if job.finished.is_set():
@@ -238,58 +252,57 @@ def build(
                 update[c["preview"]] = _png_to_image(p.preview_png)
             if update:
                 yield update
-        yield _finished(job, services)
-
-    def _finished(job, services):
-        result = job.result or {}
-        images = list(job.images)
-        infotexts = result.get("infotexts") or []
-        if job.status == "failed":
-            bar = progress_html(0, f"Error: {job.error}", state="error")
-        elif job.status == "cancelled":
-            bar = progress_html(0, "Cancelled before it started", state="error")
-        elif job.status == "interrupted" or result.get("interrupted"):
-            bar = progress_html(1, f"Interrupted · {len(images)} image{'s' if len(images) != 1 else ''} kept · "
-                                   f"{elapsed_text(job)}", state="done")
-        else:
-            bar = progress_html(1, f"Done · {elapsed_text(job)}", state="done")
-        notes = result.get("notes") or []
-        info_html = "".join(f'<p class="sdw-note">{html.escape(str(note))}</p>' for note in notes)
-        state = {"seeds": result.get("seeds") or [], "subseeds": result.get("subseeds") or [],
-                 "infotexts": infotexts, "index": 0}
-        return {
-            job_state: None,
-            result_state: state,
-            c["progress"]: bar,
-            c["preview"]: gr.update(visible=False, value=None),
-            c["gallery"]: gr.update(value=images, visible=True) if images else gr.update(visible=True),
-            c["infotext"]: infotexts[0] if infotexts else "",
-            c["html_info"]: info_html,
-        }
+        yield finished_outputs(job, c)
 
     outputs = [job_state, result_state, c["progress"], c["preview"], c["gallery"], c["infotext"], c["html_info"]]
-    generate_event = dict(fn=generate, inputs=tab.inputs, outputs=outputs, show_progress="hidden",
-                          concurrency_limit=None, trigger_mode="multiple")
-    c["generate"].click(**generate_event)  # Ctrl+Enter in a prompt clicks it too (layout.HOTKEYS_JS)
+    c["generate"].click(generate, tab.inputs, outputs, show_progress="hidden", concurrency_limit=None,
+                        trigger_mode="multiple")  # Ctrl+Enter in a prompt clicks it too (layout.HOTKEYS_JS)
 
-    # ---- interrupt / skip (this tab's own job) -------------------------------------------------------------
     def interrupt(job_id):
         if job_id:
-            if not services.queue.cancel(job_id):
-                handle = services.queue.get(job_id)
-                if handle is not None:
-                    handle.interrupt()
+            services.generation.cancel(job_id)  # a queued job is cancelled, a running one interrupted
 
     def skip(job_id):
         if job_id:
-            handle = services.queue.get(job_id)
-            if handle is not None:
-                handle.skip()
+            services.generation.skip(job_id)
 
     c["interrupt"].click(interrupt, job_state, None, show_progress="hidden", concurrency_limit=None)
     c["skip"].click(skip, job_state, None, show_progress="hidden", concurrency_limit=None)
 
-    # ---- seeds, size --------------------------------------------------------------------------------------
+
+def finished_outputs(job, c: dict) -> dict:
+    """The tab's outputs once `job` has ended: the images, their first infotext, the job's notes, a final bar."""
+    result = job.result or {}
+    images = list(job.images)
+    infotexts = result.get("infotexts") or []
+    if job.status == "failed":
+        bar = progress_html(0, f"Error: {job.error}", state="error")
+    elif job.status == "cancelled":
+        bar = progress_html(0, "Cancelled before it started", state="error")
+    elif job.status == "interrupted" or result.get("interrupted"):
+        bar = progress_html(1, f"Interrupted · {len(images)} image{'s' if len(images) != 1 else ''} kept · "
+                               f"{elapsed_text(job)}", state="done")
+    else:
+        bar = progress_html(1, f"Done · {elapsed_text(job)}", state="done")
+    notes = result.get("notes") or []
+    info_html = "".join(f'<p class="sdw-note">{html.escape(str(note))}</p>' for note in notes)
+    state = {"seeds": result.get("seeds") or [], "subseeds": result.get("subseeds") or [],
+             "infotexts": infotexts, "index": 0}
+    return {
+        c["job_state"]: None,
+        c["result_state"]: state,
+        c["progress"]: bar,
+        c["preview"]: gr.update(visible=False, value=None),
+        c["gallery"]: gr.update(value=images, visible=True) if images else gr.update(visible=True),
+        c["infotext"]: infotexts[0] if infotexts else "",
+        c["html_info"]: info_html,
+    }
+
+
+def _wire_seed_and_size_buttons(f: dict, c: dict) -> None:
+    """🎲 / ♻️ for the seeds (♻️: the selected image's), ⇅ for the size, and the gallery's selection."""
+    result_state = c["result_state"]
+
     def reuse(state, key):
         values = (state or {}).get(key) or []
         if not values:
@@ -314,43 +327,34 @@ def build(
 
     c["gallery"].select(select_image, result_state, [result_state, c["infotext"]], show_progress="hidden",
                         queue=False)
-    return tab
 
 
 def build_hires_and_refiner(services: Services, f: dict, c: dict) -> None:
     """A1111's "Hires. fix" and "Refiner" sections (dropdown lists are filled on page load, see `refresh_choices`)."""
-    from sdwebui.server.a1111 import LATENT_UPSCALE_MODES
-    from sdwebui.ui.fields import checkpoint_choices
-
     titles, _ = checkpoint_choices(services)
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr") as c["hires"]:
-        f["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
+        f["enable_hr"] = param_control(Txt2ImgParams, "enable_hr", "txt2img_enable_hr", label="Enable hires. fix")
         with gr.Row():
-            f["hr_upscaler"] = gr.Dropdown([*LATENT_UPSCALE_MODES, "None", "Lanczos", "Nearest"],
+            f["hr_upscaler"] = gr.Dropdown([*LATENT_UPSCALE_MODES, *BUILTIN_UPSCALERS],
                                            value=DEFAULTS["hr_upscaler"], label="Upscaler",
                                            elem_id="txt2img_hr_upscaler", min_width=140)
-            f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
-                                                  elem_id="txt2img_hires_steps", min_width=140)
-            f["denoising_strength"] = gr.Slider(0.0, 1.0, value=DEFAULTS["denoising_strength"], step=0.01,
-                                                label="Denoising strength", elem_id="txt2img_denoising_strength",
-                                                min_width=140)
+            f["hr_second_pass_steps"] = param_control(Txt2ImgParams, "hr_second_pass_steps", "txt2img_hires_steps",
+                                                      min_width=140)
+            f["denoising_strength"] = param_control(Txt2ImgParams, "denoising_strength",
+                                                    "txt2img_denoising_strength", min_width=140)
         with gr.Row():
-            f["hr_scale"] = gr.Slider(1.0, 4.0, value=DEFAULTS["hr_scale"], step=0.05, label="Upscale by",
-                                      elem_id="txt2img_hr_scale", min_width=140)
-            f["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
-                                         elem_id="txt2img_hr_resize_x", min_width=140)
-            f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
-                                         elem_id="txt2img_hr_resize_y", min_width=140)
+            f["hr_scale"] = param_control(Txt2ImgParams, "hr_scale", "txt2img_hr_scale", min_width=140)
+            f["hr_resize_x"] = param_control(Txt2ImgParams, "hr_resize_x", "txt2img_hr_resize_x", min_width=140)
+            f["hr_resize_y"] = param_control(Txt2ImgParams, "hr_resize_y", "txt2img_hr_resize_y", min_width=140)
         with gr.Row():
-            f["hr_checkpoint_name"] = gr.Dropdown(["Use same checkpoint", *titles], value="Use same checkpoint",
-                                                  label="Hires checkpoint", elem_id="txt2img_hr_checkpoint",
-                                                  allow_custom_value=True, min_width=140)
-            f["hr_sampler_name"] = gr.Dropdown(["Use same sampler"], value="Use same sampler",
-                                               label="Hires sampling method", elem_id="txt2img_hr_sampler",
-                                               min_width=140)
-            f["hr_scheduler"] = gr.Dropdown(["Use same scheduler"], value="Use same scheduler",
-                                            label="Hires schedule type", elem_id="txt2img_hr_scheduler",
-                                            min_width=140)
+            f["hr_checkpoint"] = gr.Dropdown([SAME_AS_FIRST_PASS["hr_checkpoint"], *titles],
+                                             value=SAME_AS_FIRST_PASS["hr_checkpoint"], label="Hires checkpoint",
+                                             elem_id="txt2img_hr_checkpoint", allow_custom_value=True, min_width=140)
+            f["hr_sampler"] = gr.Dropdown([SAME_AS_FIRST_PASS["hr_sampler"]], value=SAME_AS_FIRST_PASS["hr_sampler"],
+                                          label="Hires sampling method", elem_id="txt2img_hr_sampler", min_width=140)
+            f["hr_scheduler"] = gr.Dropdown([SAME_AS_FIRST_PASS["hr_scheduler"]],
+                                            value=SAME_AS_FIRST_PASS["hr_scheduler"], label="Hires schedule type",
+                                            elem_id="txt2img_hr_scheduler", min_width=140)
         with gr.Row():
             f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="txt2img_hr_prompt",
                                         placeholder="Prompt for hires fix pass.\nLeave empty to use the same prompt "
@@ -362,18 +366,17 @@ def build_hires_and_refiner(services: Services, f: dict, c: dict) -> None:
         c["hr_final_size"] = gr.HTML("", elem_id="txt2img_hr_final_resolution", padding=False)
     with gr.Accordion("Refiner", open=False, elem_id="txt2img_refiner") as c["refiner"]:
         with gr.Row():
-            f["refiner_checkpoint"] = gr.Dropdown(["None", *titles], value="None", label="Checkpoint",
+            f["refiner_checkpoint"] = gr.Dropdown([SAME_AS_FIRST_PASS["refiner_checkpoint"], *titles],
+                                                  value=SAME_AS_FIRST_PASS["refiner_checkpoint"], label="Checkpoint",
                                                   elem_id="txt2img_checkpoint", allow_custom_value=True,
                                                   min_width=200)
-            f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=DEFAULTS["refiner_switch_at"], step=0.01,
-                                               label="Switch at", elem_id="txt2img_switch_at", min_width=140)
+            f["refiner_switch_at"] = param_control(Txt2ImgParams, "refiner_switch_at", "txt2img_switch_at",
+                                                   min_width=140)
 
     def final_size(enabled, width, height, scale, resize_x, resize_y):
         """A1111 shows "from 512x512 to 1024x1024" under the hires settings."""
         if not enabled:
             return ""
-        from sdwebui.pipelines.params import Txt2ImgParams
-
         try:
             params = Txt2ImgParams(prompt="", width=int(width), height=int(height), enable_hr=True,
                                    hr_scale=float(scale), hr_resize_x=int(resize_x), hr_resize_y=int(resize_y))
@@ -388,16 +391,47 @@ def build_hires_and_refiner(services: Services, f: dict, c: dict) -> None:
         control.change(final_size, size_inputs, c["hr_final_size"], show_progress="hidden", queue=False)
 
 
+def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict) -> None:
+    """A1111's "Script" dropdown (None or one selectable script, whose controls show when it is chosen) and an
+    accordion per always-on script; every control is made from the script's declared arguments, and its value
+    reaches the job as `script_args` / `alwayson_scripts` (`fields.script_values`)."""
+    selectable = [script for script in scripts if not script.alwayson]
+    for script in (s for s in scripts if s.alwayson):
+        with gr.Accordion(script.title, open=False, elem_id=f"{prefix}_script_{_slug(script.name)}"):
+            for index, arg in enumerate(script.args):
+                f[f"alwayson:{script.name}:{index}"] = script_arg_control(
+                    arg, f"{prefix}_script_{_slug(script.name)}_{index}")
+    if not selectable:
+        return
+    f["script_name"] = gr.Dropdown(["None", *(script.title for script in selectable)], value="None", label="Script",
+                                   elem_id=f"{prefix}_script_list")
+    groups = []
+    for script in selectable:
+        with gr.Group(visible=False, elem_id=f"{prefix}_script_{_slug(script.name)}") as group:
+            if script.description:
+                gr.Markdown(script.description, elem_classes="sdw-note")
+            for index, arg in enumerate(script.args):
+                f[f"script:{script.name}:{index}"] = script_arg_control(
+                    arg, f"{prefix}_script_{_slug(script.name)}_{index}")
+        groups.append(group)
+    c["script_groups"] = groups
+    titles = [script.title for script in selectable]
+    f["script_name"].change(lambda chosen: [gr.update(visible=chosen == title) for title in titles],
+                            f["script_name"], groups, show_progress="hidden", queue=False)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
 def refresh_choices(services: Services):
     """Fresh dropdown lists for the hires fix and refiner (installed upscalers, checkpoints, samplers)."""
-    from sdwebui.ui.fields import checkpoint_choices, sampler_choices, schedule_choices, upscaler_choices
-
     titles, _ = checkpoint_choices(services)
     return (gr.update(choices=upscaler_choices(services)),
-            gr.update(choices=["Use same checkpoint", *titles]),
-            gr.update(choices=["Use same sampler", *sampler_choices()]),
-            gr.update(choices=["Use same scheduler", *schedule_choices()]),
-            gr.update(choices=["None", *titles]))
+            gr.update(choices=[SAME_AS_FIRST_PASS["hr_checkpoint"], *titles]),
+            gr.update(choices=[SAME_AS_FIRST_PASS["hr_sampler"], *sampler_choices()]),
+            gr.update(choices=[SAME_AS_FIRST_PASS["hr_scheduler"], *schedule_choices()]),
+            gr.update(choices=[SAME_AS_FIRST_PASS["refiner_checkpoint"], *titles]))
 
 
 def _png_to_image(data: bytes):

@@ -1,0 +1,19 @@
+"""The scripts that ship with sdwebui (A1111's `scripts/` folder). Each is a `pipelines.scripts.Script`; the app
+registers them in `app.py`, and anything that plugs in later (extensions) goes through the same registry.
+
+| file | script | kind |
+|---|---|---|
+| `prompts_from_file.py` | Prompts from file or textbox | selectable |
+"""
+
+from __future__ import annotations
+
+from sdwebui.pipelines.scripts import Script
+from sdwebui.scripts.prompts_from_file import PromptsFromFile
+
+
+def builtin_scripts() -> list[Script]:
+    return [PromptsFromFile()]
+
+
+__all__ = ["builtin_scripts"]

@@ -1,0 +1,82 @@
+"""`GET /sdapi/v1/progress`, `POST /interrupt` and `/skip`: A1111's view of the running job (one at a time in
+A1111; here the first running one), its live preview and its `State.dict()`."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from fastapi import APIRouter, Query
+
+from sdwebui.server.a1111.schemas import ProgressResponse
+from sdwebui.server.queue import JobHandle
+from sdwebui.server.services import Services
+
+IDLE_STATE = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
+              "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+
+
+def build_router(services: Services) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/progress", response_model=ProgressResponse)
+    def progressapi(skip_current_image: bool = Query(False)):
+        return progress_response(services, skip_current_image)
+
+    @router.post("/interrupt")
+    def interruptapi():
+        services.generation.interrupt()
+        return {}
+
+    @router.post("/skip")
+    def skip():
+        services.generation.skip()
+
+    return router
+
+
+def progress_response(services: Services, skip_current_image: bool) -> dict:
+    """A1111 `progressapi`: progress 0..1 over the job's batches and steps, ETA extrapolated from time spent."""
+    running = services.generation.running()
+    job = running[0] if running else None
+    if job is None:
+        return {"progress": 0, "eta_relative": 0, "state": dict(IDLE_STATE), "current_image": None,
+                "textinfo": None, "current_task": None}
+    p = job.progress
+    # A1111 starts at 0.01 so that the ETA is defined from the first poll.
+    progress = 0.01 + p.batch_index / max(1, p.batch_count)
+    if p.total_steps > 0:
+        progress += p.step / p.total_steps / max(1, p.batch_count)
+    elapsed = time.time() - (p.started or time.time())
+    eta_relative = elapsed / progress - elapsed
+    current_image = None
+    if p.preview_png is not None and not skip_current_image:
+        current_image = base64.b64encode(p.preview_png).decode("ascii")
+    return {
+        "progress": min(progress, 1.0),
+        "eta_relative": eta_relative,
+        "state": state(job),
+        "current_image": current_image,
+        "textinfo": p.textinfo,
+        "current_task": getattr(job.payload, "task_id", None) or job.id,
+    }
+
+
+def state(job: JobHandle) -> dict:
+    """A1111 `State.dict()` of a running job."""
+    p = job.progress
+    stop = job.stop
+    return {
+        "skipped": bool(stop is not None and stop.skipped.is_set()),
+        "interrupted": bool(stop is not None and stop.interrupted.is_set()),
+        "stopping_generation": False,
+        "job": f"scripts_{job.kind}" if job.kind == "txt2img" else job.kind,
+        "job_count": p.batch_count,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(p.started or time.time())),
+        "job_no": p.batch_index,
+        "sampling_step": p.step,
+        "sampling_steps": p.total_steps,
+    }
+
+
+__all__ = ["build_router", "progress_response", "state"]

@@ -1,0 +1,229 @@
+"""The worker's side of each job kind: a typed payload in, images saved and recorded, a JSON result out.
+
+    generation (txt2img / img2img): payload -> [scripts: before job] -> tasks -> engine runs (with the scripts'
+        hooks, progress and live previews, each batch saved as soon as it is decoded) -> [scripts: after job]
+    extras: upscale each image, save and record it
+    load_model: load a checkpoint (a switch queued in order)
+
+The result is what the native API shows under `result` and what the A1111 routes answer with (`seeds`,
+`infotexts`, `images`: the saved files, `model`, `notes`, `interrupted`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+from sdwebui.pipelines.jobs import run_tasks, total_batches
+from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
+from sdwebui.server.payloads import ExtrasPayload, GenerationPayload, OutputOptions, decode_png
+from sdwebui.pipelines.output import save_image
+
+if TYPE_CHECKING:
+    from sdwebui.server.queue import JobHandle
+    from sdwebui.server.services import Services
+
+
+def run_generation(job: "JobHandle", services: "Services") -> dict:
+    """Generate, save (when asked) and record the images of one txt2img / img2img job."""
+    payload: GenerationPayload = job.payload
+    scripts = services.scripts.bind(payload.kind, payload.script, payload.alwayson_scripts)
+    tasks = [expanded for task in first_tasks(payload) for expanded in scripts.expand(task)]
+    job.progress.textinfo = None
+    saver = ImageSaver(services, job, payload.output)
+    models_used: list = []
+    batches = total_batches(tasks)
+
+    def run(task: GenerationTask, batch_offset: int):
+        from sdwebui.pipelines.context import GenerationContext  # torch: the worker has it by now
+        from sdwebui.pipelines.img2img import img2img
+        from sdwebui.pipelines.networks import LoraNetworks
+        from sdwebui.pipelines.txt2img import txt2img
+
+        checkpoint = str(services.resolve_checkpoint(task.checkpoint)) if task.checkpoint else payload.checkpoint
+        model = services.models.get(checkpoint, vae=payload.vae)
+        models_used.append(model)
+        ctx = GenerationContext(
+            model=model, stop=job.stop, embeddings=services.embeddings,
+            on_step=progress_reporter(job, services, model, payload.preview_every, batch_offset, batches),
+            extra_networks=LoraNetworks(services.loras), nan_check=payload.nan_check,
+            load_model=services.models.get_secondary, upscalers=services.upscalers,
+            upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: saver.save(batch, model),
+            hooks=scripts if scripts else None,
+        )
+        if payload.kind == "img2img":
+            return img2img(ctx, task.params, list(task.init_images), task.mask)
+        return txt2img(ctx, task.params)
+
+    outcome = run_tasks(tasks, run, job.stop.interrupted.is_set)
+    scripts.after_job(outcome)
+    job.images = [*outcome.extra_images, *outcome.images]
+    job.interrupted = outcome.interrupted
+    return generation_result(outcome, saver.saved, models_used[0] if models_used else None)
+
+
+def first_tasks(payload: GenerationPayload) -> list[GenerationTask]:
+    """The job's runs before its scripts expand them: one, or one per image of an img2img folder batch."""
+    if payload.batch:
+        return [GenerationTask(payload.params, (decode_png(entry.image),),
+                               decode_png(entry.mask) if entry.mask else None, label=entry.name)
+                for entry in payload.batch]
+    images, mask = payload.images()
+    return [GenerationTask(payload.params, tuple(images), mask)]
+
+
+def generation_result(outcome: JobOutcome, saved: list[dict], model: Any) -> dict:
+    return {
+        "params": outcome.params.to_dict(),
+        "seeds": outcome.seeds,
+        "subseeds": outcome.subseeds,
+        "prompts": outcome.prompts,
+        "negative_prompts": outcome.negative_prompts,
+        "infotexts": outcome.infotexts,
+        "images": saved,
+        "extra_images": len(outcome.extra_images),
+        "model": model_info(model),
+        "notes": list(outcome.notes),
+        "interrupted": outcome.interrupted,
+    }
+
+
+def model_info(model: Any) -> dict:
+    if model is None:
+        return {}
+    return {
+        "name": model.info.name,
+        "hash": model.info.short_hash,
+        "sha256": model.info.sha256,
+        "vae_name": model.vae_info.path.name if model.vae_info else None,
+        "vae_hash": model.vae_info.short_hash if model.vae_info else None,
+    }
+
+
+def progress_reporter(job: "JobHandle", services: "Services", model: Any, preview_every: int, batch_offset: int,
+                      batches: int):
+    """The engine's `on_step`: step and batch (counted over the whole job) and a live preview every
+    `preview_every` steps (-1: at the end of each batch; 0: none); progress is saved to the store now and then."""
+    save_progress = services.worker.progress_saver(job)
+    family = model.family.value
+
+    def on_step(progress) -> None:
+        at_end = progress.step == progress.total_steps
+        wanted = preview_every > 0 and progress.step % preview_every == 0 or preview_every == -1 and at_end
+        make_preview = None
+        if wanted and progress.denoised is not None:
+            make_preview = lambda: preview_png(progress.denoised, family)  # noqa: E731
+        job.report_step(progress.step, progress.total_steps, batch_offset + progress.batch_index,
+                        max(batches, batch_offset + progress.batch_count), make_preview)
+        save_progress()
+
+    return on_step
+
+
+def preview_png(denoised, family: str) -> bytes:
+    from PIL import Image
+
+    from sdwebui.core.latent_preview import latent_preview
+
+    array = latent_preview(denoised[0], family)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ImageSaver:
+    """Saves each batch as soon as it is decoded (as A1111 does: a job stopped later, or a server that dies,
+    keeps the images already made) and records it in the history."""
+
+    def __init__(self, services: "Services", job: "JobHandle", output: OutputOptions):
+        self.services = services
+        self.job = job
+        self.output = output
+        self.saved: list[dict] = []
+
+    def save(self, batch, model) -> None:
+
+        for image, infotext in zip(batch.images, batch.infotexts):
+            image.info["parameters"] = infotext  # the PNGs a client gets carry the infotext, as A1111's do
+        if not self.output.save:
+            return
+        params = batch.params
+        prompts = getattr(batch, "prompts", None) or [params.prompt] * len(batch.images)
+        filename_fields = {
+            "negative_prompt": params.negative_prompt, "steps": params.steps, "cfg_scale": params.cfg_scale,
+            "width": params.width, "height": params.height, "sampler": params.sampler, "scheduler": params.scheduler,
+            "clip_skip": params.clip_skip, "model_name": model.info.name, "model_hash": model.info.short_hash,
+        }
+        outputs = self.services.paths.outputs_dir
+        for image, seed, infotext, prompt in zip(batch.images, batch.seeds, batch.infotexts, prompts):
+            path = save_image(image, outputs / self.output.folder, seed=seed, infotext=infotext,
+                              date_subdir=self.output.date_subdir, pattern=self.output.filename_pattern,
+                              fields={**filename_fields, "prompt": prompt})
+            relative = _relative_to(path, outputs)
+            image_id = self.services.store.add_image(
+                job_id=self.job.id, path=relative, seed=seed, prompt=prompt,
+                negative_prompt=params.negative_prompt, infotext=infotext, params=params.to_dict(),
+                model_name=model.info.name, model_hash=model.info.short_hash, width=image.width, height=image.height,
+            )
+            self.saved.append({"id": image_id, "path": relative})
+
+
+def _relative_to(path, root) -> str:
+    """The history's path of a saved file: relative to the outputs folder, or absolute for the CLI's `--out`."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def run_extras(job: "JobHandle", services: "Services") -> dict:
+    """Upscale each image (the job stops between images when interrupted), then save and record them."""
+    from sdwebui.pipelines.extras import run_extras as upscale
+    from sdwebui.pipelines.upscale import TileOptions
+
+    payload: ExtrasPayload = job.payload
+    tiles = TileOptions(payload.tile, payload.tile_overlap)
+    stop = job.stop
+    images, infotexts = [], []
+    total = len(payload.images)
+    for index, data in enumerate(payload.images):
+        if stop.interrupted.is_set():
+            job.interrupted = True
+            break
+        result = upscale(decode_png(data), payload.params, services.upscalers, tiles=tiles,
+                         should_stop=stop.interrupted.is_set)
+        parameters = payload.infotexts[index] if index < len(payload.infotexts) else None
+        if parameters:
+            result.image.info["parameters"] = parameters  # A1111 keeps the generation infotext
+        if result.info:
+            result.image.info["postprocessing"] = result.infotext
+        images.append(result.image)
+        infotexts.append(result.infotext)
+        job.report_step(index + 1, total, 0, 1, None)
+    job.images = images
+    saved: list[dict] = []
+    if payload.output.save and images:
+        outputs = services.paths.outputs_dir
+        for image, info in zip(images, infotexts):
+            # The saved PNG keeps the generation infotext it came with (as A1111's extras do); the history records
+            # that, or the upscaling's infotext for a picture without one.
+            original = image.info.get("parameters") or ""
+            path = save_image(image, outputs / payload.output.folder, seed=0, infotext=original, pattern="",
+                              date_subdir=payload.output.date_subdir)
+            relative = _relative_to(path, outputs)
+            image_id = services.store.add_image(job_id=job.id, path=relative, infotext=original or info,
+                                                params=payload.to_json()["params"], width=image.width,
+                                                height=image.height)
+            saved.append({"id": image_id, "path": relative})
+    return {"infotexts": infotexts, "sizes": [list(image.size) for image in images], "images": saved}
+
+
+def run_load_model(job: "JobHandle", services: "Services") -> dict:
+    model = services.models.get(job.payload.checkpoint, vae=job.payload.vae)
+    return {"model": {"name": model.info.name, "hash": model.info.short_hash}}
+
+
+RUNNERS = {"txt2img": run_generation, "img2img": run_generation, "extras": run_extras, "load_model": run_load_model}
+
+
+__all__ = ["run_generation", "run_extras", "run_load_model", "RUNNERS", "ImageSaver", "generation_result"]
