@@ -282,8 +282,8 @@ def test_txt2img_uses_embeddings_and_writes_ti_hashes(tmp_path):
 
     def run(prompt, embeddings):
         params = Txt2ImgParams(prompt=prompt, negative_prompt="badhands", width=64, height=64, steps=2, seed=3,
-                               sampler="Euler")
-        return txt2img(GenerationContext(model=model, rng="cpu", embeddings=embeddings), params)
+                               sampler="Euler", rng="cpu")
+        return txt2img(GenerationContext(model=model, embeddings=embeddings), params)
 
     with_db = run("a shinystyle house", db)
     without = run("a shinystyle house", None)

@@ -43,14 +43,14 @@ def models(files):
 
 def run(model, models=None, steps_seen=None, **kwargs):
     values = dict(prompt="a red cube", negative_prompt="blurry", width=SIZE, height=SIZE, steps=4, seed=1234,
-                  sampler="Euler")
+                  sampler="Euler", rng="cpu")
     values.update(kwargs)
 
     def on_step(progress):
         if steps_seen is not None:
             steps_seen.append((progress.step, progress.total_steps))
 
-    ctx = GenerationContext(model=model, rng="cpu", on_step=on_step,
+    ctx = GenerationContext(model=model, on_step=on_step,
                             load_model=(lambda name: models(name)) if models else None)
     return txt2img(ctx, Txt2ImgParams(**values))
 
@@ -135,7 +135,10 @@ def test_hires_seeds_are_reproducible_and_per_image(models):
     assert not torch.equal(a.latents[0], a.latents[1])
     # Image 2 of the batch equals a job of batch size 1 at seed 1235 (the noise is per image, as A1111).
     c = run(models("sd1"), enable_hr=True, steps=2, seed=1235, denoising_strength=0.6)
-    assert torch.allclose(a.latents[1], c.latents[0], atol=1e-4)
+    # Batched and single UNet calls sum in another order: float32 noise relative to the latents' size (they reach
+    # ~40 after the tiny model's hires pass); a different seed's noise would differ by whole units.
+    scale = max(1.0, float(c.latents.abs().max()))
+    torch.testing.assert_close(a.latents[1], c.latents[0], atol=1e-5 * scale, rtol=0)
 
 
 def test_hires_sampler_prompt_and_infotext(models):
@@ -166,17 +169,17 @@ def test_hires_checkpoint(models, files):
         loaded.append(name)
         return models(name)
 
-    ctx = GenerationContext(model=models("sd1"), rng="cpu", load_model=load)
+    ctx = GenerationContext(model=models("sd1"), load_model=load)
     result = txt2img(ctx, Txt2ImgParams(prompt="x", width=64, height=64, steps=2, seed=5, enable_hr=True,
-                                        hr_checkpoint="sd1-other", denoising_strength=0.5))
+                                        hr_checkpoint="sd1-other", denoising_strength=0.5, rng="cpu"))
     assert loaded == ["sd1-other"]
     other = models("sd1-other")
     info = parse_infotext(result.infotexts[0])
     assert info["Hires checkpoint"] == f"{other.info.name} [{other.info.short_hash}]"
     assert info["Model"] == models("sd1").info.name
-    same = txt2img(GenerationContext(model=models("sd1"), rng="cpu"),
+    same = txt2img(GenerationContext(model=models("sd1")),
                    Txt2ImgParams(prompt="x", width=64, height=64, steps=2, seed=5, enable_hr=True,
-                                 denoising_strength=0.5))
+                                 denoising_strength=0.5, rng="cpu"))
     assert not torch.equal(same.latents, result.latents)
 
 
@@ -341,8 +344,8 @@ def test_hires_prompt_networks_are_applied_for_the_hires_pass(models):
 
     model = models("sd1")
     params = Txt2ImgParams(prompt="a cube", hr_prompt="a cube <lora:x:0.5>", width=64, height=64, steps=2, seed=1,
-                           sampler="Euler", enable_hr=True, denoising_strength=0.5, batch_count=2)
-    result = txt2img(GenerationContext(model=model, rng="cpu", extra_networks=hook), params)
+                           sampler="Euler", enable_hr=True, denoising_strength=0.5, batch_count=2, rng="cpu")
+    result = txt2img(GenerationContext(model=model, extra_networks=hook), params)
     # First pass: no networks; hires pass: the tag; and again for the second batch.
     assert [len(tags) for tags in seen] == [0, 1, 0, 1]
     assert "Lora hashes" in parse_infotext(result.infotexts[0])

@@ -11,7 +11,7 @@ from PIL import Image
 from sdwebui.models.loader import load_checkpoint
 from sdwebui.pipelines import masking
 from sdwebui.pipelines.context import GenerationContext
-from sdwebui.pipelines.denoise import make_denoiser
+from sdwebui.pipelines.sampling import make_denoiser
 from sdwebui.pipelines.img2img import img2img, prepare_images
 from sdwebui.pipelines.img2img_params import Img2ImgParams
 from sdwebui.pipelines.params import ParamError
@@ -33,9 +33,9 @@ def gradient(width=SIZE, height=SIZE, seed=0):
 
 
 def run(model, images, mask=None, **kwargs):
-    values = dict(prompt="a cat", width=SIZE, height=SIZE, steps=4, seed=42, sampler="Euler")
+    values = dict(prompt="a cat", width=SIZE, height=SIZE, steps=4, seed=42, sampler="Euler", rng="cpu")
     values.update(kwargs)
-    return img2img(GenerationContext(model=model, rng="cpu"), Img2ImgParams(**values), images, mask)
+    return img2img(GenerationContext(model=model), Img2ImgParams(**values), images, mask)
 
 
 def test_strength_zero_returns_the_vae_round_trip(model):
@@ -50,18 +50,18 @@ def test_strength_zero_returns_the_vae_round_trip(model):
 @pytest.mark.parametrize("strength,steps,expected_calls", [(0.5, 10, 6), (0.75, 8, 7), (1.0, 4, 4)])
 def test_strength_runs_t_enc_plus_one_steps(model, strength, steps, expected_calls):
     seen = []
-    ctx = GenerationContext(model=model, rng="cpu", on_step=lambda p: seen.append((p.step, p.total_steps)))
+    ctx = GenerationContext(model=model, on_step=lambda p: seen.append((p.step, p.total_steps)))
     params = Img2ImgParams(prompt="x", width=SIZE, height=SIZE, steps=steps, seed=1, sampler="Euler",
-                           denoising_strength=strength)
+                           denoising_strength=strength, rng="cpu")
     img2img(ctx, params, [gradient()])
     assert seen[-1] == (expected_calls, expected_calls)
 
 
 def test_fix_steps_runs_exactly_the_requested_steps(model):
     seen = []
-    ctx = GenerationContext(model=model, rng="cpu", on_step=lambda p: seen.append(p.total_steps))
+    ctx = GenerationContext(model=model, on_step=lambda p: seen.append(p.total_steps))
     params = Img2ImgParams(prompt="x", width=SIZE, height=SIZE, steps=5, seed=1, sampler="Euler",
-                           denoising_strength=0.3, fix_steps=True)
+                           denoising_strength=0.3, fix_steps=True, rng="cpu")
     img2img(ctx, params, [gradient()])
     assert len(seen) == 5 and seen[-1] == 5
 
@@ -73,7 +73,7 @@ def test_start_latent_is_init_plus_seeded_noise_times_sigma(model, monkeypatch):
 
     image = gradient()
     starts = []
-    ctx = GenerationContext(model=model, rng="cpu")
+    ctx = GenerationContext(model=model)
     euler = find_sampler("Euler")
     original = euler.function
 
@@ -88,7 +88,7 @@ def test_start_latent_is_init_plus_seeded_noise_times_sigma(model, monkeypatch):
     resolved = module.resolve_sampling("Euler")
     monkeypatch.setattr(module, "resolve_sampling", lambda *a, **k: dataclasses.replace(resolved, sampler=spy_spec))
     img2img(ctx, Img2ImgParams(prompt="x", width=SIZE, height=SIZE, steps=10, seed=7, sampler="Euler",
-                               denoising_strength=0.6, initial_noise_multiplier=0.9), [image])
+                               denoising_strength=0.6, initial_noise_multiplier=0.9, rng="cpu"), [image])
     x, sigmas = starts[0]
     full = euler.sigmas(10, make_denoiser(model), "Automatic")
     assert torch.equal(sigmas, full[10 - 6 - 1:])
@@ -198,11 +198,11 @@ def test_batch_count_and_interrupt_keep_what_was_made(model):
         if progress.batch_index == 1 and progress.step == 1:
             stop.interrupt()
 
-    ctx = GenerationContext(model=model, rng="cpu", on_step=on_step, stop=stop)
+    ctx = GenerationContext(model=model, on_step=on_step, stop=stop)
     mask = Image.new("L", (SIZE, SIZE), 0)
     mask.paste(255, (0, 0, 16, 16))
     result = img2img(ctx, Img2ImgParams(prompt="x", width=SIZE, height=SIZE, steps=3, seed=3, batch_count=3,
-                                        sampler="Euler", mask_blur_x=0, mask_blur_y=0), [gradient()], mask)
+                                        sampler="Euler", mask_blur_x=0, mask_blur_y=0, rng="cpu"), [gradient()], mask)
     assert result.interrupted and result.seeds == [3, 4]
     assert len(result.images) == 2 and all(image.size == (SIZE, SIZE) for image in result.images)
     # The interrupted image is still pasted back through the mask.

@@ -42,9 +42,9 @@ def box_mask(width, height, box):
 
 def run(model, image, mask, **kwargs):
     values = dict(prompt="a dog", width=SIZE, height=SIZE, steps=3, seed=3, sampler="Euler",
-                  denoising_strength=1.0, mask_blur_x=2, mask_blur_y=2)
+                  denoising_strength=1.0, mask_blur_x=2, mask_blur_y=2, rng="cpu")
     values.update(kwargs)
-    return img2img(GenerationContext(model=model, rng="cpu"), Img2ImgParams(**values), [image], mask)
+    return img2img(GenerationContext(model=model), Img2ImgParams(**values), [image], mask)
 
 
 def test_whole_picture_keeps_pixels_away_from_the_mask(model):

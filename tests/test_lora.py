@@ -448,8 +448,9 @@ def _txt2img(model, prompt, library=None, **kwargs):
     from sdwebui.pipelines.txt2img import txt2img
 
     hook = LoraNetworks(library) if library is not None else None
-    ctx = GenerationContext(model=model, rng="cpu", extra_networks=hook)
-    values = dict(prompt=prompt, negative_prompt="blurry", width=64, height=64, steps=3, seed=77, sampler="Euler")
+    ctx = GenerationContext(model=model, extra_networks=hook)
+    values = dict(prompt=prompt, negative_prompt="blurry", width=64, height=64, steps=3, seed=77, sampler="Euler",
+                  rng="cpu")
     values.update(kwargs)
     return txt2img(ctx, Txt2ImgParams(**values))
 

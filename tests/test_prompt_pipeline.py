@@ -135,9 +135,9 @@ def model(tmp_path_factory):
 
 def run(model, prompt, *, ctx_kwargs=None, **kwargs):
     values = dict(prompt=prompt, negative_prompt=NEGATIVE, width=SIZE, height=SIZE, steps=4, seed=99,
-                  sampler="Euler")
+                  sampler="Euler", rng="cpu")
     values.update(kwargs)
-    return txt2img(GenerationContext(model=model, rng="cpu", **(ctx_kwargs or {})), Txt2ImgParams(**values))
+    return txt2img(GenerationContext(model=model, **(ctx_kwargs or {})), Txt2ImgParams(**values))
 
 
 class Recorder:
@@ -159,8 +159,8 @@ class Recorder:
 def recorder(monkeypatch):
     made: list[Recorder] = []
 
-    def make(model):
-        made.append(Recorder(make_denoiser(model)))
+    def make(model, hooks=None):
+        made.append(Recorder(make_denoiser(model, hooks)))
         return made[-1]
 
     monkeypatch.setattr(txt2img_module, "make_denoiser", make)

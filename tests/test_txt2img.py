@@ -43,9 +43,9 @@ def load(tiny_files, family, **kwargs):
 
 
 def run(model, **kwargs):
-    values = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=SIZE, height=SIZE, steps=4, seed=1234)
+    values = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=SIZE, height=SIZE, steps=4, seed=1234, rng="cpu")
     values.update(kwargs)
-    return txt2img(GenerationContext(model=model, rng="cpu"), Txt2ImgParams(**values))
+    return txt2img(GenerationContext(model=model), Txt2ImgParams(**values))
 
 
 def initial_noise(model, seeds, steps=4):
@@ -175,8 +175,9 @@ def test_interrupt_keeps_the_current_image_and_skips_the_rest(tiny_files):
         if progress.step == 2:
             stop.interrupt()
 
-    ctx = GenerationContext(model=model, rng="cpu", on_step=on_step, stop=stop)
-    result = txt2img(ctx, Txt2ImgParams(prompt=PROMPT, width=SIZE, height=SIZE, steps=6, batch_count=3, seed=5))
+    ctx = GenerationContext(model=model, on_step=on_step, stop=stop)
+    result = txt2img(ctx, Txt2ImgParams(prompt=PROMPT, width=SIZE, height=SIZE, steps=6, batch_count=3, seed=5,
+                                        rng="cpu"))
     assert result.interrupted
     assert len(result.images) == 1 and result.seeds == [5]
     assert seen == [(0, 1), (0, 2)]
@@ -190,8 +191,9 @@ def test_skip_abandons_only_the_current_batch(tiny_files):
         if progress.batch_index == 0 and progress.step == 1:
             stop.skip()
 
-    ctx = GenerationContext(model=model, rng="cpu", on_step=on_step, stop=stop)
-    result = txt2img(ctx, Txt2ImgParams(prompt=PROMPT, width=SIZE, height=SIZE, steps=3, batch_count=2, seed=5))
+    ctx = GenerationContext(model=model, on_step=on_step, stop=stop)
+    result = txt2img(ctx, Txt2ImgParams(prompt=PROMPT, width=SIZE, height=SIZE, steps=3, batch_count=2, seed=5,
+                                        rng="cpu"))
     assert not result.interrupted
     assert result.seeds == [6]
 
@@ -201,11 +203,11 @@ def test_each_batch_is_handed_over_as_soon_as_it_is_decoded(tiny_files):
     _, model = load(tiny_files, ModelFamily.SD1)
     events = []
     ctx = GenerationContext(
-        model=model, rng="cpu", on_step=lambda progress: events.append(("step", progress.batch_index)),
+        model=model, on_step=lambda progress: events.append(("step", progress.batch_index)),
         on_images=lambda batch: events.append(("images", batch)),
     )
     result = txt2img(ctx, Txt2ImgParams(prompt=PROMPT, width=SIZE, height=SIZE, steps=2, batch_count=3,
-                                        batch_size=2, seed=5))
+                                        batch_size=2, seed=5, rng="cpu"))
     handed = [event[1] for event in events if event[0] == "images"]
     assert [batch.seeds for batch in handed] == [[5, 6], [7, 8], [9, 10]]
     assert [event if event[0] == "step" else "images" for event in events] == [

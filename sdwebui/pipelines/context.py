@@ -40,6 +40,8 @@ class FinishedImages:
     """PIL images."""
     seeds: list[int]
     infotexts: list[str]
+    prompts: list[str] = field(default_factory=list)
+    """Each image's prompt (after the scripts' `before_batch`)."""
 
 
 class GenerationStopped(Exception):

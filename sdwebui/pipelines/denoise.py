@@ -26,9 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdwebui.core.denoiser import DiscreteSchedule, ModelDenoiser
 from sdwebui.core.samplers import SamplerSpec
-from sdwebui.models.sd_model import SDModel
 
 
 def img2img_steps(steps: int, strength: float, *, fix_steps: bool = False) -> tuple[int, int]:
@@ -68,28 +66,6 @@ def denoise_sigmas(
     schedule_steps, t_enc = img2img_steps(steps, strength, fix_steps=fix_steps)
     full = make_sigmas(schedule_steps) if make_sigmas else sampler.sigmas(schedule_steps, denoiser, "Automatic")
     return img2img_sigmas(full, schedule_steps, t_enc)
-
-
-def make_denoiser(model: SDModel) -> ModelDenoiser:
-    """The model as a k-diffusion denoiser that also takes an inpainting model's image conditioning.
-
-    `c_concat` (mask + masked-image latents, [B, 5, h, w] for SD inpainting models) is concatenated to the
-    latent on the channel axis before the UNet, as diffusers' `StableDiffusionInpaintPipeline` and A1111's
-    `c_concat` do."""
-    unet = model.unet
-
-    def model_fn(x: Tensor, t: Tensor, encoder_hidden_states, added_cond_kwargs=None, c_concat=None):
-        if c_concat is not None:
-            x = torch.cat([x, c_concat.to(x.device, x.dtype)], dim=1)
-        return unet(
-            x.to(model.dtype),
-            t,
-            encoder_hidden_states=encoder_hidden_states,
-            added_cond_kwargs=added_cond_kwargs,
-            return_dict=False,
-        )[0]
-
-    return ModelDenoiser(model_fn, DiscreteSchedule(model.alphas_cumprod), model.prediction_type)
 
 
 class MaskedDenoiser:
@@ -162,4 +138,4 @@ def denoise_latents(
     return samples
 
 
-__all__ = ["make_denoiser", "img2img_steps", "img2img_sigmas", "denoise_sigmas", "denoise_latents", "MaskedDenoiser"]
+__all__ = ["img2img_steps", "img2img_sigmas", "denoise_sigmas", "denoise_latents", "MaskedDenoiser"]

@@ -22,31 +22,29 @@ from typing import Any
 
 import torch
 
-from sdwebui.core import noise as core_noise
+from sdwebui.core.errors import ParamError
+from sdwebui.core.samplers import ResolvedSampling, resolve_sampling
+from sdwebui.core.upscale_modes import BUILTIN_UPSCALERS, is_latent_mode
 from sdwebui.models.sd_model import SDModel
+from sdwebui.models.upscalers import UpscalerEntry
 from sdwebui.pipelines.conditioning import build_conditioning
-from sdwebui.pipelines.context import GenerationContext, GenerationStopped, StepProgress
-from sdwebui.pipelines.denoise import denoise_latents, denoise_sigmas
-from sdwebui.pipelines.params import ParamError, Txt2ImgParams
-from sdwebui.pipelines.upscale import TileOptions, is_latent_mode, resize_image_to, upscale_latents
+from sdwebui.pipelines.context import GenerationContext
+from sdwebui.pipelines.denoise import denoise_sigmas
+from sdwebui.pipelines.params import Txt2ImgParams
+from sdwebui.pipelines.sampling import (
+    InitLatents,
+    denoise_batch,
+    make_denoiser,
+    prompt_infotext,
+    sampler_options,
+    schedule_sigmas,
+    scheduled_denoiser,
+    short_title,
+)
+from sdwebui.pipelines.upscale import TileOptions, resize_image_to, upscale_latents
 from sdwebui.pipelines.vae_decode import decode_latents
 from sdwebui.pipelines.vae_encode import encode_images
 from sdwebui.prompts.extra_networks import parse_prompts
-
-
-def short_title(model: SDModel) -> str:
-    """A1111's `CheckpointInfo.short_title`: "name [short hash]"."""
-    return f"{model.info.name} [{model.info.short_hash}]"
-
-
-def sigmas_for(sampling, params: Txt2ImgParams, denoiser, steps: int) -> torch.Tensor:
-    """`steps`-step sigmas with the job's schedule settings (no Txt2ImgParams re-validation: a low strength makes
-    the hires schedule longer than the steps limit)."""
-    return sampling.sampler.sigmas(
-        steps, denoiser, sampling.schedule_label,
-        sigma_min=params.sigma_min or None, sigma_max=params.sigma_max or None, rho=params.rho or None,
-        discard_penultimate_sigma=params.discard_penultimate_sigma,
-    )
 
 
 @dataclass
@@ -60,10 +58,9 @@ class HiresPlan:
     infotext: dict[str, object] = field(default_factory=dict)
 
 
-def plan_hires(ctx: GenerationContext, params: Txt2ImgParams, first_sampling, load: Callable[[str], SDModel]) -> HiresPlan:
+def plan_hires(ctx: GenerationContext, params: Txt2ImgParams, first_sampling: ResolvedSampling,
+               load: Callable[[str], SDModel]) -> HiresPlan:
     """Everything the hires pass needs that does not depend on the batch; raises ParamError for bad names."""
-    from sdwebui.pipelines.txt2img import resolve_sampling
-
     hr_sampler = params.hr_sampler or params.sampler
     hr_scheduler = params.hr_scheduler or params.scheduler
     try:
@@ -72,7 +69,7 @@ def plan_hires(ctx: GenerationContext, params: Txt2ImgParams, first_sampling, lo
         raise ParamError({"sampler": "hr_sampler", "scheduler": "hr_scheduler"}.get(error.field, error.field),
                          error.message) from None
     upscaler = params.hr_upscaler or "Latent"
-    if not is_latent_mode(upscaler) and upscaler not in ("None", "Lanczos", "Nearest"):
+    if not is_latent_mode(upscaler) and upscaler not in BUILTIN_UPSCALERS:
         if ctx.upscalers is None:
             raise ParamError("hr_upscaler", f"upscaler {upscaler!r} not found (no upscaler models here)")
         try:
@@ -106,19 +103,18 @@ class HiresFix:
     """Runs the hires pass batch by batch; keeps the conditioning and denoisers it built for reuse."""
 
     def __init__(self, ctx: GenerationContext, plan: HiresPlan, wrap_denoiser: Callable[[Any, dict], Any] | None = None):
-        from sdwebui.pipelines.denoise import make_denoiser
-
         self.ctx = ctx
         self.plan = plan
-        self.inner = make_denoiser(plan.model)
+        self.inner = make_denoiser(plan.model, ctx.hooks)
         self.wrap_denoiser = wrap_denoiser
         params = plan.params
         self.to_x, self.to_y, self.truncate_x, self.truncate_y = params.hires_target
         self.steps = params.hires_steps
-        self.sampler_kwargs, self.sampler_infotext = _sampler_options(plan.sampling, params)
+        self.sampler_kwargs, self.sampler_infotext = sampler_options(plan.sampling, params)
+        # Built without validating `steps` again: a low strength makes the hires schedule longer than the limit.
         self.sigmas = denoise_sigmas(
             plan.sampling.sampler, self.inner, self.steps, params.denoising_strength, fix_steps=True,
-            make_sigmas=lambda n: sigmas_for(plan.sampling, params, self.inner, n),
+            make_sigmas=lambda n: schedule_sigmas(plan.sampling, params, self.inner, steps=n)[0],
         ).to(plan.model.device)
         self._cached: tuple[tuple, Any, dict] | None = None
         self.extra_infotext: dict[str, object] = {}
@@ -150,8 +146,6 @@ class HiresFix:
 
     def denoiser(self, prompts: list[str], negative_prompts: list[str], networks_key: object = None):
         """The hires pass's CFG denoiser for a batch's prompts (built once per distinct prompts and networks)."""
-        from sdwebui.pipelines.txt2img import prompt_infotext, scheduled_denoiser
-
         plan = self.plan
         key = (tuple(prompts), tuple(negative_prompts), networks_key)
         if self._cached is None or self._cached[0] != key:
@@ -199,46 +193,19 @@ class HiresFix:
         self.extra_infotext = {**network_infotext, **extra}
         self.last_denoiser = denoiser
         denoiser.reset()
-        resize_from = params.seed_resize_from
-        rng = core_noise.ImageRNG(
-            tuple(samples.shape[1:]), seeds, device=plan.model.device, rng=ctx.rng, subseeds=subseeds,
-            subseed_strength=params.subseed_strength,
-            seed_resize_from=(resize_from[1] // 8, resize_from[0] // 8) if resize_from else None,
-            eta_noise_seed_delta=ctx.eta_noise_seed_delta,
+        # Noise from the images' seeds at the new size (a fresh per-image generator, as A1111's new ImageRNG).
+        return denoise_batch(
+            ctx, plan.sampling.sampler, denoiser, self.sigmas, seeds, subseeds, params, batch_index,
+            self.sampler_kwargs, InitLatents(samples.float()), model=plan.model,
+            total_steps=steps_before + len(self.sigmas) - 1, steps_before=steps_before,
         )
-        noise = rng.first().to(plan.model.device, torch.float32)
-        last: list[torch.Tensor] = []
-        total = steps_before + len(self.sigmas) - 1
-
-        def callback(info: dict) -> None:
-            last[:] = [info["denoised"]]
-            if ctx.on_step is not None:
-                ctx.on_step(StepProgress(steps_before + info["i"] + 1, total, batch_index, params.batch_count,
-                                         info["denoised"]))
-            if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
-                raise GenerationStopped()
-
-        try:
-            out = denoise_latents(plan.sampling.sampler, denoiser, samples.float(), noise, self.sigmas,
-                                  callback=callback, noise_sampler=rng.noise_sampler(), **self.sampler_kwargs)
-            return out, False
-        except GenerationStopped:
-            return (last[0] if last else samples), True
 
 
-def _find_entry(ctx: GenerationContext, name: str):
-    from sdwebui.models.upscalers import BUILTIN, UpscalerEntry
-
-    if name in BUILTIN:
+def _find_entry(ctx: GenerationContext, name: str) -> UpscalerEntry:
+    if name in BUILTIN_UPSCALERS:
         return UpscalerEntry(name, name.lower())
     assert ctx.upscalers is not None
     return ctx.upscalers.find(name)
 
 
-def _sampler_options(sampling, params: Txt2ImgParams):
-    from sdwebui.pipelines.txt2img import sampler_options
-
-    return sampler_options(sampling, params)
-
-
-__all__ = ["HiresFix", "HiresPlan", "plan_hires", "short_title", "sigmas_for"]
+__all__ = ["HiresFix", "HiresPlan", "plan_hires"]

@@ -27,23 +27,28 @@ import torch
 from PIL import Image, ImageOps
 
 from sdwebui.core import noise as core_noise
+from sdwebui.core.errors import ParamError
+from sdwebui.core.samplers import ResolvedSampling
 from sdwebui.models.tiling import circular_padding
 from sdwebui.pipelines import masking
-from sdwebui.pipelines.context import GenerationContext, GenerationStopped
-from sdwebui.pipelines.denoise import denoise_latents, denoise_sigmas, make_denoiser
+from sdwebui.pipelines.context import GenerationContext
+from sdwebui.pipelines.denoise import denoise_sigmas
 from sdwebui.pipelines.img2img_params import INPAINTING_FILLS, Img2ImgParams
-from sdwebui.pipelines.params import ParamError
-from sdwebui.pipelines.txt2img import (
+from sdwebui.pipelines.sampling import (
     BatchDenoisers,
     FinishedBatches,
-    batch_rng,
-    step_callback,
     GenerationResult,
-    _NetworkScope,
+    InitLatents,
+    JobSeeds,
+    NetworkScope,
+    batch_prompts,
     create_infotext,
+    denoise_batch,
+    make_denoiser,
     resolve_sampling,
     sampler_options,
     schedule_sigmas,
+    was_skipped,
 )
 from sdwebui.pipelines.vae_encode import encode_pixels, pil_to_tensor
 
@@ -169,9 +174,7 @@ def img2img(
 ) -> GenerationResult:
     if not init_images:
         raise ParamError("init_images", "at least one init image is needed")
-    model = ctx.model
     sampling = resolve_sampling(params.sampler, params.scheduler)
-    sampler = sampling.sampler
     if len(init_images) > 1:
         if len(init_images) > params.batch_size:
             raise ParamError(
@@ -179,141 +182,124 @@ def img2img(
                 "give one image, or at most batch size images"
             )
         params = params.replace(batch_size=len(init_images))  # A1111: the batch is the init images
-    seed = core_noise.fix_seed(params.seed)
-    subseed = core_noise.fix_seed(params.subseed)
-    params = params.replace(seed=seed, subseed=subseed)
-    varies = params.subseed_strength > 0
-    seeds = [seed + (0 if varies else i) for i in range(params.image_count)]
-    subseeds = [subseed + i for i in range(params.image_count)]
-    latent_size = (params.height // LATENT_FACTOR, params.width // LATENT_FACTOR)
-    latent_shape = (model.latent_channels, *latent_size)
-    sampler_kwargs, sampler_infotext = sampler_options(sampling, params)
-    all_prompts = [params.prompt] * params.image_count
-    all_negative_prompts = [params.negative_prompt] * params.image_count
-    schedule_steps = sampler.total_steps(params.steps)
-
+    job_seeds = JobSeeds.of(params)
+    params = job_seeds.params
     prepared = prepare_images(params, init_images, mask)
-    notes = list(prepared.notes)
-    overlays = prepared.overlays
-    if overlays is not None and len(overlays) == 1:
-        overlays = overlays * params.batch_size
-    image_infotext = dict(prepared.infotext)
-
     with torch.inference_mode(), ExitStack() as stack:
         # A1111's `tiling` applies to img2img too (seamless textures): circular padding for UNet and VAE.
-        stack.enter_context(circular_padding(model.unet, model.vae, enabled=bool(getattr(params, "tiling", False))))
-        source = pil_to_tensor(prepared.images).to(model.device)
-        init_latent = encode_pixels(model, source).float()
-        if init_latent.shape[0] == 1 and params.batch_size > 1:  # one init image for the whole batch: encode once
-            source = source.repeat(params.batch_size, 1, 1, 1)
-            init_latent = init_latent.repeat(params.batch_size, 1, 1, 1)
-        if params.resize_mode == 3:
-            init_latent = torch.nn.functional.interpolate(init_latent, size=latent_size, mode="bilinear")
-        keep_mask = None
-        if prepared.image_mask is not None:
-            nmask = latent_mask(prepared.image_mask, init_latent.shape[-2:], params.mask_round).to(init_latent.device)
-            keep_mask = 1.0 - nmask
-            if params.inpainting_fill == 2:
-                # A1111 draws this once, from the first batch's seeds (its own "needs to be fixed" note).
-                fill_noise = core_noise.ImageRNG(
-                    tuple(init_latent.shape[1:]), seeds[: init_latent.shape[0]], device=model.device, rng=ctx.rng
-                ).first().to(init_latent.device, init_latent.dtype)
-                init_latent = init_latent * keep_mask + fill_noise * nmask
-                image_infotext["Masked content"] = INPAINTING_FILLS[2]
-            elif params.inpainting_fill == 3:
-                init_latent = init_latent * keep_mask
-                image_infotext["Masked content"] = INPAINTING_FILLS[3]
-        image_conditioning = None
-        if is_inpainting_model(model):
-            image_conditioning = inpainting_conditioning(
-                model, source, prepared.image_mask, tuple(init_latent.shape[-2:]),
-                round_mask=params.mask_round, mask_weight=params.inpainting_mask_weight,
-            ).to(init_latent.dtype)
-            image_infotext["Conditional mask weight"] = params.inpainting_mask_weight
-
-        inner = make_denoiser(model)
-        sigmas = denoise_sigmas(
-            sampler, inner, params.steps, params.denoising_strength, fix_steps=params.fix_steps,
-            make_sigmas=lambda n: schedule_sigmas(sampling, params.replace(steps=n), inner)[0],
-        ).to(model.device)
-        schedule_infotext = schedule_sigmas(sampling, params, inner)[1]
-        networks = _NetworkScope(ctx, stack)
-
-        noise_infotext = {}
-        if params.initial_noise_multiplier != 1.0:
-            noise_infotext["Noise multiplier"] = params.initial_noise_multiplier
-
-        def make_infotext(image_seed, image_subseed, batch_extra):
-            return create_infotext(
-                model, params, sampling, ctx, image_seed, image_subseed,
-                {**image_infotext, **batch_extra, **noise_infotext, **sampler_infotext, **schedule_infotext},
-            )
-
-        def paste_overlays(images):
-            if overlays is None:
-                return images
-            if prepared.paste_to is None and overlays[0].size != images[0].size:
-                # "Just resize (latent upscale)" keeps the init image at its own size; the overlay must match
-                # the output (A1111 fails here with "images do not match").
-                resized = [overlay.resize(images[0].size, resample=masking.LANCZOS) for overlay in overlays]
-            else:
-                resized = overlays
-            # Image i of every batch belongs to init image i (A1111 repeats the init images per batch).
-            return [masking.apply_overlay(image, prepared.paste_to, resized[i]) for i, image in enumerate(images)]
-
-        finished = FinishedBatches(ctx, params, notes, make_infotext)
+        stack.enter_context(circular_padding(ctx.model.unet, ctx.model.vae, enabled=params.tiling))
+        start, image_infotext = init_latents(ctx, params, prepared, job_seeds.seeds)
+        run = _Img2ImgRun(ctx, params, sampling, job_seeds, prepared, start, image_infotext, stack)
         interrupted = False
-        denoisers = BatchDenoisers(ctx, model, inner, networks, params, schedule_steps)
         for batch_index in range(params.batch_count):
             if ctx.stop.interrupted.is_set():
                 interrupted = True
                 break
             ctx.stop.skipped.clear()
-            batch = slice(batch_index * params.batch_size, (batch_index + 1) * params.batch_size)
-            _, denoiser, batch_extra = denoisers.for_batch(all_prompts[batch], all_negative_prompts[batch], notes)
-            latents, stopped = _denoise_batch(
-                ctx, sampler, denoiser, sigmas, seeds[batch], subseeds[batch], latent_shape, params, batch_index,
-                sampler_kwargs, init_latent, keep_mask, image_conditioning,
-            )
-            if stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set():
-                continue
-            finished.add(model, latents, seeds[batch], subseeds[batch], batch_extra, finish=paste_overlays)
-            if stopped:
+            if run.batch(batch_index):
                 interrupted = True
                 break
-        return finished.result(latent_shape, interrupted)
+        return run.finished.result(run.latent_shape, interrupted)
 
 
-def _denoise_batch(
-    ctx, sampler, denoiser, sigmas, batch_seeds, batch_subseeds, latent_shape, params, batch_index, sampler_kwargs,
-    init_latent, keep_mask, image_conditioning,
-):
+def init_latents(ctx: GenerationContext, params: Img2ImgParams, prepared: PreparedImages,
+                 seeds: list[int]) -> tuple[InitLatents, dict[str, object]]:
+    """The VAE latents the batches start from, with A1111's masked-content fills, the latent mask and an
+    inpainting model's image conditioning; and the infotext entries they add."""
     model = ctx.model
-    rng = batch_rng(ctx, params, latent_shape, batch_seeds, batch_subseeds)
-    noise = rng.first().to(model.device, torch.float32)
-    size = len(batch_seeds)
-    init = init_latent if init_latent.shape[0] == size else init_latent[:1].expand(size, -1, -1, -1)
-    cond = image_conditioning
-    if cond is not None and cond.shape[0] != size:
-        cond = cond[:1].expand(size, -1, -1, -1)
-    last_denoised: list[torch.Tensor] = []
-    callback = step_callback(ctx, params, batch_index, len(sigmas) - 1, last_denoised)
+    infotext = dict(prepared.infotext)
+    latent_size = (params.height // LATENT_FACTOR, params.width // LATENT_FACTOR)
+    source = pil_to_tensor(prepared.images).to(model.device)
+    init_latent = encode_pixels(model, source).float()
+    if init_latent.shape[0] == 1 and params.batch_size > 1:  # one init image for the whole batch: encode once
+        source = source.repeat(params.batch_size, 1, 1, 1)
+        init_latent = init_latent.repeat(params.batch_size, 1, 1, 1)
+    if params.resize_mode == 3:
+        init_latent = torch.nn.functional.interpolate(init_latent, size=latent_size, mode="bilinear")
+    keep_mask = None
+    if prepared.image_mask is not None:
+        nmask = latent_mask(prepared.image_mask, init_latent.shape[-2:], params.mask_round).to(init_latent.device)
+        keep_mask = 1.0 - nmask
+        if params.inpainting_fill == 2:
+            # A1111 draws this once, from the first batch's seeds (its own "needs to be fixed" note).
+            fill_noise = core_noise.ImageRNG(
+                tuple(init_latent.shape[1:]), seeds[: init_latent.shape[0]], device=model.device, rng=params.rng
+            ).first().to(init_latent.device, init_latent.dtype)
+            init_latent = init_latent * keep_mask + fill_noise * nmask
+            infotext["Masked content"] = INPAINTING_FILLS[2]
+        elif params.inpainting_fill == 3:
+            init_latent = init_latent * keep_mask
+            infotext["Masked content"] = INPAINTING_FILLS[3]
+    image_conditioning = None
+    if is_inpainting_model(model):
+        image_conditioning = inpainting_conditioning(
+            model, source, prepared.image_mask, tuple(init_latent.shape[-2:]),
+            round_mask=params.mask_round, mask_weight=params.inpainting_mask_weight,
+        ).to(init_latent.dtype)
+        infotext["Conditional mask weight"] = params.inpainting_mask_weight
+    if params.initial_noise_multiplier != 1.0:
+        infotext["Noise multiplier"] = params.initial_noise_multiplier
+    return InitLatents(init_latent, keep_mask, image_conditioning, params.initial_noise_multiplier), infotext
 
-    try:
-        latents = denoise_latents(
-            sampler, denoiser, init, noise, sigmas, noise_multiplier=params.initial_noise_multiplier,
-            mask=keep_mask, image_conditioning=cond, callback=callback, noise_sampler=rng.noise_sampler(),
-            **sampler_kwargs,
-        )
-        return latents, False
-    except GenerationStopped:
-        if not last_denoised:
-            return init.clone(), True
-        latest = last_denoised[0]
-        if keep_mask is not None:
-            latest = latest * (1.0 - keep_mask) + init * keep_mask
-        return latest, True
+
+class _Img2ImgRun:
+    """One img2img job's fixed parts (sigmas of the strength's tail, denoisers, the overlay paste) and its batch
+    step."""
+
+    def __init__(self, ctx: GenerationContext, params: Img2ImgParams, sampling: ResolvedSampling,
+                 job_seeds: JobSeeds, prepared: PreparedImages, start: InitLatents,
+                 image_infotext: dict[str, object], stack: ExitStack):
+        model = ctx.model
+        self.ctx, self.params, self.sampling, self.job_seeds = ctx, params, sampling, job_seeds
+        self.prepared, self.start = prepared, start
+        self.latent_shape = (model.latent_channels, params.height // LATENT_FACTOR, params.width // LATENT_FACTOR)
+        inner = make_denoiser(model, ctx.hooks)
+        self.sigmas = denoise_sigmas(
+            sampling.sampler, inner, params.steps, params.denoising_strength, fix_steps=params.fix_steps,
+            make_sigmas=lambda n: schedule_sigmas(sampling, params, inner, steps=n)[0],
+        ).to(model.device)
+        schedule_infotext = schedule_sigmas(sampling, params, inner)[1]
+        self.sampler_kwargs, sampler_infotext = sampler_options(sampling, params)
+        self.notes: list[str] = list(prepared.notes)
+
+        def make_infotext(image_seed, image_subseed, batch_extra, prompt, negative_prompt):
+            return create_infotext(
+                model, params, sampling, image_seed, image_subseed,
+                {**image_infotext, **batch_extra, **sampler_infotext, **schedule_infotext}, prompt, negative_prompt,
+            )
+
+        self.finished = FinishedBatches(ctx, params, self.notes, make_infotext)
+        self.denoisers = BatchDenoisers(ctx, model, inner, NetworkScope(ctx, stack), params,
+                                        sampling.sampler.total_steps(params.steps))
+        self.overlays = prepared.overlays
+        if self.overlays is not None and len(self.overlays) == 1:
+            self.overlays = self.overlays * params.batch_size
+
+    def batch(self, batch_index: int) -> bool:
+        """Denoise one batch and keep it unless it was skipped; True when the job must stop."""
+        ctx, params = self.ctx, self.params
+        batch = self.job_seeds.batch(batch_index)
+        prompts = batch_prompts(ctx, params, batch_index, self.job_seeds.seeds[batch],
+                                self.job_seeds.subseeds[batch])
+        _, denoiser, batch_extra = self.denoisers.for_batch(prompts.prompts, prompts.negative_prompts, self.notes)
+        latents, stopped = denoise_batch(ctx, self.sampling.sampler, denoiser, self.sigmas, prompts.seeds,
+                                         prompts.subseeds, params, batch_index, self.sampler_kwargs, self.start)
+        if was_skipped(ctx, stopped):
+            return False
+        self.finished.add(ctx.model, latents, prompts, batch_extra, finish=self.paste_overlays)
+        return stopped
+
+    def paste_overlays(self, images: list[Image.Image]) -> list[Image.Image]:
+        overlays, paste_to = self.overlays, self.prepared.paste_to
+        if overlays is None:
+            return images
+        if paste_to is None and overlays[0].size != images[0].size:
+            # "Just resize (latent upscale)" keeps the init image at its own size; the overlay must match the
+            # output (A1111 fails here with "images do not match").
+            overlays = [overlay.resize(images[0].size, resample=masking.LANCZOS) for overlay in overlays]
+        # Image i of every batch belongs to init image i (A1111 repeats the init images per batch).
+        return [masking.apply_overlay(image, paste_to, overlays[i]) for i, image in enumerate(images)]
 
 
-__all__ = ["img2img", "prepare_images", "PreparedImages", "latent_mask", "inpainting_conditioning",
-           "is_inpainting_model"]
+__all__ = ["img2img", "prepare_images", "PreparedImages", "init_latents", "latent_mask", "inpainting_conditioning",
+           "is_inpainting_model", "resolve_sampling"]

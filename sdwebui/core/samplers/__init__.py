@@ -18,7 +18,8 @@ Each sampler lives in the file of its family with k-diffusion's signature (see `
 
 `SAMPLERS` maps A1111's display name to a `SamplerSpec`, in A1111 1.10's menu order (its k-diffusion table, then the
 timestep samplers, then LCM); `find_sampler` looks names and aliases up case-insensitively; `parse_sampler_name`
-splits legacy combined names such as "DPM++ 2M Karras".
+splits legacy combined names such as "DPM++ 2M Karras"; `resolve_sampling` is what everything else calls: names
+in, a `ResolvedSampling` (spec + schedule) out, or a `ParamError` on `sampler` / `scheduler`.
 
 Schedules are orthogonal (A1111 >= 1.9, ComfyUI): a `SamplerSpec` only says which schedule "Automatic" means for
 it (A1111's per-sampler `scheduler` option): Karras for DPM++ 2M, the model's own uniform schedule for Euler, DDIM's
@@ -36,6 +37,7 @@ from typing import Any
 from torch import Tensor
 
 from sdwebui.core.denoiser import DiscreteSchedule
+from sdwebui.core.errors import ParamError
 from sdwebui.core.samplers.common import SamplerFn, default_noise_sampler, get_ancestral_step, to_d
 from sdwebui.core.samplers.ddim import sample_ddim, sample_ddim_cfgpp
 from sdwebui.core.samplers.dpm_fast import sample_dpm_adaptive, sample_dpm_fast
@@ -52,6 +54,9 @@ from sdwebui.core.schedules import SCHEDULES, build_sigmas, find_schedule, model
 
 __all__ = [
     "SamplerSpec",
+    "ResolvedSampling",
+    "resolve_sampling",
+    "MODEL_OWN_SCHEDULES",
     "SAMPLERS",
     "UnknownSamplerError",
     "find_sampler",
@@ -315,3 +320,47 @@ def parse_sampler_name(
     if convert_automatic and label == spec.default_schedule:
         label = "Automatic"
     return spec.name, label
+
+
+MODEL_OWN_SCHEDULES = ("Uniform", "DDIM", "SGM Uniform")
+"""Defaults that stand for "the model's own timesteps" in A1111 (k-diffusion samplers without a `scheduler`
+option, and the timestep samplers DDIM / PLMS / UniPC): their infotext says "Automatic"."""
+
+
+@dataclass(frozen=True)
+class ResolvedSampling:
+    sampler: SamplerSpec
+    schedule_label: str
+    """The schedule the user asked for ("Automatic" or a label such as "Karras")."""
+
+    @property
+    def schedule_used(self) -> str:
+        if self.schedule_label == "Automatic":
+            return self.sampler.default_schedule
+        return self.schedule_label
+
+    @property
+    def infotext_schedule(self) -> str:
+        """A1111 writes the schedule actually used when the sampler carries a default of its own (DPM++ 2M ->
+        Karras) and "Automatic" for samplers that just run the model's own discrete schedule (Euler, DDIM)."""
+        if self.schedule_label == "Automatic" and self.sampler.default_schedule in MODEL_OWN_SCHEDULES:
+            return "Automatic"
+        return self.schedule_used
+
+
+def resolve_sampling(sampler: str, scheduler: str = "Automatic") -> ResolvedSampling:
+    """User-facing names (A1111 names, aliases, legacy "DPM++ 2M Karras") -> registry entries; a ParamError on
+    `scheduler` or `sampler` (its message lists the valid names) for unknown ones."""
+    try:
+        find_schedule(scheduler or "Automatic")
+    except KeyError as error:
+        raise ParamError("scheduler", _message(error)) from None
+    try:
+        sampler_name, schedule_label = parse_sampler_name(sampler, scheduler or "Automatic")
+    except KeyError as error:
+        raise ParamError("sampler", _message(error)) from None
+    return ResolvedSampling(find_sampler(sampler_name), schedule_label)
+
+
+def _message(error: Exception) -> str:
+    return error.args[0] if error.args and isinstance(error.args[0], str) else str(error)

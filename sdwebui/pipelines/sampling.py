@@ -1,0 +1,600 @@
+"""The sampling engine: what txt2img, img2img, hires fix, the refiner and scripts share, under public names.
+
+    conditioning  `BatchDenoisers.for_batch`: the batch's prompts (after the scripts' `before_batch`) with their
+                  extra networks applied (`NetworkScope`) -> the prompt schedule -> a CFG denoiser
+                  (`scheduled_denoiser`) over the model's UNet (`make_denoiser`, wrapped by the scripts'
+                  `wrap_model_call`)
+    noise         `batch_rng`: A1111's per-image seeds, variation seed, resize-seed, RNG source and ENSD
+    sampler loop  `sample_batch` (from noise) and `denoise_batch` (from an init latent): the registry's sampler
+                  over `schedule_sigmas`, with `step_callback` reporting progress and previews and stopping on
+                  interrupt / skip (A1111 keeps the latest x0 estimate of a stopped batch)
+    finishing     `FinishedBatches.add`: NaN check, VAE decode, the scripts' `after_batch`, A1111's infotext
+                  (`create_infotext`, one per image with its own prompt), then `ctx.on_images` (the server saves
+                  there, before the next batch starts)
+
+References: A1111 `processing.py` (`process_images_inner`, `create_infotext`), `sd_samplers_kdiffusion.py`
+(sampler options, schedule settings), `sd_samplers_common.py` (the refiner switch).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from sdwebui import __version__
+from sdwebui.core import noise as core_noise
+from sdwebui.core.denoiser import CFGConditioning, CFGDenoiser, DiscreteSchedule, ModelDenoiser
+from sdwebui.core.samplers import ResolvedSampling, SamplerSpec, resolve_sampling
+from sdwebui.core.schedules import find_schedule
+from sdwebui.models.embeddings import ti_hashes
+from sdwebui.models.sd_model import SDModel
+from sdwebui.models.text_encoding import Conditioning
+from sdwebui.models.tiling import circular_padding
+from sdwebui.pipelines.conditioning import BatchConditioning, build_conditioning, uses_emphasis
+from sdwebui.pipelines.context import (
+    BatchImages,
+    BatchPrompts,
+    FinishedImages,
+    GenerationContext,
+    GenerationStopped,
+    NetworkActivation,
+    StepProgress,
+)
+from sdwebui.pipelines.denoise import denoise_latents
+from sdwebui.pipelines.infotext import build_infotext
+from sdwebui.pipelines.params import GenerationParams
+from sdwebui.pipelines.refiner import RefinerSwitch
+from sdwebui.pipelines.vae_decode import decode_latents
+from sdwebui.prompts.extra_networks import ExtraNetworkCall, parse_prompts
+
+INFOTEXT_VERSION = f"sdwebui-{__version__}"
+
+
+class GenerationError(RuntimeError):
+    """A generation failed in a way the user should hear about (NaNs, a model that cannot do this, ...)."""
+
+
+@dataclass
+class GenerationResult:
+    params: GenerationParams
+    """The parameters as run: the seed is resolved (never -1)."""
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    latents: torch.Tensor
+    """Final latents of every image (CPU, float32), before VAE decoding."""
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    subseeds: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    """Each image's prompt as encoded (after the scripts' `before_batch`), as A1111's `all_prompts`."""
+    negative_prompts: list[str] = field(default_factory=list)
+
+
+# ---- the job's plan ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobSeeds:
+    """A1111 fixes both seeds up front; with a variation strength every image shares the seed and the variation
+    seed increments instead. Image i of the job uses `seeds[i]` / `subseeds[i]`."""
+
+    params: GenerationParams
+    seeds: list[int]
+    subseeds: list[int]
+
+    @classmethod
+    def of(cls, params: GenerationParams) -> "JobSeeds":
+        seed, subseed = core_noise.fix_seed(params.seed), core_noise.fix_seed(params.subseed)
+        params = params.replace(seed=seed, subseed=subseed)
+        varies = params.subseed_strength > 0
+        count = params.image_count
+        return cls(params, [seed + (0 if varies else i) for i in range(count)], [subseed + i for i in range(count)])
+
+    def batch(self, index: int) -> slice:
+        size = self.params.batch_size
+        return slice(index * size, (index + 1) * size)
+
+
+def batch_prompts(ctx: GenerationContext, params: GenerationParams, batch_index: int, seeds: list[int],
+                  subseeds: list[int]) -> BatchPrompts:
+    """The batch's prompts (one per image, as A1111's `all_prompts`), after the scripts' `before_batch`."""
+    count = len(seeds)
+    batch = BatchPrompts(batch_index, list(seeds), list(subseeds), [params.prompt] * count,
+                         [params.negative_prompt] * count)
+    if ctx.hooks is not None:
+        ctx.hooks.before_batch(batch)
+    return batch
+
+
+# ---- the denoiser ----------------------------------------------------------------------------------------------
+
+
+def make_denoiser(model: SDModel, hooks: Any = None) -> ModelDenoiser:
+    """The model as a k-diffusion denoiser that also takes an inpainting model's image conditioning.
+
+    `c_concat` (mask + masked-image latents, [B, 5, h, w] for SD inpainting models) is concatenated to the
+    latent on the channel axis before the UNet, as diffusers' `StableDiffusionInpaintPipeline` and A1111's
+    `c_concat` do. `hooks` (the job's scripts) may wrap every UNet call (`wrap_model_call`)."""
+    unet = model.unet
+
+    def call_unet(x: Tensor, t: Tensor, encoder_hidden_states, added_cond_kwargs=None, c_concat=None, **extra):
+        if c_concat is not None:
+            x = torch.cat([x, c_concat.to(x.device, x.dtype)], dim=1)
+        return unet(x.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states,
+                    added_cond_kwargs=added_cond_kwargs, return_dict=False, **extra)[0]
+
+    model_fn = hooks.wrap_model_call(model, call_unet) if hooks is not None else call_unet
+    return ModelDenoiser(model_fn, DiscreteSchedule(model.alphas_cumprod), model.prediction_type)
+
+
+def unet_condition(model: SDModel, conditioning: Conditioning, width: int, height: int) -> dict:
+    """The keyword arguments the UNet needs besides (x, t): SDXL adds pooled text and size/crop ids."""
+    cond: dict = {"encoder_hidden_states": conditioning.cross_attn}
+    if model.family.spec.is_sdxl:
+        batch = conditioning.cross_attn.shape[0]
+        # SDXL micro-conditioning: original size, crop top-left, then target size (base) or the aesthetic
+        # score (refiner). A1111 and diffusers both use the generated size and no crop by default.
+        if model.family.value == "sdxl-refiner":
+            ids = [height, width, 0, 0, 6.0]
+        else:
+            ids = [height, width, 0, 0, height, width]
+        time_ids = torch.tensor([ids], dtype=conditioning.cross_attn.dtype, device=conditioning.cross_attn.device)
+        cond["added_cond_kwargs"] = {"text_embeds": conditioning.pooled, "time_ids": time_ids.repeat(batch, 1)}
+    return cond
+
+
+def refiner_negative_condition(model: SDModel, uncond: dict, width: int, height: int) -> dict:
+    """The refiner's negative branch is conditioned on A1111's negative aesthetic score (2.5)."""
+    if model.family.value != "sdxl-refiner":
+        return uncond
+    time_ids = uncond["added_cond_kwargs"]["time_ids"].clone()
+    time_ids[:, 4] = 2.5
+    return {**uncond, "added_cond_kwargs": {**uncond["added_cond_kwargs"], "time_ids": time_ids}}
+
+
+def scheduled_denoiser(
+    model: SDModel, inner: ModelDenoiser, conditioning: BatchConditioning, width: int, height: int, cfg_scale: float
+) -> CFGDenoiser:
+    """A CFG denoiser that reads `conditioning` at every call (prompt editing, alternation, AND weights).
+
+    The UNet keyword arguments are built once per distinct combination of schedule entries, not per call.
+    """
+    weights = conditioning.weights
+    built: dict[tuple, CFGConditioning] = {}
+
+    def at(step: int) -> CFGConditioning:
+        key = conditioning.selection(step)
+        found = built.get(key)
+        if found is None:
+            cond, uncond = conditioning.at_step(step)
+            uncond_kwargs = refiner_negative_condition(
+                model, unet_condition(model, uncond, width, height), width, height
+            )
+            found = built[key] = CFGConditioning(unet_condition(model, cond, width, height), uncond_kwargs, weights)
+        return found
+
+    return CFGDenoiser.scheduled(inner, at, cfg_scale)
+
+
+class NetworkScope:
+    """Keeps the extra networks of the current batch applied; re-applies only when a batch asks for others."""
+
+    def __init__(self, ctx: GenerationContext, stack: ExitStack):
+        self.ctx = ctx
+        self.stack = stack
+        self.active: tuple[str, ...] | None = None
+        self.inner: ExitStack | None = None
+        self.activation = NetworkActivation()
+
+    def activate(self, calls: list[ExtraNetworkCall]) -> NetworkActivation:
+        tags = tuple(call.tag for call in calls)
+        if tags == self.active:
+            return self.activation
+        if self.inner is not None:
+            self.inner.close()
+        self.active = tags
+        hook = self.ctx.extra_networks
+        if hook is None:
+            notes = [f"extra networks are not available here; ignored: {' '.join(tags)}"] if tags else []
+            self.activation = NetworkActivation(notes=notes)
+            self.inner = None
+            return self.activation
+        self.inner = self.stack.enter_context(ExitStack())
+        self.activation = self.inner.enter_context(hook(self.ctx.model, calls))
+        return self.activation
+
+
+class BatchDenoisers:
+    """The CFG denoiser for each batch of a job (txt2img and img2img alike): the batch's extra networks are
+    activated (their notes collected), and its conditioning is built once per distinct (prompts, negative
+    prompts, networks) and reused by the next batch that asks for the same, as A1111 caches its conds.
+    `wrap(denoiser, prompts, negative_prompts)` lets the caller put something around it (the refiner)."""
+
+    def __init__(self, ctx: GenerationContext, model: SDModel, inner: ModelDenoiser, networks: NetworkScope,
+                 params: GenerationParams, schedule_steps: int, wrap=None):
+        self.ctx, self.model, self.inner, self.networks = ctx, model, inner, networks
+        self.params, self.schedule_steps, self.wrap = params, schedule_steps, wrap
+        self._cached: tuple[tuple, CFGDenoiser, dict[str, object]] | None = None
+
+    def for_batch(self, prompts_with_tags: list[str], negative_prompts: list[str], notes: list[str]):
+        """(prompts without their `<lora:...>` tags, the denoiser reset for a new run, the batch's infotext)."""
+        params = self.params
+        prompts, calls = parse_prompts(prompts_with_tags)
+        activation = self.networks.activate(calls)
+        notes.extend(note for note in activation.notes if note not in notes)
+        key = (tuple(prompts), tuple(negative_prompts), self.networks.active)
+        if self._cached is None or self._cached[0] != key:
+            conditioning = build_conditioning(
+                self.model.text_encoder, prompts, negative_prompts, self.schedule_steps,
+                clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=self.ctx.embeddings,
+            )
+            denoiser = scheduled_denoiser(
+                self.model, self.inner, conditioning, params.width, params.height, float(params.cfg_scale)
+            )
+            if self.wrap is not None:
+                denoiser = self.wrap(denoiser, prompts, negative_prompts)
+            self._cached = (key, denoiser, {**activation.infotext, **prompt_infotext(params, conditioning)})
+        denoiser, extra = self._cached[1], self._cached[2]
+        denoiser.reset()
+        return prompts, denoiser, extra
+
+
+# ---- other checkpoints of a job: hires checkpoint, refiner -------------------------------------------------
+
+
+def short_title(model: SDModel) -> str:
+    """A1111's `CheckpointInfo.short_title`: "name [short hash]"."""
+    return f"{model.info.name} [{model.info.short_hash}]"
+
+
+class OtherModels:
+    """Checkpoints a job uses besides `ctx.model` (hires checkpoint, refiner), loaded once per job; with tiling,
+    their convolutions pad circularly too for the rest of the job."""
+
+    def __init__(self, ctx: GenerationContext, stack: ExitStack, tiling: bool):
+        self.ctx = ctx
+        self.stack = stack
+        self.tiling = tiling
+        self.loaded: dict[str, SDModel] = {}
+
+    def load(self, name: str) -> SDModel:
+        if name not in self.loaded:
+            if self.ctx.load_model is None:
+                raise GenerationError(f"cannot load checkpoint {name!r} here (no model loader)")
+            model = self.ctx.load_model(name)
+            if model is not self.ctx.model:
+                self.stack.enter_context(circular_padding(model.unet, model.vae, enabled=self.tiling))
+            self.loaded[name] = model
+        return self.loaded[name]
+
+
+class Refiner:
+    """Builds refiner switches (`pipelines.refiner`) and remembers whether one switched (for the infotext)."""
+
+    def __init__(self, ctx: GenerationContext, params: GenerationParams, models: OtherModels):
+        self.ctx = ctx
+        self.params = params
+        self.model = models.load(params.refiner_checkpoint)
+        self.inner = make_denoiser(self.model, ctx.hooks)
+        self.infotext: dict[str, object] = {}
+
+    def wrap(self, base, base_model: SDModel, prompts, negative_prompts, width: int, height: int, hires: bool = False):
+        if self.model.info.path == base_model.info.path:
+            return base  # A1111: the refiner is the model already running; nothing to switch
+        params = self.params
+        steps = resolve_sampling(params.sampler, params.scheduler).sampler.total_steps(params.steps)
+        hires_steps = None
+        if hires:  # the refiner's prompt schedule is laid out as the hires pass's
+            hr_sampler = resolve_sampling(params.hr_sampler or params.sampler, params.hr_scheduler or params.scheduler)
+            hires_steps = hr_sampler.sampler.total_steps(params.hires_steps)
+
+        def make():
+            conditioning = build_conditioning(
+                self.model.text_encoder, prompts, negative_prompts, steps, hires_steps=hires_steps,
+                clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=self.ctx.embeddings,
+            )
+            return scheduled_denoiser(self.model, self.inner, conditioning, width, height, float(params.cfg_scale))
+
+        def on_switch(_call: int) -> None:
+            self.infotext = {"Refiner": short_title(self.model), "Refiner switch at": params.refiner_switch_at}
+
+        # A1111 measures the switch on the running model's own 1000 training sigmas.
+        model_sigmas = DiscreteSchedule(base_model.alphas_cumprod).sigmas
+        return RefinerSwitch(base, model_sigmas, params.refiner_switch_at, make, on_switch)
+
+
+# ---- noise, the sampler loop, progress ----------------------------------------------------------------------
+
+
+def batch_rng(ctx: GenerationContext, params: GenerationParams, latent_shape, batch_seeds, batch_subseeds,
+              model: SDModel | None = None) -> core_noise.ImageRNG:
+    """A batch's seeded noise as A1111 makes it: per-image seeds, variation seed, resize-seed, RNG source, ENSD."""
+    resize_from = params.seed_resize_from
+    return core_noise.ImageRNG(
+        tuple(latent_shape),
+        batch_seeds,
+        device=(model or ctx.model).device,
+        rng=params.rng,
+        subseeds=batch_subseeds,
+        subseed_strength=params.subseed_strength,
+        # A1111 gives the size in pixels; the noise lives in latent space (height, width).
+        seed_resize_from=(resize_from[1] // 8, resize_from[0] // 8) if resize_from else None,
+        eta_noise_seed_delta=params.eta_noise_seed_delta,
+    )
+
+
+def step_callback(ctx: GenerationContext, params: GenerationParams, batch_index: int, total_steps: int,
+                  last_denoised: list, steps_before: int = 0) -> Callable[[dict], None]:
+    """The sampler callback: reports progress (with the x0 estimate for previews), keeps the latest estimate
+    in `last_denoised` and stops the sampler when the job is interrupted or the batch skipped. `steps_before`:
+    steps of the batch already done (the hires pass reports after the first pass's, on one bar, as A1111)."""
+
+    def callback(info: dict) -> None:
+        last_denoised[:] = [info["denoised"]]
+        if ctx.on_step is not None:
+            ctx.on_step(StepProgress(steps_before + info["i"] + 1, total_steps, batch_index, params.batch_count,
+                                     info["denoised"]))
+        if ctx.stop.interrupted.is_set() or ctx.stop.skipped.is_set():
+            raise GenerationStopped()
+
+    return callback
+
+
+def sample_batch(
+    ctx: GenerationContext, sampler: SamplerSpec, denoiser, sigmas: Tensor, batch_seeds, batch_subseeds,
+    latent_shape, params: GenerationParams, batch_index: int, sampler_kwargs: dict, more_steps: int = 0,
+) -> tuple[Tensor, bool]:
+    """One batch sampled from its seeded noise: (latents, stopped). `more_steps`: steps still to come for the
+    batch (the hires pass), counted in the progress total as A1111's progress bar does."""
+    rng = batch_rng(ctx, params, latent_shape, batch_seeds, batch_subseeds)
+    x = rng.first().to(ctx.model.device, torch.float32) * sigmas[0]
+    last_denoised: list[Tensor] = []
+    callback = step_callback(ctx, params, batch_index, len(sigmas) - 1 + more_steps, last_denoised)
+    try:
+        latents = sampler.sample(denoiser, x, sigmas, callback=callback, noise_sampler=rng.noise_sampler(),
+                                 **sampler_kwargs)
+        return latents, False
+    except GenerationStopped:
+        # A1111 keeps what the sampler had so far: the latest x0 estimate.
+        return (last_denoised[0] if last_denoised else x), True
+
+
+@dataclass
+class InitLatents:
+    """What img2img (and the hires pass) start each batch from: the init latent, the latent mask (1 = keep) and an
+    inpainting model's image conditioning; each holds one entry for the whole batch or one per image."""
+
+    latents: Tensor
+    keep_mask: Tensor | None = None
+    image_conditioning: Tensor | None = None
+    noise_multiplier: float = 1.0
+
+    def for_batch(self, size: int) -> tuple[Tensor, Tensor | None]:
+        init = self.latents if self.latents.shape[0] == size else self.latents[:1].expand(size, -1, -1, -1)
+        cond = self.image_conditioning
+        if cond is not None and cond.shape[0] != size:
+            cond = cond[:1].expand(size, -1, -1, -1)
+        return init, cond
+
+
+def denoise_batch(
+    ctx: GenerationContext, sampler: SamplerSpec, denoiser, sigmas: Tensor, batch_seeds, batch_subseeds,
+    params: GenerationParams, batch_index: int, sampler_kwargs: dict, start: InitLatents, *,
+    model: SDModel | None = None, total_steps: int | None = None, steps_before: int = 0,
+) -> tuple[Tensor, bool]:
+    """One batch denoised from `start` down `sigmas` (img2img's strength tail, the hires pass): (latents,
+    stopped). The noise is the images' seeded noise at the latent's size."""
+    model = model or ctx.model
+    init, cond = start.for_batch(len(batch_seeds))
+    rng = batch_rng(ctx, params, init.shape[1:], batch_seeds, batch_subseeds, model)
+    noise = rng.first().to(model.device, torch.float32)
+    last_denoised: list[Tensor] = []
+    total = total_steps if total_steps is not None else len(sigmas) - 1
+    callback = step_callback(ctx, params, batch_index, total, last_denoised, steps_before)
+    try:
+        latents = denoise_latents(
+            sampler, denoiser, init, noise, sigmas, noise_multiplier=start.noise_multiplier, mask=start.keep_mask,
+            image_conditioning=cond, callback=callback, noise_sampler=rng.noise_sampler(), **sampler_kwargs,
+        )
+        return latents, False
+    except GenerationStopped:
+        if not last_denoised:
+            return init.clone(), True
+        latest = last_denoised[0]
+        if start.keep_mask is not None:
+            latest = latest * (1.0 - start.keep_mask) + init * start.keep_mask
+        return latest, True
+
+
+def was_skipped(ctx: GenerationContext, stopped: bool) -> bool:
+    """A batch stopped by Skip (not by Interrupt): the job goes on with the next batch, without this one."""
+    return stopped and ctx.stop.skipped.is_set() and not ctx.stop.interrupted.is_set()
+
+
+# ---- finishing batches ------------------------------------------------------------------------------------------
+
+
+class FinishedBatches:
+    """The job's kept batches: each is NaN-checked, decoded, handed to the scripts' `after_batch`, given its
+    infotexts and handed to `ctx.on_images` as soon as it is sampled (as A1111 saves each image before the next
+    batch), then kept for the result."""
+
+    def __init__(self, ctx: GenerationContext, params: GenerationParams, notes: list[str],
+                 make_infotext: Callable[..., str]):
+        self.ctx = ctx
+        self.params = params
+        self.notes = notes
+        self.make_infotext = make_infotext
+        """(seed, subseed, the batch's infotext entries, prompt, negative prompt) -> the image's infotext."""
+        self.images: list[Image.Image] = []
+        self.seeds: list[int] = []
+        self.subseeds: list[int] = []
+        self.prompts: list[str] = []
+        self.negative_prompts: list[str] = []
+        self.infotexts: list[str] = []
+        self.latents: list[torch.Tensor] = []
+
+    def add(self, decode_model: SDModel, latents: torch.Tensor, prompts: BatchPrompts, extra: dict,
+            finish=None) -> None:
+        """`finish`: images -> images, applied after decoding (img2img pastes its overlays there)."""
+        if self.ctx.nan_check and torch.isnan(latents).any():
+            raise GenerationError(
+                "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
+            )
+        images, decode_notes = decode_latents(decode_model, latents)
+        self._note(decode_notes)
+        if finish is not None:
+            images = finish(images)
+        batch = BatchImages(prompts.batch_index, self.params, list(images), list(prompts.seeds),
+                            list(prompts.prompts), {}, [])
+        if self.ctx.hooks is not None:
+            self.ctx.hooks.after_batch(batch)
+        self._note(batch.notes)
+        extra = {**extra, **batch.infotext}
+        infotexts = [self.make_infotext(seed, subseed, extra, prompt, negative)
+                     for seed, subseed, prompt, negative in zip(prompts.seeds, prompts.subseeds, prompts.prompts,
+                                                                 prompts.negative_prompts)]
+        self.images.extend(batch.images)
+        self.seeds.extend(prompts.seeds)
+        self.subseeds.extend(prompts.subseeds)
+        self.prompts.extend(prompts.prompts)
+        self.negative_prompts.extend(prompts.negative_prompts)
+        self.infotexts.extend(infotexts)
+        self.latents.append(latents.float().cpu())
+        if self.ctx.on_images is not None:
+            self.ctx.on_images(FinishedImages(self.params, batch.images, list(prompts.seeds), infotexts,
+                                              list(prompts.prompts)))
+
+    def _note(self, notes: Sequence[str]) -> None:
+        self.notes.extend(note for note in notes if note not in self.notes)
+
+    def result(self, latent_shape: tuple[int, ...], interrupted: bool) -> GenerationResult:
+        if not self.latents:
+            return GenerationResult(self.params, [], [], [], torch.zeros((0, *latent_shape)), self.notes,
+                                    interrupted=True)
+        return GenerationResult(self.params, self.images, self.seeds, self.infotexts, torch.cat(self.latents),
+                                self.notes, interrupted, self.subseeds, self.prompts, self.negative_prompts)
+
+
+# ---- sampler options, schedules, infotext -------------------------------------------------------------------
+
+
+def prompt_infotext(params: GenerationParams, conditioning: BatchConditioning) -> dict[str, object]:
+    """What encoding the prompts adds to the infotext (A1111 `sd_hijack_clip`): `TI hashes` of the embeddings
+    used, and a non-default emphasis mode when some encoded text has brackets."""
+    values: dict[str, object] = {}
+    hashes = ti_hashes(conditioning.embeddings_used)
+    if hashes:
+        values["TI hashes"] = hashes  # quoted by the infotext writer, as A1111
+    if params.emphasis != "Original" and any(uses_emphasis(t) for t in conditioning.texts_encoded):
+        values["Emphasis"] = params.emphasis
+    return values
+
+
+# A1111's infotext names for the sampler options (`sd_samplers_kdiffusion.KDiffusionSampler.initialize`).
+SAMPLER_OPTION_LABELS = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax", "s_noise": "Sigma noise"}
+
+
+def sampler_options(sampling: ResolvedSampling, params: GenerationParams) -> tuple[dict, dict]:
+    """The options the chosen sampler accepts, and the infotext entries A1111 writes for non-default ones."""
+    accepted = inspect.signature(sampling.sampler.function).parameters
+    defaults = sampling.sampler.options
+    kwargs: dict[str, float] = {}
+    infotext: dict[str, object] = {}
+    if params.eta is not None and "eta" in accepted:
+        kwargs["eta"] = float(params.eta)
+        default_eta = defaults.get("eta", 1.0)
+        if float(params.eta) != default_eta:
+            # Timestep samplers (DDIM, default eta 0) have their own key in A1111.
+            infotext["Eta DDIM" if default_eta == 0.0 else "Eta"] = params.eta
+    for name, label in SAMPLER_OPTION_LABELS.items():
+        value = getattr(params, name)
+        if value is not None and name in accepted:
+            kwargs[name] = float(value)
+            if float(value) != defaults.get(name, {"s_tmax": float("inf"), "s_noise": 1.0}.get(name, 0.0)):
+                infotext[label] = value
+    return kwargs, infotext
+
+
+def schedule_sigmas(sampling: ResolvedSampling, params: GenerationParams, denoiser,
+                    steps: int | None = None) -> tuple[torch.Tensor, dict]:
+    """The `steps`-step sigma schedule (default: the job's steps) with A1111's schedule settings applied, and
+    the infotext entries they add."""
+    spec = sampling.sampler
+    schedule = find_schedule(sampling.schedule_used)
+    sigmas = spec.sigmas(
+        params.steps if steps is None else steps, denoiser, sampling.schedule_label,
+        sigma_min=params.sigma_min or None, sigma_max=params.sigma_max or None, rho=params.rho or None,
+        discard_penultimate_sigma=params.discard_penultimate_sigma,
+    )
+    infotext: dict[str, object] = {}
+    if params.sigma_min:
+        infotext["Schedule min sigma"] = params.sigma_min
+    if params.sigma_max:
+        infotext["Schedule max sigma"] = params.sigma_max
+    if params.rho and schedule.default_rho is not None and params.rho != schedule.default_rho:
+        infotext["Schedule rho"] = params.rho
+    if params.discard_penultimate_sigma and not spec.discard_penultimate_sigma:
+        infotext["Discard penultimate sigma"] = True
+    return sigmas, infotext
+
+
+def create_infotext(
+    model: SDModel,
+    params: GenerationParams,
+    sampling: ResolvedSampling,
+    seed: int,
+    subseed: int,
+    extra: dict[str, object],
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+) -> str:
+    """A1111's infotext for one image (`processing.create_infotext`, same keys and order), with the image's own
+    prompt (A1111's `all_prompts[index]`; default the job's)."""
+    vae = model.vae_info
+    varies = params.subseed_strength > 0
+    resize_from = params.seed_resize_from
+    ensd = params.eta_noise_seed_delta
+    values: dict[str, object] = {
+        "Steps": params.steps,
+        "Sampler": sampling.sampler.name,
+        "Schedule type": sampling.infotext_schedule,
+        "CFG scale": params.cfg_scale,
+        "Seed": seed,
+        "Size": f"{params.width}x{params.height}",
+        "Model hash": model.info.short_hash,
+        "Model": model.info.name,
+        "VAE hash": vae.short_hash if vae else None,
+        "VAE": vae.path.name if vae else None,
+        "Variation seed": subseed if varies else None,
+        "Variation seed strength": params.subseed_strength if varies else None,
+        "Seed resize from": f"{resize_from[0]}x{resize_from[1]}" if resize_from else None,
+        # A1111 lists these here even though they come from `extra_generation_params` (img2img, hires fix).
+        "Denoising strength": extra.get("Denoising strength"),
+        "Conditional mask weight": extra.get("Conditional mask weight"),
+        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        "ENSD": ensd if ensd and sampling.sampler.uses_ensd else None,
+        "RNG": {"cpu": "CPU", "nv": "NV"}.get(params.rng),
+        "Tiling": True if params.tiling else None,
+        **extra,
+        "Version": INFOTEXT_VERSION,
+    }
+    return build_infotext(params.prompt if prompt is None else prompt,
+                          params.negative_prompt if negative_prompt is None else negative_prompt, values)
+
+
+__all__ = [
+    "GenerationError", "GenerationResult", "JobSeeds", "batch_prompts", "make_denoiser", "unet_condition",
+    "refiner_negative_condition", "scheduled_denoiser", "NetworkScope", "BatchDenoisers", "short_title",
+    "OtherModels", "Refiner", "batch_rng", "step_callback", "sample_batch", "InitLatents", "denoise_batch",
+    "was_skipped", "FinishedBatches", "prompt_infotext", "SAMPLER_OPTION_LABELS", "sampler_options",
+    "schedule_sigmas", "create_infotext", "INFOTEXT_VERSION", "resolve_sampling", "ResolvedSampling",
+]
