@@ -181,8 +181,8 @@ def describe_error(error: Exception) -> str:
 
     if isinstance(error, ModelNotFoundError) and error.args:
         return str(error.args[0])
-    if isinstance(error, ParamError) and error.loc in (("checkpoint",), ("vae",)):
-        return error.message  # "checkpoint x not found in ...": the message names it already
+    if isinstance(error, ParamError) and error.loc in (("checkpoint",), ("vae",), ("styles",)):
+        return error.message  # "checkpoint x not found in ...", "unknown style 'x'": the message names it
     text = str(error) or type(error).__name__
     if not is_user_error(error):
         text = f"{type(error).__name__}: {text} (run with --debug for the traceback)"
@@ -216,8 +216,6 @@ def cli_config(args, paths) -> ServerConfig:
 
 
 def run_txt2img(args) -> int:
-    from tqdm import tqdm
-
     paths = paths_from(args)
     if args.threads:
         import torch
@@ -232,8 +230,7 @@ def run_txt2img(args) -> int:
     services.start()
     try:
         job = services.generation.submit(request)  # checked before any model work
-        with tqdm(desc="txt2img", unit="step", file=sys.stderr, leave=False) as bar:
-            follow(services, job, bar)
+        follow(services, job)
     finally:
         services.close()
     if job.exception is not None:
@@ -248,12 +245,19 @@ def run_txt2img(args) -> int:
     return 0
 
 
-def follow(services, job, bar) -> None:
-    """Show the job's steps on `bar` until it ends; Ctrl+C interrupts it (keeping what it made) and re-raises."""
+def follow(services, job) -> None:
+    """Show the job's steps on a progress bar (made once sampling starts, so a job that fails while loading its
+    model prints its one error line and nothing else) until it ends; Ctrl+C interrupts it, keeping what it made,
+    and re-raises."""
+    from tqdm import tqdm
+
+    bar = None
     try:
         while not job.wait_sync(0.1):
             p = job.progress
             if p.total_steps:
+                if bar is None:
+                    bar = tqdm(desc="txt2img", unit="step", file=sys.stderr, leave=False)
                 bar.total = p.total_steps * p.batch_count
                 bar.n = min(bar.total, p.global_step)
                 bar.refresh()
@@ -261,6 +265,9 @@ def follow(services, job, bar) -> None:
         services.generation.interrupt(job.id)
         job.wait_sync(60)
         raise
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def run_models(args) -> int:

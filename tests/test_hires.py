@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sdwebui.core.denoiser import DiscreteSchedule
+from sdwebui.core.samplers import resolve_sampling
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.loader import load_checkpoint
 from sdwebui.models.tiling import circular_padding
@@ -13,7 +14,8 @@ from sdwebui.pipelines.context import GenerationContext
 from sdwebui.pipelines.infotext import parse_infotext
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
 from sdwebui.pipelines.refiner import completed_ratio
-from sdwebui.pipelines.txt2img import resolve_sampling, txt2img
+from sdwebui.pipelines.sampling import GenerationError, make_denoiser
+from sdwebui.pipelines.txt2img import txt2img
 from tiny_models import build_tiny, write_single_file
 
 SIZE = 64
@@ -225,8 +227,7 @@ def test_completed_ratio_is_a1111s():
 def test_refiner_takes_over_at_the_switch_sigma(models, switch_at):
     base, refiner = models("sdxl"), models("refiner")
     steps = 10
-    sigmas = resolve_sampling("Euler").sampler.sigmas(steps, __import__(
-        "sdwebui.pipelines.txt2img", fromlist=["make_denoiser"]).make_denoiser(base), "Automatic")
+    sigmas = resolve_sampling("Euler").sampler.sigmas(steps, make_denoiser(base), "Automatic")
     switch = expected_switch_index(base, sigmas, switch_at)
     assert switch is not None and 0 < switch < steps
     recorder = UnetRecorder(base=base, refiner=refiner)
@@ -270,8 +271,6 @@ def test_refiner_with_hires_fix_acts_in_the_second_pass(models):
 
 
 def test_refiner_needs_a_loader(models):
-    from sdwebui.pipelines.txt2img import GenerationError
-
     with pytest.raises(GenerationError):
         run(models("sdxl"), None, steps=2, refiner_checkpoint="refiner")
 

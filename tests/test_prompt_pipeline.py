@@ -15,20 +15,19 @@ import torch
 import sdwebui.pipelines.txt2img as txt2img_module
 from sdwebui.core.denoiser import CFGConditioning, CFGDenoiser
 from sdwebui.core.noise import ImageRNG
-from sdwebui.core.samplers import sample_euler
+from sdwebui.core.samplers import resolve_sampling, sample_euler
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.loader import load_checkpoint
 from sdwebui.pipelines.conditioning import build_conditioning, prompt_spans
 from sdwebui.pipelines.context import GenerationContext, NetworkActivation
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
-from sdwebui.pipelines.txt2img import (
+from sdwebui.pipelines.sampling import (
     make_denoiser,
     refiner_negative_condition,
-    resolve_sampling,
     scheduled_denoiser,
-    txt2img,
     unet_condition,
 )
+from sdwebui.pipelines.txt2img import txt2img
 from tiny_models import build_tiny, write_single_file
 
 SIZE = 64

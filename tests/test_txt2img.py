@@ -12,12 +12,14 @@ import torch
 import pytest
 
 from sdwebui.core.noise import ImageRNG
+from sdwebui.core.samplers import resolve_sampling
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.loader import load_checkpoint
 from sdwebui.models.tokenizer import load_clip_tokenizer
 from sdwebui.pipelines.context import GenerationContext, StopFlags
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
-from sdwebui.pipelines.txt2img import make_denoiser, resolve_sampling, txt2img
+from sdwebui.pipelines.sampling import make_denoiser
+from sdwebui.pipelines.txt2img import txt2img
 from tiny_models import build_tiny, write_single_file
 
 SIZE = 64

@@ -12,6 +12,9 @@ Reference: A1111 `StableDiffusionProcessingTxt2Img` (`init`, `calculate_target_r
    noise drawn from the image's seed at the new size (a fresh per-image generator, as A1111's new `ImageRNG`).
 4. Conditioning from the hires prompt (empty = the prompt) encoded by the hires model; prompt-editing fractions
    above 1 refer to this pass (the schedules are built with `hires_steps`).
+
+The pass runs on the sampling engine's public pieces (`pipelines.sampling`): its UNet calls go through the
+scripts' `wrap_model_call` as the first pass's do, and its steps are reported on the batch's progress bar.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from sdwebui.core.upscale_modes import BUILTIN_UPSCALERS, is_latent_mode
 from sdwebui.models.sd_model import SDModel
 from sdwebui.models.upscalers import UpscalerEntry
 from sdwebui.pipelines.conditioning import build_conditioning
-from sdwebui.pipelines.context import GenerationContext
+from sdwebui.pipelines.context import BatchPrompts, GenerationContext
 from sdwebui.pipelines.denoise import denoise_sigmas
 from sdwebui.pipelines.params import Txt2ImgParams
 from sdwebui.pipelines.sampling import (
+    DenoiserWrap,
     InitLatents,
+    NetworkScope,
+    SamplerPlan,
     denoise_batch,
     make_denoiser,
     prompt_infotext,
@@ -49,13 +55,18 @@ from sdwebui.prompts.extra_networks import parse_prompts
 
 @dataclass
 class HiresPlan:
+    """The hires pass of a job, as far as it does not depend on the batch."""
+
     params: Txt2ImgParams
-    sampling: Any
-    """`ResolvedSampling` of the hires pass."""
+    sampling: ResolvedSampling
+    """The hires pass's sampler and schedule."""
     model: SDModel
+    """The hires checkpoint, or the job's model."""
     upscaler: str
     first_total_steps: int
+    """Denoiser calls of the first pass (prompt schedules are laid out over both passes)."""
     infotext: dict[str, object] = field(default_factory=dict)
+    """A1111's hires entries ("Hires upscale", "Hires upscaler", ...), the same for every image."""
 
 
 def plan_hires(ctx: GenerationContext, params: Txt2ImgParams, first_sampling: ResolvedSampling,
@@ -100,9 +111,12 @@ def plan_hires(ctx: GenerationContext, params: Txt2ImgParams, first_sampling: Re
 
 
 class HiresFix:
-    """Runs the hires pass batch by batch; keeps the conditioning and denoisers it built for reuse."""
+    """Runs the hires pass batch by batch; keeps the conditioning and denoisers it built for reuse.
 
-    def __init__(self, ctx: GenerationContext, plan: HiresPlan, wrap_denoiser: Callable[[Any, dict], Any] | None = None):
+    `wrap_denoiser(denoiser, prompts, negative_prompts)`: put something around the pass's CFG denoiser (the
+    refiner's switch: A1111's default `hires_fix_refiner_pass` "second pass")."""
+
+    def __init__(self, ctx: GenerationContext, plan: HiresPlan, wrap_denoiser: DenoiserWrap | None = None):
         self.ctx = ctx
         self.plan = plan
         self.inner = make_denoiser(plan.model, ctx.hooks)
@@ -110,22 +124,28 @@ class HiresFix:
         params = plan.params
         self.to_x, self.to_y, self.truncate_x, self.truncate_y = params.hires_target
         self.steps = params.hires_steps
-        self.sampler_kwargs, self.sampler_infotext = sampler_options(plan.sampling, params)
-        # Built without validating `steps` again: a low strength makes the hires schedule longer than the limit.
-        self.sigmas = denoise_sigmas(
+        options, _ = sampler_options(plan.sampling, params)
+        # A low strength makes the "exact steps" schedule longer than the steps limit: `schedule_sigmas` allows it.
+        sigmas = denoise_sigmas(
             plan.sampling.sampler, self.inner, self.steps, params.denoising_strength, fix_steps=True,
             make_sigmas=lambda n: schedule_sigmas(plan.sampling, params, self.inner, steps=n)[0],
         ).to(plan.model.device)
+        self.sampler = SamplerPlan(plan.sampling.sampler, sigmas, options)
         self._cached: tuple[tuple, Any, dict] | None = None
         self.extra_infotext: dict[str, object] = {}
+        """The last batch's infotext entries from its hires prompt (networks, TI hashes, emphasis)."""
         self.last_denoiser: Any = None
+        """The last batch's denoiser (a refiner switch tells whether it switched)."""
         self.notes: list[str] = []
 
     def prompts(self, count: int) -> tuple[list[str], list[str]]:
+        """The pass's prompts for a batch of `count`: the hires prompts, or the job's where they are empty."""
         params = self.plan.params
         return [params.hr_prompt or params.prompt] * count, [params.hr_negative_prompt or params.negative_prompt] * count
 
     def upscale(self, first_model: SDModel, latents: torch.Tensor) -> torch.Tensor:
+        """The first pass's latents at the target size: interpolated (latent modes), or decoded by `first_model`,
+        upscaled as pictures and encoded by the hires model; cropped to the "resize to" size."""
         plan = self.plan
         if is_latent_mode(plan.upscaler):
             samples = upscale_latents(latents, plan.upscaler, self.to_x, self.to_y)
@@ -145,7 +165,8 @@ class HiresFix:
         return samples
 
     def denoiser(self, prompts: list[str], negative_prompts: list[str], networks_key: object = None):
-        """The hires pass's CFG denoiser for a batch's prompts (built once per distinct prompts and networks)."""
+        """The hires pass's CFG denoiser for a batch's prompts (built once per distinct prompts and networks), and
+        the infotext entries encoding them adds."""
         plan = self.plan
         key = (tuple(prompts), tuple(negative_prompts), networks_key)
         if self._cached is None or self._cached[0] != key:
@@ -158,47 +179,48 @@ class HiresFix:
             denoiser = scheduled_denoiser(plan.model, self.inner, conditioning, self.to_x, self.to_y,
                                           float(params.cfg_scale))
             if self.wrap_denoiser is not None:
-                denoiser = self.wrap_denoiser(denoiser, {"prompts": prompts, "negative_prompts": negative_prompts})
+                denoiser = self.wrap_denoiser(denoiser, prompts, negative_prompts)
             self._cached = (key, denoiser, prompt_infotext(params, conditioning))
         return self._cached[1], self._cached[2]
 
     @property
     def step_count(self) -> int:
         """Sampler steps the hires pass runs per batch."""
-        return len(self.sigmas) - 1
+        return self.sampler.steps
 
-    def run(self, first_model: SDModel, latents: torch.Tensor, seeds: list[int], subseeds: list[int],
-            batch_index: int, steps_before: int = 0, networks: Any = None) -> tuple[torch.Tensor, bool]:
+    def run(self, first_model: SDModel, latents: torch.Tensor, batch: BatchPrompts, steps_before: int = 0,
+            networks: NetworkScope | None = None) -> tuple[torch.Tensor, bool]:
         """(hires latents, stopped) for one batch's first-pass latents. Progress is reported after the first
         pass's `steps_before` steps, out of both passes' steps (one bar for the batch, as A1111).
 
         `networks` (txt2img's network scope): the hires prompt's `<lora:...>` tags are applied for this pass, as
         A1111's `hr_extra_network_data` (on the job's model; with another hires checkpoint they are left out,
         with a note)."""
-        ctx, plan, params = self.ctx, self.plan, self.plan.params
+        ctx, plan = self.ctx, self.plan
         samples = self.upscale(first_model, latents).to(plan.model.device)
-        prompts, calls = parse_prompts(self.prompts(len(seeds))[0])
-        negative_prompts = self.prompts(len(seeds))[1]
-        network_infotext: dict[str, object] = {}
-        networks_key = None
-        if networks is not None and plan.model is ctx.model:
-            activation = networks.activate(calls)
-            self.notes.extend(note for note in activation.notes if note not in self.notes)
-            network_infotext, networks_key = activation.infotext, networks.active
-        elif calls:
-            note = "extra networks in the hires prompt are not applied to another hires checkpoint"
-            if note not in self.notes:
-                self.notes.append(note)
+        prompts_with_tags, negative_prompts = self.prompts(len(batch.seeds))
+        prompts, calls = parse_prompts(prompts_with_tags)
+        network_infotext, networks_key = self._activate_networks(networks, calls)
         denoiser, extra = self.denoiser(prompts, negative_prompts, networks_key)
         self.extra_infotext = {**network_infotext, **extra}
         self.last_denoiser = denoiser
         denoiser.reset()
         # Noise from the images' seeds at the new size (a fresh per-image generator, as A1111's new ImageRNG).
-        return denoise_batch(
-            ctx, plan.sampling.sampler, denoiser, self.sigmas, seeds, subseeds, params, batch_index,
-            self.sampler_kwargs, InitLatents(samples.float()), model=plan.model,
-            total_steps=steps_before + len(self.sigmas) - 1, steps_before=steps_before,
-        )
+        return denoise_batch(ctx, plan.params, self.sampler, denoiser, batch, InitLatents(samples.float()),
+                             model=plan.model, steps_before=steps_before)
+
+    def _activate_networks(self, networks: NetworkScope | None, calls) -> tuple[dict[str, object], object]:
+        """(infotext entries, networks key) of the hires prompt's networks, applied when the pass runs the job's
+        model; a note when they cannot be."""
+        if networks is not None and self.plan.model is self.ctx.model:
+            activation = networks.activate(calls)
+            self.notes.extend(note for note in activation.notes if note not in self.notes)
+            return activation.infotext, networks.active
+        if calls:
+            note = "extra networks in the hires prompt are not applied to another hires checkpoint"
+            if note not in self.notes:
+                self.notes.append(note)
+        return {}, None
 
 
 def _find_entry(ctx: GenerationContext, name: str) -> UpscalerEntry:

@@ -2,8 +2,11 @@
 
     images (+ mask) --prepare_images--> processing-size images, latent mask, overlays (pure PIL, `masking`)
                     --VAE encode-->     init latents (bilinear-resized for "Just resize (latent upscale)")
-                    --denoise-->        `denoise.denoise_latents` from the strength's start sigma, per batch
+                    --denoise-->        `sampling.denoise_batch` from the strength's start sigma, per batch
                     --VAE decode-->     images, pasted back through the blurred mask (`masking.apply_overlay`)
+
+Batches run on the sampling engine (`pipelines.sampling`) as txt2img's do: the scripts' `before_batch`,
+`wrap_model_call` and `after_batch` (which sees the images after the overlay paste) act here too.
 
 - A colour sketch is just the init image (the UI flattens the strokes into it).
 - Inpainting: white in the mask = repaint. The mask is binarised (alpha masks thresholded), optionally inverted,
@@ -28,7 +31,7 @@ from PIL import Image, ImageOps
 
 from sdwebui.core import noise as core_noise
 from sdwebui.core.errors import ParamError
-from sdwebui.core.samplers import ResolvedSampling
+from sdwebui.core.samplers import ResolvedSampling, resolve_sampling
 from sdwebui.models.tiling import circular_padding
 from sdwebui.pipelines import masking
 from sdwebui.pipelines.context import GenerationContext
@@ -41,11 +44,11 @@ from sdwebui.pipelines.sampling import (
     InitLatents,
     JobSeeds,
     NetworkScope,
+    SamplerPlan,
     batch_prompts,
-    create_infotext,
     denoise_batch,
     make_denoiser,
-    resolve_sampling,
+    run_batches,
     sampler_options,
     schedule_sigmas,
     was_skipped,
@@ -172,6 +175,8 @@ def img2img(
     init_images: list[Image.Image],
     mask: Image.Image | None = None,
 ) -> GenerationResult:
+    """Generate from `init_images` (one for the whole batch, or one per image of the batch) and an optional
+    inpainting `mask` (white = repaint), as A1111's `/sdapi/v1/img2img`; raises `ParamError` for bad input."""
     if not init_images:
         raise ParamError("init_images", "at least one init image is needed")
     sampling = resolve_sampling(params.sampler, params.scheduler)
@@ -189,16 +194,8 @@ def img2img(
         # A1111's `tiling` applies to img2img too (seamless textures): circular padding for UNet and VAE.
         stack.enter_context(circular_padding(ctx.model.unet, ctx.model.vae, enabled=params.tiling))
         start, image_infotext = init_latents(ctx, params, prepared, job_seeds.seeds)
-        run = _Img2ImgRun(ctx, params, sampling, job_seeds, prepared, start, image_infotext, stack)
-        interrupted = False
-        for batch_index in range(params.batch_count):
-            if ctx.stop.interrupted.is_set():
-                interrupted = True
-                break
-            ctx.stop.skipped.clear()
-            if run.batch(batch_index):
-                interrupted = True
-                break
+        run = _Img2ImgRun(ctx, sampling, job_seeds, prepared, start, image_infotext, stack)
+        interrupted = run_batches(ctx, params.batch_count, run.batch)
         return run.finished.result(run.latent_shape, interrupted)
 
 
@@ -221,7 +218,8 @@ def init_latents(ctx: GenerationContext, params: Img2ImgParams, prepared: Prepar
         nmask = latent_mask(prepared.image_mask, init_latent.shape[-2:], params.mask_round).to(init_latent.device)
         keep_mask = 1.0 - nmask
         if params.inpainting_fill == 2:
-            # A1111 draws this once, from the first batch's seeds (its own "needs to be fixed" note).
+            # A1111 draws this once, from the first batch's seeds (its own "needs to be fixed" note), with the
+            # job's RNG source but neither variation seed nor ENSD.
             fill_noise = core_noise.ImageRNG(
                 tuple(init_latent.shape[1:]), seeds[: init_latent.shape[0]], device=model.device, rng=params.rng
             ).first().to(init_latent.device, init_latent.dtype)
@@ -237,8 +235,6 @@ def init_latents(ctx: GenerationContext, params: Img2ImgParams, prepared: Prepar
             round_mask=params.mask_round, mask_weight=params.inpainting_mask_weight,
         ).to(init_latent.dtype)
         infotext["Conditional mask weight"] = params.inpainting_mask_weight
-    if params.initial_noise_multiplier != 1.0:
-        infotext["Noise multiplier"] = params.initial_noise_multiplier
     return InitLatents(init_latent, keep_mask, image_conditioning, params.initial_noise_multiplier), infotext
 
 
@@ -246,29 +242,27 @@ class _Img2ImgRun:
     """One img2img job's fixed parts (sigmas of the strength's tail, denoisers, the overlay paste) and its batch
     step."""
 
-    def __init__(self, ctx: GenerationContext, params: Img2ImgParams, sampling: ResolvedSampling,
-                 job_seeds: JobSeeds, prepared: PreparedImages, start: InitLatents,
-                 image_infotext: dict[str, object], stack: ExitStack):
-        model = ctx.model
-        self.ctx, self.params, self.sampling, self.job_seeds = ctx, params, sampling, job_seeds
+    def __init__(self, ctx: GenerationContext, sampling: ResolvedSampling, job_seeds: JobSeeds,
+                 prepared: PreparedImages, start: InitLatents, image_infotext: dict[str, object], stack: ExitStack):
+        model, params = ctx.model, job_seeds.params
+        self.ctx, self.params, self.job_seeds = ctx, params, job_seeds
         self.prepared, self.start = prepared, start
         self.latent_shape = (model.latent_channels, params.height // LATENT_FACTOR, params.width // LATENT_FACTOR)
         inner = make_denoiser(model, ctx.hooks)
-        self.sigmas = denoise_sigmas(
+        sigmas = denoise_sigmas(
             sampling.sampler, inner, params.steps, params.denoising_strength, fix_steps=params.fix_steps,
             make_sigmas=lambda n: schedule_sigmas(sampling, params, inner, steps=n)[0],
         ).to(model.device)
         schedule_infotext = schedule_sigmas(sampling, params, inner)[1]
-        self.sampler_kwargs, sampler_infotext = sampler_options(sampling, params)
+        options, sampler_infotext = sampler_options(sampling, params)
+        self.sampler = SamplerPlan(sampling.sampler, sigmas, options)
+        noise_infotext = {"Noise multiplier": start.noise_multiplier} if start.noise_multiplier != 1.0 else {}
         self.notes: list[str] = list(prepared.notes)
 
-        def make_infotext(image_seed, image_subseed, batch_extra, prompt, negative_prompt):
-            return create_infotext(
-                model, params, sampling, image_seed, image_subseed,
-                {**image_infotext, **batch_extra, **sampler_infotext, **schedule_infotext}, prompt, negative_prompt,
-            )
+        def infotext_entries(batch_extra: dict[str, object]) -> dict[str, object]:
+            return {**image_infotext, **batch_extra, **noise_infotext, **sampler_infotext, **schedule_infotext}
 
-        self.finished = FinishedBatches(ctx, params, self.notes, make_infotext)
+        self.finished = FinishedBatches(ctx, params, sampling, self.notes, infotext_entries)
         self.denoisers = BatchDenoisers(ctx, model, inner, NetworkScope(ctx, stack), params,
                                         sampling.sampler.total_steps(params.steps))
         self.overlays = prepared.overlays
@@ -277,16 +271,13 @@ class _Img2ImgRun:
 
     def batch(self, batch_index: int) -> bool:
         """Denoise one batch and keep it unless it was skipped; True when the job must stop."""
-        ctx, params = self.ctx, self.params
-        batch = self.job_seeds.batch(batch_index)
-        prompts = batch_prompts(ctx, params, batch_index, self.job_seeds.seeds[batch],
-                                self.job_seeds.subseeds[batch])
-        _, denoiser, batch_extra = self.denoisers.for_batch(prompts.prompts, prompts.negative_prompts, self.notes)
-        latents, stopped = denoise_batch(ctx, self.sampling.sampler, denoiser, self.sigmas, prompts.seeds,
-                                         prompts.subseeds, params, batch_index, self.sampler_kwargs, self.start)
+        ctx = self.ctx
+        batch = batch_prompts(ctx, self.job_seeds, batch_index)
+        _, denoiser, batch_extra = self.denoisers.for_batch(batch.prompts, batch.negative_prompts, self.notes)
+        latents, stopped = denoise_batch(ctx, self.params, self.sampler, denoiser, batch, self.start)
         if was_skipped(ctx, stopped):
             return False
-        self.finished.add(ctx.model, latents, prompts, batch_extra, finish=self.paste_overlays)
+        self.finished.add(ctx.model, latents, batch, batch_extra, finish=self.paste_overlays)
         return stopped
 
     def paste_overlays(self, images: list[Image.Image]) -> list[Image.Image]:
@@ -302,4 +293,4 @@ class _Img2ImgRun:
 
 
 __all__ = ["img2img", "prepare_images", "PreparedImages", "init_latents", "latent_mask", "inpainting_conditioning",
-           "is_inpainting_model", "resolve_sampling"]
+           "is_inpainting_model"]

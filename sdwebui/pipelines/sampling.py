@@ -1,19 +1,23 @@
 """The sampling engine: what txt2img, img2img, hires fix, the refiner and scripts share, under public names.
 
-    conditioning  `BatchDenoisers.for_batch`: the batch's prompts (after the scripts' `before_batch`) with their
-                  extra networks applied (`NetworkScope`) -> the prompt schedule -> a CFG denoiser
-                  (`scheduled_denoiser`) over the model's UNet (`make_denoiser`, wrapped by the scripts'
-                  `wrap_model_call`)
+    the job       `JobSeeds` (A1111's seed / variation-seed lists), `batch_prompts` (a batch's per-image prompts
+                  after the scripts' `before_batch`), `run_batches` (A1111's batch loop with interrupt / skip)
+    conditioning  `BatchDenoisers.for_batch`: the batch's prompts with their extra networks applied
+                  (`NetworkScope`) -> the prompt schedule -> a CFG denoiser (`scheduled_denoiser`) over the model's
+                  UNet (`make_denoiser`, wrapped by the scripts' `wrap_model_call`)
+    other models  `OtherModels` (hires checkpoint, refiner: loaded once per job), `Refiner` (A1111's refiner switch)
     noise         `batch_rng`: A1111's per-image seeds, variation seed, resize-seed, RNG source and ENSD
-    sampler loop  `sample_batch` (from noise) and `denoise_batch` (from an init latent): the registry's sampler
-                  over `schedule_sigmas`, with `step_callback` reporting progress and previews and stopping on
-                  interrupt / skip (A1111 keeps the latest x0 estimate of a stopped batch)
+    sampler loop  `sample_batch` (from noise) and `denoise_batch` (from an init latent, `InitLatents`): a
+                  `SamplerPlan` (the registry's sampler, `schedule_sigmas`, `sampler_options`), with
+                  `step_callback` reporting progress and previews and stopping on interrupt / skip (A1111 keeps
+                  the latest x0 estimate of a stopped batch)
     finishing     `FinishedBatches.add`: NaN check, VAE decode, the scripts' `after_batch`, A1111's infotext
                   (`create_infotext`, one per image with its own prompt), then `ctx.on_images` (the server saves
-                  there, before the next batch starts)
+                  there, before the next batch starts); `FinishedBatches.result` -> `GenerationResult`
 
 References: A1111 `processing.py` (`process_images_inner`, `create_infotext`), `sd_samplers_kdiffusion.py`
-(sampler options, schedule settings), `sd_samplers_common.py` (the refiner switch).
+(sampler options, schedule settings), `sd_samplers_common.py` (the refiner switch), `scripts.py` (`process_batch`,
+`postprocess_batch`, `postprocess_image`: where the scripts' hooks run).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import inspect
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from PIL import Image
@@ -43,13 +46,14 @@ from sdwebui.pipelines.context import (
     BatchPrompts,
     FinishedImages,
     GenerationContext,
+    GenerationHooks,
     GenerationStopped,
     NetworkActivation,
     StepProgress,
 )
 from sdwebui.pipelines.denoise import denoise_latents
 from sdwebui.pipelines.infotext import build_infotext
-from sdwebui.pipelines.params import GenerationParams
+from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams
 from sdwebui.pipelines.refiner import RefinerSwitch
 from sdwebui.pipelines.vae_decode import decode_latents
 from sdwebui.prompts.extra_networks import ExtraNetworkCall, parse_prompts
@@ -78,7 +82,7 @@ class GenerationResult:
     negative_prompts: list[str] = field(default_factory=list)
 
 
-# ---- the job's plan ------------------------------------------------------------------------------------------
+# ---- the job and its batches ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class JobSeeds:
     seed increments instead. Image i of the job uses `seeds[i]` / `subseeds[i]`."""
 
     params: GenerationParams
+    """The job's parameters with both seeds resolved (never -1)."""
     seeds: list[int]
     subseeds: list[int]
 
@@ -99,37 +104,54 @@ class JobSeeds:
         return cls(params, [seed + (0 if varies else i) for i in range(count)], [subseed + i for i in range(count)])
 
     def batch(self, index: int) -> slice:
+        """The images of batch `index` (A1111's `n_iter` index) in the job's per-image lists."""
         size = self.params.batch_size
         return slice(index * size, (index + 1) * size)
 
 
-def batch_prompts(ctx: GenerationContext, params: GenerationParams, batch_index: int, seeds: list[int],
-                  subseeds: list[int]) -> BatchPrompts:
-    """The batch's prompts (one per image, as A1111's `all_prompts`), after the scripts' `before_batch`."""
-    count = len(seeds)
-    batch = BatchPrompts(batch_index, list(seeds), list(subseeds), [params.prompt] * count,
-                         [params.negative_prompt] * count)
+def batch_prompts(ctx: GenerationContext, job: JobSeeds, batch_index: int) -> BatchPrompts:
+    """Batch `batch_index`'s seeds and per-image prompts (A1111's `all_prompts[batch]`: the job's prompt for every
+    image), after the scripts' `before_batch` (A1111's `process_batch`), which may edit the prompt lists in place.
+    """
+    params, images = job.params, job.batch(batch_index)
+    seeds, subseeds = job.seeds[images], job.subseeds[images]
+    batch = BatchPrompts(batch_index, list(seeds), list(subseeds), [params.prompt] * len(seeds),
+                         [params.negative_prompt] * len(seeds))
     if ctx.hooks is not None:
         ctx.hooks.before_batch(batch)
     return batch
 
 
+def run_batches(ctx: GenerationContext, batch_count: int, run_batch: Callable[[int], bool]) -> bool:
+    """A1111's batch loop: `run_batch(i)` for each batch until the job is interrupted (before a batch starts, or
+    `run_batch` returns True because its batch was). Skip only ever abandons the batch it was pressed in, so the
+    flag is cleared before each batch. Returns whether the job was interrupted."""
+    for batch_index in range(batch_count):
+        if ctx.stop.interrupted.is_set():
+            return True
+        ctx.stop.skipped.clear()
+        if run_batch(batch_index):
+            return True
+    return False
+
+
 # ---- the denoiser ----------------------------------------------------------------------------------------------
 
 
-def make_denoiser(model: SDModel, hooks: Any = None) -> ModelDenoiser:
+def make_denoiser(model: SDModel, hooks: GenerationHooks | None = None) -> ModelDenoiser:
     """The model as a k-diffusion denoiser that also takes an inpainting model's image conditioning.
 
     `c_concat` (mask + masked-image latents, [B, 5, h, w] for SD inpainting models) is concatenated to the
     latent on the channel axis before the UNet, as diffusers' `StableDiffusionInpaintPipeline` and A1111's
-    `c_concat` do. `hooks` (the job's scripts) may wrap every UNet call (`wrap_model_call`)."""
+    `c_concat` do. `hooks` (the job's scripts) may wrap the UNet call (`wrap_model_call`, e.g. ControlNet adding
+    its residuals, which it passes on as extra UNet keyword arguments); without hooks the call is the UNet's."""
     unet = model.unet
 
-    def call_unet(x: Tensor, t: Tensor, encoder_hidden_states, added_cond_kwargs=None, c_concat=None, **extra):
+    def call_unet(x: Tensor, t: Tensor, encoder_hidden_states, added_cond_kwargs=None, c_concat=None, **unet_extra):
         if c_concat is not None:
             x = torch.cat([x, c_concat.to(x.device, x.dtype)], dim=1)
         return unet(x.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states,
-                    added_cond_kwargs=added_cond_kwargs, return_dict=False, **extra)[0]
+                    added_cond_kwargs=added_cond_kwargs, return_dict=False, **unet_extra)[0]
 
     model_fn = hooks.wrap_model_call(model, call_unet) if hooks is not None else call_unet
     return ModelDenoiser(model_fn, DiscreteSchedule(model.alphas_cumprod), model.prediction_type)
@@ -185,16 +207,19 @@ def scheduled_denoiser(
 
 
 class NetworkScope:
-    """Keeps the extra networks of the current batch applied; re-applies only when a batch asks for others."""
+    """Keeps the extra networks of the current batch applied (`ctx.extra_networks`, on `ctx.model`) until a batch
+    asks for others, and re-applies only then, as A1111's `activate` per batch with unchanged networks costs
+    nothing. The networks stay applied until the job's `stack` closes."""
 
     def __init__(self, ctx: GenerationContext, stack: ExitStack):
         self.ctx = ctx
         self.stack = stack
         self.active: tuple[str, ...] | None = None
+        """The tags applied now (None: none asked for yet)."""
         self.inner: ExitStack | None = None
         self.activation = NetworkActivation()
 
-    def activate(self, calls: list[ExtraNetworkCall]) -> NetworkActivation:
+    def activate(self, calls: Sequence[ExtraNetworkCall]) -> NetworkActivation:
         tags = tuple(call.tag for call in calls)
         if tags == self.active:
             return self.activation
@@ -212,6 +237,10 @@ class NetworkScope:
         return self.activation
 
 
+DenoiserWrap = Callable[[CFGDenoiser, list[str], list[str]], object]
+"""(CFG denoiser, prompts, negative prompts) -> the denoiser to sample with (the refiner's switch around it)."""
+
+
 class BatchDenoisers:
     """The CFG denoiser for each batch of a job (txt2img and img2img alike): the batch's extra networks are
     activated (their notes collected), and its conditioning is built once per distinct (prompts, negative
@@ -219,13 +248,14 @@ class BatchDenoisers:
     `wrap(denoiser, prompts, negative_prompts)` lets the caller put something around it (the refiner)."""
 
     def __init__(self, ctx: GenerationContext, model: SDModel, inner: ModelDenoiser, networks: NetworkScope,
-                 params: GenerationParams, schedule_steps: int, wrap=None):
+                 params: GenerationParams, schedule_steps: int, wrap: DenoiserWrap | None = None):
         self.ctx, self.model, self.inner, self.networks = ctx, model, inner, networks
         self.params, self.schedule_steps, self.wrap = params, schedule_steps, wrap
-        self._cached: tuple[tuple, CFGDenoiser, dict[str, object]] | None = None
+        self._cached: tuple[tuple, object, dict[str, object]] | None = None
 
     def for_batch(self, prompts_with_tags: list[str], negative_prompts: list[str], notes: list[str]):
-        """(prompts without their `<lora:...>` tags, the denoiser reset for a new run, the batch's infotext)."""
+        """(prompts without their `<lora:...>` tags, the denoiser reset for a new run, the batch's infotext
+        entries: networks' hashes, TI hashes, emphasis). Notes of the networks are added to `notes`."""
         params = self.params
         prompts, calls = parse_prompts(prompts_with_tags)
         activation = self.networks.activate(calls)
@@ -251,7 +281,7 @@ class BatchDenoisers:
 
 
 def short_title(model: SDModel) -> str:
-    """A1111's `CheckpointInfo.short_title`: "name [short hash]"."""
+    """A1111's `CheckpointInfo.short_title`: "name [short hash]" (infotext "Hires checkpoint", "Refiner")."""
     return f"{model.info.name} [{model.info.short_hash}]"
 
 
@@ -277,22 +307,26 @@ class OtherModels:
 
 
 class Refiner:
-    """Builds refiner switches (`pipelines.refiner`) and remembers whether one switched (for the infotext)."""
+    """The job's refiner checkpoint: builds refiner switches (`pipelines.refiner`) around a pass's denoisers and
+    remembers whether one switched (A1111 writes "Refiner" / "Refiner switch at" only then)."""
 
-    def __init__(self, ctx: GenerationContext, params: GenerationParams, models: OtherModels):
+    def __init__(self, ctx: GenerationContext, params: Txt2ImgParams, models: OtherModels):
         self.ctx = ctx
         self.params = params
         self.model = models.load(params.refiner_checkpoint)
         self.inner = make_denoiser(self.model, ctx.hooks)
         self.infotext: dict[str, object] = {}
 
-    def wrap(self, base, base_model: SDModel, prompts, negative_prompts, width: int, height: int, hires: bool = False):
+    def wrap(self, base: CFGDenoiser, base_model: SDModel, prompts: list[str], negative_prompts: list[str],
+             width: int, height: int, hires: bool = False):
+        """`base` until A1111's switch point, the refiner after it; `hires`: the pass is the hires pass (the
+        refiner's prompt schedule is then laid out as the hires pass's)."""
         if self.model.info.path == base_model.info.path:
             return base  # A1111: the refiner is the model already running; nothing to switch
         params = self.params
         steps = resolve_sampling(params.sampler, params.scheduler).sampler.total_steps(params.steps)
         hires_steps = None
-        if hires:  # the refiner's prompt schedule is laid out as the hires pass's
+        if hires:
             hr_sampler = resolve_sampling(params.hr_sampler or params.sampler, params.hr_scheduler or params.scheduler)
             hires_steps = hr_sampler.sampler.total_steps(params.hires_steps)
 
@@ -310,20 +344,40 @@ class Refiner:
         model_sigmas = DiscreteSchedule(base_model.alphas_cumprod).sigmas
         return RefinerSwitch(base, model_sigmas, params.refiner_switch_at, make, on_switch)
 
+    def model_after(self, denoiser: object, model: SDModel) -> SDModel:
+        """The model whose VAE decodes what `denoiser` sampled: the refiner once it took over, else `model`."""
+        switched = isinstance(denoiser, RefinerSwitch) and denoiser.switched_at_call is not None
+        return self.model if switched else model
+
 
 # ---- noise, the sampler loop, progress ----------------------------------------------------------------------
 
 
-def batch_rng(ctx: GenerationContext, params: GenerationParams, latent_shape, batch_seeds, batch_subseeds,
-              model: SDModel | None = None) -> core_noise.ImageRNG:
-    """A batch's seeded noise as A1111 makes it: per-image seeds, variation seed, resize-seed, RNG source, ENSD."""
+@dataclass(frozen=True)
+class SamplerPlan:
+    """One sampling pass's sampler: the registry entry, the sigmas it runs down and its keyword options."""
+
+    sampler: SamplerSpec
+    sigmas: Tensor
+    options: dict
+
+    @property
+    def steps(self) -> int:
+        """Sampler steps of the pass (one per sigma interval)."""
+        return len(self.sigmas) - 1
+
+
+def batch_rng(ctx: GenerationContext, params: GenerationParams, latent_shape: Sequence[int], seeds: list[int],
+              subseeds: list[int], model: SDModel | None = None) -> core_noise.ImageRNG:
+    """A batch's seeded noise as A1111 makes it: per-image seeds, variation seed, resize-seed, and the job's RNG
+    source and ENSD (`params.rng`, `params.eta_noise_seed_delta`), on `model`'s device (default `ctx.model`)."""
     resize_from = params.seed_resize_from
     return core_noise.ImageRNG(
         tuple(latent_shape),
-        batch_seeds,
+        seeds,
         device=(model or ctx.model).device,
         rng=params.rng,
-        subseeds=batch_subseeds,
+        subseeds=subseeds,
         subseed_strength=params.subseed_strength,
         # A1111 gives the size in pixels; the noise lives in latent space (height, width).
         seed_resize_from=(resize_from[1] // 8, resize_from[0] // 8) if resize_from else None,
@@ -348,19 +402,17 @@ def step_callback(ctx: GenerationContext, params: GenerationParams, batch_index:
     return callback
 
 
-def sample_batch(
-    ctx: GenerationContext, sampler: SamplerSpec, denoiser, sigmas: Tensor, batch_seeds, batch_subseeds,
-    latent_shape, params: GenerationParams, batch_index: int, sampler_kwargs: dict, more_steps: int = 0,
-) -> tuple[Tensor, bool]:
-    """One batch sampled from its seeded noise: (latents, stopped). `more_steps`: steps still to come for the
-    batch (the hires pass), counted in the progress total as A1111's progress bar does."""
-    rng = batch_rng(ctx, params, latent_shape, batch_seeds, batch_subseeds)
-    x = rng.first().to(ctx.model.device, torch.float32) * sigmas[0]
+def sample_batch(ctx: GenerationContext, params: GenerationParams, plan: SamplerPlan, denoiser, batch: BatchPrompts,
+                 latent_shape: Sequence[int], *, more_steps: int = 0) -> tuple[Tensor, bool]:
+    """One batch sampled from its seeded noise (txt2img's first pass): (latents, stopped). `more_steps`: steps
+    still to come for the batch (the hires pass), counted in the progress total as A1111's progress bar does."""
+    rng = batch_rng(ctx, params, latent_shape, batch.seeds, batch.subseeds)
+    x = rng.first().to(ctx.model.device, torch.float32) * plan.sigmas[0]
     last_denoised: list[Tensor] = []
-    callback = step_callback(ctx, params, batch_index, len(sigmas) - 1 + more_steps, last_denoised)
+    callback = step_callback(ctx, params, batch.batch_index, plan.steps + more_steps, last_denoised)
     try:
-        latents = sampler.sample(denoiser, x, sigmas, callback=callback, noise_sampler=rng.noise_sampler(),
-                                 **sampler_kwargs)
+        latents = plan.sampler.sample(denoiser, x, plan.sigmas, callback=callback, noise_sampler=rng.noise_sampler(),
+                                      **plan.options)
         return latents, False
     except GenerationStopped:
         # A1111 keeps what the sampler had so far: the latest x0 estimate.
@@ -376,8 +428,10 @@ class InitLatents:
     keep_mask: Tensor | None = None
     image_conditioning: Tensor | None = None
     noise_multiplier: float = 1.0
+    """A1111's `initial_noise_multiplier`: scales the noise added to the init latent."""
 
     def for_batch(self, size: int) -> tuple[Tensor, Tensor | None]:
+        """(init latents, image conditioning) with one entry per image of a batch of `size`."""
         init = self.latents if self.latents.shape[0] == size else self.latents[:1].expand(size, -1, -1, -1)
         cond = self.image_conditioning
         if cond is not None and cond.shape[0] != size:
@@ -385,31 +439,29 @@ class InitLatents:
         return init, cond
 
 
-def denoise_batch(
-    ctx: GenerationContext, sampler: SamplerSpec, denoiser, sigmas: Tensor, batch_seeds, batch_subseeds,
-    params: GenerationParams, batch_index: int, sampler_kwargs: dict, start: InitLatents, *,
-    model: SDModel | None = None, total_steps: int | None = None, steps_before: int = 0,
-) -> tuple[Tensor, bool]:
-    """One batch denoised from `start` down `sigmas` (img2img's strength tail, the hires pass): (latents,
-    stopped). The noise is the images' seeded noise at the latent's size."""
+def denoise_batch(ctx: GenerationContext, params: GenerationParams, plan: SamplerPlan, denoiser, batch: BatchPrompts,
+                  start: InitLatents, *, model: SDModel | None = None, steps_before: int = 0) -> tuple[Tensor, bool]:
+    """One batch denoised from `start` down `plan.sigmas` (img2img's strength tail, the hires pass): (latents,
+    stopped). The noise is the images' seeded noise at the latent's size, on `model`'s device (default
+    `ctx.model`). `steps_before`: steps of the batch already run (the hires pass after the first pass)."""
     model = model or ctx.model
-    init, cond = start.for_batch(len(batch_seeds))
-    rng = batch_rng(ctx, params, init.shape[1:], batch_seeds, batch_subseeds, model)
+    init, cond = start.for_batch(len(batch.seeds))
+    rng = batch_rng(ctx, params, init.shape[1:], batch.seeds, batch.subseeds, model)
     noise = rng.first().to(model.device, torch.float32)
     last_denoised: list[Tensor] = []
-    total = total_steps if total_steps is not None else len(sigmas) - 1
-    callback = step_callback(ctx, params, batch_index, total, last_denoised, steps_before)
+    callback = step_callback(ctx, params, batch.batch_index, steps_before + plan.steps, last_denoised, steps_before)
     try:
         latents = denoise_latents(
-            sampler, denoiser, init, noise, sigmas, noise_multiplier=start.noise_multiplier, mask=start.keep_mask,
-            image_conditioning=cond, callback=callback, noise_sampler=rng.noise_sampler(), **sampler_kwargs,
+            plan.sampler, denoiser, init, noise, plan.sigmas, noise_multiplier=start.noise_multiplier,
+            mask=start.keep_mask, image_conditioning=cond, callback=callback, noise_sampler=rng.noise_sampler(),
+            **plan.options,
         )
         return latents, False
     except GenerationStopped:
         if not last_denoised:
             return init.clone(), True
         latest = last_denoised[0]
-        if start.keep_mask is not None:
+        if start.keep_mask is not None:  # what is kept stays the init latent, as at the end of a full run
             latest = latest * (1.0 - start.keep_mask) + init * start.keep_mask
         return latest, True
 
@@ -425,15 +477,19 @@ def was_skipped(ctx: GenerationContext, stopped: bool) -> bool:
 class FinishedBatches:
     """The job's kept batches: each is NaN-checked, decoded, handed to the scripts' `after_batch`, given its
     infotexts and handed to `ctx.on_images` as soon as it is sampled (as A1111 saves each image before the next
-    batch), then kept for the result."""
+    batch), then kept for the result.
 
-    def __init__(self, ctx: GenerationContext, params: GenerationParams, notes: list[str],
-                 make_infotext: Callable[..., str]):
+    `infotext_entries(batch entries) -> entries`: the job's entries around a batch's own (sampler options,
+    schedule settings, img2img's mask settings, the refiner), in A1111's order; the scripts' `after_batch`
+    entries come after them (A1111 scripts add to `extra_generation_params` last)."""
+
+    def __init__(self, ctx: GenerationContext, params: GenerationParams, sampling: ResolvedSampling,
+                 notes: list[str], infotext_entries: Callable[[dict[str, object]], dict[str, object]]):
         self.ctx = ctx
         self.params = params
+        self.sampling = sampling
         self.notes = notes
-        self.make_infotext = make_infotext
-        """(seed, subseed, the batch's infotext entries, prompt, negative prompt) -> the image's infotext."""
+        self.infotext_entries = infotext_entries
         self.images: list[Image.Image] = []
         self.seeds: list[int] = []
         self.subseeds: list[int] = []
@@ -442,9 +498,10 @@ class FinishedBatches:
         self.infotexts: list[str] = []
         self.latents: list[torch.Tensor] = []
 
-    def add(self, decode_model: SDModel, latents: torch.Tensor, prompts: BatchPrompts, extra: dict,
-            finish=None) -> None:
-        """`finish`: images -> images, applied after decoding (img2img pastes its overlays there)."""
+    def add(self, decode_model: SDModel, latents: torch.Tensor, batch: BatchPrompts, extra: dict[str, object],
+            finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None) -> None:
+        """Finish one batch: `extra` are its infotext entries; `finish` (images -> images) runs after decoding
+        and before the scripts (img2img pastes its overlays there)."""
         if self.ctx.nan_check and torch.isnan(latents).any():
             raise GenerationError(
                 "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
@@ -453,30 +510,35 @@ class FinishedBatches:
         self._note(decode_notes)
         if finish is not None:
             images = finish(images)
-        batch = BatchImages(prompts.batch_index, self.params, list(images), list(prompts.seeds),
-                            list(prompts.prompts), {}, [])
+        decoded = BatchImages(batch.batch_index, self.params, list(images), list(batch.seeds), list(batch.prompts),
+                              {}, [])
         if self.ctx.hooks is not None:
-            self.ctx.hooks.after_batch(batch)
-        self._note(batch.notes)
-        extra = {**extra, **batch.infotext}
-        infotexts = [self.make_infotext(seed, subseed, extra, prompt, negative)
-                     for seed, subseed, prompt, negative in zip(prompts.seeds, prompts.subseeds, prompts.prompts,
-                                                                 prompts.negative_prompts)]
-        self.images.extend(batch.images)
-        self.seeds.extend(prompts.seeds)
-        self.subseeds.extend(prompts.subseeds)
-        self.prompts.extend(prompts.prompts)
-        self.negative_prompts.extend(prompts.negative_prompts)
+            self.ctx.hooks.after_batch(decoded)
+        self._note(decoded.notes)
+        entries = {**self.infotext_entries(extra), **decoded.infotext}
+        infotexts = [
+            create_infotext(self.ctx.model, self.params, self.sampling, seed, subseed, entries, prompt, negative)
+            for seed, subseed, prompt, negative in zip(batch.seeds, batch.subseeds, batch.prompts,
+                                                       batch.negative_prompts)
+        ]
+        self._keep(decoded.images, batch, infotexts, latents)
+        if self.ctx.on_images is not None:
+            self.ctx.on_images(FinishedImages(self.params, list(decoded.images), list(batch.seeds), infotexts,
+                                              list(batch.prompts)))
+
+    def _keep(self, images: list[Image.Image], batch: BatchPrompts, infotexts: list[str], latents: Tensor) -> None:
+        self.images.extend(images)
+        self.seeds.extend(batch.seeds)
+        self.subseeds.extend(batch.subseeds)
+        self.prompts.extend(batch.prompts)
+        self.negative_prompts.extend(batch.negative_prompts)
         self.infotexts.extend(infotexts)
         self.latents.append(latents.float().cpu())
-        if self.ctx.on_images is not None:
-            self.ctx.on_images(FinishedImages(self.params, batch.images, list(prompts.seeds), infotexts,
-                                              list(prompts.prompts)))
 
     def _note(self, notes: Sequence[str]) -> None:
         self.notes.extend(note for note in notes if note not in self.notes)
 
-    def result(self, latent_shape: tuple[int, ...], interrupted: bool) -> GenerationResult:
+    def result(self, latent_shape: Sequence[int], interrupted: bool) -> GenerationResult:
         if not self.latents:
             return GenerationResult(self.params, [], [], [], torch.zeros((0, *latent_shape)), self.notes,
                                     interrupted=True)
@@ -527,7 +589,8 @@ def sampler_options(sampling: ResolvedSampling, params: GenerationParams) -> tup
 def schedule_sigmas(sampling: ResolvedSampling, params: GenerationParams, denoiser,
                     steps: int | None = None) -> tuple[torch.Tensor, dict]:
     """The `steps`-step sigma schedule (default: the job's steps) with A1111's schedule settings applied, and
-    the infotext entries they add."""
+    the infotext entries they add. `steps` is not checked against the parameters' bounds: img2img's and the hires
+    pass's "exact steps" schedule is longer than the steps asked for."""
     spec = sampling.sampler
     schedule = find_schedule(sampling.schedule_used)
     sigmas = spec.sigmas(
@@ -558,7 +621,7 @@ def create_infotext(
     negative_prompt: str | None = None,
 ) -> str:
     """A1111's infotext for one image (`processing.create_infotext`, same keys and order), with the image's own
-    prompt (A1111's `all_prompts[index]`; default the job's)."""
+    prompt and negative prompt (A1111's `all_prompts[index]`; default: the job's)."""
     vae = model.vae_info
     varies = params.subseed_strength > 0
     resize_from = params.seed_resize_from
@@ -592,9 +655,9 @@ def create_infotext(
 
 
 __all__ = [
-    "GenerationError", "GenerationResult", "JobSeeds", "batch_prompts", "make_denoiser", "unet_condition",
-    "refiner_negative_condition", "scheduled_denoiser", "NetworkScope", "BatchDenoisers", "short_title",
-    "OtherModels", "Refiner", "batch_rng", "step_callback", "sample_batch", "InitLatents", "denoise_batch",
-    "was_skipped", "FinishedBatches", "prompt_infotext", "SAMPLER_OPTION_LABELS", "sampler_options",
-    "schedule_sigmas", "create_infotext", "INFOTEXT_VERSION", "resolve_sampling", "ResolvedSampling",
+    "GenerationError", "GenerationResult", "JobSeeds", "batch_prompts", "run_batches", "make_denoiser",
+    "unet_condition", "refiner_negative_condition", "scheduled_denoiser", "NetworkScope", "DenoiserWrap",
+    "BatchDenoisers", "short_title", "OtherModels", "Refiner", "SamplerPlan", "batch_rng", "step_callback",
+    "sample_batch", "InitLatents", "denoise_batch", "was_skipped", "FinishedBatches", "prompt_infotext",
+    "SAMPLER_OPTION_LABELS", "sampler_options", "schedule_sigmas", "create_infotext", "INFOTEXT_VERSION",
 ]

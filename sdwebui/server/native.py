@@ -128,7 +128,8 @@ def build_router(services: Services) -> APIRouter:
             raise FieldError(NATIVE_NAMES.get(error.loc, error.loc), error.message) from None
         except QueueFull as error:
             raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
-        return {"id": handle.id, "status": handle.status, "queue_position": services.generation.position(handle.id)}
+        # "queued": what the job was when it was accepted (the worker may have taken it since).
+        return {"id": handle.id, "status": "queued", "queue_position": services.generation.position(handle.id)}
 
     @router.get("/jobs")
     def list_jobs(status: str | None = Query(None, pattern="^(queued|running|done|failed|cancelled|interrupted)$"),
