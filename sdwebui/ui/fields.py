@@ -159,11 +159,13 @@ def script_values(values: Mapping[str, Any], scripts: Sequence[Script]) -> tuple
 
 
 def submit(services: Services, request: GenerationRequest) -> JobHandle:
-    """Queue a job through the generation service; bad input becomes a UIError naming the field."""
+    """Queue a job through the generation service; bad input becomes a UIError naming the field (a script's
+    argument by its control's label)."""
     try:
         return services.generation.submit(request)
     except ParamError as error:
-        raise UIError(field_error_text(error)) from None
+        label = script_arg_label(services.scripts.scripts(request.kind), request, error.loc)
+        raise UIError(f"{label}: {error.message}" if label else field_error_text(error)) from None
     except QueueFull as error:
         raise UIError(str(error)) from None
 
@@ -233,6 +235,19 @@ def apply_styles(services: Services, values: Mapping[str, Any]) -> dict[str, Any
         raise UIError(f"styles: {error}") from None
     values["prompt"], values["negative_prompt"] = prompt, negative
     return values
+
+
+def script_arg_label(scripts: Sequence[Script], request: GenerationRequest, loc: tuple) -> str | None:
+    """The label of the script argument an error's `loc` points at (`script_args.3`, `alwayson_scripts.x.args.1`)."""
+    if len(loc) >= 2 and loc[0] == "script_args" and isinstance(loc[1], int):
+        script = next((s for s in scripts if s.title == request.script_name), None)
+        index = loc[1]
+    elif len(loc) >= 4 and loc[0] == "alwayson_scripts" and isinstance(loc[3], int):
+        script = next((s for s in scripts if s.name == loc[1]), None)
+        index = loc[3]
+    else:
+        return None
+    return script.args[index].label if script is not None and index < len(script.args) else None
 
 
 def field_error_text(error: ParamError) -> str:

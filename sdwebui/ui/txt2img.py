@@ -407,7 +407,7 @@ def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict) -> None:
                                    elem_id=f"{prefix}_script_list")
     groups = []
     for script in selectable:
-        with gr.Group(visible=False, elem_id=f"{prefix}_script_{_slug(script.name)}") as group:
+        with gr.Column(visible=False, elem_id=f"{prefix}_script_{_slug(script.name)}") as group:
             if script.description:
                 gr.Markdown(script.description, elem_classes="sdw-note")
             for index, arg in enumerate(script.args):
@@ -416,8 +416,12 @@ def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict) -> None:
         groups.append(group)
     c["script_groups"] = groups
     titles = [script.title for script in selectable]
-    f["script_name"].change(lambda chosen: [gr.update(visible=chosen == title) for title in titles],
-                            f["script_name"], groups, show_progress="hidden", queue=False)
+
+    def show_chosen(chosen):
+        updates = [gr.update(visible=chosen == title) for title in titles]
+        return updates if len(updates) > 1 else updates[0]  # Gradio unpacks a list only for several outputs
+
+    f["script_name"].change(show_chosen, f["script_name"], groups, show_progress="hidden", queue=False)
 
 
 def _slug(name: str) -> str:
