@@ -108,6 +108,14 @@ _JOB_BODY_SCHEMA = {
 
 def build_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["native API"])
+    _job_routes(router, services)
+    _image_routes(router, services)
+    _model_routes(router, services)
+    return router
+
+
+def _job_routes(router: APIRouter, services: Services) -> None:
+    """Health, then jobs: create, list, get, cancel, interrupt, skip, preview, server-sent events."""
 
     @router.get("/health")
     def health():
@@ -171,7 +179,11 @@ def build_router(services: Services) -> APIRouter:
         return StreamingResponse(_events(services, job_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    # ---- images ---------------------------------------------------------------------------------------------
+
+
+def _image_routes(router: APIRouter, services: Services) -> None:
+    """The image history and the files under the outputs folder."""
+
     @router.get("/images")
     def list_images(job_id: str | None = None, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
         return [_image_view(row) for row in services.store.images(job_id=job_id, limit=limit, offset=offset)]
@@ -198,7 +210,9 @@ def build_router(services: Services) -> APIRouter:
     def get_output(file_path: str):
         return _serve(services, file_path)
 
-    # ---- models ---------------------------------------------------------------------------------------------
+
+
+def _model_routes(router: APIRouter, services: Services) -> None:
     @router.get("/models")
     def list_models():
         return _models(services)
@@ -206,8 +220,6 @@ def build_router(services: Services) -> APIRouter:
     @router.post("/models/refresh")
     def refresh_models():
         return _models(services)
-
-    return router
 
 
 def _parse_job(body: dict[str, Any]) -> "Txt2ImgJob":

@@ -10,6 +10,9 @@ page needs nothing from the internet.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import gradio as gr
 
 from sdwebui.server.options import OptionError
@@ -74,6 +77,26 @@ READY_MARK = '<span id="sdw-ready" hidden></span>'
 """Put in the page when the page-load event has filled the lists (tests and scripts wait for it)."""
 
 
+@dataclass
+class Page:
+    """The page's parts that the wiring below connects: the top bar's controls and each tab."""
+
+    demo: Any
+    checkpoint: Any
+    refresh: Any
+    vae: Any
+    status: Any
+    tabs: Any
+    t2i: Any
+    i2i: Any
+    ext: Any
+    png: Any
+    hist: Any
+    sett: Any
+    history_tab: Any
+    settings_tab: Any
+
+
 def build_ui(services: Services):
     counter = TokenCounter()
     titles, current = checkpoint_choices(services)
@@ -100,134 +123,160 @@ def build_ui(services: Services):
                 hist = history.build(services)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings") as settings_tab:
                 sett = settings.build(services)
-
-        # ---- top bar: the same path as POST /sdapi/v1/options ----------------------------------------------
-        def set_option(key, value, width, height):
-            old_size = native_size(services) if key == "sd_model_checkpoint" else None
-            try:
-                services.update_options({key: value})
-            except OptionError as error:
-                return f"<p class='sdw-note'>Not switched: {error.message}</p>", gr.skip(), gr.skip()
-            if old_size is None:
-                return "", gr.skip(), gr.skip()
-            # Follow the new model's native size unless the user chose another size.
-            new_size = native_size(services)
-            if int(width) == old_size and int(height) == old_size and new_size != old_size:
-                return "", new_size, new_size
-            return "", gr.skip(), gr.skip()
-
-        size = [t2i.fields["width"], t2i.fields["height"]]
-        checkpoint.input(lambda v, w, h: set_option("sd_model_checkpoint", v, w, h), [checkpoint, *size],
-                         [status, *size], show_progress="hidden")
-        vae.input(lambda v, w, h: set_option("sd_vae", v, w, h), [vae, *size], [status, *size],
-                  show_progress="hidden")
-
-        def refresh_lists():
-            titles, current = checkpoint_choices(services)
-            names, current_vae = vae_choices(services)
-            return (gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae),
-                    gr.update(choices=style_names(services)))
-
-        refresh.click(refresh_lists, None, [checkpoint, vae, t2i.fields["styles"]], show_progress="hidden")
-
-        # ---- infotext -> txt2img ------------------------------------------------------------------------------
-        def paste(text):
-            values = fields_from_infotext(text or "") if (text or "").strip() else {}
-            if values:
-                values["override_settings"] = override_settings_update(text)
-            updates = [values[name] if name in values else gr.skip() for name in t2i.names]
-            extra_open = any(values.get(k) for k in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h"))
-            return [*updates, gr.update(open=True) if extra_open else gr.skip(),
-                    gr.update(open=True) if values.get("enable_hr") else gr.skip(),
-                    gr.update(open=True) if values.get("refiner_checkpoint") else gr.skip(),
-                    gr.Tabs(selected="txt2img")]
-
-        paste_outputs = [*t2i.inputs, t2i.components["extra"], t2i.components["hires"], t2i.components["refiner"],
-                         tabs]
-        png.components["send_to_txt2img"].click(paste, png.components["parameters"], paste_outputs,
-                                                show_progress="hidden")
-        hist.components["reuse"].click(paste, hist.components["parameters"], paste_outputs, show_progress="hidden")
-
-        def to_pnginfo(text):
-            return text or "", gr.Tabs(selected="pnginfo")
-
-        for tab in (t2i, i2i):
-            tab.components["send_to_pnginfo"].click(to_pnginfo, tab.components["infotext"],
-                                                    [png.components["parameters"], tabs], show_progress="hidden")
-
-        # ---- an image (+ its infotext) -> img2img / inpaint -------------------------------------------------
-        i2i_paste = [name for name in img2img.IMG2IMG_FIELDS
-                     if name in img2img.COMMON_FIELDS and name != "styles" or name in img2img.DEFAULTS
-                     and name not in ("mode", "size_tab", "scale_by", "resize_mode")]
-
-        def override_settings_update(text):
-            entries = override_entries_from_infotext(services, text)
-            return gr.update(choices=entries, value=entries, visible=bool(entries))
-
-        def to_img2img(image, text, target):
-            values = img2img.img2img_fields_from_infotext(text or "") if (text or "").strip() else {}
-            if values:
-                values["override_settings"] = override_settings_update(text)
-            updates = [values[name] if name in values else gr.skip() for name in i2i_paste]
-            if image is None:
-                return [*updates, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Tabs(selected="img2img")]
-            if target == "inpaint":
-                editor = {"background": image, "layers": [], "composite": image}
-                return [*updates, gr.skip(), editor, "inpaint", gr.Tabs(selected="inpaint"),
-                        gr.Tabs(selected="img2img")]
-            return [*updates, image, gr.skip(), "img2img", gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img")]
-
-        send_outputs = [*[i2i.fields[name] for name in i2i_paste], i2i.fields["init_image"], i2i.fields["inpaint"],
-                        i2i.fields["mode"], i2i.components["mode_tabs"], tabs]
-        for tab in (t2i, i2i):
-            for target in ("img2img", "inpaint"):
-                tab.components[f"send_to_{target}"].click(
-                    (lambda target: lambda gallery, state, text: to_img2img(
-                        img2img.gallery_image(gallery, state), text, target))(target),
-                    [tab.components["gallery"], tab.components["result_state"], tab.components["infotext"]],
-                    send_outputs, show_progress="hidden")
-        for target in ("img2img", "inpaint"):
-            png.components[f"send_to_{target}"].click(
-                (lambda target: lambda path, text: to_img2img(pnginfo.open_image(path), text, target))(target),
-                [png.components["image"], png.components["parameters"]], send_outputs, show_progress="hidden")
-
-        # ---- an image -> Extras ----------------------------------------------------------------------------
-        def to_extras(image):
-            return (image if image is not None else gr.skip()), gr.Tabs(selected="extras")
-
-        for tab in (t2i, i2i):
-            tab.components["send_to_extras"].click(
-                lambda gallery, state: to_extras(img2img.gallery_image(gallery, state)),
-                [tab.components["gallery"], tab.components["result_state"]], [ext.components["image"], tabs],
-                show_progress="hidden")
-        png.components["send_to_extras"].click(lambda path: to_extras(pnginfo.open_image(path)),
-                                               png.components["image"], [ext.components["image"], tabs],
-                                               show_progress="hidden")
-
-        # ---- fresh lists on every page load and tab visit -----------------------------------------------------
-        history_tab.select(hist.components["load"], hist.components["search"], hist.components["load_outputs"],
-                           show_progress="hidden")
-        settings_tab.select(sett.components["current"], None, sett.controls, show_progress="hidden")
-
-        def on_load():
-            titles, current = checkpoint_choices(services)
-            names, current_vae = vae_choices(services)
-            side = native_size(services, current)
-            return (gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae),
-                    gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()),
-                    gr.update(choices=style_names(services)), side, side, READY_MARK)
-
-        demo.load(on_load, None, [checkpoint, vae, t2i.fields["sampler"], t2i.fields["scheduler"],
-                                  t2i.fields["styles"], *size, status], show_progress="hidden")
-        hires_lists = [t2i.fields[name] for name in ("hr_upscaler", "hr_checkpoint", "hr_sampler", "hr_scheduler",
-                                                     "refiner_checkpoint")]
-        demo.load(lambda: txt2img.refresh_choices(services), None, hires_lists, show_progress="hidden")
-        demo.load(lambda: (gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()),
-                           gr.update(choices=style_names(services))),
-                  None, [i2i.fields["sampler"], i2i.fields["scheduler"], i2i.fields["styles"]], show_progress="hidden")
-        demo.load(lambda: extras.refresh_choices(services), None, [ext.fields["upscaler_1"], ext.fields["upscaler_2"]],
-                  show_progress="hidden")
+        page = Page(demo, checkpoint, refresh, vae, status, tabs, t2i, i2i, ext, png, hist, sett, history_tab,
+                    settings_tab)
+        _wire_top_bar(services, page)
+        _wire_paste_to_txt2img(services, page)
+        _wire_send_to_img2img(services, page)
+        _wire_send_to_extras(page)
+        _wire_page_load(services, page)
     return demo
+
+
+def _wire_top_bar(services: Services, page: Page) -> None:
+    """Checkpoint and VAE: the same path as POST /sdapi/v1/options; 🔄 re-reads the lists."""
+    t2i = page.t2i
+
+    def set_option(key, value, width, height):
+        old_size = native_size(services) if key == "sd_model_checkpoint" else None
+        try:
+            services.update_options({key: value})
+        except OptionError as error:
+            return f"<p class='sdw-note'>Not switched: {error.message}</p>", gr.skip(), gr.skip()
+        if old_size is None:
+            return "", gr.skip(), gr.skip()
+        # Follow the new model's native size unless the user chose another size.
+        new_size = native_size(services)
+        if int(width) == old_size and int(height) == old_size and new_size != old_size:
+            return "", new_size, new_size
+        return "", gr.skip(), gr.skip()
+
+    size = [t2i.fields["width"], t2i.fields["height"]]
+    page.checkpoint.input(lambda v, w, h: set_option("sd_model_checkpoint", v, w, h), [page.checkpoint, *size],
+                          [page.status, *size], show_progress="hidden")
+    page.vae.input(lambda v, w, h: set_option("sd_vae", v, w, h), [page.vae, *size], [page.status, *size],
+                   show_progress="hidden")
+
+    def refresh_lists():
+        titles, current = checkpoint_choices(services)
+        names, current_vae = vae_choices(services)
+        return (gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae),
+                gr.update(choices=style_names(services)))
+
+    page.refresh.click(refresh_lists, None, [page.checkpoint, page.vae, t2i.fields["styles"]], show_progress="hidden")
+
+
+def override_settings_update(services: Services, text: str):
+    entries = override_entries_from_infotext(services, text)
+    return gr.update(choices=entries, value=entries, visible=bool(entries))
+
+
+def _wire_paste_to_txt2img(services: Services, page: Page) -> None:
+    """An infotext (PNG Info's "Send to txt2img", History's "Reuse") -> the txt2img fields; the tabs' "Send
+    parameters to PNG Info"."""
+    t2i, png, tabs = page.t2i, page.png, page.tabs
+
+    def paste(text):
+        values = fields_from_infotext(text or "") if (text or "").strip() else {}
+        if values:
+            values["override_settings"] = override_settings_update(services, text)
+        updates = [values[name] if name in values else gr.skip() for name in t2i.names]
+        extra_open = any(values.get(k) for k in ("subseed_strength", "seed_resize_from_w", "seed_resize_from_h"))
+        return [*updates, gr.update(open=True) if extra_open else gr.skip(),
+                gr.update(open=True) if values.get("enable_hr") else gr.skip(),
+                gr.update(open=True) if values.get("refiner_checkpoint") else gr.skip(),
+                gr.Tabs(selected="txt2img")]
+
+    paste_outputs = [*t2i.inputs, t2i.components["extra"], t2i.components["hires"], t2i.components["refiner"], tabs]
+    png.components["send_to_txt2img"].click(paste, png.components["parameters"], paste_outputs,
+                                            show_progress="hidden")
+    page.hist.components["reuse"].click(paste, page.hist.components["parameters"], paste_outputs,
+                                        show_progress="hidden")
+
+    def to_pnginfo(text):
+        return text or "", gr.Tabs(selected="pnginfo")
+
+    for tab in (t2i, page.i2i):
+        tab.components["send_to_pnginfo"].click(to_pnginfo, tab.components["infotext"],
+                                                [png.components["parameters"], tabs], show_progress="hidden")
+
+
+def _wire_send_to_img2img(services: Services, page: Page) -> None:
+    """An image and its infotext (from a result gallery or PNG Info) -> the img2img or inpaint sub-tab."""
+    i2i, png, tabs = page.i2i, page.png, page.tabs
+    i2i_paste = [name for name in img2img.IMG2IMG_FIELDS
+                 if name in img2img.COMMON_FIELDS and name != "styles" or name in img2img.DEFAULTS
+                 and name not in ("mode", "size_tab", "scale_by", "resize_mode")]
+
+    def to_img2img(image, text, target):
+        values = img2img.img2img_fields_from_infotext(text or "") if (text or "").strip() else {}
+        if values:
+            values["override_settings"] = override_settings_update(services, text)
+        updates = [values[name] if name in values else gr.skip() for name in i2i_paste]
+        if image is None:
+            return [*updates, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Tabs(selected="img2img")]
+        if target == "inpaint":
+            editor = {"background": image, "layers": [], "composite": image}
+            return [*updates, gr.skip(), editor, "inpaint", gr.Tabs(selected="inpaint"), gr.Tabs(selected="img2img")]
+        return [*updates, image, gr.skip(), "img2img", gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img")]
+
+    send_outputs = [*[i2i.fields[name] for name in i2i_paste], i2i.fields["init_image"], i2i.fields["inpaint"],
+                    i2i.fields["mode"], i2i.components["mode_tabs"], tabs]
+    for tab in (page.t2i, i2i):
+        for target in ("img2img", "inpaint"):
+            tab.components[f"send_to_{target}"].click(
+                (lambda target: lambda gallery, state, text: to_img2img(
+                    img2img.gallery_image(gallery, state), text, target))(target),
+                [tab.components["gallery"], tab.components["result_state"], tab.components["infotext"]],
+                send_outputs, show_progress="hidden")
+    for target in ("img2img", "inpaint"):
+        png.components[f"send_to_{target}"].click(
+            (lambda target: lambda path, text: to_img2img(pnginfo.open_image(path), text, target))(target),
+            [png.components["image"], png.components["parameters"]], send_outputs, show_progress="hidden")
+
+
+def _wire_send_to_extras(page: Page) -> None:
+    ext, png, tabs = page.ext, page.png, page.tabs
+
+    def to_extras(image):
+        return (image if image is not None else gr.skip()), gr.Tabs(selected="extras")
+
+    for tab in (page.t2i, page.i2i):
+        tab.components["send_to_extras"].click(
+            lambda gallery, state: to_extras(img2img.gallery_image(gallery, state)),
+            [tab.components["gallery"], tab.components["result_state"]], [ext.components["image"], tabs],
+            show_progress="hidden")
+    png.components["send_to_extras"].click(lambda path: to_extras(pnginfo.open_image(path)),
+                                           png.components["image"], [ext.components["image"], tabs],
+                                           show_progress="hidden")
+
+
+def _wire_page_load(services: Services, page: Page) -> None:
+    """Fresh lists on every page load (models, samplers, styles, upscalers, the model's size) and tab visit."""
+    t2i, i2i, ext, demo = page.t2i, page.i2i, page.ext, page.demo
+    page.history_tab.select(page.hist.components["load"], page.hist.components["search"],
+                            page.hist.components["load_outputs"], show_progress="hidden")
+    page.settings_tab.select(page.sett.components["current"], None, page.sett.controls, show_progress="hidden")
+
+    def on_load():
+        titles, current = checkpoint_choices(services)
+        names, current_vae = vae_choices(services)
+        side = native_size(services, current)
+        return (gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae),
+                gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()),
+                gr.update(choices=style_names(services)), side, side, READY_MARK)
+
+    demo.load(on_load, None, [page.checkpoint, page.vae, t2i.fields["sampler"], t2i.fields["scheduler"],
+                              t2i.fields["styles"], t2i.fields["width"], t2i.fields["height"], page.status],
+              show_progress="hidden")
+    hires_lists = [t2i.fields[name] for name in ("hr_upscaler", "hr_checkpoint", "hr_sampler", "hr_scheduler",
+                                                 "refiner_checkpoint")]
+    demo.load(lambda: txt2img.refresh_choices(services), None, hires_lists, show_progress="hidden")
+    demo.load(lambda: (gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()),
+                       gr.update(choices=style_names(services))),
+              None, [i2i.fields["sampler"], i2i.fields["scheduler"], i2i.fields["styles"]], show_progress="hidden")
+    demo.load(lambda: extras.refresh_choices(services), None, [ext.fields["upscaler_1"], ext.fields["upscaler_2"]],
+              show_progress="hidden")
 
 
 def theme():

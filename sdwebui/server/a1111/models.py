@@ -21,6 +21,13 @@ from sdwebui.prompts.styles import StyleFileError
 
 def build_router(services: Services) -> APIRouter:
     router = APIRouter()
+    _listing_routes(router, services)
+    _loading_routes(router, services)
+    return router
+
+
+def _listing_routes(router: APIRouter, services: Services) -> None:
+    """What is installed: samplers, schedulers, upscalers, checkpoints, VAEs, LoRAs, embeddings, styles, memory."""
 
     @router.get("/samplers", response_model=list[SamplerItem])
     def get_samplers():
@@ -93,6 +100,10 @@ def build_router(services: Services) -> APIRouter:
     def get_memory():
         return {"ram": ram_stats(), "cuda": cuda_stats()}
 
+
+def _loading_routes(router: APIRouter, services: Services) -> None:
+    """Refreshing the listings, unloading and reloading the checkpoint."""
+
     # Listings are read from disk on every request, so refreshing has nothing to drop; the routes exist because
     # clients call them after copying files in.
     @router.post("/refresh-checkpoints")
@@ -129,8 +140,6 @@ def build_router(services: Services) -> APIRouter:
         if job.status == "failed":
             raise HTTPException(500, f"loading the checkpoint failed: {job.error}")
         return {}
-
-    return router
 
 
 def sampler_options(spec) -> dict:
