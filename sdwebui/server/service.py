@@ -16,7 +16,6 @@ Each interface maps those to its own names.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from sdwebui.server.payloads import (
     OutputOptions,
     encode_png,
 )
-from sdwebui.server.queue import JobHandle
+from sdwebui.server.queue import JobHandle, QueueFull
 from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 
 if TYPE_CHECKING:
@@ -379,4 +378,8 @@ def _message(error: Exception) -> str:
     return str(error.args[0]) if error.args else str(error)
 
 
-__all__ = ["GenerationService", "GenerationRequest", "ExtrasRequest", "check_limits", "preview_period"]
+__all__ = [
+    # The service and what its callers need to use it (the UI and the CLI import these, not the queue).
+    "GenerationService", "GenerationRequest", "ExtrasRequest", "JobHandle", "QueueFull", "PARAMS_TYPES",
+    "check_limits", "preview_period",
+]

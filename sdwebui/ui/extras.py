@@ -17,8 +17,7 @@ from pydantic import ValidationError
 from sdwebui.core.errors import ParamError
 from sdwebui.server.errors import FieldError
 from sdwebui.server.extras import ExtrasSingleImageRequest, extras_params, html_info
-from sdwebui.server.queue import QueueFull
-from sdwebui.server.service import ExtrasRequest
+from sdwebui.server.service import ExtrasRequest, QueueFull
 from sdwebui.server.services import Services
 from sdwebui.ui.fields import UIError, extras_upscaler_choices
 from sdwebui.ui.txt2img import progress_html

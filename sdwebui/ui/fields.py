@@ -22,9 +22,7 @@ from sdwebui.pipelines.scripts import Script
 from sdwebui.server import catalog
 from sdwebui.server.options import OPTIONS
 from sdwebui.server.pasting import settings_from_infotext, values_from_infotext
-from sdwebui.server.payloads import PARAMS_TYPES
-from sdwebui.server.queue import JobHandle, QueueFull
-from sdwebui.server.service import GenerationRequest
+from sdwebui.server.service import PARAMS_TYPES, GenerationRequest, JobHandle, QueueFull
 from sdwebui.server.services import Services
 from sdwebui.prompts.styles import StyleFileError
 from sdwebui.prompts.styles import StyleFileError, UnknownStyleError

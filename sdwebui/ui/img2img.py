@@ -19,8 +19,7 @@ import numpy as np
 
 from sdwebui.pipelines.img2img_params import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from sdwebui.pipelines.infotext import parse_infotext
-from sdwebui.server.queue import JobHandle
-from sdwebui.server.service import GenerationRequest
+from sdwebui.server.service import GenerationRequest, JobHandle
 from sdwebui.server.services import Services
 from sdwebui.ui import txt2img
 from sdwebui.ui.fields import TokenCounter, UIError, fields_from_infotext, request_from_fields, submit
