@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -24,7 +23,8 @@ from sdwebui.pipelines.infotext import parse_params_line, split_infotext
 from sdwebui.server.a1111.schemas import ImageToImageResponse, Img2ImgRequest, TextToImageResponse, Txt2ImgRequest
 from sdwebui.server.a1111.translate import field_error, to_generation_request
 from sdwebui.server.images import encode_images
-from sdwebui.server.queue import JobHandle, QueueFull
+from sdwebui.server.a1111.progress import submit_and_wait
+from sdwebui.server.queue import JobHandle
 from sdwebui.server.services import Services
 
 VERSION = f"sdwebui-{__version__}"
@@ -61,15 +61,7 @@ async def generate(services: Services, kind: str, request: BaseModel) -> JSONRes
         except ParamError as error:
             raise field_error(error, request, kind) from None
 
-    try:
-        job = await run_in_threadpool(submit)
-    except QueueFull as error:
-        raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
-    await job.wait()
-    if job.status == "failed":
-        raise HTTPException(500, f"generation failed: {job.error}")
-    if job.status == "cancelled":
-        raise HTTPException(409, "the job was cancelled before it started")
+    job = await submit_and_wait(submit, "generation")
     images = await run_in_threadpool(encode_images, job.images) if request.send_images else []
     parameters = request.model_dump(exclude=set(request.model_extra or {}))
     if kind == "img2img" and not request.include_init_images:

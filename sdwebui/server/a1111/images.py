@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import HTTPException
 
 from sdwebui.core.errors import ParamError
 from sdwebui.pipelines.infotext import parse_infotext
@@ -21,7 +20,8 @@ from sdwebui.server.extras import (
     html_info,
 )
 from sdwebui.server.images import decode_base64_image, encode_images
-from sdwebui.server.queue import JobHandle, QueueFull
+from sdwebui.server.a1111.progress import submit_and_wait
+from sdwebui.server.queue import JobHandle
 from sdwebui.server.service import ExtrasRequest
 from sdwebui.server.services import Services
 
@@ -66,18 +66,13 @@ def build_router(services: Services) -> APIRouter:
 
 
 async def run_extras(services: Services, request: ExtrasRequest) -> JobHandle:
-    try:
-        job = await run_in_threadpool(services.generation.submit_extras, request)
-    except ParamError as error:
-        raise FieldError(error.loc, error.message) from None
-    except QueueFull as error:
-        raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
-    await job.wait()
-    if job.status == "failed":
-        raise HTTPException(500, f"upscaling failed: {job.error}")
-    if job.status == "cancelled":
-        raise HTTPException(409, "the job was cancelled before it started")
-    return job
+    def submit() -> JobHandle:
+        try:
+            return services.generation.submit_extras(request)
+        except ParamError as error:
+            raise FieldError(error.loc, error.message) from None
+
+    return await submit_and_wait(submit, "upscaling")
 
 
 __all__ = ["build_router", "run_extras"]

@@ -5,15 +5,34 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 
 from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import HTTPException
 
 from sdwebui.server.a1111.schemas import ProgressResponse
-from sdwebui.server.queue import JobHandle
+from sdwebui.server.queue import JobHandle, QueueFull
 from sdwebui.server.services import Services
 
 IDLE_STATE = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
               "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+
+
+async def submit_and_wait(submit: Callable[[], JobHandle], what: str) -> JobHandle:
+    """A1111's routes answer when the work is done: queue it (off the event loop: checking may import torch),
+    wait for it, and answer a full queue with 503, a failed job with 500 naming `what` failed, a job cancelled
+    before it started with 409."""
+    try:
+        job = await run_in_threadpool(submit)
+    except QueueFull as error:
+        raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
+    await job.wait()
+    if job.status == "failed":
+        raise HTTPException(500, f"{what} failed: {job.error}")
+    if job.status == "cancelled":
+        raise HTTPException(409, "the job was cancelled before it started")
+    return job
 
 
 def build_router(services: Services) -> APIRouter:
@@ -79,4 +98,4 @@ def state(job: JobHandle) -> dict:
     }
 
 
-__all__ = ["build_router", "progress_response", "state"]
+__all__ = ["build_router", "progress_response", "state", "submit_and_wait"]
