@@ -28,7 +28,9 @@ from sdwebui.models.devices import plan_devices  # noqa: E402
 from sdwebui.models.loader import load_checkpoint  # noqa: E402
 from sdwebui.pipelines.context import GenerationContext  # noqa: E402
 from sdwebui.pipelines.params import Txt2ImgParams  # noqa: E402
-from sdwebui.pipelines.txt2img import make_denoiser, resolve_sampling, txt2img  # noqa: E402
+from sdwebui.core.samplers import resolve_sampling  # noqa: E402
+from sdwebui.pipelines.sampling import make_denoiser  # noqa: E402
+from sdwebui.pipelines.txt2img import txt2img  # noqa: E402
 
 PROMPT = "a photo of an astronaut riding a horse on mars"
 NEGATIVE = "blurry, low quality"
@@ -91,10 +93,10 @@ def main() -> int:
     for size in args.sizes:
         params = Txt2ImgParams(
             prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=args.steps,
-            cfg_scale=7.0, sampler="Euler", seed=1234,
+            cfg_scale=7.0, sampler="Euler", seed=1234, rng="cpu",
         )
         sigmas = sampling.sampler.sigmas(args.steps, make_denoiser(model), "Automatic")
-        ctx = GenerationContext(model=model, rng="cpu")
+        ctx = GenerationContext(model=model)
 
         def ours():
             return txt2img(ctx, params)
