@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.random_checkpoint import write_random_sd15  # noqa: E402
+from sdwebui.core.samplers import resolve_sampling  # noqa: E402
 from sdwebui.models.devices import plan_devices  # noqa: E402
 from sdwebui.models.loader import load_checkpoint  # noqa: E402
 from sdwebui.pipelines.context import GenerationContext  # noqa: E402
 from sdwebui.pipelines.params import Txt2ImgParams  # noqa: E402
-from sdwebui.core.samplers import resolve_sampling  # noqa: E402
 from sdwebui.pipelines.sampling import make_denoiser  # noqa: E402
 from sdwebui.pipelines.txt2img import txt2img  # noqa: E402
 

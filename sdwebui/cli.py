@@ -11,18 +11,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-
 from typing import Any
 
 from sdwebui import __version__
 from sdwebui.app import add_serve_flags, build_services, config_from_args, serve
 from sdwebui.config import DEMO_CHECKPOINT, Paths
 from sdwebui.core.errors import ParamError
+from sdwebui.models.hashing import sha256_of
 from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, param_specs
+from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 from sdwebui.server.config import ConfigError, ServerConfig
 from sdwebui.server.service import GenerationRequest
-from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
-from sdwebui.models.hashing import sha256_of
 
 
 def add_path_flags(parser: argparse.ArgumentParser) -> None:

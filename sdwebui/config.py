@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "demo" / "sdwebui-demo-shapes-v1.safetensors"
 """The built-in demo model (used when the checkpoints folder is empty; see `sdwebui/demo/MODEL_CARD.md`)."""
 

@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 import torch
-
 from test_api_support import LiveServer, make_data_dir, wait_for_job, wait_until
 
 FAST = {"width": 64, "height": 64, "steps": 2, "sampler": "Euler"}

@@ -15,13 +15,13 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_models import TEXT_WIDTH, tiny_clip_g, tiny_clip_l
 
 from sdwebui.models.embeddings import EmbeddingDatabase, load_embedding, ti_hashes
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.files import ModelFileError
 from sdwebui.models.hashing import sha256_file
 from sdwebui.models.text_encoding import CHUNK_LENGTH, TextEncoderStack
-from tiny_models import TEXT_WIDTH, tiny_clip_g, tiny_clip_l
 
 
 def _vectors(n: int, width: int = TEXT_WIDTH, seed: int = 0) -> torch.Tensor:
@@ -266,11 +266,12 @@ def test_cli_lists_embeddings(tmp_path, capsys):
 
 
 def test_txt2img_uses_embeddings_and_writes_ti_hashes(tmp_path):
+    from tiny_models import build_tiny, write_single_file
+
     from sdwebui.models.loader import load_checkpoint
     from sdwebui.pipelines.context import GenerationContext
     from sdwebui.pipelines.params import Txt2ImgParams
     from sdwebui.pipelines.txt2img import txt2img
-    from tiny_models import build_tiny, write_single_file
 
     path = write_single_file(build_tiny(ModelFamily.SD1, seed=4), tmp_path / "tiny.safetensors")
     model = load_checkpoint(path, device="cpu", dtype=torch.float32, vae_dtype=torch.float32)

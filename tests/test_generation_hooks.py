@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from tiny_models import build_tiny, write_single_file
 
 from sdwebui.core.noise import ImageRNG
 from sdwebui.core.samplers import resolve_sampling
@@ -21,7 +22,6 @@ from sdwebui.pipelines.infotext import parse_infotext
 from sdwebui.pipelines.params import Txt2ImgParams
 from sdwebui.pipelines.sampling import make_denoiser
 from sdwebui.pipelines.txt2img import txt2img
-from tiny_models import build_tiny, write_single_file
 
 
 class Hooks:

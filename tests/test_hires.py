@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import build_tiny, write_single_file
 
 from sdwebui.core.denoiser import DiscreteSchedule
 from sdwebui.core.samplers import resolve_sampling
@@ -16,7 +17,6 @@ from sdwebui.pipelines.params import ParamError, Txt2ImgParams
 from sdwebui.pipelines.refiner import completed_ratio
 from sdwebui.pipelines.sampling import GenerationError, make_denoiser
 from sdwebui.pipelines.txt2img import txt2img
-from tiny_models import build_tiny, write_single_file
 
 SIZE = 64
 

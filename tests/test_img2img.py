@@ -11,10 +11,10 @@ from PIL import Image
 from sdwebui.models.loader import load_checkpoint
 from sdwebui.pipelines import masking
 from sdwebui.pipelines.context import GenerationContext
-from sdwebui.pipelines.sampling import make_denoiser
 from sdwebui.pipelines.img2img import img2img, prepare_images
 from sdwebui.pipelines.img2img_params import Img2ImgParams
 from sdwebui.pipelines.params import ParamError
+from sdwebui.pipelines.sampling import make_denoiser
 from sdwebui.pipelines.vae_decode import decode_latents
 from sdwebui.pipelines.vae_encode import encode_images
 

@@ -15,12 +15,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_models import build_tiny, write_single_file
 
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.loader import load_checkpoint
 from sdwebui.models.lora import LoraCall, LoraLibrary, build_index, split_key
 from sdwebui.models.lora_formats import compute_delta
-from tiny_models import build_tiny, write_single_file
 
 LINEAR = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
 LINEAR_KOHYA = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"

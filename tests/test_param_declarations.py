@@ -4,7 +4,6 @@ native job bodies, the CLI's flags, the UI's controls, and the infotext (written
 
 from __future__ import annotations
 
-import argparse
 
 import pytest
 
@@ -112,7 +111,6 @@ def test_the_ui_controls_follow_the_declarations(tmp_path):
     from sdwebui.app import build_services
     from sdwebui.config import Paths
     from sdwebui.server.config import ServerConfig
-
     from sdwebui.ui import txt2img
     from sdwebui.ui.fields import TokenCounter
 

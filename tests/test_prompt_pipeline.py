@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from tiny_models import build_tiny, write_single_file
 
 import sdwebui.pipelines.txt2img as txt2img_module
 from sdwebui.core.denoiser import CFGConditioning, CFGDenoiser
@@ -28,7 +29,6 @@ from sdwebui.pipelines.sampling import (
     unet_condition,
 )
 from sdwebui.pipelines.txt2img import txt2img
-from tiny_models import build_tiny, write_single_file
 
 SIZE = 64
 NEGATIVE = "blurry"

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_api_support import LiveServer, decode_png, make_data_dir, wait_for_job
 
 from sdwebui.core.errors import ParamError
 from sdwebui.pipelines.params import Txt2ImgParams
 from sdwebui.pipelines.scripts import GenerationTask, Script, ScriptArg, ScriptRegistry
 from sdwebui.scripts import builtin_scripts
 from sdwebui.scripts.prompts_from_file import PromptsFromFile, line_values, parse_line
-from test_api_support import LiveServer, decode_png, make_data_dir, wait_for_job
 
 FAST = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler"}
 PFF = "prompts from file or textbox"

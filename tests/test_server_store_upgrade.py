@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_api_support import LiveServer, wait_for_job
 
 from sdwebui.server.payloads import GenerationPayload, LoadModelPayload, load_payload, upgrade_v1
 from sdwebui.server.store import DB_FILE_NAME, Store
-from test_api_support import LiveServer, wait_for_job
 
 OLD = Path(__file__).resolve().parent / "data" / "store-v1"
 

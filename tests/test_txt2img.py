@@ -8,8 +8,9 @@ micro-conditioning).
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
+from tiny_models import build_tiny, write_single_file
 
 from sdwebui.core.noise import ImageRNG
 from sdwebui.core.samplers import resolve_sampling
@@ -20,7 +21,6 @@ from sdwebui.pipelines.context import GenerationContext, StopFlags
 from sdwebui.pipelines.params import ParamError, Txt2ImgParams
 from sdwebui.pipelines.sampling import make_denoiser
 from sdwebui.pipelines.txt2img import txt2img
-from tiny_models import build_tiny, write_single_file
 
 SIZE = 64
 PROMPT = "a photo of an astronaut riding a horse on mars"

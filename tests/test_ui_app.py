@@ -9,7 +9,6 @@ import base64
 
 import httpx
 import pytest
-
 from test_api_support import LiveServer, make_data_dir
 
 from sdwebui.config import Paths

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from test_api_support import LiveServer, make_data_dir, wait_for_job, wait_until
 
 CHROMIUM = "/usr/bin/chromium"

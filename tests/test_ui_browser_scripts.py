@@ -5,9 +5,8 @@ runs one job per line, and a bad line is reported in the page, naming the line."
 from __future__ import annotations
 
 import pytest
-
-from test_ui_browser import browser, server, set_number, shot, ui_page  # noqa: F401 - fixtures
 from test_api_support import wait_until
+from test_ui_browser import browser, server, set_number, shot, ui_page  # noqa: F401 - fixtures
 
 pytestmark = [
     pytest.mark.slow,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from test_api_support import make_data_dir
 
 from sdwebui.config import Paths
 from sdwebui.server.config import ServerConfig
-from test_api_support import make_data_dir
 
 
 @pytest.fixture(scope="module")

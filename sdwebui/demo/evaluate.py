@@ -11,7 +11,6 @@ detectors are first checked on ground-truth dataset images, where they should be
 from __future__ import annotations
 
 import argparse
-import math
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path

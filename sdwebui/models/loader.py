@@ -23,12 +23,12 @@ import torch
 
 from sdwebui.models import convert
 from sdwebui.models.detect import (
-    native_size_from_metadata,
     UNET_PREFIX,
     VAE_PREFIX,
     PredictionDecision,
     decide_prediction_type,
     detect,
+    native_size_from_metadata,
     normalize_prediction_type,
     sd2_uses_v_prediction,
 )
@@ -40,8 +40,8 @@ from sdwebui.models.files import (
     read_safetensors_header,
     read_state_dict,
 )
-from sdwebui.models.sd_model import CheckpointInfo, SDModel
 from sdwebui.models.hashing import sha256_of
+from sdwebui.models.sd_model import CheckpointInfo, SDModel
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 """What A1111 lists in models/Stable-diffusion (`.vae.*` files excluded)."""

@@ -50,8 +50,8 @@ import torch
 from torch import Tensor
 
 from sdwebui.models.files import ModelFileError, read_safetensors_header, read_state_dict
-from sdwebui.models.lora_formats import KNOWN_PARTS, LoraFormatError, apply_delta, compute_delta, module_kind
 from sdwebui.models.hashing import HashCache, addnet_hash_file, sha256_file
+from sdwebui.models.lora_formats import KNOWN_PARTS, LoraFormatError, apply_delta, compute_delta, module_kind
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import torch
 from sdwebui.config import DEMO_CHECKPOINT, Paths
 from sdwebui.models.devices import DevicePlan
 from sdwebui.models.files import ModelFileError
-from sdwebui.models.sd_model import SDModel
 from sdwebui.models.hashing import sha256_of
+from sdwebui.models.sd_model import SDModel
 
 log = logging.getLogger(__name__)
 

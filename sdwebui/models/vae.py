@@ -16,8 +16,8 @@ import torch
 
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.files import ModelFileError, read_state_dict
-from sdwebui.models.sd_model import CheckpointInfo, SDModel
 from sdwebui.models.hashing import sha256_of
+from sdwebui.models.sd_model import CheckpointInfo, SDModel
 
 VAE_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 AUTOMATIC_VAE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from sdwebui.models.upscalers import UpscalerLibrary
-from sdwebui.pipelines.infotext import build_params_line
 from sdwebui.pipelines.extras_params import ExtrasParams
+from sdwebui.pipelines.infotext import build_params_line
 from sdwebui.pipelines.upscale import TileOptions, upscale_image
 
 

@@ -35,6 +35,7 @@ from sdwebui.pipelines.context import BatchPrompts, GenerationContext
 from sdwebui.pipelines.denoise import denoise_sigmas
 from sdwebui.pipelines.params import Txt2ImgParams
 from sdwebui.pipelines.sampling import (
+    LABELS,
     DenoiserWrap,
     InitLatents,
     NetworkScope,
@@ -88,25 +89,25 @@ def plan_hires(ctx: GenerationContext, params: Txt2ImgParams, first_sampling: Re
         except LookupError as error:
             raise ParamError("hr_upscaler", str(error.args[0])) from None
     model = ctx.model
-    infotext: dict[str, object] = {"Denoising strength": params.denoising_strength}
+    infotext: dict[str, object] = {LABELS["denoising_strength"]: params.denoising_strength}
     if params.hr_checkpoint:
         model = load(params.hr_checkpoint)
-        infotext["Hires checkpoint"] = short_title(model)
+        infotext[LABELS["hr_checkpoint"]] = short_title(model)
     if params.hr_sampler and sampling.sampler.name != first_sampling.sampler.name:
-        infotext["Hires sampler"] = sampling.sampler.name
+        infotext[LABELS["hr_sampler"]] = sampling.sampler.name
     if params.hr_scheduler and sampling.schedule_label != first_sampling.schedule_label:
-        infotext["Hires schedule type"] = sampling.infotext_schedule
+        infotext[LABELS["hr_scheduler"]] = sampling.infotext_schedule
     if params.hr_prompt and params.hr_prompt != params.prompt:
-        infotext["Hires prompt"] = params.hr_prompt
+        infotext[LABELS["hr_prompt"]] = params.hr_prompt
     if params.hr_negative_prompt and params.hr_negative_prompt != params.negative_prompt:
-        infotext["Hires negative prompt"] = params.hr_negative_prompt
+        infotext[LABELS["hr_negative_prompt"]] = params.hr_negative_prompt
     if params.hr_resize_x == 0 and params.hr_resize_y == 0:
-        infotext["Hires upscale"] = params.hr_scale
+        infotext[LABELS["hr_scale"]] = params.hr_scale
     else:
-        infotext["Hires resize"] = f"{params.hr_resize_x}x{params.hr_resize_y}"
+        infotext[LABELS["hr_resize_x"]] = f"{params.hr_resize_x}x{params.hr_resize_y}"
     if params.hr_second_pass_steps:
-        infotext["Hires steps"] = params.hr_second_pass_steps
-    infotext["Hires upscaler"] = upscaler
+        infotext[LABELS["hr_second_pass_steps"]] = params.hr_second_pass_steps
+    infotext[LABELS["hr_upscaler"]] = upscaler
     return HiresPlan(params, sampling, model, upscaler, first_sampling.sampler.total_steps(params.steps), infotext)
 
 

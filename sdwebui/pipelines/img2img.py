@@ -38,6 +38,7 @@ from sdwebui.pipelines.context import GenerationContext
 from sdwebui.pipelines.denoise import denoise_sigmas
 from sdwebui.pipelines.img2img_params import INPAINTING_FILLS, Img2ImgParams
 from sdwebui.pipelines.sampling import (
+    LABELS,
     BatchDenoisers,
     FinishedBatches,
     GenerationResult,
@@ -80,7 +81,7 @@ def prepare_images(
 ) -> PreparedImages:
     """Resize, mask, crop and fill the init images as A1111 does before encoding them."""
     width, height = params.width, params.height
-    infotext: dict[str, object] = {"Denoising strength": params.denoising_strength}
+    infotext: dict[str, object] = {LABELS["denoising_strength"]: params.denoising_strength}
     notes: list[str] = []
     crop = None
     paste_to = None
@@ -104,7 +105,7 @@ def prepare_images(
                 image_mask = masking.resize_image(2, image_mask.crop(crop), width, height)
                 paste_to = (x1, y1, x2 - x1, y2 - y1)
                 infotext["Inpaint area"] = "Only masked"
-                infotext["Masked area padding"] = params.inpaint_full_res_padding
+                infotext[LABELS["inpaint_full_res_padding"]] = params.inpaint_full_res_padding
             else:
                 image_mask = None
                 mask_for_overlay = None
@@ -234,7 +235,7 @@ def init_latents(ctx: GenerationContext, params: Img2ImgParams, prepared: Prepar
             model, source, prepared.image_mask, tuple(init_latent.shape[-2:]),
             round_mask=params.mask_round, mask_weight=params.inpainting_mask_weight,
         ).to(init_latent.dtype)
-        infotext["Conditional mask weight"] = params.inpainting_mask_weight
+        infotext[LABELS["inpainting_mask_weight"]] = params.inpainting_mask_weight
     return InitLatents(init_latent, keep_mask, image_conditioning, params.initial_noise_multiplier), infotext
 
 
@@ -256,7 +257,7 @@ class _Img2ImgRun:
         schedule_infotext = schedule_sigmas(sampling, params, inner)[1]
         options, sampler_infotext = sampler_options(sampling, params)
         self.sampler = SamplerPlan(sampling.sampler, sigmas, options)
-        noise_infotext = {"Noise multiplier": start.noise_multiplier} if start.noise_multiplier != 1.0 else {}
+        noise_infotext = {LABELS["initial_noise_multiplier"]: start.noise_multiplier} if start.noise_multiplier != 1.0 else {}
         self.notes: list[str] = list(prepared.notes)
 
         def infotext_entries(batch_extra: dict[str, object]) -> dict[str, object]:

@@ -383,6 +383,18 @@ def infotext_fields(cls: type[GenerationParams]) -> dict[str, ParamSpec]:
     return {spec.infotext: spec for spec in param_specs(cls) if spec.infotext and not spec.setting_pairs}
 
 
+def infotext_labels(*classes: type[GenerationParams]) -> dict[str, str]:
+    """Parameter name -> the infotext key it is written under: the label its declaration gives, with the parser's
+    "-1" / "-2" halves joined ("width" and "height" are written together as "Size: 512x768")."""
+    labels: dict[str, str] = {}
+    for cls in classes or (Txt2ImgParams,):
+        for spec in param_specs(cls):
+            if spec.infotext:
+                base, _, half = spec.infotext.rpartition("-")
+                labels[spec.name] = base if half in ("1", "2") and base else spec.infotext
+    return labels
+
+
 def infotext_settings(*classes: type[GenerationParams]) -> dict[str, tuple[str, type]]:
     """Infotext label -> (setting, type) for the parameters a pasted infotext sets as settings (A1111's
     `infotext_to_setting_name_mapping`: Clip skip, ENSD, RNG, Eta, the schedule and sigma options, img2img's noise
@@ -440,6 +452,6 @@ NEUTRAL_SAMPLER_SETTINGS = {"s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0}
 
 __all__ = [
     "ParamError", "ParamSpec", "param", "GenerationParams", "Txt2ImgParams", "param_specs", "spec_of",
-    "infotext_fields", "infotext_settings", "settings_defaults", "value_from_text", "EMPHASIS_MODES", "MAX_SIDE", "MAX_STEPS",
+    "infotext_fields", "infotext_labels", "infotext_settings", "settings_defaults", "value_from_text", "EMPHASIS_MODES", "MAX_SIDE", "MAX_STEPS",
     "SEED_MAX", "PROMPT_MAX", "DEFAULT_SAMPLER", "DEFAULT_SCHEDULER", "RNG_SOURCES",
 ]

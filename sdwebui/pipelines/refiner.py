@@ -16,6 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sdwebui.core.denoiser import CFGDenoiser, DiscreteSchedule
+from sdwebui.core.samplers import resolve_sampling
+from sdwebui.models.sd_model import SDModel
+from sdwebui.pipelines.conditioning import build_conditioning
+from sdwebui.pipelines.context import GenerationContext
+from sdwebui.pipelines.params import Txt2ImgParams
+from sdwebui.pipelines.sampling import LABELS, OtherModels, make_denoiser, scheduled_denoiser, short_title
+
 
 def completed_ratio(model_sigmas: Tensor, sigma: Tensor | float) -> float:
     """A1111's `(999 - t) / 1000` for the training timestep t whose sigma is nearest the current one."""
@@ -64,4 +72,49 @@ class RefinerSwitch:
         return getattr(self.active, name)
 
 
-__all__ = ["RefinerSwitch", "completed_ratio"]
+class Refiner:
+    """The job's refiner checkpoint: builds refiner switches (`RefinerSwitch`) around a pass's denoisers and
+    remembers whether one switched (A1111 writes "Refiner" / "Refiner switch at" only then)."""
+
+    def __init__(self, ctx: GenerationContext, params: Txt2ImgParams, models: OtherModels):
+        self.ctx = ctx
+        self.params = params
+        self.model = models.load(params.refiner_checkpoint)
+        self.inner = make_denoiser(self.model, ctx.hooks)
+        self.infotext: dict[str, object] = {}
+
+    def wrap(self, base: CFGDenoiser, base_model: SDModel, prompts: list[str], negative_prompts: list[str],
+             width: int, height: int, hires: bool = False):
+        """`base` until A1111's switch point, the refiner after it; `hires`: the pass is the hires pass (the
+        refiner's prompt schedule is then laid out as the hires pass's)."""
+        if self.model.info.path == base_model.info.path:
+            return base  # A1111: the refiner is the model already running; nothing to switch
+        params = self.params
+        steps = resolve_sampling(params.sampler, params.scheduler).sampler.total_steps(params.steps)
+        hires_steps = None
+        if hires:
+            hr_sampler = resolve_sampling(params.hr_sampler or params.sampler, params.hr_scheduler or params.scheduler)
+            hires_steps = hr_sampler.sampler.total_steps(params.hires_steps)
+
+        def make():
+            conditioning = build_conditioning(
+                self.model.text_encoder, prompts, negative_prompts, steps, hires_steps=hires_steps,
+                clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=self.ctx.embeddings,
+            )
+            return scheduled_denoiser(self.model, self.inner, conditioning, width, height, float(params.cfg_scale))
+
+        def on_switch(_call: int) -> None:
+            self.infotext = {LABELS["refiner_checkpoint"]: short_title(self.model),
+                             LABELS["refiner_switch_at"]: params.refiner_switch_at}
+
+        # A1111 measures the switch on the running model's own 1000 training sigmas.
+        model_sigmas = DiscreteSchedule(base_model.alphas_cumprod).sigmas
+        return RefinerSwitch(base, model_sigmas, params.refiner_switch_at, make, on_switch)
+
+    def model_after(self, denoiser: object, model: SDModel) -> SDModel:
+        """The model whose VAE decodes what `denoiser` sampled: the refiner once it took over, else `model`."""
+        switched = isinstance(denoiser, RefinerSwitch) and denoiser.switched_at_call is not None
+        return self.model if switched else model
+
+
+__all__ = ["RefinerSwitch", "Refiner", "completed_ratio"]

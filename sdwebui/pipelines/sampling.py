@@ -34,7 +34,7 @@ from torch import Tensor
 from sdwebui import __version__
 from sdwebui.core import noise as core_noise
 from sdwebui.core.denoiser import CFGConditioning, CFGDenoiser, DiscreteSchedule, ModelDenoiser
-from sdwebui.core.samplers import ResolvedSampling, SamplerSpec, resolve_sampling
+from sdwebui.core.samplers import ResolvedSampling, SamplerSpec
 from sdwebui.core.schedules import find_schedule
 from sdwebui.models.embeddings import ti_hashes
 from sdwebui.models.sd_model import SDModel
@@ -52,13 +52,15 @@ from sdwebui.pipelines.context import (
     StepProgress,
 )
 from sdwebui.pipelines.denoise import denoise_latents
+from sdwebui.pipelines.img2img_params import Img2ImgParams
 from sdwebui.pipelines.infotext import build_infotext
-from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams
-from sdwebui.pipelines.refiner import RefinerSwitch
+from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, infotext_labels, spec_of
 from sdwebui.pipelines.vae_decode import decode_latents
 from sdwebui.prompts.extra_networks import ExtraNetworkCall, parse_prompts
 
 INFOTEXT_VERSION = f"sdwebui-{__version__}"
+LABELS = infotext_labels(Txt2ImgParams, Img2ImgParams)
+"""Parameter name -> infotext key, from the declarations (the same table pasting an infotext reads)."""
 
 
 class GenerationError(RuntimeError):
@@ -277,7 +279,7 @@ class BatchDenoisers:
         return prompts, denoiser, extra
 
 
-# ---- other checkpoints of a job: hires checkpoint, refiner -------------------------------------------------
+# ---- other checkpoints of a job: hires checkpoint, refiner (`pipelines.refiner`) -----------------------------
 
 
 def short_title(model: SDModel) -> str:
@@ -304,50 +306,6 @@ class OtherModels:
                 self.stack.enter_context(circular_padding(model.unet, model.vae, enabled=self.tiling))
             self.loaded[name] = model
         return self.loaded[name]
-
-
-class Refiner:
-    """The job's refiner checkpoint: builds refiner switches (`pipelines.refiner`) around a pass's denoisers and
-    remembers whether one switched (A1111 writes "Refiner" / "Refiner switch at" only then)."""
-
-    def __init__(self, ctx: GenerationContext, params: Txt2ImgParams, models: OtherModels):
-        self.ctx = ctx
-        self.params = params
-        self.model = models.load(params.refiner_checkpoint)
-        self.inner = make_denoiser(self.model, ctx.hooks)
-        self.infotext: dict[str, object] = {}
-
-    def wrap(self, base: CFGDenoiser, base_model: SDModel, prompts: list[str], negative_prompts: list[str],
-             width: int, height: int, hires: bool = False):
-        """`base` until A1111's switch point, the refiner after it; `hires`: the pass is the hires pass (the
-        refiner's prompt schedule is then laid out as the hires pass's)."""
-        if self.model.info.path == base_model.info.path:
-            return base  # A1111: the refiner is the model already running; nothing to switch
-        params = self.params
-        steps = resolve_sampling(params.sampler, params.scheduler).sampler.total_steps(params.steps)
-        hires_steps = None
-        if hires:
-            hr_sampler = resolve_sampling(params.hr_sampler or params.sampler, params.hr_scheduler or params.scheduler)
-            hires_steps = hr_sampler.sampler.total_steps(params.hires_steps)
-
-        def make():
-            conditioning = build_conditioning(
-                self.model.text_encoder, prompts, negative_prompts, steps, hires_steps=hires_steps,
-                clip_skip=params.clip_skip, emphasis=params.emphasis, embeddings=self.ctx.embeddings,
-            )
-            return scheduled_denoiser(self.model, self.inner, conditioning, width, height, float(params.cfg_scale))
-
-        def on_switch(_call: int) -> None:
-            self.infotext = {"Refiner": short_title(self.model), "Refiner switch at": params.refiner_switch_at}
-
-        # A1111 measures the switch on the running model's own 1000 training sigmas.
-        model_sigmas = DiscreteSchedule(base_model.alphas_cumprod).sigmas
-        return RefinerSwitch(base, model_sigmas, params.refiner_switch_at, make, on_switch)
-
-    def model_after(self, denoiser: object, model: SDModel) -> SDModel:
-        """The model whose VAE decodes what `denoiser` sampled: the refiner once it took over, else `model`."""
-        switched = isinstance(denoiser, RefinerSwitch) and denoiser.switched_at_call is not None
-        return self.model if switched else model
 
 
 # ---- noise, the sampler loop, progress ----------------------------------------------------------------------
@@ -557,12 +515,14 @@ def prompt_infotext(params: GenerationParams, conditioning: BatchConditioning) -
     if hashes:
         values["TI hashes"] = hashes  # quoted by the infotext writer, as A1111
     if params.emphasis != "Original" and any(uses_emphasis(t) for t in conditioning.texts_encoded):
-        values["Emphasis"] = params.emphasis
+        values[LABELS["emphasis"]] = params.emphasis
     return values
 
 
 # A1111's infotext names for the sampler options (`sd_samplers_kdiffusion.KDiffusionSampler.initialize`).
-SAMPLER_OPTION_LABELS = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax", "s_noise": "Sigma noise"}
+ETA_DDIM_LABEL = next(label for label, setting in spec_of(Txt2ImgParams, "eta").setting_pairs if setting == "eta_ddim")
+"""Timestep samplers (DDIM, default eta 0) have their own eta key in A1111 ("Eta DDIM")."""
+SAMPLER_OPTION_LABELS = {name: LABELS[name] for name in ("s_churn", "s_tmin", "s_tmax", "s_noise")}
 
 
 def sampler_options(sampling: ResolvedSampling, params: GenerationParams) -> tuple[dict, dict]:
@@ -576,7 +536,7 @@ def sampler_options(sampling: ResolvedSampling, params: GenerationParams) -> tup
         default_eta = defaults.get("eta", 1.0)
         if float(params.eta) != default_eta:
             # Timestep samplers (DDIM, default eta 0) have their own key in A1111.
-            infotext["Eta DDIM" if default_eta == 0.0 else "Eta"] = params.eta
+            infotext[ETA_DDIM_LABEL if default_eta == 0.0 else LABELS["eta"]] = params.eta
     for name, label in SAMPLER_OPTION_LABELS.items():
         value = getattr(params, name)
         if value is not None and name in accepted:
@@ -600,13 +560,13 @@ def schedule_sigmas(sampling: ResolvedSampling, params: GenerationParams, denois
     )
     infotext: dict[str, object] = {}
     if params.sigma_min:
-        infotext["Schedule min sigma"] = params.sigma_min
+        infotext[LABELS["sigma_min"]] = params.sigma_min
     if params.sigma_max:
-        infotext["Schedule max sigma"] = params.sigma_max
+        infotext[LABELS["sigma_max"]] = params.sigma_max
     if params.rho and schedule.default_rho is not None and params.rho != schedule.default_rho:
-        infotext["Schedule rho"] = params.rho
+        infotext[LABELS["rho"]] = params.rho
     if params.discard_penultimate_sigma and not spec.discard_penultimate_sigma:
-        infotext["Discard penultimate sigma"] = True
+        infotext[LABELS["discard_penultimate_sigma"]] = True
     return sigmas, infotext
 
 
@@ -627,26 +587,26 @@ def create_infotext(
     resize_from = params.seed_resize_from
     ensd = params.eta_noise_seed_delta
     values: dict[str, object] = {
-        "Steps": params.steps,
-        "Sampler": sampling.sampler.name,
-        "Schedule type": sampling.infotext_schedule,
-        "CFG scale": params.cfg_scale,
-        "Seed": seed,
-        "Size": f"{params.width}x{params.height}",
+        LABELS["steps"]: params.steps,
+        LABELS["sampler"]: sampling.sampler.name,
+        LABELS["scheduler"]: sampling.infotext_schedule,
+        LABELS["cfg_scale"]: params.cfg_scale,
+        LABELS["seed"]: seed,
+        LABELS["width"]: f"{params.width}x{params.height}",
         "Model hash": model.info.short_hash,
         "Model": model.info.name,
         "VAE hash": vae.short_hash if vae else None,
         "VAE": vae.path.name if vae else None,
-        "Variation seed": subseed if varies else None,
-        "Variation seed strength": params.subseed_strength if varies else None,
-        "Seed resize from": f"{resize_from[0]}x{resize_from[1]}" if resize_from else None,
+        LABELS["subseed"]: subseed if varies else None,
+        LABELS["subseed_strength"]: params.subseed_strength if varies else None,
+        LABELS["seed_resize_from_w"]: f"{resize_from[0]}x{resize_from[1]}" if resize_from else None,
         # A1111 lists these here even though they come from `extra_generation_params` (img2img, hires fix).
-        "Denoising strength": extra.get("Denoising strength"),
-        "Conditional mask weight": extra.get("Conditional mask weight"),
-        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
-        "ENSD": ensd if ensd and sampling.sampler.uses_ensd else None,
-        "RNG": {"cpu": "CPU", "nv": "NV"}.get(params.rng),
-        "Tiling": True if params.tiling else None,
+        LABELS["denoising_strength"]: extra.get(LABELS["denoising_strength"]),
+        LABELS["inpainting_mask_weight"]: extra.get(LABELS["inpainting_mask_weight"]),
+        LABELS["clip_skip"]: params.clip_skip if params.clip_skip > 1 else None,
+        LABELS["eta_noise_seed_delta"]: ensd if ensd and sampling.sampler.uses_ensd else None,
+        LABELS["rng"]: {"cpu": "CPU", "nv": "NV"}.get(params.rng),
+        LABELS["tiling"]: True if params.tiling else None,
         **extra,
         "Version": INFOTEXT_VERSION,
     }
@@ -657,7 +617,7 @@ def create_infotext(
 __all__ = [
     "GenerationError", "GenerationResult", "JobSeeds", "batch_prompts", "run_batches", "make_denoiser",
     "unet_condition", "refiner_negative_condition", "scheduled_denoiser", "NetworkScope", "DenoiserWrap",
-    "BatchDenoisers", "short_title", "OtherModels", "Refiner", "SamplerPlan", "batch_rng", "step_callback",
+    "BatchDenoisers", "short_title", "OtherModels", "SamplerPlan", "batch_rng", "step_callback",
     "sample_batch", "InitLatents", "denoise_batch", "was_skipped", "FinishedBatches", "prompt_infotext",
     "SAMPLER_OPTION_LABELS", "sampler_options", "schedule_sigmas", "create_infotext", "INFOTEXT_VERSION",
 ]

@@ -5,7 +5,7 @@ prompt schedule, one sampler run per batch), through the sampling engine's publi
 Per batch, as A1111: the scripts may change the prompts (`before_batch`), extra-network tags are taken out of the
 prompts and handed to `ctx.extra_networks`, the prompt language becomes a schedule the CFG denoiser reads per call,
 the scripts see the decoded images (`after_batch`), and each image's infotext keeps its prompt as typed (or as the
-scripts changed it). Hires fix (`pipelines.hires`) and the SDXL refiner (`sampling.Refiner`) take over the batch
+scripts changed it). Hires fix (`pipelines.hires`) and the SDXL refiner (`refiner.Refiner`) take over the batch
 where A1111's do: the refiner in the only pass, or in the hires pass when there is one (A1111's default).
 """
 
@@ -21,6 +21,7 @@ from sdwebui.models.tiling import circular_padding
 from sdwebui.pipelines.context import GenerationContext
 from sdwebui.pipelines.hires import HiresFix, plan_hires
 from sdwebui.pipelines.params import Txt2ImgParams
+from sdwebui.pipelines.refiner import Refiner
 from sdwebui.pipelines.sampling import (
     BatchDenoisers,
     DenoiserWrap,
@@ -29,7 +30,6 @@ from sdwebui.pipelines.sampling import (
     JobSeeds,
     NetworkScope,
     OtherModels,
-    Refiner,
     SamplerPlan,
     batch_prompts,
     make_denoiser,

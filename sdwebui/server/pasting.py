@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from sdwebui.core.errors import ParamError
 from sdwebui.pipelines.img2img_params import Img2ImgParams
-from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, infotext_fields, infotext_settings, value_from_text
+from sdwebui.pipelines.params import (
+    GenerationParams,
+    Txt2ImgParams,
+    infotext_fields,
+    infotext_settings,
+    value_from_text,
+)
 from sdwebui.server import catalog
 
 if TYPE_CHECKING:

@@ -15,9 +15,9 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from sdwebui.pipelines.jobs import run_tasks, total_batches
+from sdwebui.pipelines.output import save_image
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
 from sdwebui.server.payloads import ExtrasPayload, GenerationPayload, OutputOptions, decode_png
-from sdwebui.pipelines.output import save_image
 
 if TYPE_CHECKING:
     from sdwebui.server.queue import JobHandle

@@ -23,8 +23,15 @@ from typing import TYPE_CHECKING, Any
 from sdwebui.core.errors import ParamError
 from sdwebui.core.upscale_modes import is_latent_mode
 from sdwebui.pipelines.extras_params import ExtrasParams
-from sdwebui.pipelines.params import DEFAULT_SAMPLER, DEFAULT_SCHEDULER, GenerationParams, param_specs, settings_defaults
+from sdwebui.pipelines.params import (
+    DEFAULT_SAMPLER,
+    DEFAULT_SCHEDULER,
+    GenerationParams,
+    param_specs,
+    settings_defaults,
+)
 from sdwebui.pipelines.scripts import GenerationTask
+from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 from sdwebui.server.options import OptionError, output_folder
 from sdwebui.server.payloads import (
     PARAMS_TYPES,
@@ -36,7 +43,6 @@ from sdwebui.server.payloads import (
     encode_png,
 )
 from sdwebui.server.queue import JobHandle, QueueFull
-from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -189,6 +195,16 @@ class GenerationService:
 
     def position(self, job_id: str) -> int | None:
         return self.services.queue.position(job_id)
+
+    def progress(self, job_id: str) -> dict | None:
+        """Step, steps, batch, fraction done and ETA of a running job; what was last saved of it otherwise."""
+        view = self.view(job_id)
+        return view["progress"] if view is not None else None
+
+    def result(self, job_id: str) -> dict | None:
+        """A finished job's result (seeds, infotexts, saved images, model, notes), from the store."""
+        view = self.view(job_id)
+        return view["result"] if view is not None else None
 
     def preview(self, job_id: str) -> bytes | None:
         handle = self.job(job_id)

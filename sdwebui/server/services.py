@@ -15,6 +15,7 @@ from typing import Any
 
 from sdwebui.config import DEMO_CHECKPOINT
 from sdwebui.pipelines.scripts import ScriptRegistry
+from sdwebui.prompts.styles import StyleDatabase
 from sdwebui.server import catalog
 from sdwebui.server.config import ServerConfig
 from sdwebui.server.options import OptionError, Options
@@ -23,7 +24,6 @@ from sdwebui.server.queue import JobQueue, QueueFull, Worker
 from sdwebui.server.runners import RUNNERS
 from sdwebui.server.service import GenerationService
 from sdwebui.server.store import Store, open_store
-from sdwebui.prompts.styles import StyleDatabase
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-
 from pydantic import ValidationError
 
 from sdwebui.core.errors import ParamError

@@ -19,19 +19,18 @@ from sdwebui.core.upscale_modes import LATENT_UPSCALE_MODES
 from sdwebui.pipelines.infotext import parse_infotext
 from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, param_specs
 from sdwebui.pipelines.scripts import Script
-from sdwebui.server import catalog
-from sdwebui.server.options import OPTIONS
-from sdwebui.server.pasting import settings_from_infotext, values_from_infotext
-from sdwebui.server.service import PARAMS_TYPES, GenerationRequest, JobHandle, QueueFull
-from sdwebui.server.services import Services
-from sdwebui.prompts.styles import StyleFileError
-from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 from sdwebui.prompts.extra_networks import parse_prompt
 from sdwebui.prompts.parser import (
     get_learned_conditioning_prompt_schedules,
     get_multicond_prompt_list,
     parse_prompt_attention,
 )
+from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
+from sdwebui.server import catalog
+from sdwebui.server.options import OPTIONS
+from sdwebui.server.pasting import settings_from_infotext, values_from_infotext
+from sdwebui.server.service import PARAMS_TYPES, GenerationRequest, JobHandle, QueueFull
+from sdwebui.server.services import Services
 
 # The txt2img tab's fields: engine parameter names, in the order of the Gradio inputs that carry them.
 TXT2IMG_FIELDS: tuple[str, ...] = (

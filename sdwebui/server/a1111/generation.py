@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from sdwebui import __version__
 from sdwebui.core.errors import ParamError
 from sdwebui.pipelines.infotext import parse_params_line, split_infotext
+from sdwebui.server.a1111.progress import submit_and_wait
 from sdwebui.server.a1111.schemas import ImageToImageResponse, Img2ImgRequest, TextToImageResponse, Txt2ImgRequest
 from sdwebui.server.a1111.translate import field_error, to_generation_request
 from sdwebui.server.images import encode_images
-from sdwebui.server.a1111.progress import submit_and_wait
 from sdwebui.server.queue import JobHandle
 from sdwebui.server.services import Services
 

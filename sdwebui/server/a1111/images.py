@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from sdwebui.core.errors import ParamError
 from sdwebui.pipelines.infotext import parse_infotext
 from sdwebui.pipelines.output import read_image_info
+from sdwebui.server.a1111.progress import submit_and_wait
 from sdwebui.server.a1111.schemas import PNGInfoRequest, PNGInfoResponse
 from sdwebui.server.errors import FieldError
 from sdwebui.server.extras import (
@@ -20,10 +21,10 @@ from sdwebui.server.extras import (
     html_info,
 )
 from sdwebui.server.images import decode_base64_image, encode_images
-from sdwebui.server.a1111.progress import submit_and_wait
 from sdwebui.server.queue import JobHandle
 from sdwebui.server.service import ExtrasRequest
 from sdwebui.server.services import Services
+
 
 def build_router(services: Services) -> APIRouter:
     router = APIRouter()

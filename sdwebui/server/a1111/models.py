@@ -13,10 +13,17 @@ from fastapi.exceptions import HTTPException
 
 from sdwebui.core.errors import ParamError
 from sdwebui.core.upscale_modes import LATENT_UPSCALE_MODES
-from sdwebui.server import catalog
-from sdwebui.server.a1111.schemas import MemoryResponse, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, UpscalerItem
-from sdwebui.server.services import Services
 from sdwebui.prompts.styles import StyleFileError
+from sdwebui.server import catalog
+from sdwebui.server.a1111.schemas import (
+    MemoryResponse,
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+    SDVaeItem,
+    UpscalerItem,
+)
+from sdwebui.server.services import Services
 
 
 def build_router(services: Services) -> APIRouter:

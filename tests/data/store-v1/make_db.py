@@ -1,10 +1,15 @@
 """Writes a database with today's (pre-seam) main: finished txt2img / img2img / inpaint / extras / load_model
 jobs with history, a failed and a cancelled job, settings, and two jobs left queued."""
-import base64, io, shutil, sys, time
+import base64
+import io
+import shutil
+import sys
+import time
 from pathlib import Path
+
 sys.path.insert(0, "/work/main/tests")
-from test_api_support import LiveServer, wait_for_job
 from PIL import Image
+from test_api_support import LiveServer, wait_for_job
 
 data = Path(sys.argv[1]); shutil.rmtree(data, ignore_errors=True); data.mkdir(parents=True)
 
@@ -42,10 +47,12 @@ with LiveServer(data) as live, live.client() as c:
     print(len(c.get("/api/v1/images").json()), "images")
 
 # Jobs left queued: build the app again but never start its worker (no lifespan): submissions stay queued.
+from fastapi.testclient import TestClient
+
 from sdwebui.app import build_app
 from sdwebui.config import Paths
 from sdwebui.server.config import ServerConfig
-from fastapi.testclient import TestClient
+
 app = build_app(ServerConfig(paths=Paths.from_flags(data_dir=data)))
 c = TestClient(app, base_url="http://127.0.0.1")
 r = c.post("/api/v1/jobs", json={"prompt": "a queued red square", "width": 64, "height": 64, "steps": 2, "seed": 31, "sampler": "Euler"}); print(r.status_code, r.text)
