@@ -10,9 +10,12 @@ only ends that batch. The caller (the server's job runner) turns a task into an 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
+
+if TYPE_CHECKING:  # annotations only: the server imports this module at start-up, before torch
+    from sdwebui.pipelines.sampling import GenerationResult
 
 
 def total_batches(tasks: Sequence[GenerationTask]) -> int:
@@ -20,9 +23,9 @@ def total_batches(tasks: Sequence[GenerationTask]) -> int:
     return sum(task.params.batch_count for task in tasks)
 
 
-def run_tasks(tasks: Sequence[GenerationTask], run: Callable[[GenerationTask, int], Any],
+def run_tasks(tasks: Sequence[GenerationTask], run: Callable[[GenerationTask, int], GenerationResult],
               interrupted: Callable[[], bool]) -> JobOutcome:
-    """Run every task (`run` returns a `pipelines.sampling.GenerationResult`) and collect their images."""
+    """Run every task and collect their images."""
     outcome: JobOutcome | None = None
     offset = 0
     for task in tasks:
@@ -40,17 +43,15 @@ def run_tasks(tasks: Sequence[GenerationTask], run: Callable[[GenerationTask, in
     return outcome
 
 
-def add_result(outcome: JobOutcome | None, result: Any) -> JobOutcome:
+def add_result(outcome: JobOutcome | None, result: GenerationResult) -> JobOutcome:
     """`outcome` with one run's images, seeds, prompts, infotexts and notes appended."""
-    count = len(result.images)
     if outcome is None:
         outcome = JobOutcome(params=result.params)
     outcome.images.extend(result.images)
     outcome.seeds.extend(result.seeds)
-    outcome.subseeds.extend(getattr(result, "subseeds", None) or [result.params.subseed + i for i in range(count)])
-    outcome.prompts.extend(getattr(result, "prompts", None) or [result.params.prompt] * count)
-    outcome.negative_prompts.extend(getattr(result, "negative_prompts", None)
-                                    or [result.params.negative_prompt] * count)
+    outcome.subseeds.extend(result.subseeds)
+    outcome.prompts.extend(result.prompts)
+    outcome.negative_prompts.extend(result.negative_prompts)
     outcome.infotexts.extend(result.infotexts)
     outcome.notes.extend(note for note in result.notes if note not in outcome.notes)
     outcome.interrupted = outcome.interrupted or bool(result.interrupted)

@@ -148,7 +148,7 @@ class ImageSaver:
         if not self.output.save:
             return
         params = batch.params
-        prompts = getattr(batch, "prompts", None) or [params.prompt] * len(batch.images)
+        prompts = batch.prompts or [params.prompt] * len(batch.images)
         filename_fields = {
             "negative_prompt": params.negative_prompt, "steps": params.steps, "cfg_scale": params.cfg_scale,
             "width": params.width, "height": params.height, "sampler": params.sampler, "scheduler": params.scheduler,

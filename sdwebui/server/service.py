@@ -150,7 +150,9 @@ class GenerationService:
     def prepare_extras(self, request: ExtrasRequest) -> ExtrasPayload:
         """Check upscaler names and output sizes (ParamError naming the field or the image) and build the
         payload."""
-        from sdwebui.models.upscalers import UpscalerNotFoundError  # spandrel and torch: not at start-up
+        from sdwebui.models.upscalers import (
+            UpscalerNotFoundError,  # spandrel and torch: not at start-up
+        )
 
         params = request.params
         for name, value in (("upscaler_1", params.upscaler_1), ("upscaler_2", params.upscaler_2)):
@@ -161,9 +163,9 @@ class GenerationService:
         options = self.services.options.all()
         for loc, image in request.images:
             width, height = params.output_size(image.width, image.height)
-            if width * height > options["api_max_pixels"] or max(width, height) > MAX_SIDE_EXTRAS:
+            if width * height > options["api_max_pixels"] or max(width, height) > MAX_SIDE:
                 raise ParamError(loc, f"the result would be {width}x{height}, over this server's limit "
-                                      f"(setting api_max_pixels, at most {MAX_SIDE_EXTRAS} a side)")
+                                      f"(setting api_max_pixels, at most {MAX_SIDE} a side)")
             if width < 1 or height < 1:
                 raise ParamError(("upscaling_resize",), f"the result would be {width}x{height}")
         parameters = [image.info.get("parameters") for _, image in request.images]
@@ -232,7 +234,10 @@ class GenerationService:
 
     # ---- the parts of `prepare` ------------------------------------------------------------------------------
     def _params(self, request: GenerationRequest, options: Mapping[str, Any], checkpoint: str) -> GenerationParams:
-        from sdwebui.core.samplers import find_sampler, resolve_sampling  # the registry imports torch
+        from sdwebui.core.samplers import (  # the registry imports torch
+            find_sampler,
+            resolve_sampling,
+        )
 
         cls = PARAMS_TYPES[request.kind]
         names = {spec.name for spec in param_specs(cls)}
@@ -361,9 +366,6 @@ class GenerationService:
             date_subdir = bool(options["save_to_dirs"])
         return OutputOptions(save=request.save_images, folder=folder, date_subdir=date_subdir,
                              filename_pattern=str(options["samples_filename_pattern"] or "[seed]"))
-
-
-MAX_SIDE_EXTRAS = 8192
 
 
 def check_limits(params: GenerationParams, options: Mapping[str, Any]) -> None:
