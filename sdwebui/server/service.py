@@ -26,6 +26,7 @@ from sdwebui.pipelines.extras_params import ExtrasParams
 from sdwebui.pipelines.params import (
     DEFAULT_SAMPLER,
     DEFAULT_SCHEDULER,
+    MAX_SIDE,
     GenerationParams,
     param_specs,
     settings_defaults,
