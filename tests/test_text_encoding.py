@@ -400,6 +400,24 @@ def test_emphasis_mean_is_over_the_whole_chunk_batch():
         apply_emphasis(z, m, "Fancy")
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e-7], ids=["mean-zero", "mean-near-zero"])
+def test_emphasis_on_states_centred_on_zero_stays_finite(offset):
+    """Hidden states whose mean is (nearly) zero: A1111's rescale divides by ~0 (inf / NaN, or states blown up
+    millions of times, which the UNet turns into NaN latents). The weighted states are kept instead; wherever the
+    rescale is moderate the result is A1111's."""
+    # Weighting the first token by 1.3 brings the batch's mean to (nearly) zero.
+    z = torch.tensor([[[1.0, 1.0], [-1.3, -1.3 + offset]]])
+    m = torch.tensor([[1.3, 1.0]])
+    out = apply_emphasis(z, m)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, z * m[..., None])
+    # An ordinary batch keeps A1111's result exactly.
+    ordinary = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    weights = torch.tensor([[1.0, 1.5]])
+    expected = ordinary * weights[..., None] * (ordinary.mean() / (ordinary * weights[..., None]).mean())
+    torch.testing.assert_close(apply_emphasis(ordinary, weights), expected)
+
+
 def test_emphasis_per_encoder_in_sdxl(sdxl):
     spans = [("a", 1.0), ("cat", 1.4)]
     base = sdxl.encode(["a cat"]).cross_attn

@@ -49,6 +49,8 @@ COMMA_PADDING_BACKTRACK = 20
 BREAK_SPAN = ("BREAK", -1.0)
 """The span A1111's `parse_prompt_attention` emits for the BREAK keyword."""
 EMPHASIS_MODES = ("Original", "No norm", "None")
+MAX_EMPHASIS_RESCALE = 100.0
+"""The largest rescale "Original" emphasis applies (see `apply_emphasis`)."""
 
 WeightedText = tuple[str, float]
 
@@ -201,7 +203,14 @@ def apply_emphasis(z: Tensor, multipliers: Tensor, mode: str = "Original") -> Te
     original_mean = z.mean()
     z = z * m
     new_mean = z.mean()
-    return z * (original_mean / new_mean)
+    ratio = original_mean / new_mean
+    # A mean near zero (hidden states centred on 0, as small or odd checkpoints have) makes the ratio blow the
+    # states up by orders of magnitude, or inf / NaN when it is 0, and the UNet then returns NaN. Weights within
+    # A1111's range move the mean by a small factor, so a larger one means the mean carries no information:
+    # keep the weighted states (A1111's "No norm") instead. Real checkpoints never get near this.
+    if not torch.isfinite(ratio) or abs(float(ratio)) > MAX_EMPHASIS_RESCALE:
+        return z
+    return z * ratio
 
 
 @dataclass(frozen=True)
