@@ -91,6 +91,8 @@ class ExtrasRequest:
     names: Sequence[str] = ()
     save_images: bool = False
     client: str = "native"
+    outdir: str | None = None
+    """An output folder of the caller's choice: trusted callers only (the CLI's `--out`)."""
 
 
 class GenerationService:
@@ -177,10 +179,11 @@ class GenerationService:
             infotexts=tuple(text if isinstance(text, str) else None for text in parameters),
             tile=int(options["ESRGAN_tile"]),
             tile_overlap=int(options["ESRGAN_tile_overlap"]),
-            output=OutputOptions(save=request.save_images, date_subdir=bool(options["save_to_dirs"]),
-                                 folder=output_folder(self.services.paths.outputs_dir,
-                                                      options["outdir_samples"] or "extras-images"),
-                                 filename_pattern=""),
+            output=OutputOptions(
+                save=request.save_images, date_subdir=bool(options["save_to_dirs"]) and request.outdir is None,
+                folder=request.outdir or output_folder(self.services.paths.outputs_dir,
+                                                       options["outdir_samples"] or "extras-images"),
+                filename_pattern=""),
             client=request.client,
         )
 
