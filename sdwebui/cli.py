@@ -10,18 +10,25 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
 from sdwebui import __version__
-from sdwebui.app import add_serve_flags, build_services, config_from_args, serve
+from sdwebui.app import add_serve_flags, config_from_args, serve
+from sdwebui.cli_jobs import (  # noqa: F401 - param_values: part of the CLI's API (tests read flags with it)
+    CommandError,
+    check_device,
+    add_extras_flags,
+    add_generation_flags,
+    add_img2img_flags,
+    param_values,
+    run_extras,
+    run_generation,
+    run_png_info,
+)
 from sdwebui.config import DEMO_CHECKPOINT, Paths
 from sdwebui.core.errors import ParamError
 from sdwebui.models.hashing import sha256_of
-from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, param_specs
 from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
-from sdwebui.server.config import ConfigError, ServerConfig
-from sdwebui.server.service import GenerationRequest
+from sdwebui.server.config import ConfigError
 
 
 def add_path_flags(parser: argparse.ArgumentParser) -> None:
@@ -71,34 +78,6 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_param_flags(parser: argparse.ArgumentParser, cls: type[GenerationParams]) -> None:
-    """One flag per generation parameter, from its declaration (`--steps`, `--cfg-scale`, `--hr-scale`, ...),
-    grouped as the declarations group them. A flag left out leaves the parameter to the settings, then to its
-    default (width and height: the checkpoint's native size)."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for spec in param_specs(cls):
-        if not spec.cli_flags:
-            continue
-        target = parser
-        if spec.group:
-            target = groups.get(spec.group) or groups.setdefault(spec.group, parser.add_argument_group(spec.group))
-        help_text = spec.help or spec.label
-        if spec.default is not None and spec.kind is not bool and spec.name not in ("width", "height"):
-            help_text = f"{help_text} (default: {spec.default})"
-        if spec.kind is bool:
-            target.add_argument(*spec.cli_flags, dest=spec.name, action="store_const", const=True, default=None,
-                                help=help_text)
-        else:
-            target.add_argument(*spec.cli_flags, dest=spec.name, type=spec.kind, default=None, help=help_text,
-                                choices=spec.choices, metavar=None if spec.choices else spec.name.upper())
-
-
-def param_values(args: argparse.Namespace, cls: type[GenerationParams]) -> dict[str, Any]:
-    """The parameters the command line gave (the others are left to the settings and defaults)."""
-    return {spec.name: getattr(args, spec.name) for spec in param_specs(cls)
-            if spec.cli_flags and getattr(args, spec.name, None) is not None}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdwebui", description="Stable Diffusion WebUI (A1111-compatible).")
     parser.add_argument("--version", action="version", version=f"sdwebui {__version__}")
@@ -107,14 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("txt2img", help="generate images from a prompt")
     gen.add_argument("prompt")
-    gen.add_argument("--model", help="checkpoint name (from the checkpoints folder) or path; default: the first found")
-    gen.add_argument("--vae", help='VAE file name or path; "None" = the checkpoint\'s own; default: Automatic')
-    gen.add_argument("--styles", nargs="+", default=[], metavar="NAME",
-                     help="apply these styles from the styles file, in order")
-    add_param_flags(gen, Txt2ImgParams)
-    gen.add_argument("--out", help="output folder (default: <data-dir>/outputs/txt2img-images)")
+    add_generation_flags(gen, "txt2img")
     add_path_flags(gen)
     add_device_flags(gen)
+
+    i2i = commands.add_parser("img2img", help="repaint an image (inpaint with --mask)")
+    i2i.add_argument("init_image", metavar="INIT_IMAGE")
+    i2i.add_argument("prompt")
+    add_img2img_flags(i2i)
+    add_generation_flags(i2i, "img2img")
+    add_path_flags(i2i)
+    add_device_flags(i2i)
+
+    ext = commands.add_parser("extras", help="upscale an image (A1111's Extras)")
+    ext.add_argument("image", metavar="IMAGE")
+    add_extras_flags(ext)
+    add_path_flags(ext)
+    add_device_flags(ext)
+
+    png = commands.add_parser("png-info", help="print the generation parameters an image carries")
+    png.add_argument("image", metavar="IMAGE")
 
     models = commands.add_parser("models", help="list checkpoints with family, prediction type and hash")
     add_path_flags(models)
@@ -135,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(with_default_command(sys.argv[1:] if argv is None else list(argv)))
+    try:
+        argv = with_default_command(sys.argv[1:] if argv is None else list(argv))
+    except CommandError as error:
+        print(f"sdwebui: error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
@@ -159,12 +155,16 @@ GLOBAL_FLAGS = ("--debug",)
 
 def with_default_command(argv: list[str]) -> list[str]:
     """`argv` with `serve` put in when no command is named, so `sdwebui`, `./webui.sh --port 7861` and
-    A1111-style `./webui.sh --listen --api-auth u:p` start the server, as A1111's `webui.sh ARGS` does."""
+    A1111-style `./webui.sh --listen --api-auth u:p` start the server, as A1111's `webui.sh ARGS` does. A word
+    that is neither a command nor an option is a CommandError listing the commands."""
     i = 0
     while i < len(argv) and argv[i] in GLOBAL_FLAGS:
         i += 1
     if i < len(argv) and (argv[i] in COMMANDS or argv[i] in ("-h", "--help", "--version")):
         return argv
+    if i < len(argv) and not argv[i].startswith("-"):
+        raise CommandError(f"unknown command {argv[i]!r}; the commands are: {', '.join(COMMANDS)} "
+                           "(none: serve; sdwebui COMMAND --help for its options)")
     return [*argv[:i], "serve", *argv[i:]]
 
 
@@ -172,7 +172,8 @@ def is_user_error(error: Exception) -> bool:
     from sdwebui.models.files import ModelFileError
     from sdwebui.models.manager import ModelNotFoundError
 
-    return isinstance(error, (ModelFileError, ModelNotFoundError, ParamError, StyleFileError, UnknownStyleError))
+    return isinstance(error, (ModelFileError, ModelNotFoundError, ParamError, StyleFileError, UnknownStyleError,
+                              CommandError))
 
 
 def describe_error(error: Exception) -> str:
@@ -204,69 +205,16 @@ def paths_from(args):
     )
 
 
-def cli_config(args, paths) -> ServerConfig:
-    """The app the command line runs: the same services as the server's, with its jobs in memory (a server using
-    the same data folder keeps its queue and history to itself) and model paths taken as given."""
-    return ServerConfig(
-        paths=paths, device=args.device, precision="full" if args.no_half else args.precision,
-        vae_precision="full" if args.no_half_vae else "auto", prediction_type=args.prediction_type,
-        preload=False, threads=args.threads, ui=False, in_memory_store=True, trust_paths=True,
-    )
-
-
 def run_txt2img(args) -> int:
-    paths = paths_from(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)  # here too: the worker sets its own (OpenMP counts per thread)
-    services = build_services(cli_config(args, paths))
-    request = GenerationRequest(
-        kind="txt2img", values={"prompt": args.prompt, **param_values(args, Txt2ImgParams)}, styles=args.styles,
-        checkpoint=args.model, vae=args.vae, outdir=str(Path(args.out).resolve()) if args.out else None,
-        client="cli",
-    )
-    services.start()
-    try:
-        job = services.generation.submit(request)  # checked before any model work
-        follow(services, job)
-    finally:
-        services.close()
-    if job.exception is not None:
-        raise job.exception
-    if job.status != "done":
-        raise RuntimeError(job.error or f"the job ended {job.status}")
-    result = job.result or {}
-    for note in result.get("notes") or []:
-        print(f"sdwebui: note: {note}", file=sys.stderr)
-    for image in result.get("images") or []:
-        print(paths.outputs_dir / image["path"])
-    return 0
+    return run_generation(args, paths_from(args), "txt2img")
 
 
-def follow(services, job) -> None:
-    """Show the job's steps on a progress bar (made once sampling starts, so a job that fails while loading its
-    model prints its one error line and nothing else) until it ends; Ctrl+C interrupts it, keeping what it made,
-    and re-raises."""
-    from tqdm import tqdm
+def run_img2img(args) -> int:
+    return run_generation(args, paths_from(args), "img2img")
 
-    bar = None
-    try:
-        while not job.wait_sync(0.1):
-            p = job.progress
-            if p.total_steps:
-                if bar is None:
-                    bar = tqdm(desc="txt2img", unit="step", file=sys.stderr, leave=False)
-                bar.total = p.total_steps * p.batch_count
-                bar.n = min(bar.total, p.global_step)
-                bar.refresh()
-    except KeyboardInterrupt:
-        services.generation.interrupt(job.id)
-        job.wait_sync(60)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+
+def run_extras_command(args) -> int:
+    return run_extras(args, paths_from(args))
 
 
 def run_models(args) -> int:
@@ -351,6 +299,7 @@ def run_samplers(args) -> int:
 
 
 def run_serve(args) -> int:
+    check_device(args.device)  # before the server starts: a job would fail on it later
     try:
         config = config_from_args(args, paths_from(args))
     except ConfigError as error:  # a malformed --api-auth or an unreadable credentials file: one line, exit 2
@@ -361,6 +310,9 @@ def run_serve(args) -> int:
 
 COMMANDS = {
     "txt2img": run_txt2img,
+    "img2img": run_img2img,
+    "extras": run_extras_command,
+    "png-info": run_png_info,
     "models": run_models,
     "loras": run_loras,
     "embeddings": run_embeddings,

@@ -42,11 +42,19 @@ HEAVY = ("torch", "diffusers", "transformers", "gradio", "spandrel", "safetensor
 """Libraries that take seconds to import: a function-local import of one keeps the server's start-up fast."""
 
 
+TOP_LEVEL_MODULES = {"config": "base", "filestat": "base", "__main__": "base", "app": "app", "cli": "cli",
+                     "cli_jobs": "cli"}
+"""The layer of each module directly in `sdwebui/` (the packages below it are layers of their own)."""
+
+
 def layer_of(module: str) -> str:
     parts = module.split(".")
-    if parts == ["sdwebui"] or parts[1] in ("config", "filestat", "__main__"):
+    if parts == ["sdwebui"]:
         return "base"
-    return parts[1] if parts[1] in LAYERS else "base"
+    if parts[1] in TOP_LEVEL_MODULES:
+        return TOP_LEVEL_MODULES[parts[1]]
+    assert parts[1] in LAYERS, f"{module}: which layer is it in? (add it to LAYERS or TOP_LEVEL_MODULES)"
+    return parts[1]
 
 
 @lru_cache(maxsize=None)

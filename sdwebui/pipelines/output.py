@@ -26,6 +26,7 @@ import errno
 import os
 import re
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -112,9 +113,12 @@ def apply_filename_pattern(pattern: str, *, seed: int, date: dt.date, fields: di
     return sanitize_filename_part(_PATTERN_TAG.sub(fill, pattern), replace_spaces=False)
 
 
-def png_info(infotext: str) -> PngImagePlugin.PngInfo:
+def png_info(infotext: str, extra_text: Mapping[str, str] | None = None) -> PngImagePlugin.PngInfo:
+    """The PNG text chunks: the infotext under `parameters`, then `extra_text` (A1111's `postprocessing`, ...)."""
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, infotext)
+    for key, value in (extra_text or {}).items():
+        info.add_text(key, value)
     return info
 
 
@@ -128,6 +132,7 @@ def save_image(
     date_subdir: bool = True,
     date: dt.date | None = None,
     fields: dict | None = None,
+    extra_text: Mapping[str, str] | None = None,
 ) -> Path:
     """Save `image` as the next `NNNNN-<pattern>.png` in `outdir` (or `outdir/YYYY-MM-DD`); return its path.
     `fields` are the values of the pattern's tags (see `apply_filename_pattern`)."""
@@ -140,7 +145,7 @@ def save_image(
     tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}.png"
     try:
         with open(tmp, "xb") as f:
-            image.save(f, format="PNG", pnginfo=png_info(infotext))
+            image.save(f, format="PNG", pnginfo=png_info(infotext, extra_text))
             f.flush()
             os.fsync(f.fileno())
         number = next_sequence_number(folder)

@@ -209,7 +209,8 @@ def run_extras(job: "JobHandle", services: "Services") -> dict:
             # that, or the upscaling's infotext for a picture without one.
             original = image.info.get("parameters") or ""
             path = save_image(image, outputs / payload.output.folder, seed=0, infotext=original, pattern="",
-                              date_subdir=payload.output.date_subdir)
+                              date_subdir=payload.output.date_subdir,
+                              extra_text={"postprocessing": info} if info else None)
             relative = _relative_to(path, outputs)
             image_id = services.store.add_image(job_id=job.id, path=relative, infotext=original or info,
                                                 params=payload.to_json()["params"], width=image.width,
