@@ -133,9 +133,11 @@ def save_image(
     date: dt.date | None = None,
     fields: dict | None = None,
     extra_text: Mapping[str, str] | None = None,
+    basename: str = "",
 ) -> Path:
     """Save `image` as the next `NNNNN-<pattern>.png` in `outdir` (or `outdir/YYYY-MM-DD`); return its path.
-    `fields` are the values of the pattern's tags (see `apply_filename_pattern`)."""
+    `fields` are the values of the pattern's tags (see `apply_filename_pattern`). With a `basename` the name is
+    A1111's `<basename>-NNNN.png` (its grids: `grid-0000.png`), numbered apart from the images."""
     date = date or dt.date.today()
     folder = Path(outdir) / date.isoformat() if date_subdir else Path(outdir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,10 +150,10 @@ def save_image(
             image.save(f, format="PNG", pnginfo=png_info(infotext, extra_text))
             f.flush()
             os.fsync(f.fileno())
-        number = next_sequence_number(folder)
+        number = next_sequence_number(folder, basename)
         for _ in range(_MAX_ATTEMPTS):
             # Reserve the number (not just the name: savers with different seeds would not collide on names).
-            marker = folder / f"{_RESERVE_PREFIX}{number:05}"
+            marker = folder / f"{_RESERVE_PREFIX}{basename}{number:05}"
             try:
                 os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             except FileExistsError:
@@ -159,10 +161,10 @@ def save_image(
                 continue
             try:
                 # Another saver may have published this number between our scan and the reservation.
-                if _number_taken(folder, number):
+                if _number_taken(folder, number, basename):
                     number += 1
                     continue
-                final = folder / f"{number:05}{suffix}"
+                final = folder / (f"{basename}-{number:04}{suffix}" if basename else f"{number:05}{suffix}")
                 if _publish(tmp, final):
                     return final
                 number += 1
@@ -176,10 +178,13 @@ def save_image(
             pass
 
 
-def _number_taken(folder: Path, number: int) -> bool:
+def _number_taken(folder: Path, number: int, basename: str = "") -> bool:
+    prefix = f"{basename}-" if basename else ""
     for name in os.listdir(folder):
+        if not name.startswith(prefix):
+            continue
         try:
-            if int(os.path.splitext(name)[0].split("-")[0]) == number:
+            if int(os.path.splitext(name[len(prefix):])[0].split("-")[0]) == number:
                 return True
         except ValueError:
             pass

@@ -120,6 +120,9 @@ class JobOutcome:
     interrupted: bool = False
     extra_images: list = field(default_factory=list)
     """Images that are not generations (grids), shown before the others; `index_of_first_image` counts them."""
+    make_grid: bool = True
+    """Whether the job's own grid is made (A1111's `do_not_save_grid`: a script that makes its own, or wants
+    none, says False in `after_job`)."""
 
 
 class Script:

@@ -23,7 +23,7 @@ import shlex
 from collections.abc import Callable
 
 from sdwebui.core.errors import ParamError
-from sdwebui.pipelines.scripts import GenerationTask, Script, ScriptArg
+from sdwebui.pipelines.scripts import GenerationTask, JobOutcome, Script, ScriptArg
 
 ARGS_LOC = "script_args"
 PROMPT_TEXT_INDEX = 3
@@ -186,6 +186,9 @@ class PromptsFromFile(Script):
             raise ParamError((ARGS_LOC, PROMPT_TEXT_INDEX), f"line {number}: {error}") from None
         return GenerationTask(params, task.init_images, task.mask, checkpoint=checkpoint or task.checkpoint,
                               label=f"line {number}")
+
+    def after_job(self, outcome: JobOutcome, args: tuple) -> None:
+        outcome.make_grid = False  # A1111: `p.do_not_save_grid = True`
 
 
 __all__ = ["PromptsFromFile", "parse_line", "line_values"]

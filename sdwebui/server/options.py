@@ -115,6 +115,19 @@ OPTIONS: dict[str, OptionSpec] = {
                                          api_writable=False),
     "outdir_img2img_samples": OptionSpec("outputs/img2img-images", "Output directory for img2img images", str,
                                          api_writable=False),
+    # grids (A1111's "Saving images/grids"): a batch's images put together, returned first and saved
+    "return_grid": OptionSpec(True, "Show grid in gallery", bool),
+    "grid_save": OptionSpec(True, "Always save all generated image grids", bool),
+    "grid_only_if_multiple": OptionSpec(True, "Do not save grids consisting of one picture", bool),
+    "n_rows": OptionSpec(-1, "Grid row count; use -1 for autodetect and 0 for it to be same as batch size", int,
+                         minimum=-1, maximum=16),
+    "grid_prevent_empty_spots": OptionSpec(False, "Prevent empty spots in grid (when set to autodetect)", bool),
+    "outdir_grids": OptionSpec("", "Output directory for grids; if empty, defaults to two directories below", str,
+                               api_writable=False),
+    "outdir_txt2img_grids": OptionSpec("outputs/txt2img-grids", "Output directory for txt2img grids", str,
+                                       api_writable=False),
+    "outdir_img2img_grids": OptionSpec("outputs/img2img-grids", "Output directory for img2img grids", str,
+                                       api_writable=False),
     "img2img_fix_steps": OptionSpec(
         False, "With img2img, do exactly the amount of steps the slider specifies", bool),
     "initial_noise_multiplier": OptionSpec(1.0, "Noise multiplier for img2img", float, minimum=0.0, maximum=1.5),
@@ -132,7 +145,8 @@ OPTIONS: dict[str, OptionSpec] = {
 }
 
 
-OUTPUT_FOLDER_OPTIONS = ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples")
+OUTPUT_FOLDER_OPTIONS = ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_grids",
+                         "outdir_txt2img_grids", "outdir_img2img_grids")
 
 
 def output_folder(outputs_dir: Path, value: str, *, key: str = "outdir_txt2img_samples") -> str:

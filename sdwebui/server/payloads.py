@@ -56,6 +56,20 @@ class OutputOptions:
 
 
 @dataclass(frozen=True)
+class GridOptions:
+    """A1111's grid settings at submit time: whether a job of several images also returns and saves a grid of them
+    (never for a job whose request or script said not to), where, and how many rows."""
+
+    make: bool = True
+    return_grid: bool = True
+    save: bool = True
+    only_if_multiple: bool = True
+    n_rows: int = -1
+    prevent_empty_spots: bool = False
+    folder: str = "txt2img-grids"
+
+
+@dataclass(frozen=True)
 class BatchEntry:
     """One image of the img2img tab's "Batch" (a folder on the server), with its mask."""
 
@@ -73,6 +87,7 @@ class GenerationPayload:
     checkpoint: str
     vae: str = "Automatic"
     output: OutputOptions = field(default_factory=OutputOptions)
+    grid: GridOptions = field(default_factory=GridOptions)
     nan_check: bool = True
     upscale_tile: tuple[int, int] = (192, 8)
     preview_every: int = 0
@@ -101,6 +116,7 @@ class GenerationPayload:
             "checkpoint": self.checkpoint,
             "vae": self.vae,
             "output": asdict(self.output),
+            "grid": asdict(self.grid),
             "nan_check": self.nan_check,
             "upscale_tile": list(self.upscale_tile),
             "preview_every": self.preview_every,
@@ -122,6 +138,8 @@ class GenerationPayload:
             checkpoint=_existing_checkpoint(str(data["checkpoint"])),
             vae=str(data.get("vae") or "Automatic"),
             output=OutputOptions(**data.get("output", {})),
+            # Jobs stored before grids existed made none: they keep to that.
+            grid=GridOptions(**data["grid"]) if "grid" in data else GridOptions(make=False),
             nan_check=bool(data.get("nan_check", True)),
             upscale_tile=tuple(data.get("upscale_tile", (192, 8))),
             preview_every=int(data.get("preview_every", 0)),
@@ -252,5 +270,6 @@ def decode_png(text: str) -> Image.Image:
     return image
 
 
-__all__ = ["Payload", "GenerationPayload", "ExtrasPayload", "LoadModelPayload", "OutputOptions", "BatchEntry",
+__all__ = ["Payload", "GenerationPayload", "ExtrasPayload", "LoadModelPayload", "OutputOptions", "GridOptions",
+           "BatchEntry",
            "load_payload", "upgrade_v1", "SCHEMA_VERSION", "encode_png", "decode_png", "PARAMS_TYPES"]

@@ -57,9 +57,39 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
 
     outcome = run_tasks(tasks, run, job.stop.interrupted.is_set)
     scripts.after_job(outcome)
+    grid = add_grid(services, payload, outcome)
     job.images = [*outcome.extra_images, *outcome.images]
     job.interrupted = outcome.interrupted
-    return generation_result(outcome, saver.saved, models_used[0] if models_used else None)
+    result = generation_result(outcome, saver.saved, models_used[0] if models_used else None)
+    if grid is not None:
+        result["grid"] = grid
+    return result
+
+
+def add_grid(services: "Services", payload: GenerationPayload, outcome: JobOutcome) -> dict | None:
+    """A1111's grid of a job's images (`process_images`): shown first (`index_of_first_image` 1, its infotext
+    first) and saved as `grid-NNNN.png` in the grids folder, as the job's grid settings say; None when no grid is
+    saved. A job of one image, or one whose request or script said so (prompts from file), gets none."""
+    from sdwebui.pipelines.grids import grid_rows, image_grid
+    from sdwebui.pipelines.output import save_image
+
+    options = payload.grid
+    wanted = options.make and outcome.make_grid and (options.return_grid or options.save)
+    if not wanted or not outcome.images or options.only_if_multiple and len(outcome.images) < 2:
+        return None
+    rows = grid_rows(len(outcome.images), payload.params.batch_size, options.n_rows, options.prevent_empty_spots)
+    grid = image_grid(outcome.images, rows)
+    infotext = outcome.infotexts[0] if outcome.infotexts else ""
+    grid.info["parameters"] = infotext
+    if options.return_grid:
+        outcome.extra_images.insert(0, grid)
+        outcome.infotexts.insert(0, infotext)
+    if not options.save:
+        return None
+    outputs = services.paths.outputs_dir
+    path = save_image(grid, outputs / options.folder, seed=outcome.seeds[0] if outcome.seeds else 0,
+                      infotext=infotext, pattern="", date_subdir=payload.output.date_subdir, basename="grid")
+    return {"path": _relative_to(path, outputs), "rows": rows}
 
 
 def first_tasks(payload: GenerationPayload) -> list[GenerationTask]:

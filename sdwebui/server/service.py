@@ -39,6 +39,7 @@ from sdwebui.server.payloads import (
     BatchEntry,
     ExtrasPayload,
     GenerationPayload,
+    GridOptions,
     LoadModelPayload,
     OutputOptions,
     encode_png,
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 
 OUTDIR_OPTIONS = {"txt2img": ("outdir_txt2img_samples", "txt2img-images"),
                   "img2img": ("outdir_img2img_samples", "img2img-images")}
+GRID_OUTDIR_OPTIONS = {"txt2img": ("outdir_txt2img_grids", "txt2img-grids"),
+                       "img2img": ("outdir_img2img_grids", "img2img-grids")}
 MAX_BATCH_FILES = 1000
 
 
@@ -69,6 +72,9 @@ class GenerationRequest:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     """Settings for this job only (A1111's `override_settings`), checked like `/options` values."""
     save_images: bool = True
+    make_grid: bool = True
+    """A grid of a job's images when it makes several (A1111's settings say whether it is returned and saved);
+    False: none (A1111's `do_not_save_grid`)."""
     script_name: str | None = None
     script_args: Sequence[Any] = ()
     alwayson_scripts: Mapping[str, Any] = field(default_factory=dict)
@@ -137,6 +143,7 @@ class GenerationService:
             checkpoint=str(checkpoint),
             vae=vae,
             output=self._output(request, options),
+            grid=self._grid(request, options),
             nan_check=not options["disable_nan_check"],
             upscale_tile=(int(options["ESRGAN_tile"]), int(options["ESRGAN_tile_overlap"])),
             preview_every=preview_period(options),
@@ -359,6 +366,17 @@ class GenerationService:
             check_limits(task.params, options)
             if task.checkpoint:
                 self._checkpoint_path(task.checkpoint, ("script_args",))
+
+    def _grid(self, request: GenerationRequest, options: Mapping[str, Any]) -> GridOptions:
+        setting, default = GRID_OUTDIR_OPTIONS[request.kind]
+        save = bool(options["grid_save"]) and request.save_images  # a job that saves nothing saves no grid
+        return GridOptions(
+            make=request.make_grid, return_grid=bool(options["return_grid"]), save=save,
+            only_if_multiple=bool(options["grid_only_if_multiple"]), n_rows=int(options["n_rows"]),
+            prevent_empty_spots=bool(options["grid_prevent_empty_spots"]),
+            folder=request.outdir or output_folder(self.services.paths.outputs_dir,
+                                                   options["outdir_grids"] or options[setting] or default),
+        )
 
     def _output(self, request: GenerationRequest, options: Mapping[str, Any]) -> OutputOptions:
         if request.outdir is not None:

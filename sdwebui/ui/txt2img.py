@@ -287,7 +287,7 @@ def finished_outputs(job, c: dict) -> dict:
     notes = result.get("notes") or []
     info_html = "".join(f'<p class="sdw-note">{html.escape(str(note))}</p>' for note in notes)
     state = {"seeds": result.get("seeds") or [], "subseeds": result.get("subseeds") or [],
-             "infotexts": infotexts, "index": 0}
+             "infotexts": infotexts, "index": 0, "first": int(result.get("extra_images") or 0)}
     return {
         c["job_state"]: None,
         c["result_state"]: state,
@@ -304,11 +304,13 @@ def _wire_seed_and_size_buttons(f: dict, c: dict) -> None:
     result_state = c["result_state"]
 
     def reuse(state, key):
-        values = (state or {}).get(key) or []
+        """The selected image's seed (the first image's when the grid, shown first, is selected)."""
+        state = state or {}
+        values = state.get(key) or []
         if not values:
             return gr.skip()
-        index = min(int((state or {}).get("index") or 0), len(values) - 1)
-        return values[index]
+        index = int(state.get("index") or 0) - int(state.get("first") or 0)
+        return values[min(max(index, 0), len(values) - 1)]
 
     c["random_seed"].click(lambda: -1, None, f["seed"], show_progress="hidden", queue=False)
     c["random_subseed"].click(lambda: -1, None, f["subseed"], show_progress="hidden", queue=False)

@@ -53,7 +53,9 @@ def to_generation_request(services: "Services", req: BaseModel, kind: str,
         mask = decode_base64_image(req.mask, ("mask",)) if req.mask else None
     return GenerationRequest(
         kind=kind, values=values, styles=tuple(req.styles or ()), overrides=dict(req.override_settings or {}),
-        save_images=req.save_images, script_name=req.script_name or None, script_args=tuple(req.script_args),
+        # A1111's API: `do_not_save_grid = not save_images`, and no grid at all then (neither returned nor saved).
+        save_images=req.save_images, make_grid=req.save_images,
+        script_name=req.script_name or None, script_args=tuple(req.script_args),
         alwayson_scripts=dict(req.alwayson_scripts or {}), init_images=tuple(images), mask=mask, client="a1111",
         task_id=req.force_task_id,
     )
