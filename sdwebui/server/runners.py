@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
+from sdwebui.pipelines.grids import grid_rows, image_grid
 from sdwebui.pipelines.jobs import run_tasks, total_batches
 from sdwebui.pipelines.output import save_image
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
@@ -70,9 +71,6 @@ def add_grid(services: "Services", payload: GenerationPayload, outcome: JobOutco
     """A1111's grid of a job's images (`process_images`): shown first (`index_of_first_image` 1, its infotext
     first) and saved as `grid-NNNN.png` in the grids folder, as the job's grid settings say; None when no grid is
     saved. A job of one image, or one whose request or script said so (prompts from file), gets none."""
-    from sdwebui.pipelines.grids import grid_rows, image_grid
-    from sdwebui.pipelines.output import save_image
-
     options = payload.grid
     wanted = options.make and outcome.make_grid and (options.return_grid or options.save)
     if not wanted or not outcome.images or options.only_if_multiple and len(outcome.images) < 2:
