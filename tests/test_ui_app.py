@@ -169,6 +169,37 @@ def test_infotext_fields_only_those_named_and_unknown_sampler_left_alone():
     assert "sampler" not in values and "seed" not in values and "width" not in values
 
 
+def test_a_paste_leaves_out_what_this_install_lacks_and_says_so(services):
+    """A PNG from another machine names an upscaler, VAE, checkpoint or sampler this install does not have:
+    those fields keep the tab's value (a dropdown given an unlisted value breaks Generate) and each is named."""
+    from sdwebui.server import catalog
+    from sdwebui.ui.fields import checked_paste, request_from_fields
+
+    text = ("a cat\nSteps: 4, Sampler: Made Up, Seed: 3, Size: 64x64, Model: somebody-elses-model, "
+            "VAE: kl-f8-anime.safetensors, Denoising strength: 0.4, Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, "
+            "Hires sampler: Not A Sampler, Hires checkpoint: missing-hires, Refiner: missing-refiner, "
+            "Refiner switch at: 0.8")
+    values, warnings = checked_paste(services, text)
+    assert values["steps"] == 4 and values["seed"] == 3 and values["enable_hr"] is True
+    for name in ("sampler", "hr_upscaler", "hr_sampler", "hr_checkpoint", "refiner_checkpoint"):
+        assert name not in values
+    assert warnings == [
+        "Sampler 'Made Up' is not available here",
+        "Hires upscaler 'R-ESRGAN 4x+' is not installed (models/ESRGAN, ...)",
+        "Hires sampler 'Not A Sampler' is not available here",
+        "Hires checkpoint 'missing-hires' is not installed",
+        "Refiner 'missing-refiner' is not installed",
+        "Checkpoint 'somebody-elses-model' is not installed; the current one is used",
+        "VAE 'kl-f8-anime.safetensors' is not installed; the current one is used",
+    ]
+    request_from_fields({**values, "prompt": "x"}, save_images=False)  # what is left makes a valid job
+
+    current = catalog.checkpoints(services.paths)[0].model_name
+    values, warnings = checked_paste(services, f"a cat\nSteps: 4, Sampler: Euler a, Hires upscaler: Latent, "
+                                               f"Denoising strength: 0.5, Model: {current}, VAE: None")
+    assert warnings == [] and values["hr_upscaler"] == "Latent" and values["sampler"] == "Euler a"
+
+
 def test_pasted_settings_become_override_entries_and_reach_the_job(services):
     """A1111's "Override settings": an infotext's Clip skip / ENSD / RNG that differ from the current settings
     are listed for the next job only; the checkpoint its Model hash names is listed when it is another one."""

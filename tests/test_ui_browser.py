@@ -277,6 +277,9 @@ def test_png_info_round_trip_into_txt2img(page, server, tmp_path):
     # Settings the infotext names that differ from the current ones become A1111's "Override settings".
     overrides = page.locator("#txt2img_override_settings")
     wait_until(lambda: overrides.is_visible() and "Clip skip: 2" in overrides.inner_text(), timeout=15)
+    # The checkpoint that made it is not installed here: said under the gallery, the current one stays.
+    note = page.locator("#txt2img_html_info")
+    wait_until(lambda: "Checkpoint '0123456789' is not installed" in note.inner_text(), timeout=15)
     shot(page, "pnginfo-sent-to-txt2img")
 
 

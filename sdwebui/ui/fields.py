@@ -27,6 +27,7 @@ from sdwebui.prompts.parser import (
 )
 from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 from sdwebui.server import catalog
+from sdwebui.server.a1111.translate import SAME_AS_FIRST_PASS
 from sdwebui.server.options import OPTIONS
 from sdwebui.server.pasting import settings_from_infotext, values_from_infotext
 from sdwebui.server.service import PARAMS_TYPES, GenerationRequest, JobHandle, QueueFull
@@ -69,10 +70,6 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
     # A1111's "Override settings": settings for this job only, filled from a pasted infotext ("Clip skip: 2").
     "override_settings",
 )
-
-SAME_AS_FIRST_PASS = {"hr_checkpoint": "Use same checkpoint", "hr_sampler": "Use same sampler",
-                      "hr_scheduler": "Use same scheduler", "refiner_checkpoint": "None"}
-"""The dropdown entries that mean "none" (A1111's labels)."""
 
 # A1111's txt2img tab defaults (`modules/ui.py`; the API's differ: 50 steps, Euler): the parameters' own.
 DEFAULTS: dict[str, Any] = {
@@ -313,6 +310,42 @@ def fields_from_infotext(text: str, kind: str = "txt2img") -> dict[str, Any]:
     return out
 
 
+def checked_paste(services: Services, text: str, kind: str = "txt2img") -> tuple[dict[str, Any], list[str]]:
+    """`fields_from_infotext`, less what this install does not have (a sampler, schedule type, hires upscaler,
+    hires sampler or checkpoint, refiner, checkpoint or VAE the infotext names), with a warning for each: the tab
+    keeps its own value there, so Generate still works (a dropdown given a value it does not list fails)."""
+    params = parse_infotext(text)
+    values = fields_from_infotext(text, kind)
+    warnings = []
+    for label, name in (("Sampler", "sampler"), ("Schedule type", "scheduler")):
+        if label in params and name not in values:
+            warnings.append(f"{label} {params[label]!r} is not available here")
+    if "hr_upscaler" in values and values["hr_upscaler"] not in upscaler_choices(services):
+        warnings.append(f"Hires upscaler {values.pop('hr_upscaler')!r} is not installed (models/ESRGAN, ...)")
+    hr_sampler = values.get("hr_sampler")
+    if hr_sampler not in (None, SAME_AS_FIRST_PASS["hr_sampler"]) and canonical_sampling(hr_sampler, None)[0] is None:
+        warnings.append(f"Hires sampler {values.pop('hr_sampler')!r} is not available here")
+    for label, name in (("Hires checkpoint", "hr_checkpoint"), ("Refiner", "refiner_checkpoint")):
+        value = values.get(name)
+        if value and value not in SAME_AS_FIRST_PASS.values() and not _installed_checkpoint(services, value):
+            warnings.append(f"{label} {values.pop(name)!r} is not installed")
+    model = params.get("Model") or params.get("Model hash")
+    if model and "sd_model_checkpoint" not in settings_from_infotext(services, params, strict=False):
+        warnings.append(f"Checkpoint {str(model)!r} is not installed; the current one is used")
+    vae = params.get("VAE")
+    if vae and str(vae) not in vae_choices(services)[0]:
+        warnings.append(f"VAE {str(vae)!r} is not installed; the current one is used")
+    return values, warnings
+
+
+def _installed_checkpoint(services: Services, name: str) -> bool:
+    try:
+        services.resolve_checkpoint(name)
+        return True
+    except LookupError:
+        return False
+
+
 def upscaler_choices(services: Services) -> list[str]:
     """The hires fix's upscalers in A1111's order: the latent modes, then None, Lanczos, Nearest and the models."""
     return [*LATENT_UPSCALE_MODES, *(entry.name for entry in services.upscalers.entries())]
@@ -430,7 +463,7 @@ class TokenCounter:
 __all__ = [
     "TXT2IMG_FIELDS", "DEFAULTS", "UIError", "request_from_fields", "submit", "submit_txt2img", "script_fields",
     "apply_styles", "style_names", "progress_text", "field_error_text", "fields_from_infotext",
-    "override_entries_from_infotext", "override_settings_from_entries", "canonical_sampling", "sampler_choices",
+    "override_entries_from_infotext", "override_settings_from_entries", "checked_paste", "canonical_sampling", "sampler_choices",
     "schedule_choices", "checkpoint_choices", "vae_choices", "native_size", "TokenCounter", "upscaler_choices",
     "extras_upscaler_choices",
 ]

@@ -262,11 +262,12 @@ def submit_img2img(services: Services, values: Mapping[str, Any]) -> JobHandle:
     return submit(services, request)
 
 
-def img2img_fields_from_infotext(text: str) -> dict[str, Any]:
-    """The img2img tab's fields an infotext sets: the parameters (prompt, seed, size, denoising strength, ...) and
-    A1111's inpainting keys as the tab's controls show them (Mask blur, Mask mode, Masked content, Inpaint area,
-    Masked area padding)."""
-    out = {k: v for k, v in fields_from_infotext(text, "img2img").items() if k in IMG2IMG_FIELDS and k != "styles"}
+def img2img_fields_from_infotext(text: str, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The img2img tab's fields an infotext sets: the parameters (prompt, seed, size, denoising strength, ...;
+    `values` when they were read already) and A1111's inpainting keys as the tab's controls show them (Mask blur,
+    Mask mode, Masked content, Inpaint area, Masked area padding)."""
+    values = fields_from_infotext(text, "img2img") if values is None else values
+    out = {k: v for k, v in values.items() if k in IMG2IMG_FIELDS and k != "styles"}
     params = parse_infotext(text)
     choices = (("Mask mode", "mask_mode", MASK_MODES), ("Masked content", "inpainting_fill", MASKED_CONTENT),
                ("Inpaint area", "inpaint_full_res", INPAINT_AREAS))

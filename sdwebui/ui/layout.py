@@ -10,6 +10,7 @@ page needs nothing from the internet.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +21,8 @@ from sdwebui.server.services import Services
 from sdwebui.ui import extras, history, img2img, pnginfo, settings, txt2img
 from sdwebui.ui.fields import (
     TokenCounter,
+    checked_paste,
     checkpoint_choices,
-    fields_from_infotext,
     native_size,
     override_entries_from_infotext,
     sampler_choices,
@@ -166,6 +167,11 @@ def _wire_top_bar(services: Services, page: Page) -> None:
     page.refresh.click(refresh_lists, None, [page.checkpoint, page.vae, t2i.fields["styles"]], show_progress="hidden")
 
 
+def warnings_html(warnings: list[str]) -> str:
+    """What a paste left out, shown under the tab's gallery (where a job's notes go)."""
+    return "".join(f'<p class="sdw-note sdw-warning">⚠ {html.escape(text)}</p>' for text in warnings)
+
+
 def override_settings_update(services: Services, text: str):
     entries = override_entries_from_infotext(services, text)
     return gr.update(choices=entries, value=entries, visible=bool(entries))
@@ -177,7 +183,7 @@ def _wire_paste_to_txt2img(services: Services, page: Page) -> None:
     t2i, png, tabs = page.t2i, page.png, page.tabs
 
     def paste(text):
-        values = fields_from_infotext(text or "") if (text or "").strip() else {}
+        values, warnings = checked_paste(services, text or "") if (text or "").strip() else ({}, [])
         if values:
             values["override_settings"] = override_settings_update(services, text)
         updates = [values[name] if name in values else gr.skip() for name in t2i.names]
@@ -185,9 +191,10 @@ def _wire_paste_to_txt2img(services: Services, page: Page) -> None:
         return [*updates, gr.update(open=True) if extra_open else gr.skip(),
                 gr.update(open=True) if values.get("enable_hr") else gr.skip(),
                 gr.update(open=True) if values.get("refiner_checkpoint") else gr.skip(),
-                gr.Tabs(selected="txt2img")]
+                warnings_html(warnings), gr.Tabs(selected="txt2img")]
 
-    paste_outputs = [*t2i.inputs, t2i.components["extra"], t2i.components["hires"], t2i.components["refiner"], tabs]
+    paste_outputs = [*t2i.inputs, t2i.components["extra"], t2i.components["hires"], t2i.components["refiner"],
+                     t2i.components["html_info"], tabs]
     png.components["send_to_txt2img"].click(paste, png.components["parameters"], paste_outputs,
                                             show_progress="hidden")
     page.hist.components["reuse"].click(paste, page.hist.components["parameters"], paste_outputs,
@@ -209,19 +216,24 @@ def _wire_send_to_img2img(services: Services, page: Page) -> None:
                  and name not in ("mode", "size_tab", "scale_by", "resize_mode")]
 
     def to_img2img(image, text, target):
-        values = img2img.img2img_fields_from_infotext(text or "") if (text or "").strip() else {}
-        if values:
+        values, warnings = {}, []
+        if (text or "").strip():
+            values, warnings = checked_paste(services, text, "img2img")
+            values = img2img.img2img_fields_from_infotext(text, values)
             values["override_settings"] = override_settings_update(services, text)
         updates = [values[name] if name in values else gr.skip() for name in i2i_paste]
+        note = warnings_html(warnings)
         if image is None:
-            return [*updates, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Tabs(selected="img2img")]
+            return [*updates, gr.skip(), gr.skip(), gr.skip(), gr.skip(), note, gr.Tabs(selected="img2img")]
         if target == "inpaint":
             editor = {"background": image, "layers": [], "composite": image}
-            return [*updates, gr.skip(), editor, "inpaint", gr.Tabs(selected="inpaint"), gr.Tabs(selected="img2img")]
-        return [*updates, image, gr.skip(), "img2img", gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img")]
+            return [*updates, gr.skip(), editor, "inpaint", gr.Tabs(selected="inpaint"), note,
+                    gr.Tabs(selected="img2img")]
+        return [*updates, image, gr.skip(), "img2img", gr.Tabs(selected="img2img"), note,
+                gr.Tabs(selected="img2img")]
 
     send_outputs = [*[i2i.fields[name] for name in i2i_paste], i2i.fields["init_image"], i2i.fields["inpaint"],
-                    i2i.fields["mode"], i2i.components["mode_tabs"], tabs]
+                    i2i.fields["mode"], i2i.components["mode_tabs"], i2i.components["html_info"], tabs]
     for tab in (page.t2i, i2i):
         for target in ("img2img", "inpaint"):
             tab.components[f"send_to_{target}"].click(
