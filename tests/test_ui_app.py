@@ -233,6 +233,46 @@ def test_pasted_settings_become_override_entries_and_reach_the_job(services):
         request_from_fields({"prompt": "x", "override_settings": ["Clip skip: two"]}, save_images=False)
 
 
+def test_no_button_needs_an_emoji_font_and_every_icon_has_a_label(services):
+    """Emoji render as empty boxes on systems without an emoji font: buttons show the package's SVGs instead, and
+    each icon button has a text label (its title and accessible name on the page)."""
+    import re
+
+    import gradio as gr
+
+    from sdwebui.ui.icons import ICON_ONLY_CLASS
+    from sdwebui.ui.layout import build_ui
+
+    emoji = re.compile("[\u2190-\u2bff\U0001f000-\U0001ffff]")
+    demo = build_ui(services)
+    buttons = [block for block in demo.blocks.values() if isinstance(block, gr.Button)]
+    icon_buttons = [button for button in buttons if ICON_ONLY_CLASS in (button.elem_classes or [])]
+    assert {"txt2img_random_seed", "img2img_reuse_seed", "txt2img_res_switch_btn", "img2img_detect_image_size_btn",
+            "refresh_sd_model_checkpoint"} <= {button.elem_id for button in icon_buttons}
+    for button in buttons:
+        assert not emoji.search(str(button.value or "")), (button.elem_id, button.value)
+    for button in icon_buttons:
+        assert button.icon and str(button.value).strip(), button.elem_id
+
+
+def test_every_data_file_in_the_package_is_installed():
+    """Files under sdwebui/ that are not Python must match pyproject's package-data, or a wheel install lacks
+    them (the UI's icons, model configs, the tokenizer)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["sdwebui"]
+    package = root / "sdwebui"
+    for path in package.rglob("*"):
+        if not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+            continue
+        relative = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative, pattern.removeprefix("**/"))
+                   for pattern in patterns), f"{relative} is not in [tool.setuptools.package-data]"
+
+
 def test_token_counter_counts_as_a1111():
     from sdwebui.ui.fields import TokenCounter
 

@@ -67,3 +67,29 @@ def test_draw_a_mask_and_inpaint(page, server, tmp_path):  # noqa: F811
     # Repainted where the stroke went (upper left), the original everywhere far from it (A1111's overlay).
     assert changed[:32, :32].sum() > 20
     assert not changed[48:, :].any() and not changed[:, 48:].any()
+
+
+def test_img2img_size_native_then_detected_from_the_image_and_icons_drawn(page, tmp_path):  # noqa: F811
+    """The img2img tab starts at the model's native size (64 for the tiny model), 📐 takes the uploaded image's
+    size, and the icon buttons are drawn from the package's SVGs with a title and an accessible name."""
+    from test_ui_browser import number
+
+    page.get_by_role("tab", name="img2img", exact=True).first.click()
+    wait_until(lambda: number(page, "img2img_width") == "64" and number(page, "img2img_height") == "64", timeout=15)
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (203, 120), (200, 40, 40)).save(path)
+    page.locator("#img2img_image input[type=file]").set_input_files(str(path))
+    page.locator("#img2img_image img").first.wait_for(timeout=15_000)
+    page.locator("#img2img_detect_image_size_btn").click()
+    wait_until(lambda: (number(page, "img2img_width"), number(page, "img2img_height")) == ("200", "120"), timeout=15)
+    shot(page, "img2img-detect-size")
+
+    for elem_id, title in (("img2img_detect_image_size_btn", "Auto detect size from the image"),
+                           ("img2img_random_seed", "Random seed (-1: a new one each time)"),
+                           ("refresh_sd_model_checkpoint", "Refresh the checkpoint and VAE lists")):
+        button = page.locator(f"#{elem_id}")
+        wait_until(lambda: button.get_attribute("title") == title, timeout=15)
+        assert button.get_attribute("aria-label") == title
+        assert button.locator("img").evaluate("img => img.complete && img.naturalWidth > 0"), elem_id
+        box = button.bounding_box()
+        assert box["width"] <= 80, (elem_id, box)  # the hidden label takes no room

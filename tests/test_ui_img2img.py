@@ -136,6 +136,21 @@ def test_the_page_has_the_img2img_tab(services):
         assert elem_id in ids, elem_id
 
 
+def test_detect_size_reads_the_selected_sub_tabs_image():
+    """A1111's 📐: the image's own size, floored to multiples of 8; one larger than the sliders go is scaled down
+    to fit, keeping its shape; nothing when the sub-tab has no image."""
+    from PIL import Image
+
+    from sdwebui.ui.img2img import image_size
+
+    assert image_size({"mode": "img2img", "init_image": Image.new("RGB", (203, 120))}) == (200, 120)
+    assert image_size({"mode": "img2img", "init_image": Image.new("RGB", (4096, 2048))}) == (2048, 1024)
+    inpaint = {"background": Image.new("RGBA", (96, 64)), "layers": [], "composite": None}
+    assert image_size({"mode": "inpaint", "inpaint": inpaint, "init_image": Image.new("RGB", (8, 8))}) == (96, 64)
+    assert image_size({"mode": "inpaint_upload", "inpaint_upload_image": Image.new("RGB", (30, 700))}) == (64, 696)
+    assert image_size({"mode": "sketch", "sketch": None}) is None
+
+
 def test_an_inpainting_infotext_fills_the_img2img_fields():
     from sdwebui.ui.img2img import img2img_fields_from_infotext
 

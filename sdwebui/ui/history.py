@@ -14,6 +14,7 @@ import gradio as gr
 
 from sdwebui.server.security import confine
 from sdwebui.server.services import Services
+from sdwebui.ui.icons import icon_button
 
 PAGE_SIZE = 60
 SCAN_BATCH = 500
@@ -74,7 +75,8 @@ def build(services: Services) -> HistoryTab:
     with gr.Row(equal_height=True):
         c["search"] = gr.Textbox(label="Search prompts", placeholder="words in the prompt", scale=6, min_width=200,
                                  elem_id="history_search")
-        c["refresh"] = gr.Button("🔄 Refresh", scale=1, min_width=100, elem_id="history_refresh")
+        c["refresh"] = icon_button("refresh", "Refresh", "history_refresh", show_label=True, size="lg", scale=1,
+                                   min_width=100)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=280):
             c["gallery"] = gr.Gallery(label="History", columns=4, height="auto", object_fit="contain", format="png",
@@ -85,7 +87,8 @@ def build(services: Services) -> HistoryTab:
             c["details"] = gr.HTML("", elem_id="history_details", padding=False)
             with gr.Row():
                 c["reuse"] = gr.Button("Reuse parameters", variant="primary", elem_id="history_reuse", min_width=120)
-                c["delete"] = gr.Button("🗑️ Delete", variant="stop", elem_id="history_delete", min_width=100)
+                c["delete"] = icon_button("trash", "Delete", "history_delete", show_label=True, size="lg", variant="stop",
+                                          min_width=100)
     c["ids"] = ids
     c["selected"] = selected
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from sdwebui.pipelines.img2img_params import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from sdwebui.pipelines.infotext import parse_infotext
+from sdwebui.pipelines.params import Txt2ImgParams, spec_of
 from sdwebui.server.service import GenerationRequest, JobHandle
 from sdwebui.server.services import Services
 from sdwebui.ui import txt2img
@@ -114,8 +115,18 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
                                                           label="Only masked padding, pixels",
                                                           elem_id="img2img_inpaint_full_res_padding", min_width=140)
 
-    return txt2img.build(services, counter, prefix="img2img", field_names=IMG2IMG_FIELDS, submit=submit_img2img,
-                         image_inputs=image_inputs, extra_settings=extra_settings)
+    tab = txt2img.build(services, counter, prefix="img2img", field_names=IMG2IMG_FIELDS, submit=submit_img2img,
+                        image_inputs=image_inputs, extra_settings=extra_settings)
+    f = tab.fields
+    image_fields = ("mode", "init_image", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload_image")
+
+    def detect_size(*images):
+        size = image_size(dict(zip(image_fields, images)))
+        return size if size is not None else (gr.skip(), gr.skip())
+
+    tab.components["detect_size"].click(detect_size, [f[name] for name in image_fields], [f["width"], f["height"]],
+                                        show_progress="hidden", queue=False)
+    return tab
 
 
 # ---- images and mask from the controls -----------------------------------------------------------------------
@@ -156,36 +167,54 @@ def editor_mask(editor: Mapping[str, Any] | None):
     return Image.fromarray((mask * 255).astype(np.uint8), mode="L")
 
 
+def mode_image(values: Mapping[str, Any]):
+    """The selected sub-tab's init image, or None. A sketch is sent as the drawing over the image (A1111: in
+    Inpaint sketch the coloured strokes are both the new content and the mask)."""
+    mode = values.get("mode") or "img2img"
+    if mode in ("sketch", "inpaint_sketch"):
+        editor = values.get(mode) or {}
+        return _as_image(editor.get("composite")) or _as_image(editor.get("background"))
+    if mode == "inpaint":
+        return _as_image((values.get("inpaint") or {}).get("background"))
+    if mode == "inpaint_upload":
+        return _as_image(values.get("inpaint_upload_image"))
+    return _as_image(values.get("init_image"))
+
+
 def images_for(values: Mapping[str, Any]):
     """(init image, mask or None) for the selected sub-tab; a UIError when there is no image."""
     mode = values.get("mode") or "img2img"
-    mask = None
-    if mode == "sketch":
-        editor = values.get("sketch") or {}
-        image = _as_image(editor.get("composite")) or _as_image(editor.get("background"))
-    elif mode == "inpaint":
-        editor = values.get("inpaint") or {}
-        image = _as_image(editor.get("background"))
-        mask = editor_mask(editor)
+    image, mask = mode_image(values), None
+    if mode in ("inpaint", "inpaint_sketch"):
+        mask = editor_mask(values.get(mode) or {})
         if mask is not None and not mask.getbbox():
-            raise UIError("mask: draw over the part of the image to repaint first")
-    elif mode == "inpaint_sketch":
-        # A1111: the coloured strokes are both the new content (in the init image) and the mask.
-        editor = values.get("inpaint_sketch") or {}
-        image = _as_image(editor.get("composite")) or _as_image(editor.get("background"))
-        mask = editor_mask(editor)
-        if mask is not None and not mask.getbbox():
-            raise UIError("mask: sketch over the part of the image to repaint first")
+            verb = "draw" if mode == "inpaint" else "sketch"
+            raise UIError(f"mask: {verb} over the part of the image to repaint first")
     elif mode == "inpaint_upload":
-        image = _as_image(values.get("inpaint_upload_image"))
         mask = _as_image(values.get("inpaint_upload_mask"))
         if image is not None and mask is None:
             raise UIError("mask: upload a mask (white = repaint)")
-    else:
-        image = _as_image(values.get("init_image"))
     if image is None:
         raise UIError("init image: upload an image first")
     return image, mask
+
+
+def generation_size(width: float, height: float) -> tuple[int, int]:
+    """A size floored to multiples of 8, as A1111 floors "Resize by" (at least 8)."""
+    return max(8, int(width) - int(width) % 8), max(8, int(height) - int(height) % 8)
+
+
+def image_size(values: Mapping[str, Any]) -> tuple[int, int] | None:
+    """A1111's 📐 "auto detect size": the selected sub-tab's image size as Width and Height, or None without one.
+    An image larger than the sliders go is scaled down to fit, keeping its aspect ratio (a slider refuses a value
+    beyond its range)."""
+    image = mode_image(values)
+    if image is None:
+        return None
+    smallest, largest, _ = spec_of(Txt2ImgParams, "width").ui
+    fit = min(1.0, largest / max(image.width, image.height))
+    width, height = generation_size(image.width * fit, image.height * fit)
+    return max(smallest, width), max(smallest, height)
 
 
 def batch_files(input_dir: str, mask_dir: str | None = None) -> list[tuple[str, Any, Any]]:
@@ -238,8 +267,8 @@ def request_from_img2img_fields(values: Mapping[str, Any], *, save_images: bool,
     common = {k: val for k, val in v.items() if k in COMMON_FIELDS}
     if v["size_tab"] == "Resize by":
         # A1111: the image's size times the scale, floored to a multiple of 8.
-        width, height = int(image.width * float(v["scale_by"])), int(image.height * float(v["scale_by"]))
-        common["width"], common["height"] = max(8, width - width % 8), max(8, height - height % 8)
+        scale = float(v["scale_by"])
+        common["width"], common["height"] = generation_size(image.width * scale, image.height * scale)
     common.update({
         "resize_mode": int(v["resize_mode"]),
         "denoising_strength": float(v["denoising_strength"]),

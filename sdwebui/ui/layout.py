@@ -30,6 +30,7 @@ from sdwebui.ui.fields import (
     style_names,
     vae_choices,
 )
+from sdwebui.ui.icons import ICON_CSS, ICON_TITLES_JS, icon_button
 
 CSS = """
 .sdw-progress { position: relative; height: 1.9em; border-radius: 6px; overflow: hidden;
@@ -56,9 +57,9 @@ CSS = """
   .gradio-container { padding: 4px !important; }
   #txt2img_generate, #img2img_generate { min-height: 3em; }
 }
-"""
+""" + ICON_CSS
 
-HOTKEYS_JS = """
+PAGE_JS = """
 () => {
   // A1111's hotkey: Ctrl+Enter (Cmd+Enter) in a prompt box generates.
   document.addEventListener("keydown", (event) => {
@@ -71,6 +72,7 @@ HOTKEYS_JS = """
     const button = document.querySelector(`#${box.id.split("_")[0]}_generate`);
     if (button) button.click();
   });
+""" + ICON_TITLES_JS + """
 }
 """
 
@@ -107,7 +109,8 @@ def build_ui(services: Services):
         with gr.Row(elem_id="quicksettings", equal_height=True):
             checkpoint = gr.Dropdown(titles, value=current, label="Stable Diffusion checkpoint",
                                      elem_id="setting_sd_model_checkpoint", scale=4, min_width=200)
-            refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", size="sm", scale=0, min_width=44)
+            refresh = icon_button("refresh", "Refresh the checkpoint and VAE lists", "refresh_sd_model_checkpoint",
+                                  scale=0, min_width=44)
             vae = gr.Dropdown(vaes, value=current_vae, label="SD VAE", elem_id="setting_sd_vae", scale=2,
                               min_width=140)
         status = gr.HTML("", elem_id="quicksettings_status", padding=False)
@@ -138,24 +141,28 @@ def _wire_top_bar(services: Services, page: Page) -> None:
     """Checkpoint and VAE: the same path as POST /sdapi/v1/options; 🔄 re-reads the lists."""
     t2i = page.t2i
 
-    def set_option(key, value, width, height):
+    def set_option(key, value, *sizes):
+        """`sizes`: txt2img's and img2img's width and height."""
+        unchanged = [gr.skip()] * len(sizes)
         old_size = native_size(services) if key == "sd_model_checkpoint" else None
         try:
             services.update_options({key: value})
         except OptionError as error:
-            return f"<p class='sdw-note'>Not switched: {error.message}</p>", gr.skip(), gr.skip()
+            return f"<p class='sdw-note'>Not switched: {error.message}</p>", *unchanged
         if old_size is None:
-            return "", gr.skip(), gr.skip()
-        # Follow the new model's native size unless the user chose another size.
+            return "", *unchanged
+        # Each tab follows the new model's native size unless the user chose another size there.
         new_size = native_size(services)
-        if int(width) == old_size and int(height) == old_size and new_size != old_size:
-            return "", new_size, new_size
-        return "", gr.skip(), gr.skip()
+        follow = []
+        for width, height in zip(sizes[::2], sizes[1::2]):
+            at_native = int(width) == old_size and int(height) == old_size
+            follow += [new_size if at_native else gr.skip()] * 2
+        return "", *follow
 
-    size = [t2i.fields["width"], t2i.fields["height"]]
-    page.checkpoint.input(lambda v, w, h: set_option("sd_model_checkpoint", v, w, h), [page.checkpoint, *size],
-                          [page.status, *size], show_progress="hidden")
-    page.vae.input(lambda v, w, h: set_option("sd_vae", v, w, h), [page.vae, *size], [page.status, *size],
+    sizes = [page.t2i.fields["width"], page.t2i.fields["height"], page.i2i.fields["width"], page.i2i.fields["height"]]
+    page.checkpoint.input(lambda v, *s: set_option("sd_model_checkpoint", v, *s), [page.checkpoint, *sizes],
+                          [page.status, *sizes], show_progress="hidden")
+    page.vae.input(lambda v, *s: set_option("sd_vae", v, *s), [page.vae, *sizes], [page.status, *sizes],
                    show_progress="hidden")
 
     def refresh_lists():
@@ -276,10 +283,12 @@ def _wire_page_load(services: Services, page: Page) -> None:
         side = native_size(services, current)
         return (gr.update(choices=titles, value=current), gr.update(choices=names, value=current_vae),
                 gr.update(choices=sampler_choices()), gr.update(choices=schedule_choices()),
-                gr.update(choices=style_names(services)), side, side, READY_MARK)
+                gr.update(choices=style_names(services)), side, side, side, side, READY_MARK)
 
+    # Both tabs start at the current model's native size (512 for SD 1.x, 1024 for SDXL).
     demo.load(on_load, None, [page.checkpoint, page.vae, t2i.fields["sampler"], t2i.fields["scheduler"],
-                              t2i.fields["styles"], t2i.fields["width"], t2i.fields["height"], page.status],
+                              t2i.fields["styles"], t2i.fields["width"], t2i.fields["height"],
+                              page.i2i.fields["width"], page.i2i.fields["height"], page.status],
               show_progress="hidden")
     hires_lists = [t2i.fields[name] for name in ("hr_upscaler", "hr_checkpoint", "hr_sampler", "hr_scheduler",
                                                  "refiner_checkpoint")]
@@ -303,9 +312,9 @@ def mount_ui(app, services: Services):
     demo.queue(default_concurrency_limit=None)
     outputs = services.paths.outputs_dir
     return gr.mount_gradio_app(
-        app, demo, path="/", allowed_paths=[str(outputs)], theme=theme(), css=CSS, js=HOTKEYS_JS,
+        app, demo, path="/", allowed_paths=[str(outputs)], theme=theme(), css=CSS, js=PAGE_JS,
         footer_links=["settings"], show_error=True, ssr_mode=False,
     )
 
 
-__all__ = ["build_ui", "mount_ui", "theme", "CSS", "HOTKEYS_JS"]
+__all__ = ["build_ui", "mount_ui", "theme", "CSS", "PAGE_JS"]

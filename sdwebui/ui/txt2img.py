@@ -38,6 +38,7 @@ from sdwebui.ui.fields import (
     submit_txt2img,
     upscaler_choices,
 )
+from sdwebui.ui.icons import icon_button
 
 POLL_SECONDS = 0.25
 
@@ -92,7 +93,7 @@ def build(
         with gr.Column(scale=1, min_width=300, elem_id=f"{prefix}_settings"):
             if image_inputs is not None:
                 image_inputs(f, c)
-            _sampling_controls(prefix, f, c)
+            _sampling_controls(prefix, f, c, detect_size=image_inputs is not None)
             _seed_controls(prefix, f, c)
             f["tiling"] = param_control(Txt2ImgParams, "tiling", f"{prefix}_tiling")
             # Filled by pasting an infotext; hidden while empty (as A1111's).
@@ -137,7 +138,9 @@ def _prompt_row(prefix: str, f: dict, c: dict) -> None:
             f["styles"] = gr.Dropdown([], value=[], multiselect=True, label="Styles", elem_id=f"{prefix}_styles")
 
 
-def _sampling_controls(prefix: str, f: dict, c: dict) -> None:
+def _sampling_controls(prefix: str, f: dict, c: dict, *, detect_size: bool = False) -> None:
+    """Sampler, steps, size (with A1111's swap button, and its 📐 "auto detect size" where the tab takes an image),
+    batch and CFG scale."""
     with gr.Row():
         f["sampler"] = gr.Dropdown([DEFAULTS["sampler"]], value=DEFAULTS["sampler"], label="Sampling method",
                                    elem_id=f"{prefix}_sampling", min_width=140)
@@ -148,7 +151,11 @@ def _sampling_controls(prefix: str, f: dict, c: dict) -> None:
         with gr.Column(scale=8, min_width=200):
             f["width"] = param_control(Txt2ImgParams, "width", f"{prefix}_width")
             f["height"] = param_control(Txt2ImgParams, "height", f"{prefix}_height")
-        c["swap"] = gr.Button("⇅", elem_id=f"{prefix}_res_switch_btn", size="sm", scale=1, min_width=40)
+        with gr.Column(scale=1, min_width=40):
+            c["swap"] = icon_button("swap", "Swap width and height", f"{prefix}_res_switch_btn", min_width=40)
+            if detect_size:
+                c["detect_size"] = icon_button("detect-size", "Auto detect size from the image",
+                                               f"{prefix}_detect_image_size_btn", min_width=40)
     with gr.Row():
         f["batch_count"] = param_control(Txt2ImgParams, "batch_count", f"{prefix}_batch_count", min_width=140)
         f["batch_size"] = param_control(Txt2ImgParams, "batch_size", f"{prefix}_batch_size", min_width=140)
@@ -159,14 +166,17 @@ def _seed_controls(prefix: str, f: dict, c: dict) -> None:
     """Seed with 🎲 / ♻️, and A1111's "Extra": variation seed and strength, resize seed from."""
     with gr.Row(equal_height=True):
         f["seed"] = param_control(Txt2ImgParams, "seed", f"{prefix}_seed", scale=6, min_width=120)
-        c["random_seed"] = gr.Button("🎲", elem_id=f"{prefix}_random_seed", size="sm", scale=1, min_width=40)
-        c["reuse_seed"] = gr.Button("♻️", elem_id=f"{prefix}_reuse_seed", size="sm", scale=1, min_width=40)
+        c["random_seed"] = icon_button("dice", "Random seed (-1: a new one each time)", f"{prefix}_random_seed",
+                                        scale=1, min_width=40)
+        c["reuse_seed"] = icon_button("reuse", "Reuse the seed of the selected image", f"{prefix}_reuse_seed",
+                                       scale=1, min_width=40)
     with gr.Accordion("Extra", open=False, elem_id=f"{prefix}_subseed_show") as c["extra"]:
         with gr.Row(equal_height=True):
             f["subseed"] = param_control(Txt2ImgParams, "subseed", f"{prefix}_subseed", scale=6, min_width=120)
-            c["random_subseed"] = gr.Button("🎲", elem_id=f"{prefix}_random_subseed", size="sm", scale=1,
-                                            min_width=40)
-            c["reuse_subseed"] = gr.Button("♻️", elem_id=f"{prefix}_reuse_subseed", size="sm", scale=1, min_width=40)
+            c["random_subseed"] = icon_button("dice", "Random variation seed (-1)", f"{prefix}_random_subseed",
+                                              scale=1, min_width=40)
+            c["reuse_subseed"] = icon_button("reuse", "Reuse the variation seed of the selected image",
+                                              f"{prefix}_reuse_subseed", scale=1, min_width=40)
         f["subseed_strength"] = param_control(Txt2ImgParams, "subseed_strength", f"{prefix}_subseed_strength")
         with gr.Row():
             f["seed_resize_from_w"] = param_control(Txt2ImgParams, "seed_resize_from_w",
@@ -256,7 +266,7 @@ def _wire_generate(services: Services, tab: Txt2ImgTab, submit) -> None:
 
     outputs = [job_state, result_state, c["progress"], c["preview"], c["gallery"], c["infotext"], c["html_info"]]
     c["generate"].click(generate, tab.inputs, outputs, show_progress="hidden", concurrency_limit=None,
-                        trigger_mode="multiple")  # Ctrl+Enter in a prompt clicks it too (layout.HOTKEYS_JS)
+                        trigger_mode="multiple")  # Ctrl+Enter in a prompt clicks it too (layout.PAGE_JS)
 
     def interrupt(job_id):
         if job_id:
