@@ -18,6 +18,7 @@ from sdwebui.pipelines.grids import grid_rows, image_grid
 from sdwebui.pipelines.jobs import run_tasks, total_batches
 from sdwebui.pipelines.output import save_image
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
+from sdwebui.server.console import JobConsoleBar
 from sdwebui.server.payloads import ExtrasPayload, GenerationPayload, OutputOptions, decode_png
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
     saver = ImageSaver(services, job, payload.output)
     models_used: list = []
     batches = total_batches(tasks)
+    console = JobConsoleBar(f"{payload.kind} {job.id[:8]}")
 
     def run(task: GenerationTask, batch_offset: int):
         from sdwebui.pipelines.context import GenerationContext  # torch: the worker has it by now
@@ -46,7 +48,7 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
         models_used.append(model)
         ctx = GenerationContext(
             model=model, stop=job.stop, embeddings=services.embeddings,
-            on_step=progress_reporter(job, services, model, payload.preview_every, batch_offset, batches),
+            on_step=progress_reporter(job, services, model, payload.preview_every, batch_offset, batches, console),
             extra_networks=LoraNetworks(services.loras), nan_check=payload.nan_check,
             load_model=services.models.get_secondary, upscalers=services.upscalers,
             upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: saver.save(batch, model),
@@ -56,7 +58,10 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
             return img2img(ctx, task.params, list(task.init_images), task.mask)
         return txt2img(ctx, task.params)
 
-    outcome = run_tasks(tasks, run, job.stop.interrupted.is_set)
+    try:
+        outcome = run_tasks(tasks, run, job.stop.interrupted.is_set)
+    finally:
+        console.close()
     scripts.after_job(outcome)
     grid = add_grid(services, payload, outcome)
     job.images = [*outcome.extra_images, *outcome.images]
@@ -129,9 +134,10 @@ def model_info(model: Any) -> dict:
 
 
 def progress_reporter(job: "JobHandle", services: "Services", model: Any, preview_every: int, batch_offset: int,
-                      batches: int):
+                      batches: int, console: JobConsoleBar | None = None):
     """The engine's `on_step`: step and batch (counted over the whole job) and a live preview every
-    `preview_every` steps (-1: at the end of each batch; 0: none); progress is saved to the store now and then."""
+    `preview_every` steps (-1: at the end of each batch; 0: none); progress is saved to the store now and then,
+    and shown on the job's console bar."""
     save_progress = services.worker.progress_saver(job)
     family = model.family.value
 
@@ -144,6 +150,8 @@ def progress_reporter(job: "JobHandle", services: "Services", model: Any, previe
         job.report_step(progress.step, progress.total_steps, batch_offset + progress.batch_index,
                         max(batches, batch_offset + progress.batch_count), make_preview)
         save_progress()
+        if console is not None:
+            console.show(job.progress)
 
     return on_step
 

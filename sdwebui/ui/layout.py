@@ -11,6 +11,9 @@ page needs nothing from the internet.
 from __future__ import annotations
 
 import html
+import logging
+import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +78,8 @@ PAGE_JS = """
 """ + ICON_TITLES_JS + """
 }
 """
+
+log = logging.getLogger(__name__)
 
 READY_MARK = '<span id="sdw-ready" hidden></span>'
 """Put in the page when the page-load event has filled the lists (tests and scripts wait for it)."""
@@ -306,8 +311,38 @@ def theme():
     return gr.themes.Default(primary_hue="orange", font=fonts, font_mono=mono)
 
 
+class _OneLineGradioErrors:
+    """Stands in for the `traceback` module inside Gradio's event handling, which prints a whole traceback when a
+    control refuses a value (a number beyond a slider's range, a choice not listed): those get one log line, as
+    the page shows the message too. Any other exception still prints its traceback (it is a bug)."""
+
+    def __getattr__(self, name: str):
+        return getattr(traceback, name)
+
+    def print_exc(self, *args, **kwargs) -> None:
+        from gradio.exceptions import Error
+
+        error = sys.exc_info()[1]
+        if isinstance(error, Error):
+            log.warning("UI: %s", error.message)
+            return
+        traceback.print_exc(*args, **kwargs)
+
+
+def one_line_gradio_errors() -> None:
+    """Install `_OneLineGradioErrors` in the Gradio modules that print a refused value's traceback."""
+    import gradio.queueing
+    import gradio.routes
+    import gradio.utils
+
+    for module in (gradio.queueing, gradio.routes, gradio.utils):
+        if getattr(module, "traceback", None) is traceback:
+            module.traceback = _OneLineGradioErrors()
+
+
 def mount_ui(app, services: Services):
     """Mount the UI at `/` of `app` (after the API routes, which therefore keep their paths)."""
+    one_line_gradio_errors()
     demo = build_ui(services)
     demo.queue(default_concurrency_limit=None)
     outputs = services.paths.outputs_dir
