@@ -71,10 +71,13 @@ def test_draw_a_mask_and_inpaint(page, server, tmp_path):  # noqa: F811
 
 def test_img2img_size_native_then_detected_from_the_image_and_icons_drawn(page, tmp_path):  # noqa: F811
     """The img2img tab starts at the model's native size (64 for the tiny model), 📐 takes the uploaded image's
-    size, and the icon buttons are drawn from the package's SVGs with a title and an accessible name."""
+    size, and the icon buttons are drawn from the package's SVGs with a title and an accessible name. The inpaint
+    settings show only on the sub-tabs that take a mask; the footer has no stray separator."""
     from test_ui_browser import number
 
     page.get_by_role("tab", name="img2img", exact=True).first.click()
+    inpaint_controls = page.locator("#img2img_inpaint_controls")
+    assert not inpaint_controls.is_visible()
     wait_until(lambda: number(page, "img2img_width") == "64" and number(page, "img2img_height") == "64", timeout=15)
     path = tmp_path / "wide.png"
     Image.new("RGB", (203, 120), (200, 40, 40)).save(path)
@@ -93,3 +96,15 @@ def test_img2img_size_native_then_detected_from_the_image_and_icons_drawn(page, 
         assert button.locator("img").evaluate("img => img.complete && img.naturalWidth > 0"), elem_id
         box = button.bounding_box()
         assert box["width"] <= 80, (elem_id, box)  # the hidden label takes no room
+
+    page.get_by_role("tab", name="Inpaint upload", exact=True).first.click()
+    inpaint_controls.wait_for(state="visible", timeout=15_000)
+    page.get_by_role("tab", name="Sketch", exact=True).first.click()
+    inpaint_controls.wait_for(state="hidden", timeout=15_000)
+    # "Send to inpaint" (here from PNG Info) opens the Inpaint sub-tab with its settings.
+    page.locator("#tab_pnginfo-button, button[role=tab]:has-text('PNG Info')").first.click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
+    page.locator("#pnginfo_image img").first.wait_for(timeout=15_000)
+    page.locator("#pnginfo_send_inpaint").click()
+    inpaint_controls.wait_for(state="visible", timeout=15_000)
+    assert "·" not in page.locator("footer").first.inner_text()

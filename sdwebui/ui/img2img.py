@@ -27,6 +27,8 @@ from sdwebui.ui.fields import TokenCounter, UIError, fields_from_infotext, reque
 
 MASKED_CONTENT = list(INPAINTING_FILLS)
 MODES = ("img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload", "batch")
+MASK_TABS = ("inpaint", "inpaint_sketch", "inpaint_upload", "batch")
+"""The sub-tabs whose jobs can have a mask (a batch's from its mask folder)."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_BATCH_FILES = 1000
 
@@ -87,8 +89,7 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
                 f["batch_input_dir"] = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
                 f["batch_mask_dir"] = gr.Textbox(label="Inpaint batch mask directory (optional)",
                                                  elem_id="img2img_batch_inpaint_mask_dir")
-        for tab, mode in zip((tab0, tab1, tab2, tab3, tab4, tab5), MODES):
-            tab.select((lambda m: lambda: m)(mode), None, f["mode"], show_progress="hidden", queue=False)
+        c["mode_tab_list"] = (tab0, tab1, tab2, tab3, tab4, tab5)
         f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize mode",
                                     elem_id="img2img_resize_mode")
         with gr.Row():
@@ -100,7 +101,9 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
     def extra_settings(f: dict, c: dict) -> None:
         f["denoising_strength"] = gr.Slider(0.0, 1.0, value=DEFAULTS["denoising_strength"], step=0.01,
                                             label="Denoising strength", elem_id="img2img_denoising_strength")
-        with gr.Accordion("Inpaint", open=True, elem_id="img2img_inpaint_controls") as c["inpaint_controls"]:
+        # Shown on the sub-tabs that take a mask (`inpaint_controls_update`).
+        with gr.Accordion("Inpaint", open=True, visible=DEFAULTS["mode"] in MASK_TABS,
+                          elem_id="img2img_inpaint_controls") as c["inpaint_controls"]:
             f["mask_blur"] = gr.Slider(0, 64, value=DEFAULTS["mask_blur"], step=1, label="Mask blur",
                                        elem_id="img2img_mask_blur")
             f["mask_mode"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], type="index", label="Mask mode",
@@ -126,7 +129,15 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
 
     tab.components["detect_size"].click(detect_size, [f[name] for name in image_fields], [f["width"], f["height"]],
                                         show_progress="hidden", queue=False)
+    for mode_tab, mode in zip(tab.components["mode_tab_list"], MODES):
+        mode_tab.select((lambda m: lambda: (m, inpaint_controls_update(m)))(mode), None,
+                        [f["mode"], tab.components["inpaint_controls"]], show_progress="hidden", queue=False)
     return tab
+
+
+def inpaint_controls_update(mode: str):
+    """The inpaint settings show on the sub-tabs that take a mask (A1111's `inpaint_controls`)."""
+    return gr.update(visible=mode in MASK_TABS)
 
 
 # ---- images and mask from the controls -----------------------------------------------------------------------

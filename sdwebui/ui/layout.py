@@ -60,6 +60,8 @@ CSS = """
   .gradio-container { padding: 4px !important; }
   #txt2img_generate, #img2img_generate { min-height: 3em; }
 }
+/* Gradio puts a "·" before each footer link; ours is the only one (footer_links=["settings"]). */
+footer .divider { display: none !important; }
 """ + ICON_CSS
 
 PAGE_JS = """
@@ -236,16 +238,17 @@ def _wire_send_to_img2img(services: Services, page: Page) -> None:
         updates = [values[name] if name in values else gr.skip() for name in i2i_paste]
         note = warnings_html(warnings)
         if image is None:
-            return [*updates, gr.skip(), gr.skip(), gr.skip(), gr.skip(), note, gr.Tabs(selected="img2img")]
+            return [*updates, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), note, gr.Tabs(selected="img2img")]
         if target == "inpaint":
             editor = {"background": image, "layers": [], "composite": image}
-            return [*updates, gr.skip(), editor, "inpaint", gr.Tabs(selected="inpaint"), note,
-                    gr.Tabs(selected="img2img")]
-        return [*updates, image, gr.skip(), "img2img", gr.Tabs(selected="img2img"), note,
-                gr.Tabs(selected="img2img")]
+            return [*updates, gr.skip(), editor, "inpaint", gr.Tabs(selected="inpaint"),
+                    img2img.inpaint_controls_update("inpaint"), note, gr.Tabs(selected="img2img")]
+        return [*updates, image, gr.skip(), "img2img", gr.Tabs(selected="img2img"),
+                img2img.inpaint_controls_update("img2img"), note, gr.Tabs(selected="img2img")]
 
     send_outputs = [*[i2i.fields[name] for name in i2i_paste], i2i.fields["init_image"], i2i.fields["inpaint"],
-                    i2i.fields["mode"], i2i.components["mode_tabs"], i2i.components["html_info"], tabs]
+                    i2i.fields["mode"], i2i.components["mode_tabs"], i2i.components["inpaint_controls"],
+                    i2i.components["html_info"], tabs]
     for tab in (page.t2i, i2i):
         for target in ("img2img", "inpaint"):
             tab.components[f"send_to_{target}"].click(
