@@ -269,7 +269,8 @@ def test_progress_reflects_the_running_job_and_interrupt_keeps_its_image(server,
                           and p["current_image"] and p)
     assert progress["state"]["job_count"] == 2 and progress["state"]["sampling_steps"] == 1000
     assert 0 < progress["progress"] < 0.5 and progress["eta_relative"] > 0
-    assert decode_png(progress["current_image"]).size == (8, 8)  # the cheap latent preview: 1/8 of the image
+    # The cheap latent preview (1/8 of the image) scaled smoothly to the image's size.
+    assert decode_png(progress["current_image"]).size == (64, 64)
     assert client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["current_image"] is None
     assert client.post("/sdapi/v1/interrupt").status_code == 200
     thread.join(60)

@@ -104,3 +104,34 @@ def test_a_refused_ui_value_is_one_log_line_not_a_traceback(capsys, caplog):
     except RuntimeError:
         gradio.queueing.traceback.print_exc()
     assert "Traceback" in capsys.readouterr().err  # anything else keeps its traceback
+
+
+def test_live_previews_are_smooth_at_the_image_size_and_the_last_is_the_decoded_image(server):
+    """The cheap preview has one pixel per latent pixel: it is scaled (bicubic) to the image's size, not drawn as
+    8x8 blocks; once a batch is decoded, the job's preview is that image (the full decode)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sdwebui.server.runners import PREVIEW_MAX_SIDE, preview_png
+
+    latent = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(0))
+    preview = np.asarray(Image.open(io.BytesIO(preview_png(latent, "sd1"))))
+    assert preview.shape == (64, 96, 3)
+    block = preview[8:16, 8:16].reshape(-1, 3)
+    assert len(np.unique(block, axis=0)) > 8  # not one colour per 8x8 block
+    big = torch.randn(1, 4, 128, 96)
+    assert Image.open(io.BytesIO(preview_png(big, "sdxl"))).size == (PREVIEW_MAX_SIDE * 3 // 4, PREVIEW_MAX_SIDE)
+
+    services = server.services
+    job = services.generation.submit(_request(prompt="a cat", steps=2, width=64, height=64, seed=5))
+    assert job.finished.wait(120) and job.images, job.status
+    final = Image.open(io.BytesIO(job.progress.preview_png))
+    assert final.size == (64, 64)
+    assert np.array_equal(np.asarray(final), np.asarray(job.images[0].convert("RGB")))
+
+
+def _request(**values):
+    from sdwebui.server.service import GenerationRequest
+
+    return GenerationRequest(kind="txt2img", values=values, save_images=False)

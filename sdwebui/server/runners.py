@@ -37,6 +37,11 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
     batches = total_batches(tasks)
     console = JobConsoleBar(f"{payload.kind} {job.id[:8]}")
 
+    def on_images(batch, model) -> None:
+        saver.save(batch, model)
+        if payload.preview_every != 0 and batch.images:
+            job.progress.preview_png = decoded_preview_png(batch.images[0])
+
     def run(task: GenerationTask, batch_offset: int):
         from sdwebui.pipelines.context import GenerationContext  # torch: the worker has it by now
         from sdwebui.pipelines.img2img import img2img
@@ -51,7 +56,7 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
             on_step=progress_reporter(job, services, model, payload.preview_every, batch_offset, batches, console),
             extra_networks=LoraNetworks(services.loras), nan_check=payload.nan_check,
             load_model=services.models.get_secondary, upscalers=services.upscalers,
-            upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: saver.save(batch, model),
+            upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: on_images(batch, model),
             hooks=scripts if scripts else None,
         )
         if payload.kind == "img2img":
@@ -156,14 +161,35 @@ def progress_reporter(job: "JobHandle", services: "Services", model: Any, previe
     return on_step
 
 
+PREVIEW_MAX_SIDE = 512
+"""Live previews are drawn at the image's size up to this many pixels a side (the PNG is made at every preview)."""
+
+
 def preview_png(denoised, family: str) -> bytes:
+    """A live preview: the cheap latent approximation (one pixel per latent pixel, 1/8 of the image's size),
+    scaled smoothly to the image's size; a browser scaling an 8x8 preview up draws it as blocks."""
     from PIL import Image
 
     from sdwebui.core.latent_preview import latent_preview
 
-    array = latent_preview(denoised[0], family)
+    image = Image.fromarray(latent_preview(denoised[0], family))
+    return _preview_png(image, (image.width * 8, image.height * 8))
+
+
+def decoded_preview_png(image) -> bytes:
+    """A batch's first decoded image as the job's last preview (the full decode, not the approximation)."""
+    return _preview_png(image.convert("RGB"), image.size)
+
+
+def _preview_png(image, size: tuple[int, int]) -> bytes:
+    from PIL import Image
+
+    fit = min(1.0, PREVIEW_MAX_SIDE / max(size))
+    size = (max(1, round(size[0] * fit)), max(1, round(size[1] * fit)))
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

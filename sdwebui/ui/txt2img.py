@@ -245,7 +245,7 @@ def _wire_generate(services: Services, tab: Txt2ImgTab, submit) -> None:
         # While it runs the live preview takes the gallery's place (as in A1111).
         yield {**out, job_state: job.id, c["progress"]: progress_html(fraction, text, state="queued"),
                c["preview"]: gr.update(visible=True, value=None), c["gallery"]: gr.update(visible=False)}
-        shown_preview, last_text = 0, text
+        shown_preview, last_text = None, text
         while not job.finished.is_set():
             await asyncio.sleep(POLL_SECONDS)
             if job.finished.is_set():
@@ -257,8 +257,8 @@ def _wire_generate(services: Services, tab: Txt2ImgTab, submit) -> None:
                 update[c["progress"]] = progress_html(fraction, text, state=state)
                 last_text = text
             p = job.progress
-            if p.preview_png is not None and p.preview_step != shown_preview:
-                shown_preview = p.preview_step
+            if p.preview_png is not None and p.preview_png is not shown_preview:
+                shown_preview = p.preview_png  # a new preview: a step's, or a batch's decoded image
                 update[c["preview"]] = _png_to_image(p.preview_png)
             if update:
                 yield update
