@@ -19,7 +19,9 @@ transformers CLIP), so the mapping is exact for any model size:
   `...processor.to_q_lora.down.weight` and `.lora.down.weight` forms, PEFT's `lora_magnitude_vector` (DoRA).
 
 A key that names no layer of the loaded model is skipped and counted in the report (A1111 prints "Failed to
-match keys"); so is a layer whose tensors form no known module type.
+match keys"); so is a layer whose tensors form no known module type. A network that changes nothing at all (no
+layer matches the model, or every layer was skipped: shapes of another model family) is left out of the
+infotext's `Lora hashes`, which says what a picture was made with, and the job's notes say so.
 
 ## Applying
 
@@ -266,6 +268,9 @@ class _Patcher:
         """What computing the current set had to say (repeated in the report of every job that reuses it)."""
         self.failed: set[str] = set()
         """Paths of the current set's files that could not be read."""
+        self.ineffective: set[str] = set()
+        """Paths of the current set's files that changed nothing: no layer matches the model, or every layer was
+        skipped (left out of `Lora hashes`, which says what a picture was made with)."""
 
     @property
     def model(self):
@@ -279,13 +284,17 @@ class _Patcher:
     def valid(self) -> bool:
         return all((p.data_ptr(), p._version) == stamp for p, _, stamp in self.patched)
 
-    def compute(self, networks: Sequence[tuple[ParsedLora, LoraCall]], notes: list[str]) -> None:
-        per_layer: dict[tuple[str, str], list[tuple[dict[str, Tensor], float, int | None, str]]] = {}
-        for parsed, call in networks:
+    def compute(self, networks: Sequence[tuple[ParsedLora, LoraCall]], notes: list[str]) -> set[int]:
+        """Patch the weights for `networks`; returns the indexes of those of which no layer could be applied
+        (every one skipped: shapes for another model family)."""
+        per_layer: dict[tuple[str, str], list[tuple[dict[str, Tensor], float, int | None, str, int]]] = {}
+        applied = [0] * len(networks)
+        skipped = [0] * len(networks)
+        for index, (parsed, call) in enumerate(networks):
             for layer, parts in parsed.layers.items():
                 multiplier = call.unet if layer[0] == "unet" else call.te
                 if multiplier != 0:
-                    per_layer.setdefault(layer, []).append((parts, multiplier, call.dyn, call.name))
+                    per_layer.setdefault(layer, []).append((parts, multiplier, call.dyn, call.name, index))
         modules = {(t.component, t.name): t.module for t in self.model_index().values()}
         patched: list[tuple[torch.nn.Parameter, Tensor, tuple]] = []
         with torch.no_grad():
@@ -298,7 +307,7 @@ class _Patcher:
                 bias_param = getattr(module, "bias", None)
                 b = bias_param.detach().to(torch.float32, copy=True) if bias_param is not None else None
                 changed_bias = False
-                for parts, multiplier, dyn, name in entries:
+                for parts, multiplier, dyn, name, index in entries:
                     try:
                         delta = compute_delta(
                             {k: v.to(w.device) for k, v in parts.items()}, weight.shape, dyn_dim=dyn, multiplier=multiplier
@@ -306,7 +315,9 @@ class _Patcher:
                         w = apply_delta(w, delta)
                     except (LoraFormatError, RuntimeError) as error:
                         notes.append(f"Lora {name}: layer {'.'.join(layer)} skipped ({error})")
+                        skipped[index] += 1
                         continue
+                    applied[index] += 1
                     if delta.bias is not None and b is not None:
                         b.add_(delta.bias.to(b.device).reshape(b.shape))
                         changed_bias = True
@@ -314,6 +325,7 @@ class _Patcher:
                 if changed_bias:
                     patched.append((bias_param, b.to(bias_param.dtype), (bias_param.data_ptr(), bias_param._version)))
         self.patched = patched
+        return {index for index in range(len(networks)) if skipped[index] and not applied[index]}
 
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
@@ -332,6 +344,7 @@ class _Patcher:
         self.patched = []
         self.notes = []
         self.failed = set()
+        self.ineffective = set()
 
 
 class LoraLibrary:
@@ -525,16 +538,23 @@ class LoraLibrary:
                             notes.append(
                                 f"Lora {call.name}: {len(parsed.unsupported)} layers of an unsupported type skipped"
                             )
-                        if not parsed.layers:
-                            notes.append(f"Lora {call.name}: no layer matches this model")
                     parsed_now[file_key] = parsed
                     networks.append((parsed, call))
-                patcher.compute(networks, notes)
+                ineffective = {str(networks[index][0].file.path) for index in patcher.compute(networks, notes)}
+                for parsed, call in networks:
+                    if not parsed.layers:
+                        notes.append(f"Lora {call.name}: no layer matches this model; left out of Lora hashes")
+                        ineffective.add(str(parsed.file.path))
+                    elif str(parsed.file.path) in ineffective:
+                        notes.append(f"Lora {call.name}: every layer was skipped (made for another model?); left "
+                                     "out of Lora hashes")
                 patcher.key, patcher.notes, patcher.failed = key, notes, failed
+                patcher.ineffective = ineffective
                 self._parsed = parsed_now  # keep only the current set's files in memory
             report.notes.extend(patcher.notes)
+            left_out = patcher.failed | patcher.ineffective
             report.applied = [
-                (call.name, self.shorthash(file)) for file, call in found if str(file.path) not in patcher.failed
+                (call.name, self.shorthash(file)) for file, call in found if str(file.path) not in left_out
             ]
             with patcher.swapped_in():
                 yield report
