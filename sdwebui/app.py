@@ -13,7 +13,9 @@ second or two of starting. Gradio (a few seconds to import) is imported only whe
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
@@ -27,8 +29,10 @@ from sdwebui.scripts import builtin_scripts
 from sdwebui.server import a1111, native
 from sdwebui.server.config import ConfigError, Credentials, ServerConfig
 from sdwebui.server.errors import install_error_handlers
+from sdwebui.server.options import LIMIT_FLAGS, OPTIONS, OptionError
 from sdwebui.server.security import SecurityMiddleware
 from sdwebui.server.services import Services
+from sdwebui.server.store import StoreError
 from sdwebui.ui import mount_ui
 
 log = logging.getLogger("sdwebui")
@@ -75,10 +79,11 @@ def build_app(config: ServerConfig, scripts: Iterable[Script] = ()):
     if config.cors_allow_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        # Outermost, so preflight requests (which carry no credentials) are answered here.
+        # Outermost, so preflight requests (which carry no credentials) are answered here. Never credentials
+        # with "*": Starlette would then echo any origin back as allowed, credentials included.
         app.add_middleware(
             CORSMiddleware, allow_origins=list(config.cors_allow_origins), allow_methods=["*"],
-            allow_headers=["*"], allow_credentials=True,
+            allow_headers=["*"], allow_credentials=config.cors_credentials,
         )
     return app
 
@@ -123,8 +128,16 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-auth-file", help="file with user:password entries (one per line or comma-separated)")
     group.add_argument("--insecure", action="store_true",
                        help="allow listening beyond this machine without credentials (trusted networks only)")
-    group.add_argument("--cors-allow-origins", help="comma-separated origins allowed to call the API from a browser")
+    group.add_argument("--cors-allow-origins",
+                       help="comma-separated origins allowed to call the API from a browser ('*': any site, "
+                            "without credentials)")
     group.add_argument("--allowed-hosts", help="comma-separated extra Host names accepted without credentials")
+    group.add_argument("--forwarded-allow-ips",
+                       help="comma-separated addresses of reverse proxies whose X-Forwarded-For is believed "
+                            "(default: none; the client address is the connection's)")
+    for key, flag in LIMIT_FLAGS.items():
+        group.add_argument(flag, type=int, dest=key, metavar="N",
+                           help=f"{OPTIONS[key].label} (setting {key}; operator only: the API cannot change it)")
     group.add_argument("--no-preload", action="store_true", help="do not import the pipeline until the first job")
     group.add_argument("--api", action="store_true",
                        help="accepted for A1111 scripts; the API is always served (A1111 needs this flag for it)")
@@ -140,6 +153,12 @@ def config_from_args(args, paths) -> ServerConfig:
     precision = "full" if getattr(args, "no_half", False) else getattr(args, "precision", "auto")
     flags = {key: value for key, value in vars(args).items() if key != "func"}
     flags.update({"api": True, "listen": host not in ("127.0.0.1", "localhost", "::1")})
+    settings = {key: getattr(args, key) for key in LIMIT_FLAGS if getattr(args, key, None) is not None}
+    for key, value in settings.items():
+        try:
+            OPTIONS[key].check(key, value)
+        except OptionError as error:
+            raise ConfigError(f"{LIMIT_FLAGS[key]}: {error.message}") from None
     return ServerConfig(
         paths=paths,
         host=host,
@@ -148,6 +167,8 @@ def config_from_args(args, paths) -> ServerConfig:
         insecure=args.insecure,
         cors_allow_origins=_split(args.cors_allow_origins),
         allowed_hosts=_split(args.allowed_hosts),
+        forwarded_allow_ips=_split(getattr(args, "forwarded_allow_ips", None)),
+        settings=settings,
         device=getattr(args, "device", "auto"),
         precision=precision,
         vae_precision="full" if getattr(args, "no_half_vae", False) else "auto",
@@ -164,7 +185,8 @@ def _split(text: str | None) -> tuple[str, ...]:
 
 
 def serve(config: ServerConfig) -> int:
-    """Run the server until Ctrl+C / SIGTERM. Refuses unsafe configurations with one line (exit 2)."""
+    """Run the server until Ctrl+C / SIGTERM. Refuses to start with one line (exit 2), before anything is written:
+    an unsafe configuration, a port in use, a database another process holds locked or cannot be opened."""
     try:
         config.check()
     except ConfigError as error:
@@ -172,13 +194,62 @@ def serve(config: ServerConfig) -> int:
         return 2
     import uvicorn
 
-    if not config.loopback_only and not config.credentials:
-        print(f"sdwebui: WARNING: listening on {config.host} without credentials (--insecure)", file=sys.stderr)
-    app = build_app(config)
-    ui = f"web UI: {config.url}/, " if config.ui else ""
-    print(f"sdwebui: serving on {config.url} ({ui}API docs: {config.url}/docs)", file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=30)
+    try:
+        sock = bind_socket(config)
+    except ConfigError as error:
+        print(f"sdwebui: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        if not config.loopback_only and not config.credentials:
+            print(f"sdwebui: WARNING: listening on {config.host} without credentials (--insecure)", file=sys.stderr)
+        try:
+            app = build_app(config)
+        except (StoreError, OptionError) as error:
+            print(f"sdwebui: error: {error}", file=sys.stderr)
+            return 2
+        for notice in app.state.services.notices:
+            print(f"sdwebui: WARNING: {notice}", file=sys.stderr)
+        ui = f"web UI: {config.url}/, " if config.ui else ""
+        print(f"sdwebui: serving on {config.url} ({ui}API docs: {config.url}/docs)", file=sys.stderr)
+        uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config))).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
-__all__ = ["build_app", "build_services", "serve", "config_from_args", "add_serve_flags"]
+def uvicorn_options(config: ServerConfig) -> dict:
+    """How uvicorn serves the app. Forwarded headers are believed only from `--forwarded-allow-ips` (uvicorn's
+    own default believes them from loopback, so any local client, or a proxy passing them through, could choose
+    the address the failed-login lockout counts)."""
+    return {
+        "log_level": "warning",
+        "timeout_graceful_shutdown": 30,
+        "proxy_headers": bool(config.forwarded_allow_ips),
+        "forwarded_allow_ips": list(config.forwarded_allow_ips) or None,
+    }
+
+
+def bind_socket(config: ServerConfig) -> socket.socket:
+    """The listening socket, bound before anything else happens (no database is created for a server that
+    cannot start); ConfigError with one line when the port is taken or not ours to use."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart needs no TIME_WAIT pause
+    try:
+        sock.bind((config.host, config.port))
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {config.port} is in use (try --port N)") from None
+        if error.errno == errno.EACCES:
+            raise ConfigError(f"port {config.port} needs privileges on this system (try --port N above 1023)") from None
+        if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(error, socket.gaierror):
+            raise ConfigError(f"cannot listen on {config.host}: not an address of this machine") from None
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {error.strerror or error}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+__all__ = ["build_app", "build_services", "serve", "config_from_args", "add_serve_flags", "uvicorn_options",
+           "bind_socket"]

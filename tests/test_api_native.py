@@ -20,9 +20,11 @@ LONG = {"width": 64, "height": 64, "steps": 1000, "sampler": "Euler"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_sd1_path):
     data = make_data_dir(tmp_path_factory.mktemp("native"), tiny_sd1_path, "tiny-sd1.safetensors")
-    # A checkpoint that is listed but cannot be loaded: a job that picks it fails (alone).
+    # Checkpoints that are listed but cannot be loaded: one whose header shows it at once (refused when a job
+    # names it), one that only loading finds out (a job that picks it fails, alone).
     broken = data / "models" / "Stable-diffusion" / "zz-broken.safetensors"
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    torch.save({"not_a_unet": torch.ones(2)}, data / "models" / "Stable-diffusion" / "zz-not-sd.ckpt")
     with LiveServer(data) as live:
         yield live
 
@@ -121,13 +123,13 @@ def test_cancel_a_queued_job_and_interrupt_the_running_one_with_a_preview(client
         assert client.get(f"/api/v1/jobs/{second}").json()["queue_position"] == 0
         response = client.delete(f"/api/v1/jobs/{second}")
         assert response.status_code == 200 and response.json() == {"id": second, "status": "cancelled"}
-        # A live preview of the running job (an 8x8 latent preview of a 64x64 image).
+        # A live preview of the running job (the 8x8 latent preview of a 64x64 image, scaled to 64x64).
         preview = wait_until(lambda: (r := client.get(f"/api/v1/jobs/{first}/preview")).status_code == 200 and r,
                              timeout=120)
         assert preview.headers["content-type"] == "image/png"
         from PIL import Image
 
-        assert Image.open(io.BytesIO(preview.content)).size == (8, 8)
+        assert Image.open(io.BytesIO(preview.content)).size == (64, 64)
         view = client.get(f"/api/v1/jobs/{first}").json()
         assert view["progress"]["total_steps"] == 1000 and view["progress"]["batch_count"] == 3
         response = client.post(f"/api/v1/jobs/{first}/interrupt")
@@ -166,7 +168,9 @@ def test_skip_abandons_the_current_image_of_a_batch_count(client):
 
 def test_a_full_queue_answers_503_with_retry_after(client, server):
     finish_idle(client)
-    assert client.post("/sdapi/v1/options", json={"api_max_queue_size": 1}).status_code == 200
+    # An operator setting (command line, Settings tab): the API cannot change it.
+    assert client.post("/sdapi/v1/options", json={"api_max_queue_size": 1}).status_code == 422
+    server.services.options.update({"api_max_queue_size": 1})
     try:
         running = submit(client, **LONG, seed=1)
         wait_until(lambda: client.get(f"/api/v1/jobs/{running}").json()["status"] == "running", timeout=120)
@@ -181,7 +185,7 @@ def test_a_full_queue_answers_503_with_retry_after(client, server):
         assert client.delete(f"/api/v1/jobs/{running}").json()["status"] == "interrupting"
         assert wait_for_job(client, running, timeout=120)["status"] == "interrupted"
     finally:
-        client.post("/sdapi/v1/options", json={"api_max_queue_size": 1000})
+        server.services.options.update({"api_max_queue_size": 1000})
 
 
 # ---- images -------------------------------------------------------------------------------------------------
@@ -228,7 +232,7 @@ def test_images_list_get_file_and_delete(client, server):
 
 def test_models_list_and_refresh(client, server, tiny_sd1_path):
     models = client.get("/api/v1/models").json()
-    assert [m["name"] for m in models] == ["tiny-sd1.safetensors", "zz-broken.safetensors"]
+    assert [m["name"] for m in models] == ["tiny-sd1.safetensors", "zz-broken.safetensors", "zz-not-sd.ckpt"]
     assert set(models[0]) == {"title", "name", "hash", "sha256", "filename", "loaded"}
     ckpt_dir = server.config.paths.ckpt_dir
     shutil.copyfile(tiny_sd1_path, ckpt_dir / "added.safetensors")
@@ -244,21 +248,39 @@ def test_models_list_and_refresh(client, server, tiny_sd1_path):
 # ---- failures stay with their job ---------------------------------------------------------------------------
 
 
-def test_a_job_that_fails_to_load_its_model_fails_alone(client):
+def test_a_job_that_fails_to_load_its_model_fails_alone(client, server):
     finish_idle(client)
-    broken = submit(client, model="zz-broken", seed=1)
+    broken = submit(client, model="zz-not-sd", seed=1)
     after = submit(client, seed=2)
     view = wait_for_job(client, broken, timeout=120)
     assert view["status"] == "failed" and view["error"] and "Traceback" not in view["error"]
+    # The file is named, its folder is not (the record reaches clients).
+    assert "zz-not-sd.ckpt" in view["error"] and str(server.config.paths.data_dir) not in view["error"]
     assert view["result"] is None
     view = wait_for_job(client, after, timeout=120)
     assert view["status"] == "done" and view["result"]["seeds"] == [2]
-    # The same over the A1111 API: a 500 with a JSON error, and the next request works.
+    # The same over the A1111 API: a 422 naming the file (not a 500), and the next request works.
     response = client.post("/sdapi/v1/txt2img", json={"width": 64, "height": 64, "steps": 2,
-                                                      "override_settings": {"sd_model_checkpoint": "zz-broken"}})
-    assert response.status_code == 500 and response.json()["detail"].startswith("generation failed")
+                                                      "override_settings": {"sd_model_checkpoint": "zz-not-sd"}})
+    assert response.status_code == 422 and response.json()["message"].startswith("generation failed")
+    assert "zz-not-sd.ckpt" in response.text and str(server.config.paths.data_dir) not in response.text
     response = client.post("/sdapi/v1/txt2img", json={"width": 64, "height": 64, "steps": 2, "seed": 3})
     assert response.status_code == 200 and json.loads(response.json()["info"])["all_seeds"] == [3]
+
+
+def test_a_model_file_whose_header_is_broken_is_refused_before_queueing(client, server):
+    """A header that shows the file cannot be loaded: a 422 naming the file (only its name), nothing queued."""
+    jobs_before = len(server.services.store.jobs(limit=1000))
+    for path, body in (("/api/v1/jobs", {**FAST, "model": "zz-broken"}),
+                       ("/sdapi/v1/txt2img", {"width": 64, "height": 64, "steps": 2,
+                                              "override_settings": {"sd_model_checkpoint": "zz-broken"}}),
+                       ("/sdapi/v1/options", {"sd_model_checkpoint": "zz-broken.safetensors"})):
+        response = client.post(path, json=body)
+        assert response.status_code == 422, response.text
+        message = response.json()["message"]
+        assert "zz-broken.safetensors cannot be loaded: not a safetensors file" in message
+        assert str(server.config.paths.data_dir) not in response.text
+    assert len(server.services.store.jobs(limit=1000)) == jobs_before
 
 
 @pytest.mark.parametrize("error", [RuntimeError("boom"), torch.cuda.OutOfMemoryError("CUDA out of memory.")],

@@ -32,10 +32,10 @@ def make_data_dir(root: Path, checkpoint: Path, *names: str) -> Path:
 
 
 class LiveServer:
-    def __init__(self, data_dir: Path, scripts=(), **config):
+    def __init__(self, data_dir: Path, scripts=(), paths: Paths | None = None, **config):
         from sdwebui.app import build_app
 
-        self.config = ServerConfig(paths=Paths.from_flags(data_dir=data_dir), **config)
+        self.config = ServerConfig(paths=paths or Paths.from_flags(data_dir=data_dir), **config)
         self.app = build_app(self.config, scripts=scripts)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -52,7 +52,10 @@ class LiveServer:
     def start(self) -> "LiveServer":
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        from sdwebui.app import uvicorn_options
+
+        # As `sdwebui serve` runs it (forwarded headers believed only from --forwarded-allow-ips).
+        self.server = uvicorn.Server(uvicorn.Config(self.app, lifespan="on", **uvicorn_options(self.config)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 60

@@ -128,6 +128,8 @@ def test_kill_9_mid_queue_then_restart_finishes_the_queued_jobs(tmp_path, tiny_s
             assert len(kept) >= 2 and sorted(image["seed"] for image in kept) == list(range(1, len(kept) + 1))
             for image in kept:
                 assert "cut short" in Image.open(data / "outputs" / image["path"]).info["parameters"]
+                # ... and marked in the history as made by a job that was cut short.
+                assert image["job_status"] == "interrupted" and image["interrupted"] is True
             views = [wait_for_job(client, job, timeout=300) for job in queued]
             for n, view in enumerate(views):
                 assert view["status"] == "done", (view, second.output())

@@ -107,6 +107,53 @@ def test_listen_is_allowed_with_credentials_or_insecure_and_defaults_to_loopback
     assert PASSWORD not in repr(listening.credentials) and PASSWORD not in repr(listening)
 
 
+def test_a_port_in_use_is_one_line_exit_2_and_nothing_is_created(tmp_path):
+    """Issue 15: the port is checked before anything else: no "serving on", no traceback, no database."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), "--data-dir", str(tmp_path / "data"), "--nowebui")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"sdwebui: error: port {port} is in use (try --port N)"]
+    assert result.stdout == "" and not (tmp_path / "data" / "sdwebui.db").exists()
+
+
+def test_forwarded_headers_are_believed_only_from_listed_proxies(tmp_path):
+    """uvicorn believes X-Forwarded-For from loopback by default: a client rotating it got a fresh address,
+    and a fresh failed-login allowance, for every guess. Here the connection's own address counts unless
+    `--forwarded-allow-ips` names the proxy."""
+    from sdwebui.app import uvicorn_options
+
+    assert uvicorn_options(ServerConfig(paths=None))["proxy_headers"] is False
+    with LiveServer(tmp_path / "direct", credentials=Credentials(((USER, PASSWORD),)), max_failed_logins=3,
+                    preload=False) as live, live.client() as client:
+        for n in range(3):
+            forged = {**basic(USER, "guess"), "X-Forwarded-For": f"203.0.113.{n}"}
+            assert client.get("/sdapi/v1/options", headers=forged).status_code == 401
+        rotated = client.get("/sdapi/v1/options", headers={**basic(USER, "guess"), "X-Forwarded-For": "203.0.113.99"})
+        assert rotated.status_code == 429, "a new X-Forwarded-For is not a new client"
+    with LiveServer(tmp_path / "proxied", credentials=Credentials(((USER, PASSWORD),)), max_failed_logins=3,
+                    forwarded_allow_ips=("127.0.0.1",), preload=False) as live, live.client() as client:
+        for _ in range(3):
+            headers = {**basic(USER, "guess"), "X-Forwarded-For": "203.0.113.7"}
+            assert client.get("/sdapi/v1/options", headers=headers).status_code == 401
+        assert client.get("/sdapi/v1/options", headers={**GOOD, "X-Forwarded-For": "203.0.113.7"}).status_code == 429
+        # Behind the listed proxy, another client (its forwarded address) is not held back by that one.
+        assert client.get("/sdapi/v1/options", headers={**GOOD, "X-Forwarded-For": "203.0.113.8"}).status_code == 200
+
+
+def test_forwarded_allow_ips_flag(tmp_path):
+    from sdwebui.app import config_from_args, uvicorn_options
+    from sdwebui.cli import build_parser, paths_from
+
+    args = build_parser().parse_args(["serve", "--data-dir", str(tmp_path), "--forwarded-allow-ips", "10.0.0.2, ::1"])
+    config = config_from_args(args, paths_from(args))
+    assert config.forwarded_allow_ips == ("10.0.0.2", "::1")
+    options = uvicorn_options(config)
+    assert options["proxy_headers"] is True and options["forwarded_allow_ips"] == ["10.0.0.2", "::1"]
+
+
 # ---- authentication: every route, default deny --------------------------------------------------------------
 
 
@@ -322,6 +369,22 @@ def test_no_cors_headers_unless_origins_are_allowed(open_server, tmp_path):
         # The allowed origin may post; another may not.
         assert client.post("/sdapi/v1/options", json={}, headers={"Origin": allowed}).status_code == 200
         assert client.post("/sdapi/v1/options", json={}, headers=evil).status_code == 403
+
+
+def test_wildcard_cors_never_goes_with_credentials(tmp_path):
+    """`*` with credentials made Starlette echo any origin back, credentials allowed: every site could read the
+    API in the user's name. The CORS spec forbids the pair: with credentials configured it is refused at start;
+    without, `*` is answered as `*`, never with credentials."""
+    with pytest.raises(ConfigError, match=r"'\*' cannot be combined with credentials"):
+        ServerConfig(paths=None, cors_allow_origins=("*",), credentials=Credentials(((USER, PASSWORD),))).check()
+    with LiveServer(tmp_path, cors_allow_origins=("*",), preload=False) as live, live.client() as client:
+        headers = {"Origin": "https://evil.example", "Cookie": "session=1"}
+        for response in (client.get("/sdapi/v1/options", headers=headers),
+                         client.options("/sdapi/v1/txt2img", headers={**headers,
+                                                                      "Access-Control-Request-Method": "POST"})):
+            assert response.headers.get("access-control-allow-credentials") is None, response.headers
+            assert response.headers.get("access-control-allow-origin") in ("*", None), response.headers
+        assert client.get("/sdapi/v1/options", headers=headers).headers["access-control-allow-origin"] == "*"
 
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1.evil.example"])

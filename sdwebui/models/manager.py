@@ -2,31 +2,46 @@
 
 One instance is built by the composition root (`app.py` / the CLI) and shared by everything that
 generates; nothing here is global.
+
+Names are matched against a list of files by text alone (`match_checkpoint`, `match_vae`), so a caller that
+must not open arbitrary paths (the server) can match against its folders' listings without ever touching the
+file system with a client's string. The default checkpoint is the first file by name that looks loadable
+(`checkpoint_problem`: a cheap look at the header); files skipped on the way are logged.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sdwebui.config import DEMO_CHECKPOINT, Paths
+from sdwebui.filestat import file_versions
+from sdwebui.models.detect import detect
 from sdwebui.models.devices import DevicePlan
-from sdwebui.models.files import ModelFileError
+from sdwebui.models.files import ModelFileError, read_safetensors_header
 from sdwebui.models.hashing import sha256_of
 from sdwebui.models.sd_model import SDModel
+from sdwebui.models.vae import find_vaes
 
 log = logging.getLogger(__name__)
 
 
 class ModelNotFoundError(LookupError):
     pass
+
+
+class UnusableModelError(ModelNotFoundError):
+    """A model file that is listed but cannot be loaded (found by a cheap look at its header). The message names
+    the file, not the folder it is in."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,7 @@ class ModelManager:
         self._loaded_key: tuple | None = None
         self._secondary: SDModel | None = None
         self._secondary_key: tuple | None = None
+        self._warned: set = set()
 
     # ---- discovery -------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -58,14 +74,35 @@ class ModelManager:
         return find_checkpoints(self.paths.ckpt_dir)
 
     def default_checkpoint(self) -> Path:
+        """The first checkpoint by name that looks loadable (broken files are skipped, and logged once); the
+        demo model when the folder holds none."""
         found = self.checkpoints()
-        if found:
-            return found[0]
+        skipped: list[tuple[Path, str]] = []
+        for path in found:
+            problem = checkpoint_problem(path)
+            if problem is None:
+                if skipped:
+                    self._warn_skipped(skipped, path)
+                return path
+            skipped.append((path, problem))
+        if skipped:
+            raise UnusableModelError("no usable checkpoint in the checkpoints folder: " + "; ".join(
+                f"{path.name}: {problem}" for path, problem in skipped))
         if DEMO_CHECKPOINT.is_file():
             return DEMO_CHECKPOINT
         raise ModelNotFoundError(
             f"no checkpoint found in {self.paths.ckpt_dir}: put a .safetensors file there or pass --model PATH"
         )
+
+    def _warn_skipped(self, skipped: list[tuple[Path, str]], chosen: Path) -> None:
+        key = (file_versions(path for path, _ in skipped), str(chosen))
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        for path, problem in skipped:
+            log.warning("default checkpoint: skipped %s, which cannot be loaded (%s); using %s", path.name, problem,
+                        chosen.name)
 
     def resolve_checkpoint(self, name: str | Path | None) -> Path:
         """A path, a file name, a name without extension, A1111's title "name [hash]", or None (default)."""
@@ -74,23 +111,12 @@ class ModelManager:
         candidate = Path(name).expanduser()
         if candidate.exists():
             return candidate.resolve()
-        text = str(name).strip()
-        title_hash = None
-        if text.endswith("]") and " [" in text:
-            text, title_hash = text[:-1].rsplit(" [", 1)
         checkpoints = self.checkpoints()
         if DEMO_CHECKPOINT.is_file():
             checkpoints.append(DEMO_CHECKPOINT)
-        for path in checkpoints:
-            relative = _relative_name(path, self.paths.ckpt_dir)
-            if text in (path.name, path.stem, relative, relative.rsplit(".", 1)[0]):
-                return path
-        if title_hash or _looks_like_hash(text):
-            wanted = (title_hash or text).lower()
-
-            for path in checkpoints:
-                if path.is_file() and sha256_of(path, self.paths.cache_dir).startswith(wanted):
-                    return path
+        found = match_checkpoint(str(name), checkpoints, self.paths.ckpt_dir, self.paths.cache_dir)
+        if found is not None:
+            return found
         raise ModelNotFoundError(
             f"checkpoint {name!s} not found in {self.paths.ckpt_dir}"
             + (f" (available: {', '.join(p.stem for p in checkpoints)})" if checkpoints else "")
@@ -104,9 +130,13 @@ class ModelManager:
         candidate = Path(name).expanduser()
         if candidate.is_file():
             return candidate.resolve()
-        for path in sorted(self.paths.vae_dir.rglob("*")) if self.paths.vae_dir.is_dir() else []:
-            if path.is_file() and str(name) in (path.name, path.stem):
-                return path
+        files = [path for path in sorted(self.paths.vae_dir.rglob("*")) if path.is_file()] \
+            if self.paths.vae_dir.is_dir() else []
+        # ... and the `*.vae.*` files beside the checkpoints, which the server lists too (`find_vaes`).
+        files += [path for path in find_vaes(self.paths.vae_dir, self.paths.ckpt_dir) if path not in files]
+        found = match_vae(str(name), files, self.paths.vae_dir)
+        if found is not None:
+            return found
         raise ModelNotFoundError(f"VAE {name!s} not found in {self.paths.vae_dir}")
 
     # ---- loading ---------------------------------------------------------------------------------
@@ -185,6 +215,80 @@ def release_freed_memory() -> None:
             pass
 
 
+def match_checkpoint(name: str, candidates: Sequence[Path], root: Path, cache_dir: Path) -> Path | None:
+    """The one of `candidates` that `name` names, by text alone (the name is never opened as a path): its file
+    name, its name without extension, its path relative to `root` (with or without extension), its full path as
+    listed or with links resolved, A1111's title "name [hash]", or a hash prefix (8, 10, 12 or 64 hex digits;
+    files are hashed, with the cache, only then). None when no candidate matches."""
+    text = str(name).strip()
+    title_hash = None
+    if text.endswith("]") and " [" in text:
+        text, title_hash = text[:-1].rsplit(" [", 1)
+    for path in candidates:
+        relative = _relative_name(path, root)
+        if text in (path.name, path.stem, relative, relative.rsplit(".", 1)[0], str(path)):
+            return path
+    for path in candidates:
+        if text == _resolved(path):
+            return path
+    if title_hash or _looks_like_hash(text):
+        wanted = (title_hash or text).lower()
+        for path in candidates:
+            if path.is_file() and sha256_of(path, cache_dir).startswith(wanted):
+                return path
+    return None
+
+
+def match_vae(name: str, candidates: Sequence[Path], root: Path) -> Path | None:
+    """The VAE file `name` names among `candidates`, by text alone: its file name, its name without extension,
+    its path relative to `root`, or its full path (as listed or with links resolved)."""
+    text = str(name).strip()
+    for path in candidates:
+        if text in (path.name, path.stem, _relative_name(path, root), str(path)):
+            return path
+    for path in candidates:
+        if text == _resolved(path):
+            return path
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` cannot be loaded as a checkpoint, from what is cheap to read (None: it looks loadable; loading
+    may still find more): a `.safetensors` header (validated, and its tensors must be a Stable Diffusion
+    model's), the first bytes of a pickle (`.ckpt`: a zip archive or a pickle stream), a diffusers folder's
+    `model_index.json`. Remembered per file version."""
+    path = Path(path)
+    return _checkpoint_problem(path, file_versions([path]))
+
+
+@functools.lru_cache(maxsize=256)
+def _checkpoint_problem(path: Path, versions: tuple) -> str | None:
+    try:
+        if path.is_dir():
+            return None if (path / "model_index.json").is_file() else "a folder without model_index.json"
+        if path.suffix.lower() == ".safetensors":
+            detect(read_safetensors_header(path).tensors, path)
+            return None
+        with open(path, "rb") as file:
+            head = file.read(4)
+        if not head:
+            return "empty file (0 bytes)"
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            return None
+        return "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+    except ModelFileError as error:
+        return error.reason
+    except OSError as error:
+        return f"cannot read file ({error.strerror or error})"
+
+
+def _resolved(path: Path) -> str | None:
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return None
+
+
 def _relative_name(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -196,4 +300,5 @@ def _looks_like_hash(text: str) -> bool:
     return len(text) in (8, 10, 12, 64) and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
-__all__ = ["ModelManager", "ModelNotFoundError", "ModelFileError", "DEMO_CHECKPOINT"]
+__all__ = ["ModelManager", "ModelNotFoundError", "UnusableModelError", "ModelFileError", "DEMO_CHECKPOINT",
+           "match_checkpoint", "match_vae", "checkpoint_problem"]

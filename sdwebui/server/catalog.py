@@ -87,12 +87,17 @@ def checkpoints(paths: Paths) -> list[CheckpointEntry]:
     cache = _read_hash_cache(paths.cache_dir)  # once, not once per file
     entries = []
     for path in found:
-        try:
-            name = path.relative_to(paths.ckpt_dir).as_posix()
-        except ValueError:
-            name = path.name
-        entries.append(CheckpointEntry(path, name, cached_sha256(path, paths.cache_dir, cache)))
+        entries.append(CheckpointEntry(path, relative_name(path, paths.ckpt_dir), cached_sha256(path, paths.cache_dir,
+                                                                                              cache)))
     return entries
+
+
+def relative_name(path: Path, ckpt_dir: Path) -> str:
+    """A1111's checkpoint `name`: the path relative to the checkpoints folder (the file name for one outside)."""
+    try:
+        return path.relative_to(ckpt_dir).as_posix()
+    except ValueError:
+        return path.name
 
 
 def entry_for(paths: Paths, path: Path) -> CheckpointEntry:
@@ -109,4 +114,4 @@ def vaes(paths: Paths) -> list[dict]:
     return [{"model_name": path.name, "filename": str(path)} for path in find_vaes(paths.vae_dir, paths.ckpt_dir)]
 
 
-__all__ = ["CheckpointEntry", "checkpoints", "entry_for", "cached_sha256", "vaes"]
+__all__ = ["CheckpointEntry", "checkpoints", "entry_for", "cached_sha256", "vaes", "relative_name"]

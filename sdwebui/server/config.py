@@ -71,6 +71,8 @@ class ServerConfig:
     insecure: bool = False
     """Allow listening beyond loopback without credentials (a trusted network)."""
     cors_allow_origins: tuple[str, ...] = ()
+    """Origins a browser may call the API from. `*` (any site) goes without credentials, as the CORS spec
+    requires: a server with credentials refuses it (`check`)."""
     allowed_hosts: tuple[str, ...] = ()
     """Extra Host header values accepted without auth (DNS-rebinding guard); loopback names always are."""
     device: str = "auto"
@@ -89,9 +91,17 @@ class ServerConfig:
     in_memory_store: bool = False
     """Keep jobs, history and settings in memory (the command line: its jobs are its own, and a server using
     the same data folder keeps its queue and history to itself)."""
+    store_lock_wait: float = 30.0
+    """Seconds to wait at start-up for another process's lock on the database before giving up (with a message
+    naming the holder); also how long a write waits for the lock while running."""
     trust_paths: bool = False
     """Let requests name checkpoints and VAEs anywhere on disk (the command line's `--model PATH`); a server
     only chooses files its model folders list."""
+    forwarded_allow_ips: tuple[str, ...] = ()
+    """Proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (`--forwarded-allow-ips`). Empty: none,
+    so the client address (failed-login lockout, logs) is the connection's own and a client cannot choose it."""
+    settings: dict = field(default_factory=dict, hash=False, compare=False)
+    """Operator settings from the command line (`--api-max-steps` ...), written to the settings at start-up."""
     flags: dict = field(default_factory=dict, hash=False, compare=False)
     """The command line as parsed (shown by /sdapi/v1/cmd-flags, secrets redacted)."""
 
@@ -108,6 +118,17 @@ class ServerConfig:
             )
         if not (0 <= self.port <= 65535):
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+        if "*" in self.cors_allow_origins and self.credentials:
+            raise ConfigError(
+                "--cors-allow-origins '*' cannot be combined with credentials: browsers never send a password to "
+                "'*' (the CORS rules), so every call would fail; list the origins instead (https://a.example,...)"
+            )
+
+    @property
+    def cors_credentials(self) -> bool:
+        """Whether CORS answers allow credentials: never for `*` (the spec forbids it, and echoing any origin
+        with credentials would let every site read the API in the user's name)."""
+        return "*" not in self.cors_allow_origins
 
     @property
     def url(self) -> str:

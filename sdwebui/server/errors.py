@@ -4,6 +4,8 @@
   A1111 clients already understand) plus `error`, `field` and `message` at the top for humans and simple
   clients. Pydantic's errors and our own `FieldError` (a `ParamError` from the parameter dataclasses mapped to
   the request's field name) look the same.
+- The database cannot be written now (disk full, locked by another process): 503 `{"error": "unavailable",
+  "detail": ...}` with `Retry-After`, whatever the route; nothing was changed.
 - Anything unexpected: 500 `{"error": "internal_error", "detail": ..., "id": ...}`; the traceback goes to the
   server log under that id.
 """
@@ -18,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sdwebui.server.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,10 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(error, "headers", None),
         )
 
+    @app.exception_handler(StoreUnavailable)
+    async def on_store_unavailable(request: Request, error: StoreUnavailable):
+        return unavailable_response(error)
+
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, error: Exception):
         incident = uuid.uuid4().hex[:12]
@@ -87,6 +95,14 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+RETRY_AFTER_SECONDS = 10
+
+
+def unavailable_response(error: StoreUnavailable) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"error": "unavailable", "detail": str(error)},
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def _error_code(status: int) -> str:
     return {
         400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -95,4 +111,4 @@ def _error_code(status: int) -> str:
     }.get(status, "error")
 
 
-__all__ = ["FieldError", "install_error_handlers", "validation_response", "field_name"]
+__all__ = ["FieldError", "install_error_handlers", "validation_response", "field_name", "unavailable_response"]

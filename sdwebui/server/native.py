@@ -14,7 +14,10 @@
     DELETE /api/v1/images/{id}           delete the file and its record
     GET    /api/v1/outputs/{path}        a file under the outputs folder (images only)
     GET    /api/v1/models                checkpoints; POST /api/v1/models/refresh
-    GET    /api/v1/health                liveness (the only route open without credentials)
+    GET    /api/v1/health                "ok", or "degraded" with the reasons (the only route open without credentials)
+
+A job or image record the store cannot write now (disk full, database locked by another process) is a 503 with
+`Retry-After`; the event loop never waits on the database (store calls run in the thread pool).
 
 Parameter names are the engine's (`sampler`, `batch_count`, ...; see `Txt2ImgParams`); unknown keys are an
 error here (a new API can afford to be strict, and a typo never silently falls back to a default).
@@ -118,8 +121,9 @@ def _job_routes(router: APIRouter, services: Services) -> None:
     """Health, then jobs: create, list, get, cancel, interrupt, skip, preview, server-sent events."""
 
     @router.get("/health")
-    def health():
-        return {"status": "ok", "version": __version__, "worker_alive": services.worker.alive}
+    async def health():
+        # On the event loop, reading flags only: it answers even when every worker thread waits on the database.
+        return {"version": __version__, **services.health()}
 
     # ---- jobs -----------------------------------------------------------------------------------------------
     @router.post("/jobs", status_code=202, response_model=JobCreated, openapi_extra=_JOB_BODY_SCHEMA)
@@ -174,7 +178,7 @@ def _job_routes(router: APIRouter, services: Services) -> None:
 
     @router.get("/jobs/{job_id}/events")
     async def job_events(job_id: str):
-        if services.store.job(job_id) is None:
+        if await run_in_threadpool(services.store.job, job_id) is None:
             raise HTTPException(404, f"no job {job_id}")
         return StreamingResponse(_events(services, job_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -292,7 +296,10 @@ async def _events(services: Services, job_id: str):
 
 
 def _image_view(record: dict) -> dict:
-    return {**record, "url": f"/api/v1/images/{record['id']}/file"}
+    """An image record: its job's status (`job_status`), and `interrupted` when that job was cut short (an
+    interrupt, a crash, a kill: the batches it finished were saved, as A1111 keeps them)."""
+    return {**record, "interrupted": record.get("job_status") == "interrupted",
+            "url": f"/api/v1/images/{record['id']}/file"}
 
 
 def _image_or_404(services: Services, image_id: int) -> dict:

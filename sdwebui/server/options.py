@@ -5,22 +5,34 @@ Only options this server acts on are listed; their names, types and defaults are
 ask for. A value is checked against its spec before anything is written, and a whole update is written in one
 transaction, so a bad key leaves every setting as it was.
 
-Over the API, folder options are read-only (A1111's `restrict_api`: a client must not choose where files are
-written); unknown keys are ignored (clients send options of extensions we do not have), and reported back to
-the caller so nothing is silently dropped.
+Over the API, folder options and this server's own limits (`api_max_*`) are read-only: a client must not choose
+where files are written (A1111's `restrict_api`) nor raise the limits meant to bound it. Those are operator
+settings: the command line (`--api-max-pixels`, ...) and the web UI's Settings tab set them.
+
+Keys we do not know (options of A1111 or of extensions that this server does not have) are kept as they were
+sent and returned by `GET /options`, as A1111's config keeps every key, so a client's round trip loses nothing;
+they change nothing here, which is logged once per key.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import threading
 from collections.abc import Mapping
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sdwebui.pipelines.params import EMPHASIS_MODES
 from sdwebui.server.store import Store
 
+log = logging.getLogger(__name__)
+
+MAX_UNKNOWN_KEY_CHARS = 200
+MAX_UNKNOWN_VALUE_BYTES = 64 * 1024
+"""Bounds on a key we do not know and its value (as JSON): they are kept and sent back on every GET."""
 
 class OptionError(ValueError):
     def __init__(self, key: str, message: str):
@@ -134,15 +146,21 @@ OPTIONS: dict[str, OptionSpec] = {
     "inpainting_mask_weight": OptionSpec(1.0, "Inpainting conditioning mask strength", float, minimum=0.0,
                                          maximum=1.0),
     # limits of this server (not in A1111, which has none)
+    # (operator settings: read-only over the API; the command line and the Settings tab set them)
     "api_max_pixels": OptionSpec(
-        4096 * 4096, "Max width x height x batch size of one request", int, minimum=64, maximum=2**40
+        4096 * 4096, "Max width x height x batch size of one request", int, minimum=64, maximum=2**40,
+        api_writable=False,
     ),
     "api_max_images": OptionSpec(1000, "Max images per request (batch size x batch count)", int,
-                                 minimum=1, maximum=1_000_000),
-    "api_max_steps": OptionSpec(1000, "Max sampling steps", int, minimum=1, maximum=1000),
+                                 minimum=1, maximum=1_000_000, api_writable=False),
+    "api_max_steps": OptionSpec(1000, "Max sampling steps", int, minimum=1, maximum=1000, api_writable=False),
     "api_max_queue_size": OptionSpec(1000, "Max jobs waiting in the queue (further requests get 503)", int,
-                                     minimum=1, maximum=1_000_000),
+                                     minimum=1, maximum=1_000_000, api_writable=False),
 }
+
+LIMIT_FLAGS = {"api_max_pixels": "--api-max-pixels", "api_max_images": "--api-max-images",
+               "api_max_steps": "--api-max-steps", "api_max_queue_size": "--api-max-queue-size"}
+"""The operator settings the command line sets (`sdwebui serve --api-max-steps 150`)."""
 
 
 OUTPUT_FOLDER_OPTIONS = ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_grids",
@@ -172,6 +190,8 @@ class Options:
     def __init__(self, store: Store, outputs_dir: Path | None = None):
         self.store = store
         self.outputs_dir = outputs_dir
+        self._noted: set[str] = set()
+        self._noted_lock = threading.Lock()
 
     def get(self, key: str) -> Any:
         spec = OPTIONS[key]
@@ -194,7 +214,8 @@ class Options:
             if from_api and not spec.api_writable:
                 if value == current.get(key):
                     continue  # clients post back what they read: that is not an attempt to change it
-                raise OptionError(key, "cannot be changed over the API")
+                where = f" (set it with {LIMIT_FLAGS[key]} or in the Settings tab)" if key in LIMIT_FLAGS else ""
+                raise OptionError(key, f"cannot be changed over the API{where}")
             accepted[key] = spec.check(key, value)
             if key in OUTPUT_FOLDER_OPTIONS and self.outputs_dir is not None and accepted[key]:
                 output_folder(self.outputs_dir, accepted[key], key=key)
@@ -205,5 +226,32 @@ class Options:
         if values:
             self.store.set_settings(values)
 
+    def unknown(self) -> dict[str, Any]:
+        """Stored keys this server does not know (kept for clients, see the module docstring)."""
+        return {key: value for key, value in self.store.settings().items() if key not in OPTIONS}
 
-__all__ = ["OPTIONS", "OptionSpec", "Options", "OptionError", "output_folder"]
+    def check_unknown(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Keys we do not know, as they will be kept (OptionError naming a key that is not plain text or a value
+        too large to keep); each is logged once as having no effect here."""
+        kept: dict[str, Any] = {}
+        for key, value in values.items():
+            if not key or len(key) > MAX_UNKNOWN_KEY_CHARS or not key.isprintable():
+                raise OptionError(key[:MAX_UNKNOWN_KEY_CHARS], "not an option name this server can keep")
+            try:
+                size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
+            except (TypeError, ValueError):
+                raise OptionError(key, "the value is not plain JSON") from None
+            if size > MAX_UNKNOWN_VALUE_BYTES:
+                raise OptionError(key, f"the value is too large to keep ({size} bytes, at most "
+                                       f"{MAX_UNKNOWN_VALUE_BYTES})")
+            kept[key] = value
+        with self._noted_lock:
+            new = [key for key in kept if key not in self._noted]
+            self._noted.update(new)
+        if new:
+            log.info("kept option(s) this server does not use (they have no effect here): %s",
+                     ", ".join(sorted(new)))
+        return kept
+
+
+__all__ = ["OPTIONS", "OptionSpec", "Options", "OptionError", "output_folder", "LIMIT_FLAGS"]

@@ -36,8 +36,13 @@ class Services:
         if config.in_memory_store:  # the CLI: its jobs are its own, never another process's queue
             self.store, recovered = Store(":memory:"), []
         else:
-            self.store, recovered = open_store(self.paths.data_dir)
+            self.store, recovered = open_store(self.paths.data_dir, lock_wait=config.store_lock_wait)
+        self.notices: list[str] = list(self.store.notices)
+        """What the user should be told at start-up (the server prints them)."""
         self.options = Options(self.store, self.paths.outputs_dir)
+        if config.settings:  # operator settings from the command line (`--api-max-steps`, ...)
+            accepted, _ = self.options.validate(dict(config.settings), from_api=False)
+            self.options.update(accepted)
         self.queue = JobQueue(self.store, max_size=lambda: int(self.options.get("api_max_queue_size")),
                               load_payload=load_payload)
         self.generation = GenerationService(self)
@@ -147,34 +152,64 @@ class Services:
             return self._styles.reload_if_changed()
 
     def resolve_checkpoint(self, name: str | None) -> Path:
-        """The checkpoint a client named (file name, stem, A1111 title or hash; None = the default).
+        """The checkpoint a client named (file name, stem, A1111 title or hash, or its listed path; None = the
+        default: the first loadable one).
 
-        Only files the checkpoints folder lists (and the embedded demo model) can be chosen: the model manager
-        also takes any path on disk, which is right for the command line but would let an API client make the
-        server open files outside its folders."""
+        Only files the checkpoints folder lists (and the embedded demo model) can be chosen, and the name is
+        matched against that list as text, never opened: the model manager also takes any path on disk, which
+        is right for the command line, but would let an API client make the server open files outside its
+        folders, and tell from the error whether a path exists. Errors name the folder relative to the data
+        folder, never an absolute path; a listed file that cannot be loaded is an `UnusableModelError` naming
+        only the file."""
         from sdwebui.models.loader import find_checkpoints
-        from sdwebui.models.manager import ModelNotFoundError
+        from sdwebui.models.manager import ModelNotFoundError, UnusableModelError, checkpoint_problem, match_checkpoint
 
-        path = self.models.resolve_checkpoint(name or None)
         if self.config.trust_paths:
-            return path
-        allowed = find_checkpoints(self.paths.ckpt_dir) + ([DEMO_CHECKPOINT] if DEMO_CHECKPOINT.is_file() else [])
-        if not _listed(path, allowed):
-            raise ModelNotFoundError(f"checkpoint {name!s} not found in {self.paths.ckpt_dir} "
-                                     "(only the models in the checkpoints folder can be chosen)")
+            return self.models.resolve_checkpoint(name or None)
+        if not name:
+            try:
+                return self.models.default_checkpoint()
+            except UnusableModelError:
+                raise
+            except ModelNotFoundError:
+                raise ModelNotFoundError(f"no checkpoint in the checkpoints folder ({self._folder(self.paths.ckpt_dir)})"
+                                         ": put a .safetensors file there") from None
+        listed = find_checkpoints(self.paths.ckpt_dir)
+        allowed = listed + ([DEMO_CHECKPOINT] if DEMO_CHECKPOINT.is_file() else [])
+        path = match_checkpoint(str(name), allowed, self.paths.ckpt_dir, self.paths.cache_dir)
+        if path is None:
+            names = ", ".join(catalog.relative_name(p, self.paths.ckpt_dir) for p in listed[:20])
+            more = f", ... ({len(listed)} in all)" if len(listed) > 20 else ""
+            raise ModelNotFoundError(
+                f"checkpoint {_shown(name)} is not in the checkpoints folder ({self._folder(self.paths.ckpt_dir)})"
+                + (f"; available: {names}{more}" if names else ""))
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise UnusableModelError(f"checkpoint {path.name} cannot be loaded: {problem}")
         return path
 
     def resolve_vae(self, name: str | None) -> Path | None:
         """A VAE a client named; like checkpoints, only files the VAE folder (or `*.vae.*` files beside the
-        checkpoints) lists."""
-        from sdwebui.models.manager import ModelNotFoundError
+        checkpoints) lists, matched as text."""
+        from sdwebui.models.manager import ModelNotFoundError, match_vae
         from sdwebui.models.vae import find_vaes
 
-        path = self.models.resolve_vae(name)
-        if path is not None and not self.config.trust_paths and not _listed(path, find_vaes(self.paths.vae_dir, self.paths.ckpt_dir)):
-            raise ModelNotFoundError(f"VAE {name!s} not found in {self.paths.vae_dir} "
-                                     "(only the VAEs in the VAE folder can be chosen)")
+        if self.config.trust_paths:
+            return self.models.resolve_vae(name)
+        if name is None or str(name) in ("", "Automatic", "None"):
+            return None
+        path = match_vae(str(name), find_vaes(self.paths.vae_dir, self.paths.ckpt_dir), self.paths.vae_dir)
+        if path is None:
+            raise ModelNotFoundError(f"VAE {_shown(name)} is not in the VAE folder ({self._folder(self.paths.vae_dir)})")
         return path
+
+    def _folder(self, folder: Path) -> str:
+        """A model folder as errors name it: relative to the data folder, or just its name (never the absolute
+        path: errors reach API clients)."""
+        try:
+            return Path(folder).relative_to(self.paths.data_dir).as_posix()
+        except ValueError:
+            return Path(folder).name
 
     def release_memory(self) -> None:
         from sdwebui.models.manager import release_freed_memory
@@ -189,10 +224,12 @@ class Services:
 
     # ---- settings ---------------------------------------------------------------------------------------------
     def update_options(self, values: dict[str, Any], *, from_api: bool = True) -> list[str]:
-        """Check and write settings (A1111's `POST /options`); returns the keys it does not know (ignored).
-        A new checkpoint is loaded in queue order (A1111 loads at once, under its lock): the next job finds it
-        ready. Raises OptionError naming the first bad key; nothing is written then."""
-        accepted, ignored = self.options.validate(values, from_api=from_api)
+        """Check and write settings (A1111's `POST /options`); returns the keys it does not know: those are kept
+        as sent (GET returns them; they change nothing here). A new checkpoint is loaded in queue order (A1111
+        loads at once, under its lock): the next job finds it ready. Raises OptionError naming the first bad
+        key; nothing is written then."""
+        accepted, unknown_keys = self.options.validate(values, from_api=from_api)
+        unknown = self.options.check_unknown({key: values[key] for key in unknown_keys})
         switch = None
         if "sd_model_checkpoint" in accepted:
             name = accepted["sd_model_checkpoint"]
@@ -207,23 +244,40 @@ class Services:
                 self.resolve_vae(accepted["sd_vae"])
             except LookupError as error:
                 raise OptionError("sd_vae", _message(error)) from None
-        self.options.update(accepted)
+        self.options.update({**unknown, **accepted})
         if switch is not None:
             try:
                 self.generation.load_model(switch, self.options.get("sd_vae"))
             except QueueFull:
                 pass
-        return ignored
+        return unknown_keys
 
     def current_options(self) -> dict[str, Any]:
-        """Every setting, as `GET /options` shows them: the current checkpoint's title and hash included."""
-        options = self.options.all()
+        """Every setting, as `GET /options` shows them: the current checkpoint's title and hash included, and
+        the keys clients sent that this server does not know (kept as they were sent)."""
+        options = {**self.options.unknown(), **self.options.all()}
         if not options.get("sd_model_checkpoint"):
-            entries = catalog.checkpoints(self.paths)
-            options["sd_model_checkpoint"] = entries[0].title if entries else None
+            try:  # the default: the first checkpoint that can be loaded
+                options["sd_model_checkpoint"] = catalog.entry_for(self.paths, self.resolve_checkpoint(None)).title
+            except LookupError:
+                options["sd_model_checkpoint"] = None
         loaded = self.loaded_model()
         options["sd_checkpoint_hash"] = loaded.info.sha256 if loaded is not None else ""
         return options
+
+    # ---- health ---------------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """`ok`, or `degraded` with the reasons the server cannot make progress (the worker is not running, the
+        store cannot be written). Reads flags only: never waits on a lock or the database."""
+        reasons = []
+        if not self.worker.alive:
+            reasons.append("the worker thread is not running")
+        fault = self.worker.fault
+        if fault is not None:
+            reasons.append(fault)
+        elif self.store.fault is not None:
+            reasons.append(f"the database cannot be written: {self.store.fault}")
+        return {"status": "degraded" if reasons else "ok", "worker_alive": self.worker.alive, "reasons": reasons}
 
     # ---- jobs -----------------------------------------------------------------------------------------------
     def job_view(self, job_id: str) -> dict | None:
@@ -246,6 +300,10 @@ class Services:
         }
         if handle is not None and handle.status == "running":
             view["progress"] = handle.progress.as_dict()
+        outcome = self.worker.unrecorded(job_id)
+        if outcome is not None:  # finished, but the store could not take its record yet (it will)
+            view.update(status=outcome.status, finished=outcome.finished, error=outcome.error,
+                        result=outcome.result, progress=outcome.progress, recorded=False)
         return view
 
 
@@ -264,16 +322,10 @@ class _LazyDevice:
         return self.services.models.devices.device
 
 
-def _listed(path: Path, allowed: list[Path]) -> bool:
-    """`path` is one of `allowed` (compared as given, and with symlinks resolved: a checkpoint the user linked
-    into the folder is listed under its link name, while a path sent by a client resolves to the target)."""
-    if path in allowed:
-        return True
-    try:
-        target = path.resolve()
-        return any(target == candidate.resolve() for candidate in allowed)
-    except (OSError, RuntimeError):
-        return False
+def _shown(name: Any) -> str:
+    """A client's model name as an error repeats it (quoted, cut short)."""
+    text = str(name)
+    return repr(text if len(text) <= 100 else text[:100] + "...")
 
 
 def _prepare_worker(*, threads: int | None, preload: bool) -> None:

@@ -15,6 +15,7 @@ from sdwebui.core.errors import ParamError
 from sdwebui.core.upscale_modes import LATENT_UPSCALE_MODES
 from sdwebui.prompts.styles import StyleFileError
 from sdwebui.server import catalog
+from sdwebui.server.a1111.progress import raise_for_failure
 from sdwebui.server.a1111.schemas import (
     MemoryResponse,
     SamplerItem,
@@ -137,15 +138,17 @@ def _loading_routes(router: APIRouter, services: Services) -> None:
 
     @router.post("/reload-checkpoint")
     async def reloadapi():
-        options = services.options.all()
+        def submit():  # the settings are read, and the job written, off the event loop
+            options = services.options.all()
+            return services.generation.load_model(options.get("sd_model_checkpoint"),
+                                                  options.get("sd_vae", "Automatic"))
+
         try:
-            job = await run_in_threadpool(services.generation.load_model, options.get("sd_model_checkpoint"),
-                                          options.get("sd_vae", "Automatic"))
+            job = await run_in_threadpool(submit)
         except ParamError as error:
             raise HTTPException(404, error.message) from None
         await job.wait()
-        if job.status == "failed":
-            raise HTTPException(500, f"loading the checkpoint failed: {job.error}")
+        raise_for_failure(job, "loading the checkpoint")
         return {}
 
 

@@ -12,27 +12,41 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import HTTPException
 
 from sdwebui.server.a1111.schemas import ProgressResponse
-from sdwebui.server.queue import JobHandle, QueueFull
+from sdwebui.server.errors import RETRY_AFTER_SECONDS, FieldError
+from sdwebui.server.queue import JobHandle, QueueFull, model_file_error
 from sdwebui.server.services import Services
+from sdwebui.server.store import is_storage_fault
 
 IDLE_STATE = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
               "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
 
 
 async def submit_and_wait(submit: Callable[[], JobHandle], what: str) -> JobHandle:
-    """A1111's routes answer when the work is done: queue it (off the event loop: checking may import torch),
-    wait for it, and answer a full queue with 503, a failed job with 500 naming `what` failed, a job cancelled
-    before it started with 409."""
+    """A1111's routes answer when the work is done: queue it (off the event loop: checking may import torch, and
+    the store may wait on a lock), wait for it, and answer a full queue or a store that cannot be written with
+    503, a failed job as `raise_for_failure` does, a job cancelled before it started with 409."""
     try:
         job = await run_in_threadpool(submit)
     except QueueFull as error:
-        raise HTTPException(503, str(error), headers={"Retry-After": "10"}) from None
+        raise HTTPException(503, str(error), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
     await job.wait()
-    if job.status == "failed":
-        raise HTTPException(500, f"{what} failed: {job.error}")
+    raise_for_failure(job, what)
     if job.status == "cancelled":
         raise HTTPException(409, "the job was cancelled before it started")
     return job
+
+
+def raise_for_failure(job: JobHandle, what: str) -> None:
+    """A failed job as an HTTP error: 503 when the server's storage failed (disk full, database locked: the
+    request may succeed later), 422 naming the file when a model file cannot be used, 500 naming `what` failed
+    otherwise."""
+    if job.status != "failed":
+        return
+    if is_storage_fault(job.exception):
+        raise HTTPException(503, f"{what} failed: {job.error}", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if model_file_error(job.exception) is not None:
+        raise FieldError(("sd_model_checkpoint",), f"{what} failed: {job.error}")
+    raise HTTPException(500, f"{what} failed: {job.error}")
 
 
 def build_router(services: Services) -> APIRouter:
@@ -98,4 +112,4 @@ def state(job: JobHandle) -> dict:
     }
 
 
-__all__ = ["build_router", "progress_response", "state", "submit_and_wait"]
+__all__ = ["build_router", "progress_response", "state", "submit_and_wait", "raise_for_failure"]
