@@ -150,6 +150,25 @@ def build_infotext(prompt: str, negative_prompt: str, params: Mapping[str, objec
     return f"{prompt}{negative}\n{build_params_line(params)}".strip()
 
 
+def add_params(infotext: str, extra: Mapping[str, object]) -> str:
+    """`infotext` with `extra` entries (quoted as A1111 quotes them) added to its parameters line before the
+    trailing `Version` / `User`, where A1111's `create_infotext` puts a script's `extra_generation_params`
+    ("Script: X/Y/Z plot, X Type: Seed, X Values: ..."). The rest of the text is kept as it was written."""
+    entries = ", ".join(k if format_value(v) == k else f"{k}: {quote(v)}" for k, v in extra.items() if v is not None)
+    if not entries:
+        return infotext
+    head, _, line = infotext.rpartition("\n")
+    if len(RE_PARAM.findall(line)) < 3:  # no parameters line (an empty infotext): the entries become one
+        return f"{infotext}\n{entries}" if infotext else entries
+    trailing = re.search(r"(?:^|, )(?:%s): " % "|".join(map(re.escape, TRAILING_KEYS)), line)
+    if trailing is None:
+        line = f"{line}, {entries}"
+    else:
+        start = trailing.start() + (2 if line[trailing.start()] == "," else 0)
+        line = f"{line[:start]}{entries}, {line[start:]}"
+    return f"{head}\n{line}" if head or infotext.startswith("\n") else line
+
+
 # -- reading -----------------------------------------------------------------------------------------
 
 

@@ -57,7 +57,14 @@ class ScriptArg:
 
     def check(self, value: Any, loc: tuple) -> Any:
         """`value` as this argument's type, or a ParamError at `loc`. JSON numbers that are whole count as ints,
-        and a checkbox may come as 0 / 1 (A1111's UI sends both)."""
+        and a checkbox may come as 0 / 1 (A1111's UI sends both). A `list` argument is a list of texts (a
+        multi-select dropdown: X/Y/Z's `x_values_dropdown`), kept as a tuple so the stored job stays hashable."""
+        if self.kind is list:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+                raise ParamError(loc, f"{self.label}: must be a list of texts, got {value!r}")
+            if self.choices is not None and (unknown := [item for item in value if item not in self.choices]):
+                raise ParamError(loc, f"{self.label}: {', '.join(unknown)} not among {', '.join(self.choices)}")
+            return tuple(value)
         if self.kind is bool:
             if isinstance(value, bool):
                 return value
@@ -84,7 +91,8 @@ class ScriptArg:
 
     def info(self) -> dict[str, Any]:
         """A1111's `ScriptArg` (`/sdapi/v1/script-info`)."""
-        return {"label": self.label, "value": self.default, "minimum": self.minimum, "maximum": self.maximum,
+        default = list(self.default) if isinstance(self.default, tuple) else self.default
+        return {"label": self.label, "value": default, "minimum": self.minimum, "maximum": self.maximum,
                 "step": self.step, "choices": list(self.choices) if self.choices is not None else None}
 
 
@@ -99,6 +107,17 @@ class GenerationTask:
     checkpoint: str | None = None
     label: str = ""
     """What the task is (for progress text and errors): "line 3", "x=2, y=Euler"."""
+    vae: str | None = None
+    """The VAE a script picks for this task ("Automatic", "None" or a VAE's name; the server resolves it); None: the
+    job's."""
+    styles: tuple[str, ...] = ()
+    """Styles applied to this task's prompts on top of the job's (the server has the styles files)."""
+    arg_locs: Mapping[str, tuple] = field(default_factory=dict)
+    """Which script argument gave each name the server resolves ("checkpoint", "vae", "styles",
+    "refiner_checkpoint", "hr_checkpoint", "hr_upscaler", "hr_sampler" -> ("script_args", 1)), so a name that is
+    not installed is reported where the client wrote it."""
+    script_data: Any = None
+    """What the script that made this task wants to read back in `after_job` (X/Y/Z: the cell it is)."""
 
     def with_params(self, **changes: Any) -> "GenerationTask":
         return replace(self, params=self.params.replace(**changes))
@@ -123,6 +142,14 @@ class JobOutcome:
     make_grid: bool = True
     """Whether the job's own grid is made (A1111's `do_not_save_grid`: a script that makes its own, or wants
     none, says False in `after_job`)."""
+    tasks: list = field(default_factory=list)
+    """Every task of the job, in the order they ran (the job runner fills it before `after_job`)."""
+    task_image_counts: list[int] = field(default_factory=list)
+    """How many images each task made, in task order (the job runner fills it before `after_job`): a task stopped
+    by Skip or Interrupt made fewer, and tasks after an interrupt none, so a script can tell which image is whose."""
+    grids_to_save: list = field(default_factory=list)
+    """(image, infotext, basename) of grids a script made that the server saves to the job's grids folder when
+    the grid settings say so (A1111's `xyz_grid-0000.png`)."""
 
 
 class Script:

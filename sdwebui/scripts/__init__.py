@@ -4,16 +4,18 @@ registers them in `app.py`, and anything that plugs in later (extensions) goes t
 | file | script | kind |
 |---|---|---|
 | `prompts_from_file.py` | Prompts from file or textbox | selectable |
+| `xyz_grid.py` | X/Y/Z plot | selectable |
 """
 
 from __future__ import annotations
 
 from sdwebui.pipelines.scripts import Script
 from sdwebui.scripts.prompts_from_file import PromptsFromFile
+from sdwebui.scripts.xyz_grid import XYZPlot
 
 
 def builtin_scripts() -> list[Script]:
-    return [PromptsFromFile()]
+    return [PromptsFromFile(), XYZPlot()]
 
 
 __all__ = ["builtin_scripts"]

@@ -48,8 +48,10 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
         from sdwebui.pipelines.networks import LoraNetworks
         from sdwebui.pipelines.txt2img import txt2img
 
+        if scripts:  # names a script gave (X/Y/Z's checkpoints, VAEs, styles, refiners) resolved as at submit time
+            task = services.generation.resolve_task(task)
         checkpoint = str(services.resolve_checkpoint(task.checkpoint)) if task.checkpoint else payload.checkpoint
-        model = services.models.get(checkpoint, vae=payload.vae)
+        model = services.models.get(checkpoint, vae=task.vae or payload.vae)
         models_used.append(model)
         ctx = GenerationContext(
             model=model, stop=job.stop, embeddings=services.embeddings,
@@ -63,12 +65,21 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
             return img2img(ctx, task.params, list(task.init_images), task.mask)
         return txt2img(ctx, task.params)
 
+    image_counts: list[int] = []
+
+    def counted(task: GenerationTask, batch_offset: int):
+        result = run(task, batch_offset)
+        image_counts.append(len(result.images))
+        return result
+
     try:
-        outcome = run_tasks(tasks, run, job.stop.interrupted.is_set)
+        outcome = run_tasks(tasks, counted, job.stop.interrupted.is_set)
+        outcome.tasks, outcome.task_image_counts = list(tasks), image_counts
     finally:
         console.close()
     scripts.after_job(outcome)
-    grid = add_grid(services, payload, outcome)
+    script_grids = save_script_grids(services, payload, outcome)
+    grid = add_grid(services, payload, outcome) or (script_grids[0] if script_grids else None)
     job.images = [*outcome.extra_images, *outcome.images]
     job.interrupted = outcome.interrupted
     result = generation_result(outcome, saver.saved, models_used[0] if models_used else None)
@@ -98,6 +109,21 @@ def add_grid(services: "Services", payload: GenerationPayload, outcome: JobOutco
     path = save_image(grid, outputs / options.folder, seed=outcome.seeds[0] if outcome.seeds else 0,
                       infotext=infotext, pattern="", date_subdir=payload.output.date_subdir, basename="grid")
     return {"path": _relative_to(path, outputs), "rows": rows}
+
+
+def save_script_grids(services: "Services", payload: GenerationPayload, outcome: JobOutcome) -> list[dict]:
+    """Save the grids a script made in `after_job` (`outcome.grids_to_save`: X/Y/Z's `xyz_grid-0000.png`) to the
+    job's grids folder, when the job saves grids (A1111's `grid_save`)."""
+    options = payload.grid
+    if not options.save:
+        return []
+    outputs, saved = services.paths.outputs_dir, []
+    seed = next((seed for seed in outcome.seeds if seed is not None), 0)  # a cell that did not run has none
+    for image, infotext, basename in outcome.grids_to_save:
+        path = save_image(image, outputs / options.folder, seed=seed, infotext=infotext, pattern="",
+                          date_subdir=payload.output.date_subdir, basename=basename)
+        saved.append({"path": _relative_to(path, outputs), "rows": 1})
+    return saved
 
 
 def first_tasks(payload: GenerationPayload) -> list[GenerationTask]:

@@ -17,7 +17,7 @@ Each interface maps those to its own names.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from sdwebui.core.errors import ParamError
@@ -363,9 +363,55 @@ class GenerationService:
         except ParamError as error:
             raise error if error.loc[:1] in (("script_args",), ("alwayson_scripts",)) else error.under("script_args")
         for task in tasks:
-            check_limits(task.params, options)
-            if task.checkpoint:
-                self._checkpoint_path(task.checkpoint, ("script_args",))
+            task = self.resolve_task(task)
+            try:
+                check_limits(task.params, options)
+            except ParamError as error:
+                raise ParamError(task.arg_locs.get(error.field, ("script_args",)),
+                                 f"{task.label}: {error.message}" if task.label else error.message) from None
+
+    def resolve_task(self, task: GenerationTask) -> GenerationTask:
+        """A task a script made, with the names only the server can resolve checked and resolved: its checkpoint
+        and VAE (installed ones only), its extra styles applied to its prompts, and its hires / refiner
+        checkpoint, hires sampler and upscaler as `prepare` resolves the job's. A ParamError names the script
+        argument that gave the name (`task.arg_locs`), else `script_args`. The job runner resolves each task
+        again when it runs (the stored job keeps the names, as the request gave them)."""
+        locs = task.arg_locs
+
+        def loc(name: str) -> tuple:
+            return tuple(locs.get(name, ("script_args",)))
+
+        def named(error: ParamError, name: str) -> ParamError:
+            return ParamError(loc(name), f"{task.label}: {error.message}" if task.label else error.message)
+
+        params = task.params
+        if task.checkpoint:
+            try:
+                self._checkpoint_path(task.checkpoint, loc("checkpoint"))
+            except ParamError as error:
+                raise named(error, "checkpoint") from None
+        if task.vae is not None:
+            try:
+                self._check_vae(task.vae, loc("vae"))
+            except ParamError as error:
+                raise named(error, "vae") from None
+        if task.styles:
+            try:
+                prompt, negative = self._styled(task.styles, params.prompt, params.negative_prompt)
+            except ParamError as error:
+                raise named(error, "styles") from None
+            params = params.replace(prompt=prompt, negative_prompt=negative)
+        upscaler = getattr(params, "hr_upscaler", None)
+        if "hr_upscaler" in locs and not is_latent_mode(upscaler):
+            try:  # checked even without hires fix: the axis named it
+                self.services.upscalers.find(upscaler)
+            except LookupError as error:
+                raise ParamError(loc("hr_upscaler"), f"{task.label}: {_message(error)}") from None
+        try:
+            params = self._other_models(params)
+        except ParamError as error:
+            raise named(error, error.field) from None
+        return replace(task, params=params)
 
     def _grid(self, request: GenerationRequest, options: Mapping[str, Any]) -> GridOptions:
         setting, default = GRID_OUTDIR_OPTIONS[request.kind]
