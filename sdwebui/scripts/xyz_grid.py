@@ -44,6 +44,7 @@ from sdwebui.core.errors import ParamError
 from sdwebui.pipelines.grids import GridAnnotation, draw_grid_annotations, grid_rows, image_grid
 from sdwebui.pipelines.infotext import add_params
 from sdwebui.pipelines.params import SEED_MAX, spec_of
+from sdwebui.pipelines.script_ui import ScriptUI
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome, Script, ScriptArg
 
 TITLE = "X/Y/Z plot"
@@ -625,6 +626,92 @@ class XYZPlot(Script):
             arg_locs={**task.arg_locs, **{k: v for k, v in cell.locs.items() if k in SERVER_NAMES}},
             script_data=CellRef(plan, ix, iy, iz),
         )
+
+    # ---- the UI: A1111's layout ---------------------------------------------------------------------------
+    def build_ui(self, ui: ScriptUI) -> list:
+        """A1111's controls: per axis a type dropdown, a values box (or, for a list axis, a multi-select of what
+        is installed) and the fill button that puts every choice in; the options; the swap buttons."""
+        import gradio as gr  # only the web UI calls this; the server never imports Gradio
+
+        axes = axes_for(ui.tab)
+        labels = [axis.label for axis in axes]
+
+        def choices_of(axis_type) -> list[str] | None:
+            axis = axes[int(axis_type or 0)]
+            if axis.choices is None:
+                return None
+            return list(axis.choices) if isinstance(axis.choices, tuple) else ui.choices(axis.choices)
+
+        rows = []
+        for name, default in (("x", 1), ("y", 0), ("z", 0)):
+            with gr.Row():
+                kind = gr.Dropdown(labels, value=labels[default], type="index", label=f"{name.upper()} type",
+                                   elem_id=ui.elem_id(f"{name}_type"), scale=2)
+                values = gr.Textbox(label=f"{name.upper()} values", lines=1, elem_id=ui.elem_id(f"{name}_values"),
+                                    scale=5)
+                dropdown = gr.Dropdown([], value=[], label=f"{name.upper()} values", multiselect=True,
+                                       visible=False, elem_id=ui.elem_id(f"{name}_values_dropdown"), scale=5)
+                fill = ui.icon_button("fill", "Fill values", f"fill_{name}", visible=False, scale=0, min_width=40)
+            rows.append((kind, values, dropdown, fill))
+        with gr.Row(variant="compact"):
+            with gr.Column():
+                draw_legend = gr.Checkbox(label="Draw legend", value=True, elem_id=ui.elem_id("draw_legend"))
+                no_fixed_seeds = gr.Checkbox(label="Keep -1 for seeds", value=False,
+                                             elem_id=ui.elem_id("no_fixed_seeds"))
+                with gr.Row():
+                    vary = [gr.Checkbox(label=f"Vary seeds for {name}", value=False, min_width=80,
+                                        info=f"Use different seeds for images along {name} axis.",
+                                        elem_id=ui.elem_id(f"vary_seeds_{name.lower()}")) for name in "XYZ"]
+            with gr.Column():
+                include_lone_images = gr.Checkbox(label="Include Sub Images", value=False,
+                                                  elem_id=ui.elem_id("include_lone_images"))
+                include_sub_grids = gr.Checkbox(label="Include Sub Grids", value=False,
+                                                elem_id=ui.elem_id("include_sub_grids"))
+                csv_mode = gr.Checkbox(label="Use text inputs instead of dropdowns", value=False,
+                                       elem_id=ui.elem_id("csv_mode"))
+            with gr.Column():
+                margin_size = gr.Slider(0, 500, value=0, step=2, label="Grid margins (px)",
+                                        elem_id=ui.elem_id("margin_size"))
+        with gr.Row(variant="compact"):
+            swaps = [gr.Button(f"Swap {a}/{b} axes", size="sm", elem_id=ui.elem_id(f"swap_{a}{b}".lower()))
+                     for a, b in (("X", "Y"), ("Y", "Z"), ("X", "Z"))]
+
+        def swap(type_a, values_a, dropdown_a, type_b, values_b, dropdown_b):
+            return labels[int(type_b or 0)], values_b, dropdown_b, labels[int(type_a or 0)], values_a, dropdown_a
+
+        for button, (a, b) in zip(swaps, ((0, 1), (1, 2), (0, 2))):
+            both = [*rows[a][:3], *rows[b][:3]]
+            button.click(swap, both, both, show_progress="hidden", queue=False)
+
+        def fill(axis_type, csv):
+            found = choices_of(axis_type)
+            if not found:
+                return gr.update(), gr.update()
+            return (csv_text(found), gr.update()) if csv else (gr.update(), gr.update(choices=found, value=found))
+
+        def select_axis(axis_type, text, picked, csv):
+            """A1111's `select_axis`: a list axis shows its dropdown (or, in text mode, its values as CSV); what
+            was entered carries over where it is one of the new axis's choices."""
+            found = choices_of(axis_type)
+            if found is not None:
+                if csv and picked:
+                    text, picked = csv_text([value for value in picked if value in found]), []
+                elif not csv and text:
+                    picked, text = [value for value in csv_values(text) if value in found], ""
+            listed = found is not None
+            return (gr.update(visible=listed), gr.update(visible=not listed or csv, value=text),
+                    gr.update(choices=found or [], visible=listed and not csv, value=picked or []))
+
+        for kind, values, dropdown, fill_button in rows:
+            fill_button.click(fill, [kind, csv_mode], [values, dropdown], show_progress="hidden", queue=False)
+            kind.change(select_axis, [kind, values, dropdown, csv_mode], [fill_button, values, dropdown],
+                        show_progress="hidden", queue=False)
+            csv_mode.change(select_axis, [kind, values, dropdown, csv_mode], [fill_button, values, dropdown],
+                            show_progress="hidden", queue=False)
+
+        (x_type, x_values, x_dropdown, _), (y_type, y_values, y_dropdown, _), (z_type, z_values, z_dropdown, _) = rows
+        return [x_type, x_values, x_dropdown, y_type, y_values, y_dropdown, z_type, z_values, z_dropdown,
+                draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds, *vary, margin_size, csv_mode]
 
     # ---- after the job: the grids -------------------------------------------------------------------------
     def after_job(self, outcome: JobOutcome, args: tuple) -> None:

@@ -39,6 +39,7 @@ from sdwebui.ui.fields import (
     upscaler_choices,
 )
 from sdwebui.ui.icons import icon_button
+from sdwebui.ui.script_ui import TabScriptUI
 
 POLL_SECONDS = 0.25
 
@@ -106,7 +107,7 @@ def build(
                 extra_settings(f, c)
             else:
                 build_hires_and_refiner(services, f, c)
-            build_scripts(scripts, prefix, f, c)
+            build_scripts(scripts, prefix, f, c, services)
         _results_column(prefix, c)
     _wire_token_counters(services, counter, f, c)
     _wire_generate(services, tab, submit)
@@ -403,10 +404,11 @@ def build_hires_and_refiner(services: Services, f: dict, c: dict) -> None:
         control.change(final_size, size_inputs, c["hr_final_size"], show_progress="hidden", queue=False)
 
 
-def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict) -> None:
+def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict, services: Services | None = None) -> None:
     """A1111's "Script" dropdown (None or one selectable script, whose controls show when it is chosen) and an
-    accordion per always-on script; every control is made from the script's declared arguments, and its value
-    reaches the job as `script_args` / `alwayson_scripts` (`fields.script_values`)."""
+    accordion per always-on script; every control is made from the script's declared arguments, or by the script
+    itself when it has a `build_ui` (`pipelines.script_ui`), and its value reaches the job as `script_args` /
+    `alwayson_scripts` (`fields.script_values`)."""
     selectable = [script for script in scripts if not script.alwayson]
     for script in (s for s in scripts if s.alwayson):
         with gr.Accordion(script.title, open=False, elem_id=f"{prefix}_script_{_slug(script.name)}"):
@@ -422,9 +424,17 @@ def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict) -> None:
         with gr.Column(visible=False, elem_id=f"{prefix}_script_{_slug(script.name)}") as group:
             if script.description:
                 gr.Markdown(script.description, elem_classes="sdw-note")
-            for index, arg in enumerate(script.args):
-                f[f"script:{script.name}:{index}"] = script_arg_control(
-                    arg, f"{prefix}_script_{_slug(script.name)}_{index}")
+            own_layout = getattr(script, "build_ui", None)
+            if own_layout is not None and services is not None:
+                controls = own_layout(TabScriptUI(services, prefix, f"{prefix}_script_{_slug(script.name)}"))
+                if len(controls) != len(script.args):
+                    raise ValueError(f"{script.title}: build_ui made {len(controls)} controls for "
+                                     f"{len(script.args)} arguments")
+            else:
+                controls = [script_arg_control(arg, f"{prefix}_script_{_slug(script.name)}_{index}")
+                            for index, arg in enumerate(script.args)]
+            for index, control in enumerate(controls):
+                f[f"script:{script.name}:{index}"] = control
         groups.append(group)
     c["script_groups"] = groups
     titles = [script.title for script in selectable]
