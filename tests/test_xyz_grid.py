@@ -385,3 +385,38 @@ def test_script_info_lists_the_plot_with_a1111s_arguments(client):
         "Use text inputs instead of dropdowns")
     assert plots[0]["args"][2]["value"] == [] and plots[0]["args"][0]["value"] == 1  # X: Seed, as A1111's UI
     assert XYZ in client.get("/sdapi/v1/scripts").json()["txt2img"]
+
+
+def test_img2img_plots_use_img2img_axes_and_grids_folder(client, server):
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode()
+    denoising = IMG2IMG_AXES.index("Denoising")
+    body = client.post("/sdapi/v1/img2img", json={
+        **FAST, "steps": 2, "init_images": [init], "save_images": True, "script_name": XYZ,
+        "script_args": xyz_args(denoising, "0.5, 1", IMG2IMG_AXES.index("Image CFG Scale"), "1.5")})
+    assert body.status_code == 200, body.text
+    info = json.loads(body.json()["info"])
+    assert [parse_infotext(text)["Denoising strength"] for text in info["infotexts"][1:]] == ["0.5", "1"]
+    folder = server.services.paths.outputs_dir / "img2img-grids" / dt.date.today().isoformat()
+    assert [path.name for path in folder.glob("xyz_grid-*.png")] == ["xyz_grid-0000.png"]
+
+
+def test_grid_options_extended_file_names(client, server):
+    options = client.get("/sdapi/v1/options").json()
+    assert options["grid_format"] == "png" and options["grid_extended_filename"] is False
+    assert client.post("/sdapi/v1/options", json={"grid_extended_filename": True}).status_code == 200
+    try:
+        client.post("/sdapi/v1/txt2img", json={**FAST, "seed": 77, "save_images": True, "script_name": XYZ,
+                                               "script_args": xyz_args(6, "2, 3")}).raise_for_status()
+        client.post("/sdapi/v1/txt2img", json={**FAST, "seed": 78, "batch_size": 2,
+                                               "save_images": True}).raise_for_status()
+    finally:
+        client.post("/sdapi/v1/options", json={"grid_extended_filename": False})
+    folder = server.services.paths.outputs_dir / "txt2img-grids" / dt.date.today().isoformat()
+    names = {path.name for path in folder.glob("*.png")}
+    assert any(name.startswith("xyz_grid-") and name.endswith("-77.png") for name in names), names
+    assert any(name.startswith("grid-") and name.endswith("-78.png") for name in names), names

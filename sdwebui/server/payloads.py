@@ -67,6 +67,9 @@ class GridOptions:
     n_rows: int = -1
     prevent_empty_spots: bool = False
     folder: str = "txt2img-grids"
+    filename_pattern: str = ""
+    """What follows `grid-NNNN` in a grid's file name: the images' pattern with A1111's `grid_extended_filename`,
+    else nothing."""
 
 
 @dataclass(frozen=True)

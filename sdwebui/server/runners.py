@@ -107,7 +107,8 @@ def add_grid(services: "Services", payload: GenerationPayload, outcome: JobOutco
         return None
     outputs = services.paths.outputs_dir
     path = save_image(grid, outputs / options.folder, seed=outcome.seeds[0] if outcome.seeds else 0,
-                      infotext=infotext, pattern="", date_subdir=payload.output.date_subdir, basename="grid")
+                      infotext=infotext, pattern=options.filename_pattern, fields=grid_fields(outcome),
+                      date_subdir=payload.output.date_subdir, basename="grid")
     return {"path": _relative_to(path, outputs), "rows": rows}
 
 
@@ -120,10 +121,16 @@ def save_script_grids(services: "Services", payload: GenerationPayload, outcome:
     outputs, saved = services.paths.outputs_dir, []
     seed = next((seed for seed in outcome.seeds if seed is not None), 0)  # a cell that did not run has none
     for image, infotext, basename in outcome.grids_to_save:
-        path = save_image(image, outputs / options.folder, seed=seed, infotext=infotext, pattern="",
+        path = save_image(image, outputs / options.folder, seed=seed, infotext=infotext,
+                          pattern=options.filename_pattern, fields=grid_fields(outcome),
                           date_subdir=payload.output.date_subdir, basename=basename)
         saved.append({"path": _relative_to(path, outputs), "rows": 1})
     return saved
+
+
+def grid_fields(outcome: JobOutcome) -> dict:
+    """The values of a grid's file-name tags (`grid_extended_filename`): the first image's parameters and prompt."""
+    return {**outcome.params.to_dict(), "prompt": outcome.prompts[0] if outcome.prompts else outcome.params.prompt}
 
 
 def first_tasks(payload: GenerationPayload) -> list[GenerationTask]:

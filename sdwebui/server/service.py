@@ -420,6 +420,9 @@ class GenerationService:
             make=request.make_grid, return_grid=bool(options["return_grid"]), save=save,
             only_if_multiple=bool(options["grid_only_if_multiple"]), n_rows=int(options["n_rows"]),
             prevent_empty_spots=bool(options["grid_prevent_empty_spots"]),
+            # A1111's grid_extended_filename: grid-0000-<the images' pattern>.png
+            filename_pattern=str(options["samples_filename_pattern"] or "[seed]")
+            if options["grid_extended_filename"] else "",
             folder=request.outdir or output_folder(self.services.paths.outputs_dir,
                                                    options["outdir_grids"] or options[setting] or default),
         )
