@@ -77,6 +77,8 @@ def add_generation_flags(parser: argparse.ArgumentParser, kind: str) -> None:
                         help="apply these styles from the styles file, in order")
     add_param_flags(parser, PARAMS[kind])
     parser.add_argument("--out", help=f"output folder (default: <data-dir>/outputs/{kind}-images/<date>)")
+    parser.add_argument("--grid", action="store_true",
+                        help=f"also save a grid of a batch's images (in --out, else outputs/{kind}-grids)")
 
 
 def add_img2img_flags(parser: argparse.ArgumentParser) -> None:
@@ -243,6 +245,7 @@ def run_generation(args, paths, kind: str) -> int:
     request = GenerationRequest(
         kind=kind, values=values, styles=args.styles,
         checkpoint=args.model, vae=args.vae, outdir=str(Path(args.out).resolve()) if args.out else None,
+        make_grid=args.grid,  # a command asked for images gets exactly those, unless it asks for the grid too
         client="cli", **images,
     )
 

@@ -49,6 +49,15 @@ def test_batch_and_explicit_model_path_and_out_dir(data_dir, tmp_path, capsys):
     assert names == ["00000-7.png", "00001-8.png"]
 
 
+def test_grid_flag_saves_the_batch_grid_beside_the_images(data_dir, tmp_path, capsys):
+    checkpoint = data_dir / "models" / "Stable-diffusion" / "tiny-sd1.safetensors"
+    out = tmp_path / "out"
+    code = main(["txt2img", "x", "--model", str(checkpoint), "--seed", "7", "--batch-size", "2", "--out", str(out),
+                 "--grid", "--data-dir", str(tmp_path), *SMALL])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000-7.png", "00001-8.png", "grid-0000.png"]
+
+
 def test_model_by_name_from_ckpt_dir(data_dir, tmp_path, capsys):
     code = main(["txt2img", "x", "--model", "tiny-sd1", "--ckpt-dir", str(data_dir / "models" / "Stable-diffusion"),
                  "--seed", "1", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path), *SMALL])
