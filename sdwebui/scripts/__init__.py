@@ -5,19 +5,27 @@ registers them in `app.py`, and anything that plugs in later (extensions) goes t
 |---|---|---|
 | `prompt_matrix.py` | Prompt matrix | selectable |
 | `prompts_from_file.py` | Prompts from file or textbox | selectable |
+| `loopback.py` | Loopback (img2img) | selectable, drives its job |
+| `outpainting_mk2.py` | Outpainting mk2 (img2img) | selectable, drives its job |
+| `poor_mans_outpainting.py` | Poor man's outpainting (img2img) | selectable, drives its job |
+| `sd_upscale.py` | SD upscale (img2img) | selectable, drives its job |
 | `xyz_grid.py` | X/Y/Z plot | selectable |
 """
 
 from __future__ import annotations
 
 from sdwebui.pipelines.scripts import Script
+from sdwebui.scripts.loopback import Loopback
+from sdwebui.scripts.outpainting_mk2 import OutpaintingMk2
+from sdwebui.scripts.poor_mans_outpainting import PoorMansOutpainting
 from sdwebui.scripts.prompt_matrix import PromptMatrix
 from sdwebui.scripts.prompts_from_file import PromptsFromFile
+from sdwebui.scripts.sd_upscale import SDUpscale
 from sdwebui.scripts.xyz_grid import XYZPlot
 
 
 def builtin_scripts() -> list[Script]:
-    return [PromptMatrix(), PromptsFromFile(), XYZPlot()]
+    return [PromptMatrix(), PromptsFromFile(), XYZPlot(), Loopback(), OutpaintingMk2(), PoorMansOutpainting(), SDUpscale()]
 
 
 __all__ = ["builtin_scripts"]

@@ -15,7 +15,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from sdwebui.pipelines.grids import grid_rows, image_grid
-from sdwebui.pipelines.jobs import run_tasks, total_batches
+from sdwebui.pipelines.jobs import TaskRunner, drive_tasks, job_script, run_tasks, total_batches
 from sdwebui.pipelines.output import save_image
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
 from sdwebui.server.console import JobConsoleBar
@@ -34,15 +34,17 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
     job.progress.textinfo = None
     saver = ImageSaver(services, job, payload.output)
     models_used: list = []
-    batches = total_batches(tasks)
+    driver = job_script(scripts)  # a script that runs the job itself (loopback, SD upscale, outpainting)
+    batches = sum(driver[0].planned_batches(task, driver[1]) for task in tasks) if driver else total_batches(tasks)
     console = JobConsoleBar(f"{payload.kind} {job.id[:8]}")
 
-    def on_images(batch, model) -> None:
-        saver.save(batch, model)
+    def on_images(batch, model, save: bool = True) -> None:
+        if save:
+            saver.save(batch, model)
         if payload.preview_every != 0 and batch.images:
             job.progress.preview_png = decoded_preview_png(batch.images[0])
 
-    def run(task: GenerationTask, batch_offset: int):
+    def run(task: GenerationTask, batch_offset: int, save: bool = True):
         from sdwebui.pipelines.context import GenerationContext  # torch: the worker has it by now
         from sdwebui.pipelines.img2img import img2img
         from sdwebui.pipelines.networks import LoraNetworks
@@ -58,27 +60,46 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
             on_step=progress_reporter(job, services, model, payload.preview_every, batch_offset, batches, console),
             extra_networks=LoraNetworks(services.loras), nan_check=payload.nan_check,
             load_model=services.models.get_secondary, upscalers=services.upscalers,
-            upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: on_images(batch, model),
+            upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: on_images(batch, model, save),
             hooks=scripts if scripts else None,
         )
         if payload.kind == "img2img":
             return img2img(ctx, task.params, list(task.init_images), task.mask)
         return txt2img(ctx, task.params)
 
-    image_counts: list[int] = []
+    def save_script_images(images, result, seeds, infotexts) -> None:
+        from sdwebui.pipelines.context import FinishedImages  # torch: the worker has it by now
 
-    def counted(task: GenerationTask, batch_offset: int):
-        result = run(task, batch_offset)
-        image_counts.append(len(result.images))
-        return result
+        prompts = [result.prompts[0] if result.prompts else result.params.prompt] * len(images)
+        saver.save(FinishedImages(result.params, list(images), list(seeds), list(infotexts), prompts), models_used[-1])
+
+    script_grids: list[dict] = []
+
+    def script_grid(images, rows: int, infotext: str, seed: int):
+        grid, saved = make_grid(services, payload, images, rows, infotext, seed)
+        if saved is not None:
+            script_grids.append(saved)
+        return grid
 
     try:
-        outcome = run_tasks(tasks, counted, job.stop.interrupted.is_set)
-        outcome.tasks, outcome.task_image_counts = list(tasks), image_counts
+        if driver:
+            runner = TaskRunner(run, save_script_images, script_grid, job.stop.interrupted.is_set,
+                                upscalers=services.upscalers, upscale_tile=tuple(payload.upscale_tile))
+            outcome = drive_tasks(tasks, driver[0], driver[1], runner)
+        else:
+            image_counts: list[int] = []
+
+            def counted(task: GenerationTask, batch_offset: int):
+                result = run(task, batch_offset)
+                image_counts.append(len(result.images))
+                return result
+
+            outcome = run_tasks(tasks, counted, job.stop.interrupted.is_set)
+            outcome.tasks, outcome.task_image_counts = list(tasks), image_counts
     finally:
         console.close()
     scripts.after_job(outcome)
-    script_grids = save_script_grids(services, payload, outcome)
+    script_grids.extend(save_script_grids(services, payload, outcome))
     grid = add_grid(services, payload, outcome) or (script_grids[0] if script_grids else None)
     job.images = [*outcome.extra_images, *outcome.images]
     job.interrupted = outcome.interrupted
@@ -110,6 +131,28 @@ def add_grid(services: "Services", payload: GenerationPayload, outcome: JobOutco
                       infotext=infotext, pattern=options.filename_pattern, fields=grid_fields(outcome),
                       date_subdir=payload.output.date_subdir, basename="grid")
     return {"path": _relative_to(path, outputs), "rows": rows}
+
+
+def make_grid(services: "Services", payload: GenerationPayload, images, rows: int | None, infotext: str,
+              seed: int) -> tuple[Any, dict | None]:
+    """A grid a script lays out itself (A1111's scripts call `image_grid` and save it under `opts.grid_save`):
+    (the grid when the settings show grids (`return_grid`), else None; where it was saved, or None). `rows` None:
+    as the settings say for a batch size of 1 (A1111's `image_grid(images)`). A1111's scripts ignore the request's
+    `do_not_save_grid` (`options.make`); a request that saves no images saves no grid here either."""
+    options = payload.grid
+    if not images or not (options.return_grid or options.save) or options.only_if_multiple and len(images) < 2:
+        return None, None
+    if rows is None:
+        rows = grid_rows(len(images), 1, options.n_rows, options.prevent_empty_spots)
+    grid = image_grid(images, rows)
+    grid.info["parameters"] = infotext
+    saved = None
+    if options.save:
+        outputs = services.paths.outputs_dir
+        path = save_image(grid, outputs / options.folder, seed=seed, infotext=infotext,
+                          pattern=options.filename_pattern, date_subdir=payload.output.date_subdir, basename="grid")
+        saved = {"path": _relative_to(path, outputs), "rows": rows}
+    return (grid if options.return_grid else None), saved
 
 
 def save_script_grids(services: "Services", payload: GenerationPayload, outcome: JobOutcome) -> list[dict]:

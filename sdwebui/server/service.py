@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sdwebui.core.errors import ParamError
 from sdwebui.core.upscale_modes import is_latent_mode
 from sdwebui.pipelines.extras_params import ExtrasParams
+from sdwebui.pipelines.jobs import job_script
 from sdwebui.pipelines.params import (
     DEFAULT_SAMPLER,
     DEFAULT_SCHEDULER,
@@ -369,6 +370,9 @@ class GenerationService:
             except ParamError as error:
                 raise ParamError(task.arg_locs.get(error.field, ("script_args",)),
                                  f"{task.label}: {error.message}" if task.label else error.message) from None
+        driver = job_script(bound)
+        if driver is not None:  # e.g. SD upscale's upscaler must be installed
+            driver[0].check(tasks[0], driver[1], self.services)
 
     def resolve_task(self, task: GenerationTask) -> GenerationTask:
         """A task a script made, with the names only the server can resolve checked and resolved: its checkpoint

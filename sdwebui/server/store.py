@@ -559,7 +559,7 @@ def _command(pid: int) -> str:
             words = file.read().split(b"\0")
     except OSError:
         return "?"
-    text = " ".join(word.decode(errors="replace") for word in words if word)
+    text = " ".join(" ".join(word.decode(errors="replace").split()) for word in words if word)
     return text[:120] or "?"
 
 

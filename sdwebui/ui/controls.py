@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from sdwebui.pipelines.params import GenerationParams, spec_of
+from sdwebui.pipelines.script_args import ChoiceIndexArg, InfoArg, InstalledChoiceArg
 from sdwebui.pipelines.scripts import ScriptArg
 
 
@@ -33,6 +34,14 @@ def param_control(cls: type[GenerationParams], name: str, elem_id: str, **kwargs
 def script_arg_control(arg: ScriptArg, elem_id: str):
     """A script argument's control (A1111's scripts build theirs by hand; ours follow the declaration)."""
     common = {"label": arg.label, "value": arg.default, "elem_id": elem_id, "info": arg.help or None}
+    if isinstance(arg, InfoArg):  # A1111's gr.HTML note: a place in script_args that carries nothing
+        return gr.Markdown(arg.help, elem_id=elem_id)
+    if isinstance(arg, ChoiceIndexArg):  # A1111's Radio(type="index"): the job gets the position
+        return gr.Radio(list(arg.choices or ()), type="index", **{**common, "value": arg.choices[arg.default]})
+    if isinstance(arg, InstalledChoiceArg):  # the server checks the name against what is installed
+        return gr.Dropdown(list(arg.choices or ()), allow_custom_value=True, **common)
+    if arg.kind is list:  # A1111's CheckboxGroup (Outpainting direction)
+        return gr.CheckboxGroup(list(arg.choices or ()), **{**common, "value": list(arg.default)})
     if arg.kind is bool:
         return gr.Checkbox(**common)
     if arg.choices is not None:
