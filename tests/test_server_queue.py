@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from sdwebui.server.queue import JobQueue, Progress, QueueFull, Worker, is_out_of_memory
+from sdwebui.server.queue import JobHandle, JobQueue, Progress, QueueFull, Worker, is_out_of_memory
 from sdwebui.server.store import DB_FILE_NAME, Store, open_store
 
 
@@ -200,3 +200,46 @@ def test_async_wait_and_progress_eta(store):
     assert done.status == "done"
     progress = Progress(started=time.time() - 10, step=5, total_steps=10, batch_index=0, batch_count=1)
     assert progress.eta() == pytest.approx(10, abs=0.5)
+
+
+def _steady_job(start: float, load_seconds: float, step_seconds: float, steps: int, batches: int,
+                decode_seconds: float):
+    """(time, ETA after that step) for a job whose first step waits for the model to load and whose batches end
+    with a VAE decode: the times a real job reports its steps at."""
+    handle = JobHandle(id="j", kind="job", payload={})
+    handle.progress.started = start
+    now, etas = start + load_seconds, []
+    for batch in range(batches):
+        for step in range(1, steps + 1):
+            now += step_seconds
+            handle.report_step(step, steps, batch, batches, now=now)
+            etas.append((now, handle.progress.eta(now)))
+        now += decode_seconds
+    return etas
+
+
+def test_eta_follows_the_recent_steps_not_the_model_load():
+    """A job that waited 20 s for its model and then makes a step every 0.5 s: once a few steps are done, the ETA
+    is the steps left at the recent pace, not the load time extrapolated over the whole job."""
+    etas = _steady_job(start=1000.0, load_seconds=20, step_seconds=0.5, steps=20, batches=2, decode_seconds=0)
+    now, eta = etas[9]  # 10 of 40 steps done
+    assert eta == pytest.approx(30 * 0.5, rel=0.15)
+    assert etas[-1][1] == 0
+
+
+def test_eta_does_not_jump_at_a_batch_boundary():
+    """A 2 s decode between batches of 0.5 s steps: from one step to the next the ETA differs from a plain
+    countdown by less than 2 s (the average since the start moved it by 7.8 s), and it barely goes up."""
+    etas = _steady_job(start=1000.0, load_seconds=2, step_seconds=0.5, steps=20, batches=3, decode_seconds=2)
+    later = etas[5:]
+    assert all(b <= a + 0.75 for (_, a), (_, b) in zip(later, later[1:])), later
+    assert max(abs(b - (a - (tb - ta))) for (ta, a), (tb, b) in zip(later, later[1:])) < 2.0, later
+
+
+def test_eta_between_steps_counts_down():
+    handle = JobHandle(id="j", kind="job", payload={})
+    handle.progress.started = 0.0
+    for step in range(1, 11):
+        handle.report_step(step, 20, 0, 1, now=float(step))
+    assert handle.progress.eta(10.0) == pytest.approx(10.0, rel=0.1)
+    assert handle.progress.eta(13.0) == pytest.approx(7.0, rel=0.15)

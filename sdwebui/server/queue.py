@@ -43,6 +43,14 @@ PayloadLoader = Callable[[str, Mapping[str, Any]], Any]
 """(kind, stored JSON) -> the payload as its type (`server.payloads.load_payload`)."""
 
 
+ETA_WINDOW_STEPS, ETA_MAX_WINDOW_STEPS = 10, 150
+"""The ETA follows the pace of the recent steps (a batch's worth, at least 10, at most 150): the first step also
+waited for the model and the text encoder, and each batch ends with a VAE decode, so the average since the start
+overestimates at first and jumps at each batch."""
+ETA_EASING = 0.3
+"""How much of a new estimate the ETA takes at each step."""
+
+
 class QueueFull(RuntimeError):
     pass
 
@@ -60,6 +68,10 @@ class Progress:
     preview_step: int = 0
     """Global step (across batches) the preview was made at; 0 = none yet."""
     textinfo: str | None = None
+    recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=ETA_MAX_WINDOW_STEPS + 1))
+    """(time, fraction) at the job's last steps: the pace the ETA extrapolates."""
+    estimate: tuple[float, float] | None = None
+    """(seconds left, the time it was estimated at), made at each step once two steps are done."""
 
     @property
     def fraction(self) -> float:
@@ -72,12 +84,35 @@ class Progress:
         return self.batch_index * self.total_steps + self.step
 
     def eta(self, now: float | None = None) -> float | None:
-        """Seconds left, extrapolated from the time spent so far (None before the first step)."""
+        """Seconds left (None before the first step): the smoothed estimate made at the last step, less the time
+        since; from the time spent since the start until two steps are done."""
         fraction = self.fraction
         if self.started is None or fraction <= 0:
             return None
-        elapsed = (now or time.time()) - self.started
+        now = time.time() if now is None else now
+        if fraction >= 1:
+            return 0.0
+        if self.estimate is not None:
+            left, at = self.estimate
+            return max(0.0, left - (now - at))
+        elapsed = now - self.started
         return max(0.0, elapsed / fraction - elapsed)
+
+    def mark_step(self, now: float) -> None:
+        """Record a step's time and update the estimate: the work left at the pace of the last batch of steps
+        (so a batch's VAE decode is counted once per batch, not when it happens), eased in so that learning
+        the decode's cost moves the ETA over a few steps instead of at once."""
+        self.recent.append((now, self.fraction))
+        window = list(self.recent)[-(max(ETA_WINDOW_STEPS, self.total_steps) + 1):]
+        (first_time, first_fraction), (last_time, last_fraction) = window[0], window[-1]
+        if last_fraction <= first_fraction or last_time <= first_time:
+            return
+        pace = (last_time - first_time) / (last_fraction - first_fraction)  # seconds per unit of work
+        estimate = (1 - last_fraction) * pace
+        if self.estimate is not None:
+            left, at = self.estimate
+            estimate = ETA_EASING * estimate + (1 - ETA_EASING) * max(0.0, left - (now - at))
+        self.estimate = (estimate, now)
 
     def as_dict(self) -> dict:
         return {
@@ -153,9 +188,10 @@ class JobHandle:
 
     # ---- progress (called from the worker thread) ---------------------------------------------------------
     def report_step(self, step: int, total_steps: int, batch_index: int, batch_count: int,
-                    preview: Callable[[], bytes | None] | None = None) -> None:
+                    preview: Callable[[], bytes | None] | None = None, *, now: float | None = None) -> None:
         p = self.progress
         p.step, p.total_steps, p.batch_index, p.batch_count = step, total_steps, batch_index, batch_count
+        p.mark_step(time.time() if now is None else now)
         if preview is not None:
             png = preview()
             if png is not None:

@@ -69,7 +69,7 @@ def build_router(services: Services) -> APIRouter:
 
 
 def progress_response(services: Services, skip_current_image: bool) -> dict:
-    """A1111 `progressapi`: progress 0..1 over the job's batches and steps, ETA extrapolated from time spent."""
+    """A1111 `progressapi`: progress 0..1 over the job's batches and steps, and the ETA (`Progress.eta`)."""
     running = services.generation.running()
     job = running[0] if running else None
     if job is None:
@@ -80,8 +80,10 @@ def progress_response(services: Services, skip_current_image: bool) -> dict:
     progress = 0.01 + p.batch_index / max(1, p.batch_count)
     if p.total_steps > 0:
         progress += p.step / p.total_steps / max(1, p.batch_count)
-    elapsed = time.time() - (p.started or time.time())
-    eta_relative = elapsed / progress - elapsed
+    now = time.time()
+    elapsed = now - (p.started or now)
+    eta = p.eta(now)  # the pace of the last steps (A1111 extrapolates the time since the start, which jumps)
+    eta_relative = elapsed / progress - elapsed if eta is None else eta
     current_image = None
     if p.preview_png is not None and not skip_current_image:
         current_image = base64.b64encode(p.preview_png).decode("ascii")
