@@ -48,3 +48,41 @@ def test_prompts_from_file_from_the_script_dropdown(page, server):  # noqa: F811
     assert len(server.services.store.images(limit=1000)) == jobs_before + 2
     assert [(r["prompt"], r["seed"]) for r in reversed(records)] == [("a red circle", 50), ("a blue square", 51)]
     assert "Steps: 3" in records[0]["infotext"]
+
+
+def test_sd_upscale_from_the_img2img_script_dropdown(page, server, tmp_path):  # noqa: F811
+    """img2img's Script dropdown offers the img2img scripts; SD upscale's upscaler list is the installed one
+    (Extras' list), and its job returns the image at twice the size."""
+    from PIL import Image
+
+    page.get_by_role("tab", name="img2img", exact=True).first.click()
+    page.locator("#img2img_script_list input").first.click()
+    for title in ("SD upscale", "Loopback", "Outpainting mk2", "Poor man's outpainting", "X/Y/Z plot"):
+        assert page.locator(f"[role=option]:has-text(\"{title}\")").count() >= 1, title
+    page.locator("[role=option]:has-text('SD upscale')").first.click()
+    controls = page.locator("#img2img_script_sd_upscale")
+    controls.wait_for(state="visible", timeout=15_000)
+
+    upscaler = page.locator("#img2img_script_sd_upscale_2 input")
+    upscaler.click()
+    options = page.locator("#img2img_script_sd_upscale_2 [role=option]")
+    options.first.wait_for(timeout=15_000)
+    offered = [text.replace("✓", "").strip() for text in options.all_inner_texts()]  # ✓ marks the chosen one
+    assert offered == [entry.name for entry in server.services.upscalers.entries()]
+    options.filter(has_text="Lanczos").first.click()
+
+    path = tmp_path / "small.png"
+    Image.new("RGB", (64, 64), (40, 120, 200)).save(path)
+    page.locator("#img2img_image input[type=file]").set_input_files(str(path))
+    page.locator("#img2img_image img").first.wait_for(timeout=15_000)
+    for elem_id, value in (("img2img_width", "64"), ("img2img_height", "64"), ("img2img_steps", "2")):
+        set_number(page, elem_id, value)
+    page.locator("#img2img_script_sd_upscale_1 input[type=number]").fill("16")  # tile overlap
+    page.locator("#img2img_prompt textarea").fill("a blue wall")
+    page.locator("#img2img_generate").click()
+    info = page.locator("#img2img_infotext textarea")
+    wait_until(lambda: "SD upscale upscaler: Lanczos" in info.input_value(), timeout=120)
+    shot(page, "script-sd-upscale")
+    record = server.services.store.images(limit=1)[0]
+    assert "SD upscale overlap: 16" in record["infotext"]
+    assert (record["width"], record["height"]) == (128, 128), record

@@ -42,8 +42,8 @@ def test_xyz_controls_fill_swap_and_plot(page, server):  # noqa: F811
     x_values.fill("1, 7")
     page.locator(f"{XYZ}_swap_xy").click()
     wait_until(lambda: page.locator(f"{XYZ}_y_type input").input_value() == "CFG Scale", timeout=15)
-    assert page.locator(f"{XYZ}_y_values textarea").input_value() == "1, 7"
-    assert page.locator(f"{XYZ}_x_type input").input_value() == "Nothing"
+    wait_until(lambda: page.locator(f"{XYZ}_y_values textarea").input_value() == "1, 7", timeout=15)
+    wait_until(lambda: page.locator(f"{XYZ}_x_type input").input_value() == "Nothing", timeout=15)
     page.locator(f"{XYZ}_swap_xy").click()
     wait_until(lambda: page.locator(f"{XYZ}_x_type input").input_value() == "CFG Scale", timeout=15)
 
@@ -52,7 +52,7 @@ def test_xyz_controls_fill_swap_and_plot(page, server):  # noqa: F811
     assert not fill.is_visible()
     pick(page, f"{XYZ}_x_type", "Always discard next-to-last sigma")
     fill.wait_for(state="visible", timeout=15_000)
-    assert not x_values.is_visible()
+    wait_until(lambda: not x_values.is_visible(), timeout=15)
     fill.click()
     dropdown = page.locator(f"{XYZ}_x_values_dropdown")
     wait_until(lambda: "False" in dropdown.inner_text() and "True" in dropdown.inner_text(), timeout=15)

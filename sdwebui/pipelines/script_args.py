@@ -5,8 +5,8 @@
   `script_args` (clients send None, "" or the HTML) and carries nothing; the UI shows its text.
 - `InstalledChoiceArg`: a `gr.Radio(type="index")` over something installed (SD upscale's upscaler): an int is a
   position in the list the server has now (`/sdapi/v1/upscalers` order), a text a name (A1111 >= 1.6 takes names
-  too). Whether it exists is the script's `check` (it needs the app), so the UI offers the built-in choices and
-  takes any name.
+  too). Whether it exists is the script's `check` (it needs the app); the UI lists what is installed (`catalog`)
+  and takes any name.
 - `ChoiceIndexArg`: a `gr.Radio(type="index")` over fixed choices (Poor man's outpainting's masked content): an int
   is a position in the choices, a text one of them; the script gets the position.
 """
@@ -33,6 +33,8 @@ class InfoArg(ScriptArg):
 class InstalledChoiceArg(ScriptArg):
     kind: type = str
     default: Any = None
+    catalog: str | None = None
+    """What the web UI lists (a `pipelines.script_ui.ScriptUI.choices` catalog); `choices` where it has none."""
 
     def check(self, value: Any, loc: tuple) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):

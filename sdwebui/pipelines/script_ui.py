@@ -27,7 +27,8 @@ class ScriptUI(Protocol):
 
     def choices(self, catalog: str) -> list[str]:
         """What the server has now, by name: "samplers", "schedulers", "checkpoints", "refiner_checkpoints"
-        (with "None"), "vaes" (with "Automatic" and "None"), "hires_upscalers" (latent modes first), "styles"."""
+        (with "None"), "vaes" (with "Automatic" and "None"), "hires_upscalers" (latent modes first), "upscalers"
+        (Extras' list: None, Lanczos, Nearest and the models), "styles"."""
         ...
 
 

@@ -59,7 +59,7 @@ class SDUpscale(JobScript):
         InfoArg("Info", help="Will upscale the image by the selected scale factor; use width and height sliders to "
                              "set tile size"),
         ScriptArg("Tile overlap", int, 64, minimum=0, maximum=256, step=16),
-        InstalledChoiceArg("Upscaler", str, "None", choices=BUILTIN_CHOICES,
+        InstalledChoiceArg("Upscaler", str, "None", choices=BUILTIN_CHOICES, catalog="upscalers",
                            help="an upscaler's name, or its position in the upscaler list"),
         ScriptArg("Scale Factor", float, 2.0, minimum=1.0, maximum=4.0, step=0.05),
     )

@@ -4,6 +4,7 @@ shows what the API validates."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -31,15 +32,17 @@ def param_control(cls: type[GenerationParams], name: str, elem_id: str, **kwargs
     return gr.Textbox(elem_id=elem_id, **kwargs)
 
 
-def script_arg_control(arg: ScriptArg, elem_id: str):
-    """A script argument's control (A1111's scripts build theirs by hand; ours follow the declaration)."""
+def script_arg_control(arg: ScriptArg, elem_id: str, installed: Callable[[str], list[str]] | None = None):
+    """A script argument's control (A1111's scripts build theirs by hand; ours follow the declaration).
+    `installed(catalog)`: what the app has now, for arguments that name something installed."""
     common = {"label": arg.label, "value": arg.default, "elem_id": elem_id, "info": arg.help or None}
     if isinstance(arg, InfoArg):  # A1111's gr.HTML note: a place in script_args that carries nothing
         return gr.Markdown(arg.help, elem_id=elem_id)
     if isinstance(arg, ChoiceIndexArg):  # A1111's Radio(type="index"): the job gets the position
         return gr.Radio(list(arg.choices or ()), type="index", **{**common, "value": arg.choices[arg.default]})
     if isinstance(arg, InstalledChoiceArg):  # the server checks the name against what is installed
-        return gr.Dropdown(list(arg.choices or ()), allow_custom_value=True, **common)
+        choices = installed(arg.catalog) if installed is not None and arg.catalog else list(arg.choices or ())
+        return gr.Dropdown(choices, allow_custom_value=True, **common)
     if arg.kind is list:  # A1111's CheckboxGroup (Outpainting direction)
         return gr.CheckboxGroup(list(arg.choices or ()), **{**common, "value": list(arg.default)})
     if arg.kind is bool:

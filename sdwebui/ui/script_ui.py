@@ -8,6 +8,7 @@ from typing import Any
 from sdwebui.server.services import Services
 from sdwebui.ui.fields import (
     checkpoint_choices,
+    extras_upscaler_choices,
     sampler_choices,
     schedule_choices,
     style_names,
@@ -29,6 +30,7 @@ class TabScriptUI:
             "refiner_checkpoints": lambda: ["None", *sorted(checkpoint_choices(services)[0], key=str.casefold)],
             "vaes": lambda: vae_choices(services)[0],
             "hires_upscalers": lambda: upscaler_choices(services),
+            "upscalers": lambda: extras_upscaler_choices(services),
             "styles": lambda: style_names(services),
         }
 

@@ -425,13 +425,15 @@ def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict, services
             if script.description:
                 gr.Markdown(script.description, elem_classes="sdw-note")
             own_layout = getattr(script, "build_ui", None)
-            if own_layout is not None and services is not None:
-                controls = own_layout(TabScriptUI(services, prefix, f"{prefix}_script_{_slug(script.name)}"))
+            script_ui = TabScriptUI(services, prefix, f"{prefix}_script_{_slug(script.name)}") if services else None
+            if own_layout is not None and script_ui is not None:
+                controls = own_layout(script_ui)
                 if len(controls) != len(script.args):
                     raise ValueError(f"{script.title}: build_ui made {len(controls)} controls for "
                                      f"{len(script.args)} arguments")
             else:
-                controls = [script_arg_control(arg, f"{prefix}_script_{_slug(script.name)}_{index}")
+                controls = [script_arg_control(arg, f"{prefix}_script_{_slug(script.name)}_{index}",
+                                               script_ui.choices if script_ui else None)
                             for index, arg in enumerate(script.args)]
             for index, control in enumerate(controls):
                 f[f"script:{script.name}:{index}"] = control
