@@ -420,3 +420,32 @@ def test_grid_options_extended_file_names(client, server):
     names = {path.name for path in folder.glob("*.png")}
     assert any(name.startswith("xyz_grid-") and name.endswith("-77.png") for name in names), names
     assert any(name.startswith("grid-") and name.endswith("-78.png") for name in names), names
+
+
+def test_one_progress_bar_over_the_cells_and_skip_then_interrupt(client):
+    """Four cells of 60 steps: progress counts the cells as A1111's job_count; Skip ends the running cell only,
+    Interrupt ends the plot, and the cells made so far come back (the others as blanks in the grid)."""
+    from test_api_support import wait_until
+
+    response = client.post("/api/v1/jobs", json={
+        "prompt": "a red cat", "width": 64, "height": 64, "steps": 60, "sampler": "Euler", "seed": 3,
+        "script_name": "X/Y/Z plot", "script_args": xyz_args(1, "1, 2, 3, 4")})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+
+    def progress():
+        view = client.get(f"/api/v1/jobs/{job_id}").json()
+        return view["status"] == "running" and view["progress"]
+
+    first = wait_until(lambda: (p := progress()) and p["total_steps"] == 60 and p["step"] >= 1 and p, timeout=120)
+    assert first["batch_count"] == 4 and first["batch_index"] == 0
+    assert client.post(f"/api/v1/jobs/{job_id}/skip").status_code == 200
+    wait_until(lambda: (p := progress()) and p["batch_index"] >= 1, timeout=120)  # the next cell runs
+    assert client.post(f"/api/v1/jobs/{job_id}/interrupt").status_code == 200
+    job = wait_for_job(client, job_id, timeout=120)
+    assert job["status"] in ("done", "interrupted"), job
+    # as A1111, a cell that made no image holds a blank place in the grid (no seed, no infotext)
+    seeds = job["result"]["seeds"]
+    assert len(seeds) == 4 and seeds[0] is None, seeds  # the skipped cell
+    made = [seed for seed in seeds if seed is not None]
+    assert made[:1] == [2] and len(made) < 3, seeds  # the cell running at Interrupt keeps its image; no more ran
