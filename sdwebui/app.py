@@ -27,7 +27,7 @@ from sdwebui import __version__
 from sdwebui.pipelines.scripts import Script, ScriptRegistry
 from sdwebui.scripts import builtin_scripts
 from sdwebui.server import a1111, native
-from sdwebui.server.config import ConfigError, Credentials, ServerConfig
+from sdwebui.server.config import ConfigError, Credentials, ServerConfig, memory_fields
 from sdwebui.server.errors import install_error_handlers
 from sdwebui.server.options import LIMIT_FLAGS, OPTIONS, OptionError
 from sdwebui.server.security import SecurityMiddleware
@@ -173,6 +173,7 @@ def config_from_args(args, paths) -> ServerConfig:
         precision=precision,
         vae_precision="full" if getattr(args, "no_half_vae", False) else "auto",
         prediction_type=getattr(args, "prediction_type", None),
+        **memory_fields(args),
         preload=not args.no_preload,
         threads=getattr(args, "threads", None),
         ui=not getattr(args, "nowebui", False),

@@ -58,6 +58,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def add_memory_flags(group) -> None:
+    """A1111's memory flags (and Forge's `--always-high-vram`); without them the mode is chosen from the free VRAM
+    when a model is loaded (`models.memory`)."""
+    group.add_argument("--medvram", action="store_true",
+                       help="A1111's flag: keep only the model part in use (text encoder, UNet, VAE) on the GPU")
+    group.add_argument("--lowvram", action="store_true",
+                       help="A1111's flag: stream the UNet's layers to the GPU as they run (least VRAM, slowest)")
+    group.add_argument("--medvram-sdxl", action="store_true", help="A1111's flag: --medvram for SDXL models only")
+    group.add_argument("--always-high-vram", action="store_true",
+                       help="Forge's flag: keep every part on the GPU (no automatic offloading)")
+    group.add_argument("--vram-budget", type=_positive_float, metavar="GB",
+                       help="plan as if the GPU had at most this much free memory (memory mode, tiled VAE)")
+
+
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("device")
     group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cuda:1, mps or cpu")
@@ -76,6 +97,7 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
         choices=["epsilon", "v_prediction"],
         help="override the detected prediction type (SD2 768-v models without a .yaml beside them)",
     )
+    add_memory_flags(group)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from sdwebui.pipelines.extras_params import ExtrasParams
 from sdwebui.pipelines.img2img_params import Img2ImgParams
 from sdwebui.pipelines.output import read_image_info
 from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, param_specs
-from sdwebui.server.config import ServerConfig
+from sdwebui.server.config import ServerConfig, memory_fields
 from sdwebui.server.service import ExtrasRequest, GenerationRequest, JobHandle
 from sdwebui.server.services import Services
 
@@ -107,7 +107,7 @@ def cli_config(args, paths) -> ServerConfig:
     return ServerConfig(
         paths=paths, device=args.device, precision="full" if args.no_half else args.precision,
         vae_precision="full" if args.no_half_vae else "auto", prediction_type=args.prediction_type,
-        preload=False, threads=args.threads, ui=False, in_memory_store=True, trust_paths=True,
+        **memory_fields(args), preload=False, threads=args.threads, ui=False, in_memory_store=True, trust_paths=True,
     )
 
 

@@ -254,6 +254,10 @@ class AppliedNetworks:
         return ", ".join(f"{k}: {v}" for k, v in seen.items()) or None
 
 
+def _set_data(param: torch.nn.Parameter, data: Tensor) -> None:
+    param.data = data
+
+
 class _Patcher:
     """The patched weights of one model for the last set of networks, and the swap in / out."""
 
@@ -330,14 +334,17 @@ class _Patcher:
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
         originals: list[tuple[torch.nn.Parameter, Tensor]] = []
+        # A memory mode that keeps its own copies of offloaded weights (lowvram's pinned copies) must see the swap.
+        placement = getattr(self.model, "placement", None)
+        swap = placement.adopt if placement is not None else _set_data
         try:
             for param, new, _ in self.patched:
                 originals.append((param, param.data))
-                param.data = new
+                swap(param, new)
             yield
         finally:
             for param, old in reversed(originals):
-                param.data = old
+                swap(param, old)
 
     def release(self) -> None:
         self.key = None

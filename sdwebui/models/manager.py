@@ -29,6 +29,7 @@ from sdwebui.models.detect import detect
 from sdwebui.models.devices import DevicePlan
 from sdwebui.models.files import ModelFileError, read_safetensors_header
 from sdwebui.models.hashing import sha256_of
+from sdwebui.models.memory import MemoryChoice, MemoryPolicy, ModelBytes, choose_mode, estimate_bytes, place_model
 from sdwebui.models.sd_model import SDModel
 from sdwebui.models.vae import find_vaes
 
@@ -56,10 +57,12 @@ class LoadRequest:
 
 
 class ModelManager:
-    def __init__(self, paths: Paths, devices: DevicePlan, *, prediction_type: str | None = None):
+    def __init__(self, paths: Paths, devices: DevicePlan, *, prediction_type: str | None = None,
+                 memory: MemoryPolicy | None = None):
         self.paths = paths
         self.devices = devices
         self.prediction_type = prediction_type
+        self.memory = memory if memory is not None else MemoryPolicy()
         self._lock = threading.RLock()
         self._loaded: SDModel | None = None
         self._loaded_key: tuple | None = None
@@ -173,12 +176,19 @@ class ModelManager:
         return self.resolve_vae(vae)
 
     def _load(self, request: LoadRequest, *, automatic_vae: bool) -> SDModel:
+        """Load a checkpoint in the memory mode `_memory_choice` picks: straight onto the device when nothing is
+        offloaded, else into RAM, from where the mode's hooks move the parts as they run."""
         from sdwebui.models.loader import load_checkpoint
 
+        device = self.devices.device
+        may_offload = self._may_offload()
+        choice = self._memory_choice(request.checkpoint) if may_offload else None
+        offloaded = may_offload and (choice is None or choice.mode != "none")
+        load_device = torch.device("cpu") if offloaded else device
         log.info("loading %s", request.checkpoint)
-        return load_checkpoint(
+        model = load_checkpoint(
             request.checkpoint,
-            device=self.devices.device,
+            device=load_device,
             dtype=self.devices.dtype,
             vae_dtype=self.devices.vae_dtype,
             vae_path=request.vae,
@@ -186,6 +196,33 @@ class ModelManager:
             prediction_type=request.prediction_type,
             hash_cache_dir=self.paths.cache_dir,
         )
+        if choice is None and may_offload:  # a file whose header says too little (.ckpt): decide now
+            choice = choose_mode(self.memory, model.family, device, _module_bytes(model))
+        if choice is not None:
+            model.device = device
+            place_model(model, choice.mode)
+            model.config_notes.append(f"memory mode {choice.mode} ({choice.reason})")
+            log.info("%s: memory mode %s (%s)", request.checkpoint.name, choice.mode, choice.reason)
+        return model
+
+    def _may_offload(self) -> bool:
+        """Whether a mode other than none can be chosen: an explicit flag, or the automatic mode on CUDA."""
+        policy = self.memory
+        explicit = policy.mode in ("medvram", "lowvram") or policy.medvram_sdxl
+        return explicit or policy.mode == "auto" and self.devices.device.type == "cuda"
+
+    def _memory_choice(self, checkpoint: Path) -> MemoryChoice | None:
+        """The memory mode for `checkpoint`, from its header (family, tensor sizes); None when only loading it
+        can tell (a pickled `.ckpt`)."""
+        from sdwebui.models.loader import describe_checkpoint
+
+        path = Path(checkpoint)
+        if not path.is_dir() and path.suffix.lower() != ".safetensors":
+            return None
+        family = describe_checkpoint(path).family
+        shapes = None if path.is_dir() else read_safetensors_header(path).tensors
+        sizes = estimate_bytes(shapes, family, self.devices.dtype, self.devices.vae_dtype)
+        return choose_mode(self.memory, family, self.devices.device, sizes)
 
     @property
     def loaded(self) -> SDModel | None:
@@ -200,6 +237,14 @@ class ModelManager:
             self._secondary = None
             self._secondary_key = None
             release_freed_memory()
+
+
+def _module_bytes(model: SDModel) -> ModelBytes:
+    def size(modules) -> int:
+        return sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters())
+
+    encoders = [getattr(model.text_encoder, name, None) for name in ("clip_l", "clip_g", "clip_h")]
+    return ModelBytes(size([model.unet]), size(encoders), size([model.vae]))
 
 
 def release_freed_memory() -> None:

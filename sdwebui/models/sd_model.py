@@ -51,6 +51,8 @@ class SDModel:
     """Default width/height: the family's, or the size the model was trained at when that is known."""
     config_notes: list[str] = field(default_factory=list)
     """Human-readable notes from loading (e.g. "v-prediction detected from the .yaml beside the file")."""
+    placement: "ModelPlacement | None" = None  # noqa: F821  (sdwebui.models.memory)
+    """The memory mode (`--medvram`, `--lowvram`) and its hooks; None: every module stays on `device`."""
 
     @property
     def latent_scaling_factor(self) -> float:

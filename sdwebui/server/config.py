@@ -79,6 +79,13 @@ class ServerConfig:
     precision: str = "auto"
     vae_precision: str = "auto"
     prediction_type: str | None = None
+    memory_mode: str = "auto"
+    """Where the model's parts live between uses: auto (chosen at load from the free VRAM), none, medvram or
+    lowvram (`--medvram`, `--lowvram`, `--always-high-vram`; `models.memory`)."""
+    medvram_sdxl: bool = False
+    """`--medvram-sdxl`: medvram for SDXL models only."""
+    vram_budget_gb: float | None = None
+    """`--vram-budget GB`: plan memory modes and tiled VAE as if the device had at most this much free."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_failed_logins: int = 10
     """Wrong credentials one client address may send per minute before it must wait (429); 0 = no limit."""
@@ -138,6 +145,21 @@ class ServerConfig:
         return f"http://{host}:{self.port}"
 
 
+def memory_fields(args) -> dict:
+    """The memory-mode fields of `ServerConfig` from the device flags (`cli.add_device_flags`). As in A1111,
+    `--lowvram` wins over `--medvram`."""
+    if getattr(args, "lowvram", False):
+        mode = "lowvram"
+    elif getattr(args, "medvram", False):
+        mode = "medvram"
+    elif getattr(args, "always_high_vram", False):
+        mode = "none"
+    else:
+        mode = "auto"
+    return {"memory_mode": mode, "medvram_sdxl": bool(getattr(args, "medvram_sdxl", False)),
+            "vram_budget_gb": getattr(args, "vram_budget", None)}
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost",):
         return True
@@ -147,4 +169,4 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-__all__ = ["ServerConfig", "Credentials", "ConfigError", "is_loopback", "DEFAULT_HOST", "DEFAULT_PORT"]
+__all__ = ["ServerConfig", "Credentials", "ConfigError", "is_loopback", "memory_fields", "DEFAULT_HOST", "DEFAULT_PORT"]

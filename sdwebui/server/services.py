@@ -79,11 +79,14 @@ class Services:
             if self._models is None:
                 from sdwebui.models.devices import plan_devices
                 from sdwebui.models.manager import ModelManager
+                from sdwebui.models.memory import MemoryPolicy
 
                 config = self.config
                 precision = config.precision
                 devices = plan_devices(config.device, precision=precision, vae_precision=config.vae_precision)
-                self._models = ModelManager(self.paths, devices, prediction_type=config.prediction_type)
+                memory = MemoryPolicy(config.memory_mode, config.medvram_sdxl, config.vram_budget_gb)
+                self._models = ModelManager(self.paths, devices, prediction_type=config.prediction_type,
+                                            memory=memory)
                 log.info("device: %s", devices.describe())
             return self._models
 
