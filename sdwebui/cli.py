@@ -44,6 +44,8 @@ def add_path_flags(parser: argparse.ArgumentParser) -> None:
         "--styles-file", action="append", metavar="PATH",
         help="A1111 styles.csv to read; repeatable, wildcards allowed (default: <data-dir>/styles.csv)",
     )
+    group.add_argument("--wildcards-dir", metavar="DIR",
+                       help="dynamic prompts' wildcard files, __name__ -> name.txt (default: <data-dir>/wildcards)")
     for family in ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT"):
         group.add_argument(
             f"--{family.lower()}-models-path", metavar="DIR",
@@ -220,6 +222,7 @@ def paths_from(args):
         lora_dir=args.lora_dir,
         embeddings_dir=args.embeddings_dir,
         styles_file=getattr(args, "styles_file", None),
+        wildcards_dir=getattr(args, "wildcards_dir", None),
         upscaler_dirs={
             family: getattr(args, f"{family.lower()}_models_path", None)
             for family in ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT")

@@ -79,6 +79,21 @@ def add_generation_flags(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--out", help=f"output folder (default: <data-dir>/outputs/{kind}-images/<date>)")
     parser.add_argument("--grid", action="store_true",
                         help=f"also save a grid of a batch's images (in --out, else outputs/{kind}-grids)")
+    group = parser.add_argument_group("dynamic prompts ({a|b}, {2$$a|b|c}, __wildcard__ from --wildcards-dir)")
+    group.add_argument("--combinatorial", action="store_true",
+                       help="an image for every combination of the prompt (the batch count is not used)")
+    group.add_argument("--max-generations", type=int, default=0, metavar="N",
+                       help="with --combinatorial: at most N images (default 0: all combinations)")
+    group.add_argument("--no-dynamic-prompts", action="store_true", help="take { } and __name__ as written")
+
+
+def dynamic_prompts_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The always-on "Dynamic Prompts" script's arguments the flags ask for (A1111's `alwayson_scripts`)."""
+    if not (args.combinatorial or args.no_dynamic_prompts or args.max_generations):
+        return {}
+    values: list[Any] = [not args.no_dynamic_prompts, args.combinatorial] + [None] * 16
+    values[15] = args.max_generations  # "Max generations", the extension's 16th argument
+    return {"dynamic prompts": {"args": values}}
 
 
 def add_img2img_flags(parser: argparse.ArgumentParser) -> None:
@@ -246,7 +261,7 @@ def run_generation(args, paths, kind: str) -> int:
         kind=kind, values=values, styles=args.styles,
         checkpoint=args.model, vae=args.vae, outdir=str(Path(args.out).resolve()) if args.out else None,
         make_grid=args.grid,  # a command asked for images gets exactly those, unless it asks for the grid too
-        client="cli", **images,
+        alwayson_scripts=dynamic_prompts_args(args), client="cli", **images,
     )
 
     def submit():

@@ -32,6 +32,9 @@ class Paths:
     upscaler_dirs: tuple[tuple[str, Path], ...] = ()
     """(family, folder) for the model upscalers, in A1111's order: ESRGAN, RealESRGAN, SwinIR, DAT, HAT
     (`<models-dir>/ESRGAN` etc.; flags `--esrgan-models-path` etc.). Empty: the defaults below `models_dir`."""
+    wildcards_dir: Path | None = None
+    """Dynamic prompts' wildcard files (`__name__` -> `name.txt`; flag `--wildcards-dir`); None: `wildcards`
+    below the data dir (`wildcards_folder`)."""
 
     @classmethod
     def from_flags(
@@ -45,6 +48,7 @@ class Paths:
         outputs_dir: str | Path | None = None,
         styles_file: str | Path | Sequence[str | Path] | None = None,
         upscaler_dirs: dict[str, str | Path | None] | None = None,
+        wildcards_dir: str | Path | None = None,
     ) -> "Paths":
         data = Path(data_dir or ".").expanduser().resolve()
         models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
@@ -64,6 +68,7 @@ class Paths:
             upscaler_dirs=tuple(
                 (family, pick((upscaler_dirs or {}).get(family), models / family)) for family in UPSCALER_FAMILIES
             ),
+            wildcards_dir=pick(wildcards_dir, data / "wildcards"),
         )
 
     @property
@@ -71,6 +76,11 @@ class Paths:
         """(family, folder) of each model-upscaler family (A1111's `models/ESRGAN`, `models/RealESRGAN`, ...)."""
         given = dict(self.upscaler_dirs)
         return tuple((family, given.get(family, self.models_dir / family)) for family in UPSCALER_FAMILIES)
+
+    @property
+    def wildcards_folder(self) -> Path:
+        """Where dynamic prompts' `__name__` finds `name.txt` (`--wildcards-dir`, default `<data-dir>/wildcards`)."""
+        return self.wildcards_dir if self.wildcards_dir is not None else self.data_dir / "wildcards"
 
     @property
     def cache_dir(self) -> Path:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -106,6 +106,9 @@ class BatchPrompts:
     subseeds: list[int]
     prompts: list[str]
     negative_prompts: list[str]
+    task: Any = None
+    """The `pipelines.scripts.GenerationTask` this batch runs for, when the job runner runs it (a script reads back
+    what its `before_job` put in `task.script_data`); None otherwise."""
 
 
 @dataclass
@@ -121,6 +124,8 @@ class BatchImages:
     prompts: list[str]
     infotext: dict[str, object]
     notes: list[str]
+    task: Any = None
+    """As `BatchPrompts.task`."""
 
 
 class GenerationHooks(Protocol):

@@ -139,10 +139,14 @@ class HiresFix:
         """The last batch's denoiser (a refiner switch tells whether it switched)."""
         self.notes: list[str] = []
 
-    def prompts(self, count: int) -> tuple[list[str], list[str]]:
-        """The pass's prompts for a batch of `count`: the hires prompts, or the job's where they are empty."""
-        params = self.plan.params
-        return [params.hr_prompt or params.prompt] * count, [params.hr_negative_prompt or params.negative_prompt] * count
+    def prompts(self, batch: BatchPrompts) -> tuple[list[str], list[str]]:
+        """The pass's prompts for a batch: the hires prompts, or where they are empty the batch's own (as the
+        scripts' `before_batch` left them: A1111's `all_hr_prompts` follow `all_prompts`)."""
+        params, count = self.plan.params, len(batch.seeds)
+        prompts = [params.hr_prompt] * count if params.hr_prompt else list(batch.prompts)
+        negatives = ([params.hr_negative_prompt] * count if params.hr_negative_prompt
+                     else list(batch.negative_prompts))
+        return prompts, negatives
 
     def upscale(self, first_model: SDModel, latents: torch.Tensor) -> torch.Tensor:
         """The first pass's latents at the target size: interpolated (latent modes), or decoded by `first_model`,
@@ -199,7 +203,7 @@ class HiresFix:
         with a note)."""
         ctx, plan = self.ctx, self.plan
         samples = self.upscale(first_model, latents).to(plan.model.device)
-        prompts_with_tags, negative_prompts = self.prompts(len(batch.seeds))
+        prompts_with_tags, negative_prompts = self.prompts(batch)
         prompts, calls = parse_prompts(prompts_with_tags)
         network_infotext, networks_key = self._activate_networks(networks, calls)
         denoiser, extra = self.denoiser(prompts, negative_prompts, networks_key)

@@ -161,6 +161,9 @@ class Script:
     tabs: ClassVar[tuple[str, ...]] = TABS
     args: ClassVar[tuple[ScriptArg, ...]] = ()
     description: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    """Other names (lower case) `script_name` / `alwayson_scripts` may use (dynamic prompts: its title without the
+    version that A1111's extension puts in it)."""
 
     @property
     def name(self) -> str:
@@ -229,7 +232,8 @@ class ScriptRegistry:
 
     def find(self, tab: str, name: str) -> Script | None:
         wanted = name.strip().lower()
-        return next((script for script in self.scripts(tab) if script.name == wanted), None)
+        return next((script for script in self.scripts(tab) if script.name == wanted), None) or \
+            next((script for script in self.scripts(tab) if wanted in script.aliases), None)
 
     def check_calls(self, tab: str, script_name: str | None, script_args: Sequence[Any] | None,
                     alwayson: Mapping[str, Any] | None) -> tuple[ScriptCall | None, tuple[ScriptCall, ...]]:
@@ -288,8 +292,13 @@ def _checked_args(script: Script, given: list, loc: tuple) -> tuple:
 class BoundScripts:
     """A job's scripts with their arguments; also the `GenerationHooks` the engine calls during each run."""
 
-    def __init__(self, bound: Sequence[tuple[Script, tuple]] = ()):
+    def __init__(self, bound: Sequence[tuple[Script, tuple]] = (), task: GenerationTask | None = None):
         self.bound = list(bound)
+        self.task = task
+
+    def for_task(self, task: GenerationTask) -> "BoundScripts":
+        """The same scripts as the hooks of one task's run: its batches carry the task (`BatchPrompts.task`)."""
+        return BoundScripts(self.bound, task)
 
     def __bool__(self) -> bool:
         return bool(self.bound)
@@ -302,6 +311,8 @@ class BoundScripts:
         return tasks
 
     def before_batch(self, batch: BatchPrompts) -> None:
+        if self.task is not None:
+            batch.task = self.task
         for script, args in self.bound:
             script.before_batch(batch, args)
 
@@ -311,6 +322,8 @@ class BoundScripts:
         return call
 
     def after_batch(self, batch: BatchImages) -> None:
+        if self.task is not None:
+            batch.task = self.task
         for script, args in self.bound:
             script.after_batch(batch, args)
 

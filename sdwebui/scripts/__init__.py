@@ -10,11 +10,15 @@ registers them in `app.py`, and anything that plugs in later (extensions) goes t
 | `poor_mans_outpainting.py` | Poor man's outpainting (img2img) | selectable, drives its job |
 | `sd_upscale.py` | SD upscale (img2img) | selectable, drives its job |
 | `xyz_grid.py` | X/Y/Z plot | selectable |
+| `dynamic_prompts.py` | Dynamic Prompts (the sd-dynamic-prompts extension: wildcards, `{a|b}`) | always-on |
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sdwebui.pipelines.scripts import Script
+from sdwebui.scripts.dynamic_prompts import DynamicPrompts
 from sdwebui.scripts.loopback import Loopback
 from sdwebui.scripts.outpainting_mk2 import OutpaintingMk2
 from sdwebui.scripts.poor_mans_outpainting import PoorMansOutpainting
@@ -24,8 +28,10 @@ from sdwebui.scripts.sd_upscale import SDUpscale
 from sdwebui.scripts.xyz_grid import XYZPlot
 
 
-def builtin_scripts() -> list[Script]:
-    return [PromptMatrix(), PromptsFromFile(), XYZPlot(), Loopback(), OutpaintingMk2(), PoorMansOutpainting(), SDUpscale()]
+def builtin_scripts(wildcards_dir: Path | None = None) -> list[Script]:
+    """The built-in scripts; `wildcards_dir`: where dynamic prompts finds `__name__` (None: nowhere)."""
+    return [PromptMatrix(), PromptsFromFile(), XYZPlot(), Loopback(), OutpaintingMk2(), PoorMansOutpainting(), SDUpscale(),
+            DynamicPrompts(wildcards_dir)]
 
 
 __all__ = ["builtin_scripts"]

@@ -61,7 +61,7 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
             extra_networks=LoraNetworks(services.loras), nan_check=payload.nan_check,
             load_model=services.models.get_secondary, upscalers=services.upscalers,
             upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: on_images(batch, model, save),
-            hooks=scripts if scripts else None,
+            hooks=scripts.for_task(task) if scripts else None,
         )
         if payload.kind == "img2img":
             return img2img(ctx, task.params, list(task.init_images), task.mask)

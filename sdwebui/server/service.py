@@ -362,7 +362,9 @@ class GenerationService:
         try:
             tasks = bound.expand(GenerationTask(params))
         except ParamError as error:
-            raise error if error.loc[:1] in (("script_args",), ("alwayson_scripts",)) else error.under("script_args")
+            # a script may name the job's prompt itself (dynamic prompts: a wildcard it names has no file)
+            named = error.loc[:1] in (("script_args",), ("alwayson_scripts",), ("prompt",), ("negative_prompt",))
+            raise error if named else error.under("script_args")
         for task in tasks:
             task = self.resolve_task(task)
             try:
