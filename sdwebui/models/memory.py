@@ -179,6 +179,7 @@ class ModelPlacement:
     offload_dir: Path | None = None
     _hooked: list[torch.nn.Module] = field(default_factory=list)
     _pinned_groups: dict | None = None
+    _parts_of: dict = field(default_factory=dict)
 
     @property
     def offloads(self) -> bool:
@@ -217,6 +218,13 @@ class ModelPlacement:
         if group is not None:
             group.cpu_param_dict[param] = data if data.is_pinned() else data.pin_memory()
 
+    def ensure(self, module: torch.nn.Module) -> None:
+        """Bring the part `module` belongs to onto the device, for code that calls its submodules directly (the
+        tiled VAE runs the decoder's blocks one by one, past the hooked forward)."""
+        found = self._parts_of.get(id(module))
+        if found is not None:
+            self.bring(*found)
+
     def hook_part(self, part: str, modules: list[torch.nn.Module]) -> None:
         """Make `modules` one part of this placement: offloaded now, brought to the device when any of them runs.
         (A VAE swapped into a loaded model, `vae.apply_vae`, joins the placement this way.)"""
@@ -232,6 +240,7 @@ class ModelPlacement:
                 return _to_device(args, placement.device), _to_device(kwargs, placement.device)
 
         for module in modules:
+            self._parts_of[id(module)] = (part, modules)
             if not _group_offloaded(module):
                 module.to(self.offload_device)
             # The VAE's encode and decode are not its forward: hook the submodules they call.
@@ -265,6 +274,7 @@ class ModelPlacement:
             if registry is not None and registry.get_hook(_SWAP_HOOK) is not None:
                 registry.remove_hook(_SWAP_HOOK, recurse=False)
         self._hooked.clear()
+        self._parts_of.clear()
         self._pinned_groups = None
         if _group_offloaded(model.unet):
             from diffusers.hooks import HookRegistry

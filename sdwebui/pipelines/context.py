@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from sdwebui.models.sd_model import SDModel
+from sdwebui.models.vae_tiling import VaeTiling
 from sdwebui.prompts.extra_networks import ExtraNetworkCall
 
 
@@ -160,6 +161,9 @@ class GenerationContext:
     """Image upscalers for the hires fix (Lanczos and Nearest work without one)."""
     upscale_tile: tuple[int, int] = (192, 8)
     """(tile size, overlap) for model upscalers (A1111's `ESRGAN_tile`, `ESRGAN_tile_overlap`)."""
+    vae_tiling: VaeTiling | None = None
+    """When the VAE encodes and decodes in tiles (the `tiled_vae` settings, the memory budget); None: only after
+    an out-of-memory error."""
     on_images: Callable[[FinishedImages], None] | None = None
     """Called with each batch's images as soon as they are decoded, before the next batch starts (the server
     saves them there, as A1111 does, so a job that is stopped or dies later keeps them)."""

@@ -155,7 +155,7 @@ class HiresFix:
         if is_latent_mode(plan.upscaler):
             samples = upscale_latents(latents, plan.upscaler, self.to_x, self.to_y)
         else:
-            images, _ = decode_latents(first_model, latents)
+            images, _ = decode_latents(first_model, latents, self.ctx.vae_tiling)
             entry = _find_entry(self.ctx, plan.upscaler)
             tile, overlap = self.ctx.upscale_tile
             resized = [
@@ -163,7 +163,7 @@ class HiresFix:
                                 tiles=TileOptions(tile, overlap), should_stop=self.ctx.stop.interrupted.is_set)
                 for image in images
             ]
-            samples = encode_images(plan.model, resized).float()
+            samples = encode_images(plan.model, resized, self.ctx.vae_tiling).float()
         ty, tx = self.truncate_y, self.truncate_x
         if tx or ty:
             samples = samples[:, :, ty // 2: samples.shape[2] - (ty + 1) // 2, tx // 2: samples.shape[3] - (tx + 1) // 2]

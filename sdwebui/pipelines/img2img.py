@@ -147,7 +147,7 @@ def latent_mask(image_mask: Image.Image, latent_size: tuple[int, int], round_mas
 
 def inpainting_conditioning(
     model, source: torch.Tensor, image_mask: Image.Image | None, latent_size: tuple[int, int],
-    *, round_mask: bool = True, mask_weight: float = 1.0,
+    *, round_mask: bool = True, mask_weight: float = 1.0, vae_tiling=None,
 ) -> torch.Tensor:
     """A1111 `inpainting_image_conditioning`: [mask, VAE latents of the masked image] for a 9-channel UNet.
 
@@ -160,7 +160,7 @@ def inpainting_conditioning(
         cond_mask = source.new_ones(1, 1, *source.shape[-2:])
     cond_mask = cond_mask.to(source.device, source.dtype)
     masked = torch.lerp(source, source * (1.0 - cond_mask), float(mask_weight))
-    masked_latents = encode_pixels(model, masked)
+    masked_latents = encode_pixels(model, masked, vae_tiling)
     cond_mask = torch.nn.functional.interpolate(cond_mask, size=latent_size)
     cond_mask = cond_mask.to(masked_latents.device).expand(masked_latents.shape[0], -1, -1, -1)
     return torch.cat([cond_mask, masked_latents], dim=1)
@@ -208,7 +208,7 @@ def init_latents(ctx: GenerationContext, params: Img2ImgParams, prepared: Prepar
     infotext = dict(prepared.infotext)
     latent_size = (params.height // LATENT_FACTOR, params.width // LATENT_FACTOR)
     source = pil_to_tensor(prepared.images).to(model.device)
-    init_latent = encode_pixels(model, source).float()
+    init_latent = encode_pixels(model, source, ctx.vae_tiling).float()
     if init_latent.shape[0] == 1 and params.batch_size > 1:  # one init image for the whole batch: encode once
         source = source.repeat(params.batch_size, 1, 1, 1)
         init_latent = init_latent.repeat(params.batch_size, 1, 1, 1)
@@ -233,7 +233,7 @@ def init_latents(ctx: GenerationContext, params: Img2ImgParams, prepared: Prepar
     if is_inpainting_model(model):
         image_conditioning = inpainting_conditioning(
             model, source, prepared.image_mask, tuple(init_latent.shape[-2:]),
-            round_mask=params.mask_round, mask_weight=params.inpainting_mask_weight,
+            round_mask=params.mask_round, mask_weight=params.inpainting_mask_weight, vae_tiling=ctx.vae_tiling,
         ).to(init_latent.dtype)
         infotext[LABELS["inpainting_mask_weight"]] = params.inpainting_mask_weight
     return InitLatents(init_latent, keep_mask, image_conditioning, params.initial_noise_multiplier), infotext

@@ -464,7 +464,7 @@ class FinishedBatches:
             raise GenerationError(
                 "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
             )
-        images, decode_notes = decode_latents(decode_model, latents)
+        images, decode_notes = decode_latents(decode_model, latents, self.ctx.vae_tiling)
         self._note(decode_notes)
         if finish is not None:
             images = finish(images)

@@ -107,6 +107,10 @@ OPTIONS: dict[str, OptionSpec] = {
     # upscaling (A1111's "Upscaling" section; one tile setting serves every model family here)
     "ESRGAN_tile": OptionSpec(192, "Tile size for ESRGAN upscalers (0 = no tiling)", int, minimum=0, maximum=512),
     "ESRGAN_tile_overlap": OptionSpec(8, "Tile overlap for ESRGAN upscalers (pixels)", int, minimum=0, maximum=48),
+    # VAE (as MultiDiffusion's Tiled VAE, built in: A1111 has no setting of its own for it)
+    "tiled_vae": OptionSpec("Automatic", "Tiled VAE encode and decode (Automatic: when the image would not fit the "
+                            "GPU memory)", str, choices=("Automatic", "Enable", "Disable")),
+    "tiled_vae_tile_size": OptionSpec(512, "Tiled VAE tile size (pixels)", int, minimum=64, maximum=4096),
     # live previews
     "live_previews_enable": OptionSpec(True, "Show live previews of the created image", bool),
     "show_progress_every_n_steps": OptionSpec(

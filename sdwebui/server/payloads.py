@@ -93,6 +93,8 @@ class GenerationPayload:
     grid: GridOptions = field(default_factory=GridOptions)
     nan_check: bool = True
     upscale_tile: tuple[int, int] = (192, 8)
+    vae_tiling: tuple[str, int] = ("Automatic", 512)
+    """The `tiled_vae` and `tiled_vae_tile_size` settings."""
     preview_every: int = 0
     script: ScriptCall | None = None
     alwayson_scripts: tuple[ScriptCall, ...] = ()
@@ -122,6 +124,7 @@ class GenerationPayload:
             "grid": asdict(self.grid),
             "nan_check": self.nan_check,
             "upscale_tile": list(self.upscale_tile),
+            "vae_tiling": list(self.vae_tiling),
             "preview_every": self.preview_every,
             "script": self.script.to_json() if self.script else None,
             "alwayson_scripts": [call.to_json() for call in self.alwayson_scripts],
@@ -145,6 +148,7 @@ class GenerationPayload:
             grid=GridOptions(**data["grid"]) if "grid" in data else GridOptions(make=False),
             nan_check=bool(data.get("nan_check", True)),
             upscale_tile=tuple(data.get("upscale_tile", (192, 8))),
+            vae_tiling=(str(data.get("vae_tiling", ("Automatic", 512))[0]), int(data.get("vae_tiling", ("", 512))[1])),
             preview_every=int(data.get("preview_every", 0)),
             script=ScriptCall.from_json(data["script"]) if data.get("script") else None,
             alwayson_scripts=tuple(ScriptCall.from_json(call) for call in data.get("alwayson_scripts") or ()),

@@ -45,6 +45,7 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
             job.progress.preview_png = decoded_preview_png(batch.images[0])
 
     def run(task: GenerationTask, batch_offset: int, save: bool = True):
+        from sdwebui.models.vae_tiling import VaeTiling
         from sdwebui.pipelines.context import GenerationContext  # torch: the worker has it by now
         from sdwebui.pipelines.img2img import img2img
         from sdwebui.pipelines.networks import LoraNetworks
@@ -61,6 +62,7 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
             extra_networks=LoraNetworks(services.loras), nan_check=payload.nan_check,
             load_model=services.models.get_secondary, upscalers=services.upscalers,
             upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: on_images(batch, model, save),
+            vae_tiling=VaeTiling(*payload.vae_tiling, memory=services.models.memory),
             hooks=scripts.for_task(task) if scripts else None,
         )
         if payload.kind == "img2img":

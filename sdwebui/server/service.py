@@ -147,6 +147,7 @@ class GenerationService:
             grid=self._grid(request, options),
             nan_check=not options["disable_nan_check"],
             upscale_tile=(int(options["ESRGAN_tile"]), int(options["ESRGAN_tile_overlap"])),
+            vae_tiling=(str(options["tiled_vae"]), int(options["tiled_vae_tile_size"]) // 8 * 8),
             preview_every=preview_period(options),
             script=script,
             alwayson_scripts=alwayson,
