@@ -14,7 +14,7 @@ from fastapi.exceptions import HTTPException
 from sdwebui.core.errors import ParamError
 from sdwebui.core.upscale_modes import LATENT_UPSCALE_MODES
 from sdwebui.prompts.styles import StyleFileError
-from sdwebui.server import catalog
+from sdwebui.server import catalog, extra_networks
 from sdwebui.server.a1111.progress import raise_for_failure
 from sdwebui.server.a1111.schemas import (
     MemoryResponse,
@@ -94,11 +94,15 @@ def _listing_routes(router: APIRouter, services: Services) -> None:
 
     @router.get("/hypernetworks")
     def get_hypernetworks():
-        return []
+        # A1111's items (name, path); listed for clients and the Extra Networks cards, not applied yet
+        return [{"name": name, "path": str(path)} for name, path in extra_networks.hypernetworks(services).items()]
 
     @router.get("/face-restorers")
     def get_face_restorers():
-        return []
+        # A1111's `FaceRestorerItem`s (name, cmd_dir): the restorers whose model file is installed
+        from sdwebui.models.face_restorers import find_face_restorers  # torch: not at start-up
+
+        return [entry.a1111() for entry in find_face_restorers(services.paths.models_dir)]
 
     @router.get("/realesrgan-models")
     def get_realesrgan_models():
