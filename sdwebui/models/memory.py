@@ -46,7 +46,8 @@ _SWAP_HOOK = "sdwebui_swap"
 
 
 class OutOfDeviceMemory(RuntimeError):
-    """The job ran out of device memory in the least memory-hungry mode: a clear message for the user."""
+    """The job ran out of device memory in the least memory-hungry mode: a clear message for the user (it says
+    "out of ... memory", so the worker still releases the models after it)."""
 
 
 @dataclass(frozen=True)
@@ -385,6 +386,37 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
+def call_with_memory_retry(model, call, what: str):
+    """`call()`; after an out-of-memory error, free the device cache, move `model` to lowvram (its UNet's layers
+    stream; the other parts leave the device) and try once more. A second out-of-memory error, or one in lowvram
+    already, is an `OutOfDeviceMemory` saying what ran out (`what`: "the UNet at 1024x1024, 4 latents a call").
+    The model stays in lowvram until it is loaded again."""
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - anything else goes up as it is
+        if not is_out_of_memory(error):
+            raise
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    # (outside the `except`: its traceback would keep the failed call's tensors alive)
+    release_device_cache()
+    placement = getattr(model, "placement", None)
+    if placement is not None and placement.mode == "lowvram":
+        raise OutOfDeviceMemory(f"out of device memory in {what} even with --lowvram ({first}): use a smaller image "
+                                "size or batch size")
+    log.warning("out of device memory in %s: retrying with --lowvram (%s)", what, first)
+    place_model(model, "lowvram")
+    release_device_cache()
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001
+        if not is_out_of_memory(error):
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    release_device_cache()
+    raise OutOfDeviceMemory(f"out of device memory in {what} even after moving to --lowvram ({message}): use a "
+                            "smaller image size or batch size")
+
+
 def release_device_cache() -> None:
     import gc
 
@@ -394,5 +426,5 @@ def release_device_cache() -> None:
 
 
 __all__ = ["MEMORY_MODES", "MemoryPolicy", "MemoryChoice", "ModelBytes", "ModelPlacement", "choose_mode",
-           "estimate_bytes", "place_model", "degrade", "is_out_of_memory", "release_device_cache",
+           "estimate_bytes", "place_model", "degrade", "is_out_of_memory", "release_device_cache", "call_with_memory_retry",
            "OutOfDeviceMemory", "free_device_memory"]

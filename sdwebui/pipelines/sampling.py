@@ -37,6 +37,7 @@ from sdwebui.core.denoiser import CFGConditioning, CFGDenoiser, DiscreteSchedule
 from sdwebui.core.samplers import ResolvedSampling, SamplerSpec
 from sdwebui.core.schedules import find_schedule
 from sdwebui.models.embeddings import ti_hashes
+from sdwebui.models.memory import call_with_memory_retry
 from sdwebui.models.sd_model import SDModel
 from sdwebui.models.text_encoding import Conditioning
 from sdwebui.models.tiling import circular_padding
@@ -152,8 +153,11 @@ def make_denoiser(model: SDModel, hooks: GenerationHooks | None = None) -> Model
     def call_unet(x: Tensor, t: Tensor, encoder_hidden_states, added_cond_kwargs=None, c_concat=None, **unet_extra):
         if c_concat is not None:
             x = torch.cat([x, c_concat.to(x.device, x.dtype)], dim=1)
-        return unet(x.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states,
-                    added_cond_kwargs=added_cond_kwargs, return_dict=False, **unet_extra)[0]
+        # Out of device memory: the call is made again, same inputs, in lowvram (`models.memory`).
+        what = f"the UNet at {x.shape[-1] * 8}x{x.shape[-2] * 8}, {x.shape[0]} latents a call"
+        return call_with_memory_retry(model, lambda: unet(
+            x.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs,
+            return_dict=False, **unet_extra)[0], what)
 
     model_fn = hooks.wrap_model_call(model, call_unet) if hooks is not None else call_unet
     return ModelDenoiser(model_fn, DiscreteSchedule(model.alphas_cumprod), model.prediction_type)
