@@ -72,7 +72,8 @@ def image_digest(result) -> list[str]:
 def test_each_mode_swaps_the_parts_in_order_and_changes_nothing(data_dir, mode):
     baseline = manager(data_dir).get("tiny-sd1")
     expected = image_digest(generate(baseline))
-    assert baseline.placement is None  # the CPU's automatic mode: nothing to offload to
+    assert baseline.placement.mode == "none"  # the CPU's automatic mode: nothing to offload to
+    assert "memory mode none (automatic: nothing to offload to on cpu)" in baseline.config_notes
 
     model = manager(data_dir, mode=mode).get("tiny-sd1")
     placement = model.placement

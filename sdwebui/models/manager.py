@@ -17,7 +17,8 @@ import gc
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +59,18 @@ class LoadRequest:
 
 class ModelManager:
     def __init__(self, paths: Paths, devices: DevicePlan, *, prediction_type: str | None = None,
-                 memory: MemoryPolicy | None = None):
+                 memory: MemoryPolicy | None = None, keep: Callable[[], tuple[int, int]] | None = None):
         self.paths = paths
         self.devices = devices
         self.prediction_type = prediction_type
         self.memory = memory if memory is not None else MemoryPolicy()
+        self.keep = keep if keep is not None else (lambda: (1, 0))
+        """(A1111's `sd_checkpoints_limit`, `sd_checkpoint_cache`), read at every switch: see `get`."""
         self._lock = threading.RLock()
         self._loaded: SDModel | None = None
         self._loaded_key: tuple | None = None
+        self._parked: OrderedDict[tuple, SDModel] = OrderedDict()
+        """Models switched away from and kept in RAM, least recently used first."""
         self._secondary: SDModel | None = None
         self._secondary_key: tuple | None = None
         self._warned: set = set()
@@ -144,15 +149,59 @@ class ModelManager:
 
     # ---- loading ---------------------------------------------------------------------------------
     def get(self, checkpoint: str | Path | None = None, *, vae: str | Path | None = None) -> SDModel:
+        """The model for `checkpoint` (and `vae`), loaded or taken from the RAM cache.
+
+        A1111's checkpoint cache: up to `sd_checkpoints_limit` + `sd_checkpoint_cache` - 1 models switched away
+        from stay in RAM (off the GPU), least recently used dropped first, so switching back to one moves it to
+        the device instead of reading the file. (A1111 keeps `sd_checkpoints_limit` models loaded and caches
+        `sd_checkpoint_cache` more as state dicts; here both are kept as modules, which is what makes a switch
+        back fast.) With the defaults (1, 0) the old model is released before the next is loaded, so peak
+        memory is one model."""
         request = LoadRequest(self.resolve_checkpoint(checkpoint), self._vae_for(vae), self.prediction_type)
         with self._lock:
             if self._loaded is not None and self._loaded_key == request.key:
                 return self._loaded
-            # Release the old model before loading the next, so peak memory is one model, not two.
-            self.unload()
+            self._secondary = self._secondary_key = None
+            cached = self._parked.pop(request.key, None)  # (before parking: that may drop the oldest)
+            if self._loaded is not None:
+                self._park(self._loaded_key, self._loaded)
+                self._loaded = self._loaded_key = None
+            if cached is not None:
+                log.info("%s from the RAM cache", request.checkpoint.name)
+                _unpark(cached)
+                self._loaded, self._loaded_key = cached, request.key
+                return cached
+            self._trim(self._room())  # (with no room: releases the old model before the next is read)
             model = self._load(request, automatic_vae=vae in (None, "", "Automatic"))
             self._loaded, self._loaded_key = model, request.key
             return model
+
+    def cached(self) -> list[tuple]:
+        """Keys of the models kept in RAM besides the loaded one, least recently used first."""
+        with self._lock:
+            return list(self._parked)
+
+    def _room(self) -> int:
+        """How many models switched away from may stay in RAM."""
+        limit, cache = self.keep()
+        return max(0, int(limit) - 1 + max(0, int(cache)))
+
+    def _park(self, key: tuple, model: SDModel) -> None:
+        room = self._room()
+        if room <= 0:
+            return  # dropped: `get` releases its memory before loading the next model
+        if model.placement is not None:
+            model.placement.park(model)
+        self._parked[key] = model
+        self._trim(room)
+
+    def _trim(self, room: int) -> None:
+        dropped = False
+        while len(self._parked) > max(0, room):
+            self._parked.popitem(last=False)
+            dropped = True
+        if dropped or room <= 0:
+            release_freed_memory()
 
     def get_secondary(self, checkpoint: str | Path) -> SDModel:
         """A checkpoint a job uses beside the main one (hires-fix checkpoint, SDXL refiner), with its own VAE.
@@ -168,6 +217,11 @@ class ModelManager:
                 return self._secondary
             self._secondary = self._secondary_key = None
             release_freed_memory()
+            cached = self._parked.pop(request.key, None)
+            if cached is not None:
+                _unpark(cached)
+                self._secondary, self._secondary_key = cached, request.key
+                return cached
             model = self._load(request, automatic_vae=True)
             self._secondary, self._secondary_key = model, request.key
             return model
@@ -198,11 +252,12 @@ class ModelManager:
         )
         if choice is None and may_offload:  # a file whose header says too little (.ckpt): decide now
             choice = choose_mode(self.memory, model.family, device, _module_bytes(model))
-        if choice is not None:
-            model.device = device
-            place_model(model, choice.mode)
-            model.config_notes.append(f"memory mode {choice.mode} ({choice.reason})")
-            log.info("%s: memory mode %s (%s)", request.checkpoint.name, choice.mode, choice.reason)
+        if choice is None:
+            choice = choose_mode(self.memory, model.family, device, None)
+        model.device = device
+        place_model(model, choice.mode)
+        model.config_notes.append(f"memory mode {choice.mode} ({choice.reason})")
+        log.info("%s: memory mode %s (%s)", request.checkpoint.name, choice.mode, choice.reason)
         return model
 
     def _may_offload(self) -> bool:
@@ -229,14 +284,21 @@ class ModelManager:
         return self._loaded
 
     def unload(self) -> None:
+        """Release every model (the loaded one, the second slot, the RAM cache)."""
         with self._lock:
-            if self._loaded is None and self._secondary is None:
+            if self._loaded is None and self._secondary is None and not self._parked:
                 return
+            self._parked.clear()
             self._loaded = None
             self._loaded_key = None
             self._secondary = None
             self._secondary_key = None
             release_freed_memory()
+
+
+def _unpark(model: SDModel) -> None:
+    if model.placement is not None:
+        model.placement.unpark(model)
 
 
 def _module_bytes(model: SDModel) -> ModelBytes:

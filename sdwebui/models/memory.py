@@ -268,6 +268,24 @@ class ModelPlacement:
             self.hook_part(part, modules)
         self.resident = None
 
+    def park(self, model) -> None:
+        """Move every part off the device (a model kept in the RAM cache while another one is used)."""
+        for modules in self.parts.values():
+            for module in modules:
+                if not _group_offloaded(module):
+                    module.to(self.offload_device)
+        self.resident = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def unpark(self, model) -> None:
+        """Undo `park`: in mode none every part goes back to the device; the offloading modes bring the parts in
+        as they run."""
+        if self.mode == "none":
+            for modules in self.parts.values():
+                for module in modules:
+                    module.to(self.device)
+
     def remove(self, model) -> None:
         """Take the hooks off and put every part on the device (memory mode none)."""
         for target in self._hooked:

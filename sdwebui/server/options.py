@@ -86,6 +86,9 @@ OPTIONS: dict[str, OptionSpec] = {
     "sd_model_checkpoint": OptionSpec(None, "Stable Diffusion checkpoint", str),
     "sd_checkpoint_hash": OptionSpec("", "SHA256 hash of the current checkpoint", str, api_writable=False),
     "sd_vae": OptionSpec("Automatic", "SD VAE", str),
+    "sd_checkpoints_limit": OptionSpec(1, "Maximum number of checkpoints loaded at the same time", int, minimum=1,
+                                       maximum=10),
+    "sd_checkpoint_cache": OptionSpec(0, "Checkpoints to cache in RAM", int, minimum=0, maximum=10),
     "CLIP_stop_at_last_layers": OptionSpec(1, "Clip skip", int, minimum=1, maximum=12),
     "emphasis": OptionSpec("Original", "Emphasis mode", str, choices=EMPHASIS_MODES),
     "disable_nan_check": OptionSpec(

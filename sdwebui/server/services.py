@@ -85,8 +85,10 @@ class Services:
                 precision = config.precision
                 devices = plan_devices(config.device, precision=precision, vae_precision=config.vae_precision)
                 memory = MemoryPolicy(config.memory_mode, config.medvram_sdxl, config.vram_budget_gb)
+                keep = lambda: (int(self.options.get("sd_checkpoints_limit")),  # noqa: E731
+                                int(self.options.get("sd_checkpoint_cache")))
                 self._models = ModelManager(self.paths, devices, prediction_type=config.prediction_type,
-                                            memory=memory)
+                                            memory=memory, keep=keep)
                 log.info("device: %s", devices.describe())
             return self._models
 
