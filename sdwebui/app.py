@@ -41,7 +41,8 @@ log = logging.getLogger("sdwebui")
 def build_services(config: ServerConfig, scripts: Iterable[Script] = ()) -> Services:
     """The app without HTTP: store, options, queue and worker, models, and the script registry (the built-in
     scripts plus `scripts`). The server wraps it in routes; the command line uses it as it is."""
-    return Services(config, ScriptRegistry([*builtin_scripts(config.paths.wildcards_folder), *scripts]))
+    return Services(config, ScriptRegistry([
+        *builtin_scripts(config.paths.wildcards_folder, config.paths.controlnet_folders), *scripts]))
 
 
 def build_app(config: ServerConfig, scripts: Iterable[Script] = ()):

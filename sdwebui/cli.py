@@ -46,6 +46,8 @@ def add_path_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--wildcards-dir", metavar="DIR",
                        help="dynamic prompts' wildcard files, __name__ -> name.txt (default: <data-dir>/wildcards)")
+    group.add_argument("--controlnet-dir", metavar="DIR",
+                       help="another ControlNet models folder, besides <models-dir>/ControlNet")
     for family in ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT"):
         group.add_argument(
             f"--{family.lower()}-models-path", metavar="DIR",
@@ -223,6 +225,7 @@ def paths_from(args):
         embeddings_dir=args.embeddings_dir,
         styles_file=getattr(args, "styles_file", None),
         wildcards_dir=getattr(args, "wildcards_dir", None),
+        controlnet_dir=getattr(args, "controlnet_dir", None),
         upscaler_dirs={
             family: getattr(args, f"{family.lower()}_models_path", None)
             for family in ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT")

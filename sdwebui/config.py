@@ -35,6 +35,8 @@ class Paths:
     wildcards_dir: Path | None = None
     """Dynamic prompts' wildcard files (`__name__` -> `name.txt`; flag `--wildcards-dir`); None: `wildcards`
     below the data dir (`wildcards_folder`)."""
+    controlnet_dir: Path | None = None
+    """sd-webui-controlnet's `--controlnet-dir`: a ControlNet models folder besides `<models-dir>/ControlNet`."""
 
     @classmethod
     def from_flags(
@@ -49,6 +51,7 @@ class Paths:
         styles_file: str | Path | Sequence[str | Path] | None = None,
         upscaler_dirs: dict[str, str | Path | None] | None = None,
         wildcards_dir: str | Path | None = None,
+        controlnet_dir: str | Path | None = None,
     ) -> "Paths":
         data = Path(data_dir or ".").expanduser().resolve()
         models = Path(models_dir).expanduser().resolve() if models_dir else data / "models"
@@ -69,6 +72,7 @@ class Paths:
                 (family, pick((upscaler_dirs or {}).get(family), models / family)) for family in UPSCALER_FAMILIES
             ),
             wildcards_dir=pick(wildcards_dir, data / "wildcards"),
+            controlnet_dir=pick(controlnet_dir, None) if controlnet_dir else None,
         )
 
     @property
@@ -81,6 +85,15 @@ class Paths:
     def wildcards_folder(self) -> Path:
         """Where dynamic prompts' `__name__` finds `name.txt` (`--wildcards-dir`, default `<data-dir>/wildcards`)."""
         return self.wildcards_dir if self.wildcards_dir is not None else self.data_dir / "wildcards"
+
+    @property
+    def controlnet_folders(self) -> tuple[Path, ...]:
+        """Where ControlNet models are found: `<models-dir>/ControlNet`, then `--controlnet-dir` (the extension's
+        order; a name in the first wins)."""
+        folders = [self.models_dir / "ControlNet"]
+        if self.controlnet_dir is not None and self.controlnet_dir not in folders:
+            folders.append(self.controlnet_dir)
+        return tuple(folders)
 
     @property
     def cache_dir(self) -> Path:

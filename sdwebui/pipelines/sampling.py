@@ -147,10 +147,13 @@ def make_denoiser(model: SDModel, hooks: GenerationHooks | None = None) -> Model
     `c_concat` (mask + masked-image latents, [B, 5, h, w] for SD inpainting models) is concatenated to the
     latent on the channel axis before the UNet, as diffusers' `StableDiffusionInpaintPipeline` and A1111's
     `c_concat` do. `hooks` (the job's scripts) may wrap the UNet call (`wrap_model_call`, e.g. ControlNet adding
-    its residuals, which it passes on as extra UNet keyword arguments); without hooks the call is the UNet's."""
+    its residuals, which it passes on as extra UNet keyword arguments); without hooks the call is the UNet's.
+    `cond_mark` ([rows], 1 for a conditional row, 0 for an unconditional one; `scheduled_denoiser` adds it, as
+    A1111 marks the prompts for sd-webui-controlnet) is for the hooks and never reaches the UNet."""
     unet = model.unet
 
-    def call_unet(x: Tensor, t: Tensor, encoder_hidden_states, added_cond_kwargs=None, c_concat=None, **unet_extra):
+    def call_unet(x: Tensor, t: Tensor, encoder_hidden_states, added_cond_kwargs=None, c_concat=None,
+                  cond_mark=None, **unet_extra):
         if c_concat is not None:
             x = torch.cat([x, c_concat.to(x.device, x.dtype)], dim=1)
         # Out of device memory: the call is made again, same inputs, in lowvram (`models.memory`).
@@ -188,6 +191,12 @@ def refiner_negative_condition(model: SDModel, uncond: dict, width: int, height:
     return {**uncond, "added_cond_kwargs": {**uncond["added_cond_kwargs"], "time_ids": time_ids}}
 
 
+def marked(kwargs: dict, mark: float) -> dict:
+    """UNet keyword arguments with `cond_mark`: which rows of the CFG batch are conditional (1) or not (0)."""
+    rows = kwargs["encoder_hidden_states"].shape[0]
+    return {**kwargs, "cond_mark": torch.full((rows,), mark, device=kwargs["encoder_hidden_states"].device)}
+
+
 def scheduled_denoiser(
     model: SDModel, inner: ModelDenoiser, conditioning: BatchConditioning, width: int, height: int, cfg_scale: float
 ) -> CFGDenoiser:
@@ -206,7 +215,8 @@ def scheduled_denoiser(
             uncond_kwargs = refiner_negative_condition(
                 model, unet_condition(model, uncond, width, height), width, height
             )
-            found = built[key] = CFGConditioning(unet_condition(model, cond, width, height), uncond_kwargs, weights)
+            cond_kwargs = unet_condition(model, cond, width, height)
+            found = built[key] = CFGConditioning(marked(cond_kwargs, 1.0), marked(uncond_kwargs, 0.0), weights)
         return found
 
     return CFGDenoiser.scheduled(inner, at, cfg_scale)

@@ -1,0 +1,152 @@
+"""ControlNet, as the sd-webui-controlnet extension (v1.1.455) runs in A1111: an always-on script named
+"controlnet" whose arguments are its units (`alwayson_scripts: {"controlnet": {"args": [unit, ...]}}`, each unit
+an object with the extension's field names: `pipelines.controlnet_units`).
+
+- before the job: the units are checked (an enabled txt2img unit needs an image; img2img falls back to the init
+  image with img2img's resize mode, as the extension does);
+- around every UNet call: each enabled unit's ControlNet adds its residuals (`pipelines.controlnet_apply`), in the
+  same batch as the CFG pass; its ControlNet is loaded from `models/ControlNet` (and `--controlnet-dir`) once and
+  kept while units use it, on the checkpoint's device and dtype; a ControlNet for another model family is refused
+  with the reason before the first step;
+- after each batch: the infotext gets `ControlNet 0: "Module: canny, Model: name [hash], Weight: 1.0, ..."` for
+  each enabled unit, numbered among the enabled ones, as the extension writes it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from sdwebui.core.errors import ParamError
+from sdwebui.models.controlnet_files import ControlNetLibrary
+from sdwebui.pipelines.controlnet_units import (
+    RESIZE_MODES,
+    UNIT_COUNT,
+    ControlNetUnitArg,
+    decode_image,
+    find_preprocessor,
+    serialize_unit,
+)
+from sdwebui.pipelines.img2img_params import Img2ImgParams
+from sdwebui.pipelines.scripts import GenerationTask, Script
+
+KEEP_LOADED = 2
+"""ControlNet models kept in memory between jobs (the extension's `control_net_model_cache_size` default is 2)."""
+
+
+class _JobState:
+    """What the hooks of one job share: the task being run (its init image, its seed)."""
+
+    def __init__(self):
+        self.task: GenerationTask | None = None
+        self.seed = 0
+
+
+class ControlNet(Script):
+    title = "ControlNet"
+    alwayson = True
+    description = "Guide the image with control maps (edges, lines, colour) through ControlNet models."
+
+    def __init__(self, folders: Any = ()):
+        self.library = folders if isinstance(folders, ControlNetLibrary) else ControlNetLibrary(folders)
+        self.args = tuple(ControlNetUnitArg(f"ControlNet Unit {index}", model_exists=self.library.exists)
+                          for index in range(UNIT_COUNT))
+        self._loaded: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._jobs: dict[int, _JobState] = {}
+
+    def _loc(self, index: int, field: str) -> tuple:
+        return ("alwayson_scripts", self.name, "args", index, field)
+
+    # ---- the job ---------------------------------------------------------------------------------------------
+    def before_job(self, task: GenerationTask, args: tuple) -> list[GenerationTask]:
+        for index, unit in enumerate(args):
+            if unit["enabled"] and unit["image"] is None and not isinstance(task.params, Img2ImgParams) \
+                    and not find_preprocessor(unit["module"]).model_free:
+                raise ParamError(self._loc(index, "image"), "controlnet is enabled but no input image is given")
+        return [task]
+
+    def before_batch(self, batch, args: tuple) -> None:
+        if not any(unit["enabled"] for unit in args):
+            return
+        state = self._jobs.setdefault(id(args), _JobState())
+        state.task = getattr(batch, "task", None) or state.task
+        # the extension's set_numpy_seed: (seed + subseed) of the job, for the shuffle preprocessor
+        state.seed = (max(int(batch.seeds[0]), 0) + max(int(batch.subseeds[0]), 0)) & 0xFFFFFFFF
+
+    def wrap_model_call(self, model, call, args: tuple):
+        enabled = [index for index, unit in enumerate(args)
+                   if unit["enabled"] and unit["weight"] > 0 and unit["guidance_start"] < unit["guidance_end"]]
+        if not enabled:  # nothing to add: the UNet call as it is (bit-identical images)
+            return call
+        from sdwebui.pipelines.controlnet_apply import ActiveUnit, controlnet_call  # torch, OpenCV
+
+        state = self._jobs.setdefault(id(args), _JobState())
+        units = [ActiveUnit(unit, self._controlnet(model, index, unit), self._source(state, index, unit),
+                            seed=lambda: state.seed)
+                 for index, unit in enumerate(args) if index in enabled]
+        return controlnet_call(call, units, model.dtype)
+
+    def after_batch(self, batch, args: tuple) -> None:
+        enabled = [unit for unit in args if unit["enabled"]]
+        for number, unit in enumerate(enabled):
+            entry = self.library.find(unit["model"])
+            batch.infotext[f"ControlNet {number}"] = serialize_unit(unit, entry.title if entry else None)
+
+    def after_job(self, outcome, args: tuple) -> None:
+        self._jobs.pop(id(args), None)
+
+    # ---- inputs and models ------------------------------------------------------------------------------------
+    def _source(self, state: _JobState, index: int, unit: dict):
+        """A callable giving (the unit's input image as uint8 RGB, its resize mode), read when the first step
+        needs it (an img2img unit without an image takes the task's init image then)."""
+        from sdwebui.pipelines.controlnet_apply import as_array
+
+        if unit["image"] is not None:
+            image = decode_image(unit["image"])
+            mask = decode_image(unit["mask"]) if unit["mask"] is not None else None
+            array = as_array(image, mask)
+            return lambda: (array, unit["resize_mode"])
+
+        def from_task():
+            task = state.task
+            if task is None or not task.init_images:
+                raise ParamError(self._loc(index, "image"), "controlnet is enabled but no input image is given")
+            params = task.params
+            mode = RESIZE_MODES[min(int(getattr(params, "resize_mode", 0)), 3) % 3]
+            return as_array(task.init_images[0]), mode
+
+        return from_task
+
+    def _controlnet(self, model, index: int, unit: dict):
+        from sdwebui.models.controlnet import check_compatible, load_controlnet  # torch, diffusers
+        from sdwebui.models.files import ModelFileError
+
+        entry = self.library.find(unit["model"])
+        if entry is None:
+            raise ParamError(self._loc(index, "model"), f"model({unit['model']}) not found in supported models.")
+        path = Path(entry.path)
+        stamp = path.stat().st_mtime_ns
+        key = (str(path), stamp, str(model.device), str(model.dtype), id(model.unet))
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                self._loaded.move_to_end(key)
+        if loaded is None:
+            try:
+                loaded = load_controlnet(path, device=model.device, dtype=model.dtype, unet_config=model.unet.config)
+            except ModelFileError as error:
+                raise ParamError(self._loc(index, "model"), str(error)) from None
+            with self._lock:
+                self._loaded[key] = loaded
+                while len(self._loaded) > KEEP_LOADED:
+                    self._loaded.popitem(last=False)
+        why = check_compatible(loaded, model.unet.config, model.family.spec.title)
+        if why is not None:
+            raise ParamError(self._loc(index, "model"), why)
+        return loaded
+
+
+__all__ = ["ControlNet"]

@@ -1,0 +1,306 @@
+"""ControlNet (issue 18): tiny real ControlNets written in the layouts users download (`control_model.*` single
+files as .safetensors and .pth, the diffusers layout in one file and as a folder), loaded through the real path and
+applied inside the UNet call by the always-on "controlnet" script; the units as the sd-webui-controlnet extension
+takes them; the preprocessors against hand-checked properties."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from tiny_controlnet import build_controlnet, write_diffusers_file, write_diffusers_folder, write_original
+from tiny_models import build_tiny
+
+from sdwebui.core.errors import ParamError
+from sdwebui.models.controlnet import load_controlnet
+from sdwebui.models.controlnet_files import ControlNetLibrary
+from sdwebui.models.family import ModelFamily
+from sdwebui.models.files import ModelFileError
+from sdwebui.models.loader import load_checkpoint
+from sdwebui.pipelines.context import GenerationContext
+from sdwebui.pipelines.controlnet_apply import control_scales
+from sdwebui.pipelines.controlnet_preprocess import (
+    fit_control_map,
+    pixel_perfect_resolution,
+    run_preprocessor,
+)
+from sdwebui.pipelines.controlnet_units import check_unit, parse_unit_infotext, serialize_unit
+from sdwebui.pipelines.img2img import img2img
+from sdwebui.pipelines.img2img_params import Img2ImgParams
+from sdwebui.pipelines.infotext import parse_infotext
+from sdwebui.pipelines.params import Txt2ImgParams
+from sdwebui.pipelines.scripts import ScriptRegistry
+from sdwebui.pipelines.txt2img import txt2img
+from sdwebui.scripts.controlnet import ControlNet
+
+LOC = ("alwayson_scripts", "controlnet", "args", 0)
+
+
+def square(size: int = 64, inner: tuple[int, int, int, int] = (16, 16, 47, 47)) -> np.ndarray:
+    image = Image.new("RGB", (size, size), "black")
+    ImageDraw.Draw(image).rectangle(inner, fill="white")
+    return np.asarray(image)
+
+
+def b64(image) -> str:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+# ---- models -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd1(tiny_sd1_path):
+    return load_checkpoint(tiny_sd1_path, device="cpu", dtype=torch.float32, vae_dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def controlnet_dir(tmp_path_factory, sd1, tiny_sdxl):
+    folder = tmp_path_factory.mktemp("ControlNet")
+    net = build_controlnet(sd1.unet)
+    write_original(net, folder / "control_tiny_sd15_canny.safetensors")
+    write_original(net, folder / "pth" / "control_tiny_sd15_pth.pth")
+    write_original(net, folder / "control_tiny_sd15_fp16.safetensors", prefix="", dtype=torch.float16)
+    write_diffusers_file(net, folder / "control_tiny_sd15_diffusers.safetensors")
+    write_diffusers_folder(net, folder / "control-tiny-sd15-folder")
+    write_original(build_controlnet(tiny_sdxl.unet), folder / "control_tiny_sdxl.safetensors")
+    return folder
+
+
+def test_every_layout_loads_to_the_same_controlnet(controlnet_dir, sd1):
+    reference = build_controlnet(sd1.unet).state_dict()
+    for name in ("control_tiny_sd15_canny.safetensors", "pth/control_tiny_sd15_pth.pth",
+                 "control_tiny_sd15_diffusers.safetensors", "control-tiny-sd15-folder"):
+        loaded = load_controlnet(controlnet_dir / name, unet_config=sd1.unet.config)
+        assert loaded.family == "sd1"
+        state = loaded.model.state_dict()
+        assert set(state) == set(reference)
+        assert all(torch.equal(state[key], reference[key]) for key in reference), name
+    half = load_controlnet(controlnet_dir / "control_tiny_sd15_fp16.safetensors", unet_config=sd1.unet.config)
+    assert torch.allclose(half.model.state_dict()["conv_in.weight"], reference["conv_in.weight"], atol=1e-3)
+
+
+def test_the_library_names_models_as_the_extension(controlnet_dir):
+    library = ControlNetLibrary([controlnet_dir])
+    titles = library.titles()
+    assert "control_tiny_sd15_pth" in [entry.name for entry in library.entries()]  # subfolders are searched
+    canny = next(t for t in titles if t.startswith("control_tiny_sd15_canny ["))
+    assert len(canny.split("[")[1].rstrip("]")) == 8
+    assert library.find(canny).name == "control_tiny_sd15_canny"
+    assert library.find("CONTROL_TINY_SD15_CANNY").title == canny
+    assert library.find("control_tiny_sd15_canny [00000000]").title == canny  # a stale hash: found by name
+    assert library.find("None") is None and library.find("nothing") is None
+
+
+def test_a_file_that_is_not_a_controlnet_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"adapter.body.0.weight": torch.zeros(2, 2)}, str(tmp_path / "t2i.safetensors"))
+    with pytest.raises(ModelFileError, match="T2I-Adapter"):
+        load_controlnet(tmp_path / "t2i.safetensors")
+
+
+# ---- units ------------------------------------------------------------------------------------------------------
+
+
+def test_unit_fields_take_the_extensions_forms():
+    unit = check_unit({"enabled": True, "module": "canny", "model": "x", "image": b64(square()),
+                       "resize_mode": 0, "control_mode": 2, "weight": 1}, LOC)
+    assert unit["resize_mode"] == "Just Resize" and unit["control_mode"] == "ControlNet is more important"
+    assert (unit["processor_res"], unit["threshold_a"], unit["threshold_b"]) == (512, 100.0, 200.0)  # -1: defaults
+    assert check_unit({"resize_mode": "Inner Fit (Scale to Fit)"}, LOC)["resize_mode"] == "Crop and Resize"
+    assert check_unit({"resize_mode": 3}, LOC)["resize_mode"] == "Just Resize"
+    assert check_unit({"guidance": 0.5}, LOC)["guidance_end"] == 0.5  # the legacy alias
+    paired = check_unit({"image": {"image": b64(square()), "mask": b64(square())}}, LOC)
+    assert paired["image"] and paired["mask"]
+    assert check_unit(None, LOC)["enabled"] is False
+    assert check_unit("", LOC)["enabled"] is False
+
+
+@pytest.mark.parametrize("unit, field", [
+    ({"module": "no-such"}, "module"),
+    ({"weight": 2.5}, "weight"),
+    ({"image": "not an image"}, "image"),
+    ({"resize_mode": "Stretch"}, "resize_mode"),
+    ({"control_mode": 7}, "control_mode"),
+    ({"guidance_start": 0.8, "guidance_end": 0.2}, "guidance_start"),
+    ({"enabled": True, "module": "canny", "model": "None"}, "model"),
+    ({"enabled": True, "module": "depth", "model": "x"}, "module"),
+])
+def test_bad_unit_fields_name_the_field(unit, field):
+    with pytest.raises(ParamError) as caught:
+        check_unit(unit, LOC)
+    assert caught.value.loc == (*LOC, field)
+
+
+def test_infotext_is_the_extensions_and_parses_back():
+    unit = check_unit({"enabled": True, "module": "canny", "model": "m", "weight": 0.75}, LOC)
+    text = serialize_unit(unit, "control_v11p_sd15_canny [d14c016b]")
+    assert text == ("Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 0.75, Resize Mode: Crop and "
+                    "Resize, Processor Res: 512, Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.0, "
+                    "Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced")
+    parsed = parse_unit_infotext(text)
+    assert parsed["module"] == "canny" and parsed["weight"] == 0.75 and parsed["pixel_perfect"] is False
+    again = check_unit(parsed, LOC)
+    assert serialize_unit(again, "control_v11p_sd15_canny [d14c016b]") == text
+
+
+def test_soft_injection_scales_are_the_extensions():
+    unit = {"weight": 1.0, "control_mode": "My prompt is more important"}
+    scales = control_scales(unit, 13, False)
+    assert scales[12] == 1.0 and scales[0] == pytest.approx(0.825 ** 12)
+    assert control_scales(unit, 10, True) == pytest.approx([0.825 ** (12 - i) for i in range(10)])
+    assert control_scales({"weight": 0.5, "control_mode": "Balanced"}, 13, False) == [0.5] * 13
+
+
+# ---- preprocessors ------------------------------------------------------------------------------------------------
+
+
+def test_canny_finds_the_edges_of_a_square():
+    edges = run_preprocessor("canny", square(), 64, 100, 200)
+    assert edges.shape == (64, 64, 3)
+    on = edges[:, :, 0] > 0
+    assert on[16:48, 14:19].any() and on[16:48, 45:50].any()  # left and right sides
+    assert not on[24:40, 24:40].any() and not on[:8, :8].any()  # nothing inside or far outside
+
+
+def test_invert_threshold_binary_and_friends():
+    image = square()
+    assert np.array_equal(run_preprocessor("invert", image), 255 - image)
+    grey = np.full((64, 64, 3), 100, np.uint8)
+    grey[:, 32:] = 200
+    thresholded = run_preprocessor("threshold", grey, 64, 150)
+    assert (thresholded[:, :30] == 0).all() and (thresholded[:, 34:] == 255).all()
+    binary = run_preprocessor("binary", grey, 64, 150)
+    assert (binary[:, :30] == 255).all() and (binary[:, 34:] == 0).all()  # inverted, as the extension's
+    assert run_preprocessor("tile_resample", image, 512, 2.0).shape == (32, 32, 3)
+    assert run_preprocessor("none", image).tobytes() == image.tobytes()
+    blurred = run_preprocessor("blur_gaussian", image, 64, 3.0)
+    assert 0 < blurred[32, 16, 0] < 255  # the edge is soft
+    drawing = np.full((64, 64, 3), 255, np.uint8)
+    drawing[:, 30:34] = 0  # a black line on white
+    lines = run_preprocessor("lineart_standard", drawing)  # no resolution slider: 512, as the extension
+    assert lines.shape == (512, 512, 3)
+    assert lines[256, 236:276].max() > 200 and lines[256, :100].max() == 0 and lines[256, 400:].max() == 0
+    xdog = run_preprocessor("scribble_xdog", image, 64, 32)
+    assert xdog[32, 32].max() == 0 and xdog[:, :, 0].max() == 255
+    color = run_preprocessor("color", image, 128)
+    assert color.shape == (128, 128, 3) and len(np.unique(color.reshape(-1, 3), axis=0)) <= 4
+    first = run_preprocessor("shuffle", image, 64, seed=5)
+    assert np.array_equal(first, run_preprocessor("shuffle", image, 64, seed=5))
+    assert not np.array_equal(first, run_preprocessor("shuffle", image, 64, seed=6))
+
+
+def test_resize_modes_and_pixel_perfect():
+    wide = np.zeros((32, 64, 3), np.uint8)
+    wide[:, :, 0] = np.arange(64)[None] * 4
+    assert fit_control_map(wide, "Just Resize", 64, 64).shape == (64, 64, 3)
+    cropped = fit_control_map(wide, "Crop and Resize", 64, 64)
+    assert cropped.shape == (64, 64, 3) and cropped[0, 0, 0] > 40  # the left quarter was cut off
+    filled = fit_control_map(np.full((32, 64, 3), 200, np.uint8), "Resize and Fill", 64, 64)
+    assert filled.shape == (64, 64, 3) and (filled == 200).all()  # padded with the border colour
+    assert pixel_perfect_resolution(wide, 64, 64, "Crop and Resize") == 64
+    assert pixel_perfect_resolution(wide, 64, 64, "Resize and Fill") == 32
+
+
+# ---- generation ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(controlnet_dir):
+    return ScriptRegistry([ControlNet([controlnet_dir])])
+
+
+def unit(**values):
+    return {"enabled": True, "module": "canny", "model": "control_tiny_sd15_canny", "image": b64(square()),
+            "processor_res": 64, **values}
+
+
+def generate(model, registry, units, kind="txt2img", **values):
+    defaults = {"prompt": "a red cube", "negative_prompt": "blurry", "width": 64, "height": 64, "steps": 3,
+                "seed": 7, "sampler": "Euler", "rng": "cpu"}
+    cls = Img2ImgParams if kind == "img2img" else Txt2ImgParams
+    params = cls(**{**defaults, **({"denoising_strength": 0.6} if kind == "img2img" else {}), **values})
+    _, calls = registry.check_calls(kind, None, None, {"controlnet": {"args": units}} if units is not None else None)
+    bound = registry.bind(kind, None, calls)
+    from sdwebui.pipelines.scripts import GenerationTask
+
+    init = [Image.fromarray(square()).convert("RGB")] if kind == "img2img" else []
+    task = GenerationTask(params, tuple(init))
+    tasks = bound.expand(task)
+    ctx = GenerationContext(model=model, hooks=bound.for_task(tasks[0]))
+    result = img2img(ctx, params, init) if kind == "img2img" else txt2img(ctx, params)
+    bound.after_job(None)
+    return result
+
+
+def test_weight_zero_or_an_empty_range_is_bit_identical_and_weight_one_changes_the_image(sd1, registry):
+    plain = generate(sd1, registry, None)
+    for off in (unit(weight=0), unit(guidance_start=0.5, guidance_end=0.5), unit(enabled=False)):
+        same = generate(sd1, registry, [off])
+        assert torch.equal(same.latents, plain.latents)
+        assert np.array_equal(np.asarray(same.images[0]), np.asarray(plain.images[0]))
+    controlled = generate(sd1, registry, [unit()])
+    assert not torch.allclose(controlled.latents, plain.latents, atol=1e-3)
+    info = parse_infotext(controlled.infotexts[0])
+    assert info["ControlNet 0"].startswith("Module: canny, Model: control_tiny_sd15_canny [")
+    assert "ControlNet 0" not in parse_infotext(plain.infotexts[0])
+
+
+def test_modes_weights_and_ranges_each_change_the_result(sd1, registry):
+    base = generate(sd1, registry, [unit()]).latents
+    for changed in (unit(control_mode="My prompt is more important"), unit(control_mode=2), unit(weight=0.5),
+                    unit(guidance_start=0.5), unit(resize_mode="Resize and Fill", image=b64(square(64)[:, :40])),
+                    unit(module="invert")):
+        assert not torch.allclose(generate(sd1, registry, [changed]).latents, base, atol=1e-5), changed
+    # two units add up: the same unit twice at half weight is the unit once at full weight
+    halves = generate(sd1, registry, [unit(weight=0.5), unit(weight=0.5)]).latents
+    torch.testing.assert_close(halves, base, atol=1e-4, rtol=1e-4)
+
+
+def test_img2img_uses_the_init_image_when_the_unit_has_none_and_hires_fix_runs(sd1, registry):
+    plain = generate(sd1, registry, None, kind="img2img")
+    controlled = generate(sd1, registry, [unit(image=None)], kind="img2img")
+    assert not torch.allclose(controlled.latents, plain.latents, atol=1e-4)
+    explicit = generate(sd1, registry, [unit(resize_mode=0)], kind="img2img")  # the same square given explicitly
+    torch.testing.assert_close(explicit.latents, controlled.latents)
+    hires = generate(sd1, registry, [unit()], enable_hr=True, hr_scale=2, hr_upscaler="Latent",
+                     denoising_strength=0.5, hr_second_pass_steps=2)
+    plain_hires = generate(sd1, registry, None, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
+                           denoising_strength=0.5, hr_second_pass_steps=2)
+    assert hires.images[0].size == (128, 128)
+    assert not np.array_equal(np.asarray(hires.images[0]), np.asarray(plain_hires.images[0]))
+
+
+def test_txt2img_unit_without_image_and_a_controlnet_of_another_family_are_refused(sd1, registry):
+    with pytest.raises(ParamError) as caught:
+        generate(sd1, registry, [unit(image=None)])
+    assert caught.value.loc == (*LOC, "image")
+    with pytest.raises(ParamError, match="is for SDXL models") as caught:
+        generate(sd1, registry, [unit(model="control_tiny_sdxl")])
+    assert caught.value.loc == (*LOC, "model")
+    with pytest.raises(ParamError) as caught:
+        generate(sd1, registry, [unit(model="no_such_model")])
+    assert caught.value.loc == (*LOC, "model")
+
+
+def test_sdxl_controlnet_drives_an_sdxl_checkpoint(tiny_sdxl_path, controlnet_dir, registry):
+    sdxl = load_checkpoint(tiny_sdxl_path, device="cpu", dtype=torch.float32, vae_dtype=torch.float32)
+    plain = generate(sdxl, registry, None)
+    controlled = generate(sdxl, registry, [unit(model="control_tiny_sdxl")])
+    assert not torch.allclose(controlled.latents, plain.latents, atol=1e-4)
+
+
+def test_the_script_is_registered_with_the_app(tmp_path):
+    from sdwebui.scripts import builtin_scripts
+
+    names = [script.name for script in builtin_scripts(None, [tmp_path])]
+    assert "controlnet" in names
