@@ -104,10 +104,11 @@ def test_lines_parse_as_a1111_cmdargs():
     assert line_values("--sampler_index 0")["sampler"] == "DPM++ 2M"  # A1111's position in its sampler list
     for line, message in [("--steps ten", "--steps: not a valid value"), ("--colour red", "unknown option --colour"),
                           ("--seed", "missing a value"), ("--outpath_samples /tmp", "not supported"),
-                          ("--restore_faces true", "not available")]:
+                          ("--styles x", "not supported")]:
         with pytest.raises(ValueError, match=message):
             line_values(line)
-    assert line_values("--restore_faces false --prompt x") == {"prompt": "x"}
+    assert line_values("--restore_faces false --prompt x") == {"prompt": "x", "restore_faces": False}
+    assert line_values("--restore_faces true")["restore_faces"] is True
 
 
 def expand(text, iterate=False, same_seed=False, position="start", **params):

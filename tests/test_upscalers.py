@@ -289,4 +289,6 @@ def test_native_extras_job_saves_and_records(server):
         r = client.post("/api/v1/jobs", json={"type": "extras", "images": images, "upscaler_1": "nope"})
         assert r.status_code == 422 and r.json()["field"] == "upscaler_1"
         r = client.post("/api/v1/jobs", json={"type": "extras", "images": images, "gfpgan_visibility": 1})
+        assert r.status_code == 422 and r.json()["field"] == "gfpgan_visibility"  # no GFPGAN installed here
+        r = client.post("/api/v1/jobs", json={"type": "extras", "images": images, "colour": 1})
         assert r.status_code == 422  # unknown keys are an error on the native API

@@ -50,7 +50,7 @@ IMG2IMG_AXES = [
     "Refiner checkpoint", "Refiner switch at", "RNG source", "FP8 mode", "Size",
 ]
 UNAVAILABLE = {"Negative Guidance minimum sigma", "Beta schedule alpha", "Beta schedule beta", "Extra noise",
-               "UniPC Order", "Face restore", "Token merging ratio", "Token merging ratio high-res",
+               "UniPC Order", "Token merging ratio", "Token merging ratio high-res",
                "SGM noise multiplier", "FP8 mode"}
 
 
@@ -206,7 +206,6 @@ def test_a_list_axis_takes_its_dropdown_unless_csv_mode():
     ("txt2img", "RNG source", "tpu", 1, "not one of GPU, CPU, NV"),
     ("txt2img", "Steps", "", 1, "no values for Steps"),
     ("txt2img", "Prompt order", "a, b, c, d, e, f, g", 1, "more than 4096"),
-    ("txt2img", "Face restore", "true", 0, "Face restore is not available here"),
     ("txt2img", "Initial noise multiplier", "1", 0, "applies to img2img only"),
     ("img2img", "Refiner checkpoint", "x", 0, "img2img has no refiner here"),
 ])
@@ -352,7 +351,7 @@ def test_styles_and_vae_axes(client):
     (xyz_args(28, "NoSuchUpscaler", csv_mode=True), "script_args.1", "NoSuchUpscaler"),
     (xyz_args(1, "1", 30, "Nope", csv_mode=True), "script_args.4", "Nope"),
     (xyz_args(1, "1-64", 4, "1-64", 6, "1-2"), "script_args.7", "8192 cells, more than 4096"),
-    (xyz_args(32, "true"), "script_args.0", "Face restore is not available here"),
+    (xyz_args(32, "true"), "script_args.1", "no face restoration model is installed"),
     (xyz_args(99, "1"), "script_args.0", "must be between 0 and 44"),
     (xyz_args(42, "1"), "script_args.0", "not an axis type of txt2img"),  # in img2img's list, not txt2img's
 ])

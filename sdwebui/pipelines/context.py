@@ -169,3 +169,6 @@ class GenerationContext:
     saves them there, as A1111 does, so a job that is stopped or dies later keeps them)."""
     hooks: GenerationHooks | None = None
     """The job's scripts (before each batch, around each UNet call, after each batch); None: none."""
+    face_restoration: "FaceRestoration | None" = None  # noqa: F821  (sdwebui.pipelines.face_restoration)
+    """Restores each image's faces for jobs with `restore_faces` (after decoding, before img2img's overlays and the
+    scripts, as A1111); None: such jobs are refused."""

@@ -1,21 +1,27 @@
-"""Extras (A1111's "postprocessing"): upscale images with one or two upscalers, without diffusion.
+"""Extras (A1111's "postprocessing"): upscale images with one or two upscalers, without diffusion, then restore
+their faces with GFPGAN and CodeFormer.
 
 Reference: A1111 `modules/postprocessing.py` and `scripts/postprocessing_upscale.py`: "Scale by" multiplies the
 size; "Scale to" upscales by the larger of the two factors and, with "Crop to fit", centres the result on a
 canvas of exactly the asked size; a second upscaler's result is blended over the first with its visibility.
 The infotext keys are A1111's (`Postprocess upscale by`, `Postprocess upscale to`, `Postprocess crop to`,
-`Postprocess upscaler`, `Postprocess upscaler 2`).
+`Postprocess upscaler`, `Postprocess upscaler 2`). Face restoration follows in A1111's order of its
+postprocessing scripts (upscale 1000, `postprocessing_gfpgan.py` 2000, `postprocessing_codeformer.py` 3000): each
+restorer's result is blended over the image with its visibility, and the infotext gets `GFPGAN visibility`,
+`CodeFormer visibility` and `CodeFormer weight` (rounded to 3 places). An image without a face is left as it is,
+with a note.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
 from sdwebui.models.upscalers import UpscalerLibrary
 from sdwebui.pipelines.extras_params import ExtrasParams
+from sdwebui.pipelines.face_restoration import FaceRestoration
 from sdwebui.pipelines.infotext import build_params_line
 from sdwebui.pipelines.upscale import TileOptions, upscale_image
 
@@ -24,6 +30,7 @@ from sdwebui.pipelines.upscale import TileOptions, upscale_image
 class ExtrasResult:
     image: Image.Image
     info: dict[str, object]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def infotext(self) -> str:
@@ -37,12 +44,41 @@ def run_extras(
     *,
     tiles: TileOptions = TileOptions(),
     should_stop: Callable[[], bool] | None = None,
+    faces: FaceRestoration | None = None,
 ) -> ExtrasResult:
-    """One image through the upscalers. Upscaler names must exist (`library.find` raises LookupError)."""
+    """One image through the upscalers, then the face restorers. Upscaler names must exist (`library.find` raises
+    LookupError); `faces` is needed when `params` restore faces (FaceRestorationError when a restorer is not
+    installed)."""
+    image = image.convert("RGB")
+    result = upscale_extras(image, params, library, tiles=tiles, should_stop=should_stop)
+    notes: list[str] = []
+    for name, visibility in (("GFPGAN", params.gfpgan_visibility), ("CodeFormer", params.codeformer_visibility)):
+        if visibility <= 0:
+            continue
+        if faces is None:
+            raise ValueError("face restoration needs the installed restorers (faces=)")
+        restored, count = faces.extras(result.image, name, float(visibility), float(params.codeformer_weight))
+        if count == 0:
+            notes.append(f"{name}: no face found; the image is unchanged")
+        result.info[f"{name} visibility"] = round(float(visibility), 3)
+        if name == "CodeFormer":
+            result.info["CodeFormer weight"] = round(float(params.codeformer_weight), 3)
+        result = ExtrasResult(restored.convert("RGB"), result.info)
+    return ExtrasResult(result.image, result.info, notes)
+
+
+def upscale_extras(
+    image: Image.Image,
+    params: ExtrasParams,
+    library: UpscalerLibrary,
+    *,
+    tiles: TileOptions = TileOptions(),
+    should_stop: Callable[[], bool] | None = None,
+) -> ExtrasResult:
+    """The upscaling step (A1111's `postprocessing_upscale.py`)."""
     first = library.find(params.upscaler_1)
     second = library.find(params.upscaler_2)
     info: dict[str, object] = {}
-    image = image.convert("RGB")
     if first.kind == "none":
         return ExtrasResult(image, info)
     if params.resize_mode == 1:
@@ -74,4 +110,4 @@ def run_extras(
     return ExtrasResult(result, info)
 
 
-__all__ = ["ExtrasParams", "ExtrasResult", "run_extras"]
+__all__ = ["ExtrasParams", "ExtrasResult", "run_extras", "upscale_extras"]

@@ -1,4 +1,4 @@
-"""Extras (upscaling) parameters: A1111's extras fields, frozen and validated when made (no torch here: the
+"""Extras (upscaling, face restoration) parameters: A1111's extras fields, frozen and validated when made (no torch here: the
 server builds them while answering a request)."""
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ class ExtrasParams:
     upscaler_1: str = "None"
     upscaler_2: str = "None"
     upscaler_2_visibility: float = 0.0
+    gfpgan_visibility: float = 0.0
+    """GFPGAN's restored faces blended over the upscaled image (0 = off)."""
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+    """CodeFormer's restored faces blended over the image (0 = off), and its fidelity (0 = maximum effect); A1111's
+    extras default is 0 for both."""
 
     def __post_init__(self) -> None:
         if self.resize_mode not in (0, 1):
@@ -34,6 +40,14 @@ class ExtrasParams:
                 raise ParamError(name, f"must be an integer between 8 and {MAX_SIDE}, got {value!r}")
         if not (0.0 <= float(self.upscaler_2_visibility) <= 1.0):
             raise ParamError("extras_upscaler_2_visibility", "must be between 0 and 1")
+        for name in ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                raise ParamError(name, f"must be a number between 0 and 1, got {value!r}")
+
+    @property
+    def restores_faces(self) -> bool:
+        return self.gfpgan_visibility > 0 or self.codeformer_visibility > 0
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """The size an image of (width, height) comes out at (for limits checked before any work)."""

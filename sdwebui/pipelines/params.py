@@ -236,6 +236,19 @@ class GenerationParams:
     tiling: bool = param(False, label="Tiling", infotext="Tiling", a1111_default=None,
                          help="seamless images: the picture wraps around at its edges")
     """Seamless images: circular padding in the UNet's and VAE's convolutions (A1111's "Tiling")."""
+    restore_faces: bool = param(False, label="Restore faces", a1111_default=None, setting="face_restoration",
+                                group="face restoration",
+                                help="restore faces in each image (GFPGAN, CodeFormer or RestoreFormer)")
+    """A1111's "Restore faces": each image's faces restored before it is saved (`pipelines.face_restoration`);
+    the infotext says `Face restoration: <model>`. Default: the setting `face_restoration`."""
+    face_restoration_model: str = param("CodeFormer", max_length=200, choices=("CodeFormer", "GFPGAN", "RestoreFormer"),
+                                        label="Face restoration model", a1111=None, setting="face_restoration_model",
+                                        group="face restoration")
+    code_former_weight: float = param(0.5, minimum=0.0, maximum=1.0, label="CodeFormer weight", a1111=None,
+                                      setting="code_former_weight", group="face restoration", ui=(0.0, 1.0, 0.01),
+                                      help="CodeFormer's fidelity: 0 = maximum effect, 1 = minimum")
+    """A1111's settings `face_restoration_model` and `code_former_weight`, as parameters so that a job (and
+    X/Y/Z's "Face restore" axis) can choose them."""
     denoising_strength: float = param(0.7, minimum=0.0, maximum=1.0, label="Denoising strength",
                                       infotext="Denoising strength", a1111_default=0.75, a1111_optional=True,
                                       ui=(0.0, 1.0, 0.01),

@@ -480,10 +480,16 @@ class FinishedBatches:
             )
         images, decode_notes = decode_latents(decode_model, latents, self.ctx.vae_tiling)
         self._note(decode_notes)
+        restored: dict[str, object] = {}
+        if getattr(self.params, "restore_faces", False):
+            if self.ctx.face_restoration is None:
+                raise GenerationError("face restoration is not available here")
+            images, restored, restore_notes = self.ctx.face_restoration.restore_batch(list(images), self.params)
+            self._note(restore_notes)
         if finish is not None:
             images = finish(images)
         decoded = BatchImages(batch.batch_index, self.params, list(images), list(batch.seeds), list(batch.prompts),
-                              {}, [])
+                              dict(restored), [])
         if self.ctx.hooks is not None:
             self.ctx.hooks.after_batch(decoded)
         self._note(decoded.notes)

@@ -12,7 +12,7 @@ both are set), and the list itself.
 Where we differ: A1111 prints an error and uses a malformed line as a prompt; here a line that starts with `--`
 must parse (an unknown option or a bad value is a 422 naming the line), so a typo never silently becomes a
 prompt. Options that would pick files or folders (`--outpath_samples`, `--outpath_grids`) or features this server
-lacks (`--restore_faces true`, `--styles`) are refused the same way; `--sd_model` picks a checkpoint from the
+lacks (`--styles`) are refused the same way; `--sd_model` picks a checkpoint from the
 checkpoints folder, as A1111's `override_settings`.
 """
 
@@ -52,6 +52,7 @@ LINE_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "width": ("width", int),
     "height": ("height", int),
     "tiling": ("tiling", _bool),
+    "restore_faces": ("restore_faces", _bool),
     "sd_model": ("checkpoint", str),
     # Accepted and without effect here, as in A1111's API (no grid is saved; the display prompt is the UI's).
     "prompt_for_display": ("", str),
@@ -61,7 +62,6 @@ LINE_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
 REFUSED_OPTIONS = {
     "outpath_samples": "images always go to the outputs folder",
     "outpath_grids": "images always go to the outputs folder",
-    "restore_faces": "face restoration is not available in this server yet",
     "styles": "apply styles with the job's Styles, not per line",
 }
 
@@ -90,7 +90,7 @@ def parse_line(line: str) -> dict[str, object]:
                 position += 1
             values[tag] = " ".join(parts)
             continue
-        if tag in REFUSED_OPTIONS and not (tag == "restore_faces" and words[position + 1] != "true"):
+        if tag in REFUSED_OPTIONS:
             raise ValueError(f"{word} is not supported: {REFUSED_OPTIONS[tag]}")
         if tag not in LINE_OPTIONS and tag not in REFUSED_OPTIONS:
             raise ValueError(f"unknown option {word}")

@@ -145,6 +145,18 @@ def apply_bool(name: str) -> Apply:
     return apply
 
 
+def apply_face_restore(cell: Cell, value: str, _values: Sequence[Any]) -> None:
+    """A1111's `apply_face_restore`: a restorer's name turns restoration on with that model; true / yes / y / 1
+    turn it on with the setting's model; anything else turns it off."""
+    models = {"codeformer": "CodeFormer", "gfpgan": "GFPGAN", "restoreformer": "RestoreFormer"}
+    wanted = value.strip().lower()
+    if wanted in models:
+        cell.set("face_restoration_model", models[wanted])
+        cell.set("restore_faces", True)
+    else:
+        cell.set("restore_faces", wanted in ("true", "yes", "y", "1"))
+
+
 def apply_rng(cell: Cell, value: str, _values: Sequence[Any]) -> None:
     cell.set("rng", value.lower())
 
@@ -259,7 +271,7 @@ AXES: tuple[Axis, ...] = (
     Axis("Styles", str, apply_styles, choices="styles"),
     _missing("UniPC Order", int, "the UniPC order is not a parameter here (A1111's setting uni_pc_order)",
              cost=0.5),
-    _missing("Face restore", str, "face restoration is not available in this server", format=plain),
+    Axis("Face restore", str, apply_face_restore, format=plain),
     _missing("Token merging ratio", float, "token merging is not available in this server"),
     _missing("Token merging ratio high-res", float, "token merging is not available in this server"),
     Axis("Always discard next-to-last sigma", str, apply_bool("discard_penultimate_sigma"), choices=BOOLEAN_CHOICES),
@@ -753,7 +765,7 @@ class XYZPlot(Script):
         outcome.grids_to_save = [*outcome.grids_to_save, *to_save]
 
 
-SERVER_NAMES = ("checkpoint", "vae", "styles", "refiner_checkpoint", "hr_upscaler", "hr_sampler")
+SERVER_NAMES = ("checkpoint", "vae", "styles", "refiner_checkpoint", "hr_upscaler", "hr_sampler", "restore_faces")
 """What the server resolves for a task (installed files, styles): where each came from is kept for its errors."""
 
 

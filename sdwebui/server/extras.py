@@ -38,6 +38,9 @@ class ExtrasUpscaleFields(BaseModel):
     upscaler_1: str = Field("None", max_length=500)
     upscaler_2: str = Field("None", max_length=500)
     extras_upscaler_2_visibility: float = _float(0.0, ge=0.0, le=1.0)
+    gfpgan_visibility: float = _float(0.0, ge=0.0, le=1.0)
+    codeformer_visibility: float = _float(0.0, ge=0.0, le=1.0)
+    codeformer_weight: float = _float(0.0, ge=0.0, le=1.0)
 
 
 class ExtrasBaseRequest(ExtrasUpscaleFields):
@@ -46,10 +49,8 @@ class ExtrasBaseRequest(ExtrasUpscaleFields):
     model_config = ConfigDict(extra="allow")
 
     show_extras_results: bool = True
-    gfpgan_visibility: float = _float(0.0, ge=0.0, le=1.0)
-    codeformer_visibility: float = _float(0.0, ge=0.0, le=1.0)
-    codeformer_weight: float = _float(0.0, ge=0.0, le=1.0)
     upscale_first: bool = False
+    """Ignored, as A1111 v1.10 ignores it: the upscaler runs first, then GFPGAN, then CodeFormer."""
 
 
 class ExtrasSingleImageRequest(ExtrasBaseRequest):
@@ -66,8 +67,8 @@ class ExtrasBatchImagesRequest(ExtrasBaseRequest):
 
 
 class ExtrasJob(ExtrasUpscaleFields):
-    """A native (`POST /api/v1/jobs`) extras job: the images and A1111's extras upscaling fields (not its face
-    restoration ones, which are not available)."""
+    """A native (`POST /api/v1/jobs`) extras job: the images and A1111's extras fields (upscaling, face
+    restoration)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -96,9 +97,6 @@ class ExtrasBatchImagesResponse(BaseModel):
 
 def extras_params(req: ExtrasBaseRequest) -> ExtrasParams:
     """A1111 request -> ExtrasParams, or a FieldError naming the A1111 field."""
-    for name in ("gfpgan_visibility", "codeformer_visibility"):
-        if getattr(req, name) > 0:
-            raise FieldError((name,), "face restoration is not available in this server (set it to 0)")
     try:
         return ExtrasParams(
             resize_mode=req.resize_mode,
@@ -109,6 +107,9 @@ def extras_params(req: ExtrasBaseRequest) -> ExtrasParams:
             upscaler_1=req.upscaler_1 or "None",
             upscaler_2=req.upscaler_2 or "None",
             upscaler_2_visibility=float(req.extras_upscaler_2_visibility),
+            gfpgan_visibility=float(req.gfpgan_visibility),
+            codeformer_visibility=float(req.codeformer_visibility),
+            codeformer_weight=float(req.codeformer_weight),
         )
     except ParamError as error:
         raise FieldError(error.loc, error.message) from None

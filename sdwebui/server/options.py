@@ -107,6 +107,14 @@ OPTIONS: dict[str, OptionSpec] = {
     "sigma_max": OptionSpec(0.0, "Schedule max sigma (0 = model's)", float, minimum=0, maximum=1000),
     "rho": OptionSpec(0.0, "Schedule rho (0 = schedule's)", float, minimum=0, maximum=100),
     "always_discard_next_to_last_sigma": OptionSpec(False, "Always discard next-to-last sigma", bool),
+    # face restoration (A1111's "Face restoration" section)
+    "face_restoration": OptionSpec(False, "Restore faces", bool),
+    "face_restoration_model": OptionSpec("CodeFormer", "Face restoration model", str,
+                                         choices=("CodeFormer", "GFPGAN", "RestoreFormer")),
+    "code_former_weight": OptionSpec(0.5, "CodeFormer weight (0 = maximum effect; 1 = minimum effect)", float,
+                                     minimum=0.0, maximum=1.0),
+    "face_restoration_unload": OptionSpec(False, "Move face restoration model from VRAM into RAM after processing",
+                                          bool),
     # upscaling (A1111's "Upscaling" section; one tile setting serves every model family here)
     "ESRGAN_tile": OptionSpec(192, "Tile size for ESRGAN upscalers (0 = no tiling)", int, minimum=0, maximum=512),
     "ESRGAN_tile_overlap": OptionSpec(8, "Tile overlap for ESRGAN upscalers (pixels)", int, minimum=0, maximum=48),

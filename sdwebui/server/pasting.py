@@ -18,6 +18,7 @@ from sdwebui.pipelines.params import (
     Txt2ImgParams,
     infotext_fields,
     infotext_settings,
+    spec_of,
     value_from_text,
 )
 from sdwebui.server import catalog
@@ -62,6 +63,11 @@ def settings_from_infotext(services: "Services", params: Mapping[str, object], *
                 raise ParamError(("infotext",), f"cannot read {label!r} from the infotext: {params[label]!r}") from None
             continue
         settings[key] = str(value).upper() if key == "randn_source" else value
+    restorer = params.get("Face restoration")
+    if restorer:  # A1111: the option `face_restoration` is written as the model's name, and pasted back truthy
+        settings["face_restoration"] = True
+        if str(restorer) in (spec_of(Txt2ImgParams, "face_restoration_model").choices or ()):
+            settings["face_restoration_model"] = str(restorer)
     model_hash, model_name = params.get("Model hash"), params.get("Model")
     if model_hash or model_name:
         entries = catalog.checkpoints(services.paths)

@@ -62,6 +62,7 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
             extra_networks=LoraNetworks(services.loras), nan_check=payload.nan_check,
             load_model=services.models.get_secondary, upscalers=services.upscalers,
             upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: on_images(batch, model, save),
+            face_restoration=services.face_restoration if task.params.restore_faces else None,
             vae_tiling=VaeTiling(*payload.vae_tiling, memory=services.models.memory),
             hooks=scripts.for_task(task) if scripts else None,
         )
@@ -324,14 +325,15 @@ def run_extras(job: "JobHandle", services: "Services") -> dict:
     payload: ExtrasPayload = job.payload
     tiles = TileOptions(payload.tile, payload.tile_overlap)
     stop = job.stop
-    images, infotexts = [], []
+    images, infotexts, notes = [], [], []
     total = len(payload.images)
     for index, data in enumerate(payload.images):
         if stop.interrupted.is_set():
             job.interrupted = True
             break
         result = upscale(decode_png(data), payload.params, services.upscalers, tiles=tiles,
-                         should_stop=stop.interrupted.is_set)
+                         should_stop=stop.interrupted.is_set,
+                         faces=services.face_restoration if payload.params.restores_faces else None)
         parameters = payload.infotexts[index] if index < len(payload.infotexts) else None
         if parameters:
             result.image.info["parameters"] = parameters  # A1111 keeps the generation infotext
@@ -339,6 +341,7 @@ def run_extras(job: "JobHandle", services: "Services") -> dict:
             result.image.info["postprocessing"] = result.infotext
         images.append(result.image)
         infotexts.append(result.infotext)
+        notes.extend(note for note in result.notes if note not in notes)
         job.report_step(index + 1, total, 0, 1, None)
     job.images = images
     saved: list[dict] = []
@@ -356,7 +359,7 @@ def run_extras(job: "JobHandle", services: "Services") -> dict:
                                                 params=payload.to_json()["params"], width=image.width,
                                                 height=image.height)
             saved.append({"id": image_id, "path": relative})
-    return {"infotexts": infotexts, "sizes": [list(image.size) for image in images], "images": saved}
+    return {"infotexts": infotexts, "sizes": [list(image.size) for image in images], "images": saved, "notes": notes}
 
 
 def run_load_model(job: "JobHandle", services: "Services") -> dict:

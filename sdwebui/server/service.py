@@ -133,6 +133,7 @@ class GenerationService:
             else ("override_settings", "sd_model_checkpoint"),
         )
         params = self._params(request, options, str(checkpoint))
+        self._check_face_restoration(params)
         vae = request.vae if request.vae is not None else options.get("sd_vae") or "Automatic"
         self._check_vae(vae, ("vae",) if request.vae is not None else ("override_settings", "sd_vae"))
         init_images, mask = self._checked_images(request, params)
@@ -172,6 +173,7 @@ class GenerationService:
                 self.services.upscalers.find(value)
             except UpscalerNotFoundError as error:
                 raise ParamError((name,), str(error.args[0])) from None
+        self._check_extras_restorers(params)
         options = self.services.options.all()
         for loc, image in request.images:
             width, height = params.output_size(image.width, image.height)
@@ -195,6 +197,29 @@ class GenerationService:
                 filename_pattern=""),
             client=request.client,
         )
+
+    def _check_extras_restorers(self, params: ExtrasParams) -> None:
+        """Extras' GFPGAN / CodeFormer visibility asks for that restorer: refused (naming the field and the
+        folder to put it in) when it is not installed."""
+        from sdwebui.models.face_restorers import install_hint  # torch: not at start-up
+
+        installed = self.services.face_restorer_names()
+        for field_name, name in (("gfpgan_visibility", "GFPGAN"), ("codeformer_visibility", "CodeFormer")):
+            if getattr(params, field_name) > 0 and name not in installed:
+                raise ParamError((field_name,), f"{name} is not installed: {install_hint(name)}")
+
+    def _check_face_restoration(self, params: GenerationParams) -> None:
+        """A job with `restore_faces` needs an installed restorer (the chosen one, or any: see
+        `FaceRestoration.pick`)."""
+        if not getattr(params, "restore_faces", False):
+            return
+        from sdwebui.models.face_restorers import codeformer_supported, install_hint  # torch: not at start-up
+
+        if not self.services.face_restorer_names():
+            wanted = params.face_restoration_model
+            if wanted == "CodeFormer" and not codeformer_supported():
+                wanted = "GFPGAN"  # the one that needs no optional extra
+            raise ParamError(("restore_faces",), f"no face restoration model is installed: {install_hint(wanted)}")
 
     # ---- following and stopping ---------------------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle | None:
@@ -370,6 +395,7 @@ class GenerationService:
             task = self.resolve_task(task)
             try:
                 check_limits(task.params, options)
+                self._check_face_restoration(task.params)
             except ParamError as error:
                 raise ParamError(task.arg_locs.get(error.field, ("script_args",)),
                                  f"{task.label}: {error.message}" if task.label else error.message) from None

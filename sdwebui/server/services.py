@@ -62,6 +62,7 @@ class Services:
         self._loras = None
         self._embeddings = None
         self._upscalers = None
+        self._face_restoration = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,6 +128,27 @@ class Services:
 
                 self._upscalers = UpscalerLibrary(self.paths.upscaler_folders, device=_LazyDevice(self))
             return self._upscalers
+
+    @property
+    def face_restoration(self):
+        """The `FaceRestoration` over A1111's folders (`models/GFPGAN`, `models/Codeformer`, and
+        `models/RestoreFormer`; made on first use): the restorer is loaded onto the generation device when a job
+        first uses it, and moved to the CPU after each use when the setting `face_restoration_unload` says so."""
+        with self._models_lock:
+            if self._face_restoration is None:
+                from sdwebui.models.face_restorers import FaceRestorerLibrary  # spandrel and torch
+                from sdwebui.pipelines.face_restoration import FaceRestoration  # OpenCV
+
+                library = FaceRestorerLibrary(self.paths.models_dir, device=_LazyDevice(self))
+                self._face_restoration = FaceRestoration(
+                    library, unload=lambda: bool(self.options.get("face_restoration_unload")))
+            return self._face_restoration
+
+    def face_restorer_names(self) -> list[str]:
+        """The installed face restorers (read from disk; needs neither torch nor OpenCV)."""
+        from sdwebui.models.face_restorers import find_face_restorers  # torch
+
+        return [entry.name for entry in find_face_restorers(self.paths.models_dir)]
 
     def native_size(self, checkpoint: str | None = None) -> int:
         """The default width and height for a checkpoint (None = the current one): the size it was trained at
@@ -223,6 +245,8 @@ class Services:
             self._loras.release()
         if self._upscalers is not None:
             self._upscalers.release()
+        if self._face_restoration is not None:
+            self._face_restoration.library.release()
         if self._models is not None:
             self._models.unload()
         release_freed_memory()

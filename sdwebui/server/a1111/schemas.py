@@ -32,7 +32,6 @@ class _RequestFields(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     styles: list[str] | None = None
-    restore_faces: bool | None = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
     s_min_uncond: float | None = _float(None, ge=0.0, le=100.0)

@@ -99,8 +99,6 @@ def img2img_values(req: BaseModel, warnings: list[str]) -> dict[str, Any]:
 
 
 def refuse_unavailable(req: BaseModel, kind: str) -> None:
-    if req.restore_faces:
-        raise FieldError(("restore_faces",), "face restoration is not available in this server yet")
     if kind == "img2img" and req.refiner_checkpoint not in (None, "", "None"):
         raise FieldError(("refiner_checkpoint",), "the refiner is not available for img2img yet")
 
