@@ -6,6 +6,7 @@ takes them; the preprocessors against hand-checked properties."""
 from __future__ import annotations
 
 import base64
+import json
 import io
 
 import numpy as np
@@ -304,3 +305,91 @@ def test_the_script_is_registered_with_the_app(tmp_path):
 
     names = [script.name for script in builtin_scripts(None, [tmp_path])]
     assert "controlnet" in names
+
+
+# ---- the HTTP API ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_sd1_path, sd1, tiny_sdxl):
+    from test_api_support import LiveServer, make_data_dir
+
+    data = make_data_dir(tmp_path_factory.mktemp("controlnet-api"), tiny_sd1_path, "tiny-sd1.safetensors")
+    folder = data / "models" / "ControlNet"
+    write_original(build_controlnet(sd1.unet), folder / "control_tiny_sd15_canny.safetensors")
+    write_original(build_controlnet(tiny_sdxl.unet), folder / "control_tiny_sdxl.safetensors")
+    with LiveServer(data, ui=False) as live:
+        yield live
+
+
+@pytest.fixture
+def client(server):
+    with server.client() as client:
+        yield client
+
+
+FAST = {"prompt": "a red cube", "width": 64, "height": 64, "steps": 2, "sampler_name": "Euler", "seed": 3}
+
+
+def test_the_extensions_routes(client):
+    assert client.get("/controlnet/version").json() == {"version": 3}
+    models = client.get("/controlnet/model_list").json()["model_list"]
+    assert [m.split(" [")[0] for m in models] == ["control_tiny_sd15_canny", "control_tiny_sdxl"]
+    modules = client.get("/controlnet/module_list").json()
+    assert modules["module_list"][0] == "none" and "canny" in modules["module_list"]
+    assert modules["module_detail"]["canny"]["sliders"][1] == {"name": "Low Threshold", "value": 100, "min": 1,
+                                                              "max": 255, "step": 1}
+    assert "invert (from white bg & black line)" in client.get("/controlnet/module_list?alias_names=true").json()[
+        "module_list"]
+    assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
+    detected = client.post("/controlnet/detect", json={"controlnet_module": "canny",
+                                                        "controlnet_input_images": [b64(square())],
+                                                        "controlnet_processor_res": 64})
+    assert detected.status_code == 200 and detected.json()["info"] == "Success"
+    edges = np.asarray(Image.open(io.BytesIO(base64.b64decode(detected.json()["images"][0]))))
+    assert edges[32, 14:19].max() == 255 and edges[32, 32].max() == 0
+    assert client.post("/controlnet/detect", json={"controlnet_module": "nope",
+                                                    "controlnet_input_images": [b64(square())]}).status_code == 422
+    assert client.post("/controlnet/detect", json={"controlnet_module": "canny"}).status_code == 422
+    weighted = client.post("/controlnet/detect", json={"controlnet_module": "depth",
+                                                        "controlnet_input_images": [b64(square())]})
+    assert weighted.status_code == 422 and "weights" in weighted.text
+
+
+def test_txt2img_with_a_unit_through_the_a1111_api(client):
+    plain = client.post("/sdapi/v1/txt2img", json=FAST)
+    body = {**FAST, "alwayson_scripts": {"controlnet": {"args": [
+        {"enabled": True, "module": "canny", "model": "control_tiny_sd15_canny", "image": b64(square()),
+         "processor_res": 64, "weight": 1.0}]}}}
+    controlled = client.post("/sdapi/v1/txt2img", json=body)
+    assert controlled.status_code == 200, controlled.text
+    info = json.loads(controlled.json()["info"])
+    assert 'ControlNet 0: "Module: canny, Model: control_tiny_sd15_canny [' in info["infotexts"][0]
+    assert controlled.json()["images"][0] != plain.json()["images"][0]
+    off = {**body, "alwayson_scripts": {"controlnet": {"args": [{**body["alwayson_scripts"]["controlnet"]["args"][0],
+                                                                 "weight": 0}]}}}
+    def pixels(response):
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))))
+
+    # weight 0: the same pixels (the infotext still records the enabled unit, as the extension's does)
+    assert np.array_equal(pixels(client.post("/sdapi/v1/txt2img", json=off)), pixels(plain))
+
+
+@pytest.mark.parametrize("unit, field", [
+    ({"enabled": True, "module": "canny", "model": "nope", "image": "x"}, "image"),
+    ({"enabled": True, "module": "canny", "model": "nope"}, "model"),
+    ({"enabled": True, "module": "canny", "model": "control_tiny_sd15_canny", "weight": 3}, "weight"),
+    ({"enabled": True, "module": "nope"}, "module"),
+    ({"enabled": True, "module": "canny", "model": "control_tiny_sd15_canny"}, "image"),
+])
+def test_bad_units_are_422s_naming_the_field(client, unit, field):
+    response = client.post("/sdapi/v1/txt2img", json={**FAST, "alwayson_scripts": {"controlnet": {"args": [{}, unit]}}})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == f"alwayson_scripts.controlnet.args.1.{field}", response.text
+
+
+def test_a_controlnet_for_another_family_fails_with_the_reason(client):
+    unit = {"enabled": True, "module": "canny", "model": "control_tiny_sdxl", "image": b64(square())}
+    response = client.post("/sdapi/v1/txt2img", json={**FAST, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert response.status_code == 422, response.text
+    assert "is for SDXL models" in response.text

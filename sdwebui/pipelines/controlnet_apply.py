@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +32,6 @@ from sdwebui.models.controlnet import LoadedControlNet
 from sdwebui.pipelines.context import ModelCall
 from sdwebui.pipelines.controlnet_preprocess import (
     fit_control_map,
-    input_from_rgba,
     pixel_perfect_resolution,
     run_preprocessor,
 )
@@ -146,11 +144,4 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
     return wrapped
 
 
-def as_array(image: Any, mask: Any = None) -> np.ndarray:
-    """A unit's PIL image (and mask) as the unit's input array (uint8 RGB)."""
-    rgb = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB"))
-    alpha = np.asarray(mask.convert("L")) if mask is not None else None
-    return input_from_rgba(rgb, alpha)
-
-
-__all__ = ["ActiveUnit", "controlnet_call", "control_scales", "RunProgress", "as_array"]
+__all__ = ["ActiveUnit", "controlnet_call", "control_scales", "RunProgress"]

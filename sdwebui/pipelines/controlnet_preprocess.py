@@ -11,6 +11,7 @@ shuffle moves pixels with a seeded random flow (the job's seed + subseed, as the
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -256,5 +257,12 @@ def input_from_rgba(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return hwc3(alpha)
 
 
-__all__ = ["run_preprocessor", "fit_control_map", "pixel_perfect_resolution", "input_from_rgba", "hwc3",
+def as_array(image: Any, mask: Any = None) -> np.ndarray:
+    """A unit's PIL image (and mask) as the unit's input array (uint8 RGB)."""
+    rgb = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB"))
+    alpha = np.asarray(mask.convert("L")) if mask is not None else None
+    return input_from_rgba(rgb, alpha)
+
+
+__all__ = ["as_array", "run_preprocessor", "fit_control_map", "pixel_perfect_resolution", "input_from_rgba", "hwc3",
            "resize_image_with_pad", "PreprocessorError", "IMPLEMENTATIONS"]

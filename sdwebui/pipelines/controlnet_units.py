@@ -48,6 +48,7 @@ RESIZE_ALIASES = {
 }
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 HIRES_OPTIONS = ("Both", "Low res only", "High res only")
+MAX_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,10 @@ def _b64_image(text: Any, loc: tuple):
     try:
         data = base64.b64decode(text, validate=False)
         image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_PIXELS:
+            raise ParamError(loc, f"image too large ({image.width}x{image.height})")
         image.load()
-    except (binascii.Error, ValueError, OSError, UnidentifiedImageError) as error:
+    except (binascii.Error, ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise ParamError(loc, f"cannot decode the image ({error})") from None
     return image
 

@@ -102,7 +102,7 @@ class ControlNet(Script):
     def _source(self, state: _JobState, index: int, unit: dict):
         """A callable giving (the unit's input image as uint8 RGB, its resize mode), read when the first step
         needs it (an img2img unit without an image takes the task's init image then)."""
-        from sdwebui.pipelines.controlnet_apply import as_array
+        from sdwebui.pipelines.controlnet_preprocess import as_array  # OpenCV
 
         if unit["image"] is not None:
             image = decode_image(unit["image"])

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import HTTPException
 
+from sdwebui.core.errors import ParamError
 from sdwebui.server.a1111.schemas import ProgressResponse
 from sdwebui.server.errors import RETRY_AFTER_SECONDS, FieldError
 from sdwebui.server.queue import JobHandle, QueueFull, model_file_error
@@ -39,13 +40,16 @@ async def submit_and_wait(submit: Callable[[], JobHandle], what: str) -> JobHand
 def raise_for_failure(job: JobHandle, what: str) -> None:
     """A failed job as an HTTP error: 503 when the server's storage failed (disk full, database locked: the
     request may succeed later), 422 naming the file when a model file cannot be used, 500 naming `what` failed
-    otherwise."""
+    otherwise; a ParamError raised while it ran is a 422 naming its field."""
     if job.status != "failed":
         return
     if is_storage_fault(job.exception):
         raise HTTPException(503, f"{what} failed: {job.error}", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if model_file_error(job.exception) is not None:
         raise FieldError(("sd_model_checkpoint",), f"{what} failed: {job.error}")
+    if isinstance(job.exception, ParamError):  # an argument only the loaded model could check (a ControlNet of
+        # another family): a 422 naming it, as the checks before the job
+        raise FieldError(job.exception.loc, f"{what} failed: {job.exception.message}")
     raise HTTPException(500, f"{what} failed: {job.error}")
 
 
