@@ -1,4 +1,5 @@
-"""The Extras tab (A1111's "Single Image" extras): upscale a picture with one or two upscalers.
+"""The Extras tab (A1111's "Single Image" extras): upscale a picture with one or two upscalers, then restore its
+faces with GFPGAN and CodeFormer.
 
 The job is the same one `/sdapi/v1/extra-single-image` queues (`server.extras`), so the browser and the API
 get the same pixels for the same settings.
@@ -18,6 +19,7 @@ from sdwebui.server.errors import FieldError
 from sdwebui.server.extras import ExtrasSingleImageRequest, extras_params, html_info
 from sdwebui.server.service import ExtrasRequest, QueueFull
 from sdwebui.server.services import Services
+from sdwebui.server.store import StoreUnavailable
 from sdwebui.ui.fields import UIError, extras_upscaler_choices
 from sdwebui.ui.txt2img import progress_html
 
@@ -44,6 +46,9 @@ def submit_extras(services: Services, image, values: dict[str, Any]):
             upscaler_1=str(values["upscaler_1"] or "None"),
             upscaler_2=str(values["upscaler_2"] or "None"),
             extras_upscaler_2_visibility=float(values["extras_upscaler_2_visibility"]),
+            gfpgan_visibility=float(values.get("gfpgan_visibility") or 0),
+            codeformer_visibility=float(values.get("codeformer_visibility") or 0),
+            codeformer_weight=float(values.get("codeformer_weight") or 0),
         )
         params = extras_params(request)
         return services.generation.submit_extras(ExtrasRequest(params, [(("image",), image)], client="ui"))
@@ -52,7 +57,7 @@ def submit_extras(services: Services, image, values: dict[str, Any]):
         raise UIError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     except (FieldError, ParamError) as error:
         raise UIError(f"{'.'.join(str(p) for p in error.loc)}: {error.message}") from None
-    except QueueFull as error:
+    except (QueueFull, StoreUnavailable) as error:  # a full queue; a full disk, a locked database: try later
         raise UIError(str(error)) from None
 
 
@@ -83,6 +88,15 @@ def build(services: Services) -> ExtrasTab:
             f["extras_upscaler_2_visibility"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001,
                                                           label="Upscaler 2 visibility",
                                                           elem_id="extras_upscaler_2_visibility")
+            # A1111's postprocessing_gfpgan.py / postprocessing_codeformer.py, run after the upscaler
+            f["gfpgan_visibility"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility",
+                                               elem_id="extras_gfpgan_visibility")
+            with gr.Row():
+                f["codeformer_visibility"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility",
+                                                       elem_id="extras_codeformer_visibility", min_width=140)
+                f["codeformer_weight"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001,
+                                                   label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+                                                   elem_id="extras_codeformer_weight", min_width=140)
         with gr.Column(scale=1, min_width=300):
             c["status"] = gr.HTML("", elem_id="extras_status", padding=False)
             c["result"] = gr.Image(label="Result", type="pil", format="png", interactive=False,

@@ -32,6 +32,7 @@ from sdwebui.server.options import OPTIONS
 from sdwebui.server.pasting import settings_from_infotext, values_from_infotext
 from sdwebui.server.service import PARAMS_TYPES, GenerationRequest, JobHandle, QueueFull
 from sdwebui.server.services import Services
+from sdwebui.server.store import StoreUnavailable
 
 # The txt2img tab's fields: engine parameter names, in the order of the Gradio inputs that carry them.
 TXT2IMG_FIELDS: tuple[str, ...] = (
@@ -52,6 +53,7 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
     "seed_resize_from_w",
     "seed_resize_from_h",
     "tiling",
+    "restore_faces",
     # Hires fix and refiner
     "enable_hr",
     "hr_upscaler",
@@ -160,7 +162,7 @@ def submit(services: Services, request: GenerationRequest) -> JobHandle:
     except ParamError as error:
         label = script_arg_label(services.scripts.scripts(request.kind), request, error.loc)
         raise UIError(f"{label}: {error.message}" if label else field_error_text(error)) from None
-    except QueueFull as error:
+    except (QueueFull, StoreUnavailable) as error:  # a full queue; a full disk, a locked database: try later
         raise UIError(str(error)) from None
 
 
