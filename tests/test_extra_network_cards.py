@@ -156,8 +156,14 @@ def test_previews_are_served_from_inside_the_model_folders_only(client, server):
         (lora_dir / "escape.png").unlink()
 
 
-def test_card_html_carries_what_the_page_script_needs(server):
-    services = server.services
+def test_card_html_carries_what_the_page_script_needs(tmp_path, tiny_sd1_path):
+    from sdwebui.app import build_services
+    from sdwebui.config import Paths
+    from sdwebui.server.config import ServerConfig
+
+    data = make_data_dir(tmp_path / "data", tiny_sd1_path, "tiny-sd1.safetensors")
+    fill_folders(data)
+    services = build_services(ServerConfig(paths=Paths.from_flags(data_dir=data), ui=False))
     page = extra_networks.page_html(services, "lora", "txt2img", family="SD1")
     assert 'data-prompt="&lt;lora:ink:0.6&gt; inkwash"' in page
     assert 'id="txt2img_lora_cards"' in page and 'data-subfolder="styles"' in page

@@ -33,6 +33,8 @@ from sdwebui.ui.fields import (
     style_names,
     vae_choices,
 )
+from sdwebui.ui.extra_networks import CSS as EXTRA_NETWORKS_CSS
+from sdwebui.ui.extra_networks import EXTRA_NETWORKS_JS
 from sdwebui.ui.icons import ICON_CSS, ICON_TITLES_JS, icon_button
 
 CSS = """
@@ -62,7 +64,7 @@ CSS = """
 }
 /* Gradio puts a "·" before each footer link; ours is the only one (footer_links=["settings"]). */
 footer .divider { display: none !important; }
-""" + ICON_CSS
+""" + ICON_CSS + EXTRA_NETWORKS_CSS
 
 PAGE_JS = """
 () => {
@@ -77,7 +79,7 @@ PAGE_JS = """
     const button = document.querySelector(`#${box.id.split("_")[0]}_generate`);
     if (button) button.click();
   });
-""" + ICON_TITLES_JS + """
+""" + ICON_TITLES_JS + EXTRA_NETWORKS_JS + """
 }
 """
 
@@ -171,6 +173,18 @@ def _wire_top_bar(services: Services, page: Page) -> None:
                           [page.status, *sizes], show_progress="hidden")
     page.vae.input(lambda v, *s: set_option("sd_vae", v, *s), [page.vae, *sizes], [page.status, *sizes],
                    show_progress="hidden")
+
+    def checkpoint_card(value, *sizes):
+        """A checkpoint card clicked in a tab's Extra Networks: switched as the top bar's list switches."""
+        title = (value or "").split("\n")[0]
+        if not title:
+            return gr.skip(), gr.skip(), *[gr.skip()] * len(sizes)
+        status, *follow = set_option("sd_model_checkpoint", title, *sizes)
+        return gr.update(value=title) if not status else gr.skip(), status, *follow
+
+    for tab in (page.t2i, page.i2i):
+        tab.components["extra_checkpoint"].change(checkpoint_card, [tab.components["extra_checkpoint"], *sizes],
+                                                  [page.checkpoint, page.status, *sizes], show_progress="hidden")
 
     def refresh_lists():
         titles, current = checkpoint_choices(services)

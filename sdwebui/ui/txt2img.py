@@ -21,6 +21,7 @@ from sdwebui.core.upscale_modes import BUILTIN_UPSCALERS, LATENT_UPSCALE_MODES
 from sdwebui.pipelines.params import Txt2ImgParams
 from sdwebui.pipelines.scripts import Script
 from sdwebui.server.services import Services
+from sdwebui.ui import extra_networks
 from sdwebui.ui.controls import param_control, script_arg_control
 from sdwebui.ui.fields import (
     DEFAULTS,
@@ -90,13 +91,17 @@ def build(
     f, c = tab.fields, tab.components
     c["job_state"], c["result_state"] = gr.State(None), gr.State(None)
     _prompt_row(prefix, f, c)
+    connect_extra_networks = extra_networks.build(services, prefix, f, c)
     with gr.Row(elem_id=f"{prefix}_main", equal_height=False):
         with gr.Column(scale=1, min_width=300, elem_id=f"{prefix}_settings"):
             if image_inputs is not None:
                 image_inputs(f, c)
             _sampling_controls(prefix, f, c, detect_size=image_inputs is not None)
             _seed_controls(prefix, f, c)
-            f["tiling"] = param_control(Txt2ImgParams, "tiling", f"{prefix}_tiling")
+            with gr.Row(elem_id=f"{prefix}_checkboxes"):
+                f["restore_faces"] = param_control(Txt2ImgParams, "restore_faces", f"{prefix}_restore_faces",
+                                                   info=None, min_width=120)
+                f["tiling"] = param_control(Txt2ImgParams, "tiling", f"{prefix}_tiling", min_width=120)
             # Filled by pasting an infotext; hidden while empty (as A1111's).
             f["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                                  label="Override settings", visible=False,
@@ -109,6 +114,7 @@ def build(
                 build_hires_and_refiner(services, f, c)
             build_scripts(scripts, prefix, f, c, services)
         _results_column(prefix, c)
+    connect_extra_networks(c["gallery"])
     _wire_token_counters(services, counter, f, c)
     _wire_generate(services, tab, submit)
     _wire_seed_and_size_buttons(f, c)
@@ -412,9 +418,14 @@ def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict, services
     selectable = [script for script in scripts if not script.alwayson]
     for script in (s for s in scripts if s.alwayson):
         with gr.Accordion(script.title, open=False, elem_id=f"{prefix}_script_{_slug(script.name)}"):
-            for index, arg in enumerate(script.args):
-                f[f"alwayson:{script.name}:{index}"] = script_arg_control(
-                    arg, f"{prefix}_script_{_slug(script.name)}_{index}")
+            own_layout = getattr(script, "build_ui", None)  # ControlNet's unit tabs
+            if own_layout is not None and services is not None:
+                controls = own_layout(TabScriptUI(services, prefix, f"{prefix}_script_{_slug(script.name)}"))
+            else:
+                controls = [script_arg_control(arg, f"{prefix}_script_{_slug(script.name)}_{index}")
+                            for index, arg in enumerate(script.args)]
+            for index, control in enumerate(controls):
+                f[f"alwayson:{script.name}:{index}"] = control
     if not selectable:
         return
     f["script_name"] = gr.Dropdown(["None", *(script.title for script in selectable)], value="None", label="Script",
