@@ -110,6 +110,12 @@ def add_extras_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-crop", action="store_true", help="with --resize-to: keep the aspect ratio, no crop")
     parser.add_argument("--upscaler-2", default="None", help="a second upscaler blended over the first")
     parser.add_argument("--upscaler-2-visibility", type=float, default=0.0, help="its weight, 0..1")
+    parser.add_argument("--gfpgan-visibility", type=float, default=0.0,
+                        help="restore faces with GFPGAN (models/GFPGAN) after upscaling, blended in at this weight")
+    parser.add_argument("--codeformer-visibility", type=float, default=0.0,
+                        help="restore faces with CodeFormer (models/Codeformer; optional extra) at this weight")
+    parser.add_argument("--codeformer-weight", type=float, default=0.0,
+                        help="CodeFormer's fidelity: 0 = maximum effect, 1 = minimum (default 0)")
     parser.add_argument("--out", help="output folder (default: <data-dir>/outputs/extras-images/<date>)")
 
 
@@ -285,7 +291,9 @@ def run_extras(args, paths) -> int:
         resize_mode = 1
     params = ExtrasParams(resize_mode=resize_mode, upscaling_resize=args.scale, upscaling_resize_w=width,
                           upscaling_resize_h=height, upscaling_crop=not args.no_crop, upscaler_1=args.upscaler,
-                          upscaler_2=args.upscaler_2, upscaler_2_visibility=args.upscaler_2_visibility)
+                          upscaler_2=args.upscaler_2, upscaler_2_visibility=args.upscaler_2_visibility,
+                          gfpgan_visibility=args.gfpgan_visibility, codeformer_visibility=args.codeformer_visibility,
+                          codeformer_weight=args.codeformer_weight)
     services = build_services(cli_config(args, paths))
     request = ExtrasRequest(params, [(("IMAGE",), image)], names=[Path(args.image).name], save_images=True,
                             client="cli", outdir=str(Path(args.out).resolve()) if args.out else None)

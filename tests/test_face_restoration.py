@@ -407,3 +407,35 @@ def test_api_extras_face_fields(server):
         r = client.post("/sdapi/v1/extra-single-image",
                         json={"image": _b64png(Image.new("RGB", (16, 16))), "codeformer_weight": 2})
         assert r.status_code == 422 and r.json()["field"] == "codeformer_weight"
+
+
+def test_the_ui_sends_the_face_fields(server):
+    from sdwebui.ui.extras import submit_extras
+    from sdwebui.ui.fields import DEFAULTS, TXT2IMG_FIELDS, UIError
+
+    assert "restore_faces" in TXT2IMG_FIELDS and DEFAULTS["restore_faces"] is False
+    values = {"resize_mode": 0, "upscaling_resize": 2, "upscaling_resize_w": 512, "upscaling_resize_h": 512,
+              "upscaling_crop": True, "upscaler_1": "None", "upscaler_2": "None", "extras_upscaler_2_visibility": 0,
+              "gfpgan_visibility": 0, "codeformer_visibility": 0.5, "codeformer_weight": 0.3}
+    with pytest.raises(UIError, match="^codeformer_visibility: CodeFormer is not installed"):
+        submit_extras(server.services, Image.new("RGB", (16, 8)), values)
+
+
+def test_the_command_line(tmp_path, tiny_sd1_path, models_dir, capsys):
+    import shutil
+
+    from sdwebui.cli import main
+
+    root = tmp_path / "data"
+    (root / "models" / "Stable-diffusion").mkdir(parents=True)
+    shutil.copyfile(tiny_sd1_path, root / "models" / "Stable-diffusion" / tiny_sd1_path.name)
+    shutil.copytree(models_dir / "RestoreFormer", root / "models" / "RestoreFormer")
+    assert main(["txt2img", "a face", "--restore-faces", "--face-restoration-model", "RestoreFormer", "--steps", "2",
+                 "--width", "64", "--height", "64", "--device", "cpu", "--out", str(tmp_path / "out"),
+                 "--data-dir", str(root)]) == 0
+    saved = Image.open(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "Face restoration: RestoreFormer" in saved.info["parameters"]
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (32, 32)).save(picture)
+    assert main(["extras", str(picture), "--gfpgan-visibility", "1", "--data-dir", str(root)]) == 2
+    assert "gfpgan_visibility" in capsys.readouterr().err

@@ -36,7 +36,7 @@ MAX_BATCH_FILES = 1000
 COMMON_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "styles", "sampler", "scheduler", "steps", "cfg_scale", "width", "height",
     "batch_count", "batch_size", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
-    "tiling", "override_settings",
+    "tiling", "restore_faces", "override_settings",
 )
 IMG2IMG_FIELDS: tuple[str, ...] = COMMON_FIELDS + (
     "mode", "init_image", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload_image", "inpaint_upload_mask",

@@ -98,10 +98,7 @@ def build(
                 image_inputs(f, c)
             _sampling_controls(prefix, f, c, detect_size=image_inputs is not None)
             _seed_controls(prefix, f, c)
-            with gr.Row(elem_id=f"{prefix}_checkboxes"):
-                f["restore_faces"] = param_control(Txt2ImgParams, "restore_faces", f"{prefix}_restore_faces",
-                                                   info=None, min_width=120)
-                f["tiling"] = param_control(Txt2ImgParams, "tiling", f"{prefix}_tiling", min_width=120)
+            f["tiling"] = param_control(Txt2ImgParams, "tiling", f"{prefix}_tiling")
             # Filled by pasting an infotext; hidden while empty (as A1111's).
             f["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                                  label="Override settings", visible=False,
@@ -418,14 +415,9 @@ def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict, services
     selectable = [script for script in scripts if not script.alwayson]
     for script in (s for s in scripts if s.alwayson):
         with gr.Accordion(script.title, open=False, elem_id=f"{prefix}_script_{_slug(script.name)}"):
-            own_layout = getattr(script, "build_ui", None)  # ControlNet's unit tabs
-            if own_layout is not None and services is not None:
-                controls = own_layout(TabScriptUI(services, prefix, f"{prefix}_script_{_slug(script.name)}"))
-            else:
-                controls = [script_arg_control(arg, f"{prefix}_script_{_slug(script.name)}_{index}")
-                            for index, arg in enumerate(script.args)]
-            for index, control in enumerate(controls):
-                f[f"alwayson:{script.name}:{index}"] = control
+            for index, arg in enumerate(script.args):
+                f[f"alwayson:{script.name}:{index}"] = script_arg_control(
+                    arg, f"{prefix}_script_{_slug(script.name)}_{index}")
     if not selectable:
         return
     f["script_name"] = gr.Dropdown(["None", *(script.title for script in selectable)], value="None", label="Script",
