@@ -300,16 +300,19 @@ class _Patcher:
                 if multiplier != 0:
                     per_layer.setdefault(layer, []).append((parts, multiplier, call.dyn, call.name, index))
         modules = {(t.component, t.name): t.module for t in self.model_index().values()}
+        fp8 = getattr(self.model, "fp8", None)
+        base = fp8.lora_base if fp8 is not None else torch.nn.Parameter.detach
         patched: list[tuple[torch.nn.Parameter, Tensor, tuple]] = []
         with torch.no_grad():
             for layer, entries in per_layer.items():
                 module = modules[layer]
                 weight: torch.nn.Parameter = module.weight
                 # A float32 copy of our own (`copy=True`: for a float32 model `.float()` would alias the
-                # original, which must never be written).
-                w = weight.detach().to(torch.float32, copy=True)
+                # original, which must never be written); of the cached original for a model stored in fp8 with
+                # "Cache FP16 weight for LoRA" (A1111's `fp16_weight`).
+                w = base(weight).to(weight.device, torch.float32, copy=True)
                 bias_param = getattr(module, "bias", None)
-                b = bias_param.detach().to(torch.float32, copy=True) if bias_param is not None else None
+                b = base(bias_param).to(bias_param.device, torch.float32, copy=True) if bias_param is not None else None
                 changed_bias = False
                 for parts, multiplier, dyn, name, index in entries:
                     try:

@@ -29,6 +29,7 @@ from sdwebui.filestat import file_versions
 from sdwebui.models.detect import detect
 from sdwebui.models.devices import DevicePlan
 from sdwebui.models.files import ModelFileError, read_safetensors_header
+from sdwebui.models.fp8 import fp8_wanted, store_in_fp8
 from sdwebui.models.hashing import sha256_of
 from sdwebui.models.memory import MemoryChoice, MemoryPolicy, ModelBytes, choose_mode, estimate_bytes, place_model
 from sdwebui.models.sd_model import SDModel
@@ -51,21 +52,27 @@ class LoadRequest:
     checkpoint: Path
     vae: Path | None
     prediction_type: str | None
+    fp8: tuple[str, bool] = ("Disable", False)
+    """(`fp8_storage`, `cache_fp16_weight`) when the model is loaded: a model loaded with others is another one."""
 
     @property
     def key(self) -> tuple:
-        return (str(self.checkpoint), str(self.vae) if self.vae else None, self.prediction_type)
+        fp8 = () if self.fp8 == ("Disable", False) else (self.fp8,)
+        return (str(self.checkpoint), str(self.vae) if self.vae else None, self.prediction_type, *fp8)
 
 
 class ModelManager:
     def __init__(self, paths: Paths, devices: DevicePlan, *, prediction_type: str | None = None,
-                 memory: MemoryPolicy | None = None, keep: Callable[[], tuple[int, int]] | None = None):
+                 memory: MemoryPolicy | None = None, keep: Callable[[], tuple[int, int]] | None = None,
+                 fp8: Callable[[], tuple[str, bool]] | None = None):
         self.paths = paths
         self.devices = devices
         self.prediction_type = prediction_type
         self.memory = memory if memory is not None else MemoryPolicy()
         self.keep = keep if keep is not None else (lambda: (1, 0))
         """(A1111's `sd_checkpoints_limit`, `sd_checkpoint_cache`), read at every switch: see `get`."""
+        self.fp8 = fp8 if fp8 is not None else (lambda: ("Disable", False))
+        """(A1111's `fp8_storage`, `cache_fp16_weight`), read when a model is asked for (`models.fp8`)."""
         self._lock = threading.RLock()
         self._loaded: SDModel | None = None
         self._loaded_key: tuple | None = None
@@ -157,7 +164,8 @@ class ModelManager:
         `sd_checkpoint_cache` more as state dicts; here both are kept as modules, which is what makes a switch
         back fast.) With the defaults (1, 0) the old model is released before the next is loaded, so peak
         memory is one model."""
-        request = LoadRequest(self.resolve_checkpoint(checkpoint), self._vae_for(vae), self.prediction_type)
+        request = LoadRequest(self.resolve_checkpoint(checkpoint), self._vae_for(vae), self.prediction_type,
+                              self._fp8_setting())
         with self._lock:
             if self._loaded is not None and self._loaded_key == request.key:
                 return self._loaded
@@ -175,6 +183,10 @@ class ModelManager:
             model = self._load(request, automatic_vae=vae in (None, "", "Automatic"))
             self._loaded, self._loaded_key = model, request.key
             return model
+
+    def _fp8_setting(self) -> tuple[str, bool]:
+        setting, cache = self.fp8()
+        return (str(setting), bool(cache))
 
     def cached(self) -> list[tuple]:
         """Keys of the models kept in RAM besides the loaded one, least recently used first."""
@@ -209,7 +221,7 @@ class ModelManager:
         It is kept in a second slot, so a job alternating base and refiner batch after batch, and the next such
         job, load neither again; the main model stays where it is. Peak memory is two models (A1111 swaps them
         through its checkpoint cache instead, reloading from disk when the cache is 0, its default)."""
-        request = LoadRequest(self.resolve_checkpoint(checkpoint), None, self.prediction_type)
+        request = LoadRequest(self.resolve_checkpoint(checkpoint), None, self.prediction_type, self._fp8_setting())
         with self._lock:
             if self._loaded is not None and self._loaded_key == request.key:
                 return self._loaded
@@ -236,9 +248,11 @@ class ModelManager:
 
         device = self.devices.device
         may_offload = self._may_offload()
-        choice = self._memory_choice(request.checkpoint) if may_offload else None
+        fp8_setting, fp8_cache = request.fp8
+        choice = self._memory_choice(request.checkpoint, fp8_setting) if may_offload else None
         offloaded = may_offload and (choice is None or choice.mode != "none")
-        load_device = torch.device("cpu") if offloaded else device
+        # FP8 is cast in RAM: the model never sits on the device in its compute dtype.
+        load_device = torch.device("cpu") if offloaded or fp8_setting != "Disable" else device
         log.info("loading %s", request.checkpoint)
         model = load_checkpoint(
             request.checkpoint,
@@ -250,6 +264,9 @@ class ModelManager:
             prediction_type=request.prediction_type,
             hash_cache_dir=self.paths.cache_dir,
         )
+        if fp8_wanted(fp8_setting, model.family):
+            store_in_fp8(model, fp8_setting, cache_fp16=fp8_cache)
+            model.config_notes.append(f"FP8 weight: {fp8_setting} (UNet and text encoders stored in float8_e4m3fn)")
         if choice is None and may_offload:  # a file whose header says too little (.ckpt): decide now
             choice = choose_mode(self.memory, model.family, device, _module_bytes(model))
         if choice is None:
@@ -266,9 +283,9 @@ class ModelManager:
         explicit = policy.mode in ("medvram", "lowvram") or policy.medvram_sdxl
         return explicit or policy.mode == "auto" and self.devices.device.type == "cuda"
 
-    def _memory_choice(self, checkpoint: Path) -> MemoryChoice | None:
-        """The memory mode for `checkpoint`, from its header (family, tensor sizes); None when only loading it
-        can tell (a pickled `.ckpt`)."""
+    def _memory_choice(self, checkpoint: Path, fp8_setting: str = "Disable") -> MemoryChoice | None:
+        """The memory mode for `checkpoint`, from its header (family, tensor sizes; weights stored in fp8 take one
+        byte each); None when only loading it can tell (a pickled `.ckpt`)."""
         from sdwebui.models.loader import describe_checkpoint
 
         path = Path(checkpoint)
@@ -277,6 +294,9 @@ class ModelManager:
         family = describe_checkpoint(path).family
         shapes = None if path.is_dir() else read_safetensors_header(path).tensors
         sizes = estimate_bytes(shapes, family, self.devices.dtype, self.devices.vae_dtype)
+        if fp8_wanted(fp8_setting, family):
+            itemsize = torch.empty((), dtype=self.devices.dtype).element_size()
+            sizes = ModelBytes(sizes.unet // itemsize, sizes.text_encoders // itemsize, sizes.vae)
         return choose_mode(self.memory, family, self.devices.device, sizes)
 
     @property

@@ -53,6 +53,8 @@ class SDModel:
     """Human-readable notes from loading (e.g. "v-prediction detected from the .yaml beside the file")."""
     placement: "ModelPlacement | None" = None  # noqa: F821  (sdwebui.models.memory)
     """The memory mode (`--medvram`, `--lowvram`) and its hooks; None: every module stays on `device`."""
+    fp8: "Fp8Storage | None" = None  # noqa: F821  (sdwebui.models.fp8)
+    """FP8 weight storage (A1111's "FP8 weight" setting) of the UNet and text encoders; None: off."""
 
     @property
     def latent_scaling_factor(self) -> float:

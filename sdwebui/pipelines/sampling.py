@@ -37,6 +37,7 @@ from sdwebui.core.denoiser import CFGConditioning, CFGDenoiser, DiscreteSchedule
 from sdwebui.core.samplers import ResolvedSampling, SamplerSpec
 from sdwebui.core.schedules import find_schedule
 from sdwebui.models.embeddings import ti_hashes
+from sdwebui.models.fp8 import fp8_infotext
 from sdwebui.models.memory import call_with_memory_retry
 from sdwebui.models.sd_model import SDModel
 from sdwebui.models.text_encoding import Conditioning
@@ -615,6 +616,7 @@ def create_infotext(
         LABELS["width"]: f"{params.width}x{params.height}",
         "Model hash": model.info.short_hash,
         "Model": model.info.name,
+        **fp8_infotext(model),  # A1111: "FP8 weight", "Cache FP16 weight for LoRA" when the model is stored in fp8
         "VAE hash": vae.short_hash if vae else None,
         "VAE": vae.path.name if vae else None,
         LABELS["subseed"]: subseed if varies else None,

@@ -89,6 +89,11 @@ OPTIONS: dict[str, OptionSpec] = {
     "sd_checkpoints_limit": OptionSpec(1, "Maximum number of checkpoints loaded at the same time", int, minimum=1,
                                        maximum=10),
     "sd_checkpoint_cache": OptionSpec(0, "Checkpoints to cache in RAM", int, minimum=0, maximum=10),
+    # optimizations (A1111's "Optimizations" section): applied when a model is loaded
+    "fp8_storage": OptionSpec("Disable", "FP8 weight (store the UNet's and text encoders' Linear/Conv weights in "
+                              "FP8)", str, choices=("Disable", "Enable for SDXL", "Enable")),
+    "cache_fp16_weight": OptionSpec(False, "Cache FP16 weight for LoRA (more RAM; better LoRA quality with FP8)",
+                                    bool),
     "CLIP_stop_at_last_layers": OptionSpec(1, "Clip skip", int, minimum=1, maximum=12),
     "emphasis": OptionSpec("Original", "Emphasis mode", str, choices=EMPHASIS_MODES),
     "disable_nan_check": OptionSpec(

@@ -88,8 +88,10 @@ class Services:
                 memory = MemoryPolicy(config.memory_mode, config.medvram_sdxl, config.vram_budget_gb)
                 keep = lambda: (int(self.options.get("sd_checkpoints_limit")),  # noqa: E731
                                 int(self.options.get("sd_checkpoint_cache")))
+                fp8 = lambda: (str(self.options.get("fp8_storage")),  # noqa: E731
+                               bool(self.options.get("cache_fp16_weight")))
                 self._models = ModelManager(self.paths, devices, prediction_type=config.prediction_type,
-                                            memory=memory, keep=keep)
+                                            memory=memory, keep=keep, fp8=fp8)
                 log.info("device: %s", devices.describe())
             return self._models
 

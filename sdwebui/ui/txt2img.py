@@ -98,7 +98,10 @@ def build(
                 image_inputs(f, c)
             _sampling_controls(prefix, f, c, detect_size=image_inputs is not None)
             _seed_controls(prefix, f, c)
-            f["tiling"] = param_control(Txt2ImgParams, "tiling", f"{prefix}_tiling")
+            with gr.Row(elem_id=f"{prefix}_checkboxes"):
+                f["restore_faces"] = param_control(Txt2ImgParams, "restore_faces", f"{prefix}_restore_faces",
+                                                   info=None, min_width=120)
+                f["tiling"] = param_control(Txt2ImgParams, "tiling", f"{prefix}_tiling", min_width=120)
             # Filled by pasting an infotext; hidden while empty (as A1111's).
             f["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                                  label="Override settings", visible=False,
