@@ -94,7 +94,13 @@ def test_img2img_size_native_then_detected_from_the_image_and_icons_drawn(page, 
         wait_until(lambda: button.get_attribute("title") == title, timeout=15)
         assert button.get_attribute("aria-label") == title
         # the icon is fetched from the server: under a busy suite it may still be loading
-        wait_until(lambda: button.locator("img").evaluate("img => img.complete && img.naturalWidth > 0"), timeout=15)
+        button.scroll_into_view_if_needed()
+        loaded = "img => img.complete && img.naturalWidth > 0"
+        try:
+            wait_until(lambda: button.locator("img").evaluate(loaded), timeout=30)
+        except AssertionError:
+            state = button.locator("img").evaluate("img => [img.src, img.complete, img.naturalWidth]")
+            raise AssertionError(f"{elem_id}: icon not drawn: {state}") from None
         box = button.bounding_box()
         assert box["width"] <= 80, (elem_id, box)  # the hidden label takes no room
 

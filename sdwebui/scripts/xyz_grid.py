@@ -705,14 +705,18 @@ class XYZPlot(Script):
             """A1111's `select_axis`: a list axis shows its dropdown (or, in text mode, its values as CSV); what
             was entered carries over where it is one of the new axis's choices."""
             found = choices_of(axis_type)
+            converted = {}  # the values box is written only when its text moves to the dropdown or back: this
+            # answer may arrive after the user has typed into it
             if found is not None:
                 if csv and picked:
-                    text, picked = csv_text([value for value in picked if value in found]), []
+                    converted = {"value": csv_text([value for value in picked if value in found])}
+                    picked = []
                 elif not csv and text:
-                    picked, text = [value for value in csv_values(text) if value in found], ""
+                    picked, converted = [value for value in csv_values(text) if value in found], {"value": ""}
             listed = found is not None
-            return (gr.update(visible=listed), gr.update(visible=not listed or csv, value=text),
-                    gr.update(choices=found or [], visible=listed and not csv, value=picked or []))
+            return (gr.update(visible=listed), gr.update(visible=not listed or csv, **converted),
+                    gr.update(choices=found or [], visible=listed and not csv,
+                              value=[value for value in picked or [] if value in (found or [])]))
 
         for kind, values, dropdown, fill_button in rows:
             fill_button.click(fill, [kind, csv_mode], [values, dropdown], show_progress="hidden", queue=False)
