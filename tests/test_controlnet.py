@@ -393,3 +393,32 @@ def test_a_controlnet_for_another_family_fails_with_the_reason(client):
     response = client.post("/sdapi/v1/txt2img", json={**FAST, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
     assert response.status_code == 422, response.text
     assert "is for SDXL models" in response.text
+
+
+# ---- the web UI -----------------------------------------------------------------------------------------------
+
+
+def test_the_ui_has_unit_tabs_in_both_tabs_and_a_unit_reaches_the_job_as_the_api_takes_it(tmp_path):
+    import httpx
+    from test_api_support import LiveServer
+
+    from sdwebui.scripts.controlnet import preview_map, slider_updates, unit_json
+
+    with LiveServer(tmp_path, preload=False) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        config = client.get("/config").text
+    for tab in ("txt2img", "img2img"):
+        for name in ("0_enable", "0_image", "0_module", "0_model", "0_refresh_models", "0_run_preprocessor",
+                     "0_weight", "0_start", "0_end", "0_control_mode", "0_resize_mode", "0_pixel_perfect",
+                     "0_preview", "2_enable"):
+            assert f'"{tab}_script_controlnet_{name}"' in config, (tab, name)
+    text = unit_json(True, Image.fromarray(square()), "canny", "m", 0.8, 0.1, 0.9, "Balanced", "Just Resize", True,
+                     64, 100, 200)
+    unit = check_unit(text, LOC)
+    assert unit["enabled"] and unit["weight"] == 0.8 and unit["resize_mode"] == "Just Resize" and unit["image"]
+    assert check_unit(unit_json(False, None, "none", "None", 1, 0, 1, "Balanced", "Crop and Resize", False, 512,
+                                -1, -1), LOC)["enabled"] is False
+    resolution, low, high = slider_updates("canny")
+    assert resolution["visible"] and low["label"] == "Low Threshold" and high["value"] == 200
+    assert [update["visible"] for update in slider_updates("invert")] == [False, False, False]
+    edges = np.asarray(preview_map(Image.fromarray(square()), "canny", 64, 100, 200))
+    assert edges[32, 14:19].max() == 255 and edges[32, 32].max() == 0

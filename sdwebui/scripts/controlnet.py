@@ -14,6 +14,9 @@ an object with the extension's field names: `pipelines.controlnet_units`).
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -22,11 +25,13 @@ from typing import Any
 from sdwebui.core.errors import ParamError
 from sdwebui.models.controlnet_files import ControlNetLibrary
 from sdwebui.pipelines.controlnet_units import (
+    CONTROL_MODES,
     RESIZE_MODES,
     UNIT_COUNT,
     ControlNetUnitArg,
     decode_image,
     find_preprocessor,
+    module_list,
     serialize_unit,
 )
 from sdwebui.pipelines.img2img_params import Img2ImgParams
@@ -98,6 +103,67 @@ class ControlNet(Script):
     def after_job(self, outcome, args: tuple) -> None:
         self._jobs.pop(id(args), None)
 
+    # ---- the web UI -------------------------------------------------------------------------------------------
+    def build_ui(self, ui) -> list:
+        """The extension's accordion: a tab per unit with its image, Enable / Pixel Perfect / Allow Preview, the
+        preprocessor (with Run preprocessor to preview its map) and model (with refresh), weight, start / end, the
+        preprocessor's sliders, control mode and resize mode. Each unit's controls are gathered into one hidden
+        value (the unit as JSON, image as base64), which is the job's `alwayson_scripts.controlnet.args[i]`."""
+        import gradio as gr  # the web UI only
+
+        values = []
+        with gr.Tabs(elem_id=ui.elem_id("units")):
+            for index in range(UNIT_COUNT):
+                with gr.Tab(f"ControlNet Unit {index}", elem_id=ui.elem_id(f"unit_{index}")):
+                    values.append(self._unit_ui(gr, ui, index))
+        return values
+
+    def _unit_ui(self, gr, ui, index: int):
+        def eid(name: str) -> str:
+            return ui.elem_id(f"{index}_{name}")
+
+        with gr.Row():
+            image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], elem_id=eid("image"),
+                             height=256)
+            preview = gr.Image(type="pil", label="Preprocessor Preview", interactive=False, visible=False,
+                               elem_id=eid("preview"), height=256)
+        with gr.Row():
+            enabled = gr.Checkbox(label="Enable", value=False, elem_id=eid("enable"))
+            pixel_perfect = gr.Checkbox(label="Pixel Perfect", value=False, elem_id=eid("pixel_perfect"))
+            allow_preview = gr.Checkbox(label="Allow Preview", value=False, elem_id=eid("allow_preview"))
+        with gr.Row():
+            module = gr.Dropdown(module_list(), value="none", label="Preprocessor", elem_id=eid("module"))
+            run_preview = gr.Button("Run preprocessor", elem_id=eid("run_preprocessor"), size="sm", scale=0)
+            model = gr.Dropdown(["None", *self.library.titles()], value="None", label="Model",
+                                elem_id=eid("model"))
+            refresh = ui.icon_button("refresh", "Refresh models", f"{index}_refresh_models", scale=0, min_width=40)
+        weight = gr.Slider(0.0, 2.0, 1.0, step=0.05, label="Control Weight", elem_id=eid("weight"))
+        with gr.Row():
+            start = gr.Slider(0.0, 1.0, 0.0, step=0.01, label="Starting Control Step", elem_id=eid("start"))
+            end = gr.Slider(0.0, 1.0, 1.0, step=0.01, label="Ending Control Step", elem_id=eid("end"))
+        resolution = gr.Slider(64, 2048, 512, step=8, label="Preprocessor Resolution", visible=False,
+                               elem_id=eid("processor_res"))
+        threshold_a = gr.Slider(0, 255, 100, label="Threshold A", visible=False, elem_id=eid("threshold_a"))
+        threshold_b = gr.Slider(0, 255, 200, label="Threshold B", visible=False, elem_id=eid("threshold_b"))
+        control_mode = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control Mode",
+                                elem_id=eid("control_mode"))
+        resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[1], label="Resize Mode",
+                               elem_id=eid("resize_mode"))
+        value = gr.Textbox(value="", visible=False, elem_id=eid("unit"))
+
+        inputs = [enabled, image, module, model, weight, start, end, control_mode, resize_mode, pixel_perfect,
+                  resolution, threshold_a, threshold_b]
+        for control in inputs:
+            control.change(unit_json, inputs, value, show_progress="hidden", queue=False)
+        module.change(slider_updates, module, [resolution, threshold_a, threshold_b], show_progress="hidden",
+                      queue=False)
+        allow_preview.change(lambda shown: gr.update(visible=bool(shown)), allow_preview, preview,
+                             show_progress="hidden", queue=False)
+        run_preview.click(preview_map, [image, module, resolution, threshold_a, threshold_b], preview) \
+            .then(lambda: gr.update(visible=True), None, preview, queue=False)
+        refresh.click(lambda: gr.update(choices=["None", *self.library.titles()]), None, model, queue=False)
+        return value
+
     # ---- inputs and models ------------------------------------------------------------------------------------
     def _source(self, state: _JobState, index: int, unit: dict):
         """A callable giving (the unit's input image as uint8 RGB, its resize mode), read when the first step
@@ -149,4 +215,48 @@ class ControlNet(Script):
         return loaded
 
 
-__all__ = ["ControlNet"]
+def unit_json(enabled, image, module, model, weight, start, end, control_mode, resize_mode, pixel_perfect,
+              resolution, threshold_a, threshold_b) -> str:
+    """A unit's UI controls as the unit the job takes (JSON text; the image as base64 PNG)."""
+    unit = {"enabled": bool(enabled), "module": module or "none", "model": model or "None", "weight": weight,
+            "guidance_start": start, "guidance_end": end, "control_mode": control_mode,
+            "resize_mode": resize_mode, "pixel_perfect": bool(pixel_perfect), "processor_res": resolution,
+            "threshold_a": threshold_a, "threshold_b": threshold_b}
+    if image is not None:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        unit["image"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return json.dumps(unit)
+
+
+def slider_updates(module: str) -> list[dict]:
+    """The preprocessor's sliders (label, range, default), hidden where it has none."""
+    spec = find_preprocessor(module or "none")
+    updates = []
+    for slider in (spec.resolution, spec.slider_1, spec.slider_2) if spec else (None, None, None):
+        if slider is None:
+            updates.append({"__type__": "update", "visible": False})
+        else:
+            updates.append({"__type__": "update", "visible": True, "label": slider.label, "minimum": slider.minimum,
+                            "maximum": slider.maximum, "value": slider.value, "step": slider.step})
+    return updates
+
+
+def preview_map(image, module, resolution, threshold_a, threshold_b):
+    """The preprocessor's map of the unit's image (Run preprocessor), or None without an image."""
+    from PIL import Image
+
+    from sdwebui.pipelines.controlnet_preprocess import PreprocessorError, as_array, run_preprocessor  # OpenCV
+
+    if image is None:
+        return None
+    try:
+        return Image.fromarray(run_preprocessor(module or "none", as_array(image), int(resolution), threshold_a,
+                                                threshold_b))
+    except PreprocessorError as error:
+        import gradio as gr
+
+        raise gr.Error(str(error)) from None
+
+
+__all__ = ["ControlNet", "unit_json", "slider_updates", "preview_map"]

@@ -418,9 +418,14 @@ def build_scripts(scripts: list[Script], prefix: str, f: dict, c: dict, services
     selectable = [script for script in scripts if not script.alwayson]
     for script in (s for s in scripts if s.alwayson):
         with gr.Accordion(script.title, open=False, elem_id=f"{prefix}_script_{_slug(script.name)}"):
-            for index, arg in enumerate(script.args):
-                f[f"alwayson:{script.name}:{index}"] = script_arg_control(
-                    arg, f"{prefix}_script_{_slug(script.name)}_{index}")
+            own_layout = getattr(script, "build_ui", None)  # ControlNet's unit tabs
+            if own_layout is not None and services is not None:
+                controls = own_layout(TabScriptUI(services, prefix, f"{prefix}_script_{_slug(script.name)}"))
+            else:
+                controls = [script_arg_control(arg, f"{prefix}_script_{_slug(script.name)}_{index}")
+                            for index, arg in enumerate(script.args)]
+            for index, control in enumerate(controls):
+                f[f"alwayson:{script.name}:{index}"] = control
     if not selectable:
         return
     f["script_name"] = gr.Dropdown(["None", *(script.title for script in selectable)], value="None", label="Script",
