@@ -97,15 +97,6 @@ def build(services: Services) -> ExtrasTab:
                 f["codeformer_weight"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001,
                                                    label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
                                                    elem_id="extras_codeformer_weight", min_width=140)
-            # A1111's postprocessing_gfpgan.py / postprocessing_codeformer.py, run after the upscaler
-            f["gfpgan_visibility"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility",
-                                               elem_id="extras_gfpgan_visibility")
-            with gr.Row():
-                f["codeformer_visibility"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility",
-                                                       elem_id="extras_codeformer_visibility", min_width=140)
-                f["codeformer_weight"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001,
-                                                   label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
-                                                   elem_id="extras_codeformer_weight", min_width=140)
         with gr.Column(scale=1, min_width=300):
             c["status"] = gr.HTML("", elem_id="extras_status", padding=False)
             c["result"] = gr.Image(label="Result", type="pil", format="png", interactive=False,
