@@ -181,6 +181,8 @@ class ModelPlacement:
     _hooked: list[torch.nn.Module] = field(default_factory=list)
     _pinned_groups: dict | None = None
     _parts_of: dict = field(default_factory=dict)
+    _streamed: set = field(default_factory=set)
+    """ids of the modules whose layers group offloading moves (lowvram's UNet): never moved with `.to()`."""
 
     @property
     def offloads(self) -> bool:
@@ -189,14 +191,16 @@ class ModelPlacement:
     def bring(self, part: str, modules: list[torch.nn.Module]) -> None:
         """Put `modules` (the part called `part`) on the device and send the part there before them back to the
         offload device; a no-op when they are there."""
-        if self.resident is not None and self.resident[1] is modules and all(_on(m, self.device) for m in modules):
+        streamed = self._streamed
+        if self.resident is not None and self.resident[1] is modules and all(
+                id(m) in streamed or _on(m, self.device) for m in modules):
             return  # (checked, not assumed: a LoRA scope that ends swaps the original CPU tensors back in)
         if self.resident is not None:
             for module in self.resident[1]:
-                if not _group_offloaded(module):
+                if id(module) not in streamed:
                     module.to(self.offload_device)
         for module in modules:
-            if not _group_offloaded(module):
+            if id(module) not in streamed:
                 module.to(self.device)
         self.resident = (part, modules)
         self.onloads[part] = self.onloads.get(part, 0) + 1
@@ -264,6 +268,7 @@ class ModelPlacement:
                 use_stream=streams, record_stream=streams, low_cpu_mem_usage=False,
                 offload_to_disk_path=str(self.offload_dir) if self.offload_dir is not None else None,
             )
+            self._streamed = {id(model.unet)}
         for part, modules in self.parts.items():
             self.hook_part(part, modules)
         self.resident = None
@@ -294,6 +299,7 @@ class ModelPlacement:
                 registry.remove_hook(_SWAP_HOOK, recurse=False)
         self._hooked.clear()
         self._parts_of.clear()
+        self._streamed = set()
         self._pinned_groups = None
         if _group_offloaded(model.unet):
             from diffusers.hooks import HookRegistry
