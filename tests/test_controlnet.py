@@ -225,7 +225,7 @@ def unit(**values):
             "processor_res": 64, **values}
 
 
-def generate(model, registry, units, kind="txt2img", **values):
+def generate(model, registry, units, kind="txt2img", mask=None, **values):
     defaults = {"prompt": "a red cube", "negative_prompt": "blurry", "width": 64, "height": 64, "steps": 3,
                 "seed": 7, "sampler": "Euler", "rng": "cpu"}
     cls = Img2ImgParams if kind == "img2img" else Txt2ImgParams
@@ -238,7 +238,7 @@ def generate(model, registry, units, kind="txt2img", **values):
     task = GenerationTask(params, tuple(init))
     tasks = bound.expand(task)
     ctx = GenerationContext(model=model, hooks=bound.for_task(tasks[0]))
-    result = img2img(ctx, params, init) if kind == "img2img" else txt2img(ctx, params)
+    result = img2img(ctx, params, init, mask) if kind == "img2img" else txt2img(ctx, params)
     bound.after_job(None)
     return result
 
@@ -279,6 +279,29 @@ def test_img2img_uses_the_init_image_when_the_unit_has_none_and_hires_fix_runs(s
                            denoising_strength=0.5, hr_second_pass_steps=2)
     assert hires.images[0].size == (128, 128)
     assert not np.array_equal(np.asarray(hires.images[0]), np.asarray(plain_hires.images[0]))
+    # hr_option: a unit only for the first pass or only for the second changes the image differently
+    hr = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.5,
+          "hr_second_pass_steps": 2}
+    low = generate(sd1, registry, [unit(hr_option="Low res only")], **hr).latents
+    high = generate(sd1, registry, [unit(hr_option="High res only")], **hr).latents
+    for latents in (low, high):
+        assert not torch.allclose(latents, hires.latents, atol=1e-5)
+        assert not torch.allclose(latents, plain_hires.latents, atol=1e-5)
+    assert not torch.allclose(low, high, atol=1e-5)
+
+
+def test_inpainting_with_a_unit_on_a_plain_and_an_inpainting_model(sd1, tiny_sd1_inpaint_path, registry):
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    inpaint_model = load_checkpoint(tiny_sd1_inpaint_path, device="cpu", dtype=torch.float32,
+                                    vae_dtype=torch.float32)
+    for model in (sd1, inpaint_model):
+        plain = generate(model, registry, None, kind="img2img", mask=mask)
+        controlled = generate(model, registry, [unit()], kind="img2img", mask=mask)
+        changed = np.abs(np.asarray(controlled.images[0], np.int16) - np.asarray(plain.images[0], np.int16))
+        assert changed[:, :28].max() > 0  # the masked (redrawn) half follows the control
+        cropped = generate(model, registry, [unit()], kind="img2img", mask=mask, inpaint_full_res=True)
+        assert cropped.images[0].size == (64, 64)
 
 
 def test_txt2img_unit_without_image_and_a_controlnet_of_another_family_are_refused(sd1, registry):

@@ -4,7 +4,8 @@ Every UNet call (the CFG pass: cond and uncond rows in one batch) first runs eac
 same latents, timesteps and text conditioning, with the unit's control map at the latent's size (x 8), and adds the
 scaled residuals of all units to the UNet's down blocks and mid block (diffusers' `down_block_additional_residuals`
 / `mid_block_additional_residual`). The hires pass gets its map at the hires size, as the extension's
-`hr_hint_cond`.
+`hr_hint_cond`; a unit's `hr_option` ("Both", "Low res only", "High res only") says which passes it acts on, and
+canny / mlsd maps use the soft weights in the hires pass, as the extension forces them there.
 
 - *weight*: every residual times the unit's weight (a unit of weight 0 is not run at all, so the image is
   bit-identical to one without it).
@@ -35,7 +36,7 @@ from sdwebui.pipelines.controlnet_preprocess import (
     pixel_perfect_resolution,
     run_preprocessor,
 )
-from sdwebui.pipelines.controlnet_units import CONTROL_MODES
+from sdwebui.pipelines.controlnet_units import CONTROL_MODES, HIRES_OPTIONS
 
 SOFT_BASE = 0.825
 
@@ -49,6 +50,8 @@ class ActiveUnit:
     controlnet: LoadedControlNet
     source: Callable[[], tuple[np.ndarray, str]]
     seed: Callable[[], int] = lambda: 0
+    in_hires: Callable[[int, int], bool] = lambda height, width: False
+    """Whether a UNet call at (height, width) pixels is the hires fix's second pass."""
     _maps: dict = field(default_factory=dict)
 
     def control_map(self, height: int, width: int) -> np.ndarray:
@@ -71,15 +74,19 @@ class ActiveUnit:
         return torch.from_numpy(np.ascontiguousarray(detected)).to(device, torch.float32).div(255.0) \
             .permute(2, 0, 1)[None].to(dtype)
 
-    def active_at(self, progress: float) -> bool:
+    def active_at(self, progress: float, hires: bool = False) -> bool:
         start, end = self.unit["guidance_start"], self.unit["guidance_end"]
+        option = self.unit.get("hr_option", HIRES_OPTIONS[0])
+        if (option == HIRES_OPTIONS[1] and hires) or (option == HIRES_OPTIONS[2] and not hires):
+            return False
         return self.unit["weight"] > 0 and start < end and start <= progress <= end
 
 
-def control_scales(unit: dict, count: int, is_sdxl: bool) -> list[float]:
-    """Each residual's scale: the weight, or the extension's soft-injection weights for the two other modes."""
+def control_scales(unit: dict, count: int, is_sdxl: bool, forced_soft: bool = False) -> list[float]:
+    """Each residual's scale: the weight, or the extension's soft-injection weights for the two other modes (and,
+    `forced_soft`, for canny / mlsd maps in the hires pass, where the extension forces them)."""
     weight = float(unit["weight"])
-    if unit["control_mode"] == CONTROL_MODES[0]:
+    if unit["control_mode"] == CONTROL_MODES[0] and not forced_soft:
         return [weight] * count
     if count == 13 or is_sdxl:
         soft = [weight * SOFT_BASE ** float(12 - i) for i in range(13)]
@@ -109,12 +116,13 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
 
     def wrapped(x, t, encoder_hidden_states, added_cond_kwargs=None, c_concat=None, cond_mark=None, **extra):
         done = progress.at(t)
-        active = [unit for unit in units if unit.active_at(done)]
+        height, width = x.shape[-2] * 8, x.shape[-1] * 8
+        hires = any(unit.in_hires(height, width) for unit in units)
+        active = [unit for unit in units if unit.active_at(done, hires)]
         if cond_mark is not None:
             extra["cond_mark"] = cond_mark
         if not active:
             return call(x, t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, c_concat=c_concat, **extra)
-        height, width = x.shape[-2] * 8, x.shape[-1] * 8
         down_total: list[torch.Tensor] | None = None
         mid_total: torch.Tensor | None = None
         for unit in active:
@@ -123,7 +131,8 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
             down, mid = model(x.to(dtype), t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=hint,
                               added_cond_kwargs=added_cond_kwargs, return_dict=False)
             residuals = [*down, mid]
-            scales = control_scales(unit.unit, len(residuals), unit.controlnet.is_sdxl)
+            forced = hires and any(name in unit.unit["module"] for name in ("canny", "mlsd"))
+            scales = control_scales(unit.unit, len(residuals), unit.controlnet.is_sdxl, forced)
             residuals = [r * s for r, s in zip(residuals, scales)]
             if unit.unit["control_mode"] == CONTROL_MODES[2] and cond_mark is not None:
                 mark = cond_mark.to(x.device, dtype).view(-1, 1, 1, 1)

@@ -89,8 +89,13 @@ class ControlNet(Script):
         from sdwebui.pipelines.controlnet_apply import ActiveUnit, controlnet_call  # torch, OpenCV
 
         state = self._jobs.setdefault(id(args), _JobState())
+        def in_hires(height: int, width: int) -> bool:  # txt2img's second pass runs at another size
+            params = state.task.params if state.task is not None else None
+            return bool(getattr(params, "enable_hr", False)) and not isinstance(params, Img2ImgParams) \
+                and (height, width) != (params.height, params.width)
+
         units = [ActiveUnit(unit, self._controlnet(model, index, unit), self._source(state, index, unit),
-                            seed=lambda: state.seed)
+                            seed=lambda: state.seed, in_hires=in_hires)
                  for index, unit in enumerate(args) if index in enabled]
         return controlnet_call(call, units, model.dtype)
 
