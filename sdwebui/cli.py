@@ -13,6 +13,7 @@ import sys
 
 from sdwebui import __version__
 from sdwebui.app import add_serve_flags, config_from_args, serve
+from sdwebui.cli_models import add_model_tool_commands, run_model_tool
 from sdwebui.cli_jobs import (  # noqa: F401 - param_values: part of the CLI's API (tests read flags with it)
     CommandError,
     check_device,
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_path_flags(embeddings)
 
     commands.add_parser("samplers", help="list samplers (aliases, default schedule) and schedule types")
+
+    add_model_tool_commands(commands, add_path_flags)
 
     serve = commands.add_parser("serve", help="start the server (the default when no command is given)")
     add_serve_flags(serve)
@@ -346,6 +349,7 @@ COMMANDS = {
     "embeddings": run_embeddings,
     "samplers": run_samplers,
     "serve": run_serve,
+    "merge": lambda args: run_model_tool(args, paths_from(args)),
 }
 
 if __name__ == "__main__":

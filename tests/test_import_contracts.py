@@ -43,7 +43,7 @@ HEAVY = ("torch", "diffusers", "transformers", "gradio", "spandrel", "safetensor
 
 
 TOP_LEVEL_MODULES = {"config": "base", "filestat": "base", "__main__": "base", "app": "app", "cli": "cli",
-                     "cli_jobs": "cli"}
+                     "cli_jobs": "cli", "cli_models": "cli"}
 """The layer of each module directly in `sdwebui/` (the packages below it are layers of their own)."""
 
 

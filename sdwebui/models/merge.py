@@ -270,7 +270,7 @@ def plan_merge(
         try:
             sources[role] = open_source(ref.path)
         except ModelFileError as error:
-            raise ParamError((_ROLE_FIELDS[role],), f"{role}: {error}") from None
+            raise ParamError((_ROLE_FIELDS[role],), f"{ref.path.name}: {error.reason}") from None
     families = {role: _family_of(source, role) for role, source in sources.items()}
     family = families["A"]
     for role, other in families.items():
@@ -409,20 +409,16 @@ def merge_metadata(plan: MergePlan, sources: Mapping[str, TensorSource], *, hash
 
 
 def _merged(op: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, method: str, m: float) -> torch.Tensor:
-    work = _promote(a.dtype, b.dtype, torch.float32, *( [c.dtype] if c is not None else []))
-    a32 = a.to(work)
-    part = a32[:, 0:4] if op == "merge4" else a32
-    b32 = b.to(work)
+    """One key's merge, in float32 at least, in place on a copy of A's tensor (the fewest tensor-sized buffers)."""
+    work = _promote(a.dtype, b.dtype, torch.float32, *([c.dtype] if c is not None else []))
+    out = a.to(work, copy=True)
+    part = out[:, 0:4] if op == "merge4" else out
+    other = b.to(work)
     if method == "Weighted sum":
-        value = (1 - m) * part + m * b32
-    else:  # Add difference
-        difference = b32 - c.to(work) if c is not None else torch.zeros_like(b32)
-        value = part + m * difference
-    if op == "merge4":
-        a32 = a32.clone() if a32.data_ptr() == a.data_ptr() else a32
-        a32[:, 0:4] = value
-        return a32
-    return value
+        part.mul_(1 - m).add_(other, alpha=m)
+    elif c is not None:  # Add difference; without C's key B - C counts as 0 (A1111 zeroes B's), so A stays
+        part.add_(other - c.to(work), alpha=m)
+    return out
 
 
 def run_merge(

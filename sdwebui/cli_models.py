@@ -1,0 +1,169 @@
+"""The model-tool commands of `sdwebui`: `merge` (A1111's Checkpoint Merger), with a progress bar on a terminal.
+
+    sdwebui merge A B [C] --method weighted-sum|add-difference|no-interpolation --multiplier M --name NAME
+                  [--save-as-half] [--bake-in-vae VAE] [--discard-weights REGEX] [--format safetensors|ckpt]
+
+A, B, C and the VAE resolve as `--model` and `--vae` do: a name from the model list (file name, name without
+extension, A1111's title), a hash, or a path. The result is written to the checkpoints folder. Bad input is one
+line on stderr naming the flag or the file, exit status 2, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sdwebui.cli_jobs import CommandError
+from sdwebui.config import DEMO_CHECKPOINT, Paths
+from sdwebui.core.errors import ParamError
+
+MERGE_METHODS = ("weighted-sum", "add-difference", "no-interpolation")
+CONFIG_FROM = {"abc": 0, "b": 1, "c": 2, "none": 3}
+MERGE_FLAGS = {"primary_model_name": "A", "secondary_model_name": "B", "tertiary_model_name": "C",
+               "custom_name": "--name", "discard_weights": "--discard-weights", "bake_in_vae": "--bake-in-vae",
+               "metadata_json": "--metadata", "interp_method": "--method", "checkpoint_format": "--format",
+               "config_source": "--config-from"}
+"""The merge request's fields (A1111's names, which the engine's errors use) as the CLI calls them."""
+
+
+def add_merge_parser(commands, add_path_flags) -> None:
+    merge = commands.add_parser(
+        "merge", help="merge two or three checkpoints (A1111's Checkpoint Merger)",
+        description="Merge checkpoints as A1111's Checkpoint Merger: weighted-sum A*(1-M) + B*M, add-difference "
+                    "A + (B-C)*M, or no-interpolation (A alone: convert, bake a VAE, discard weights). The result goes "
+                    "to the checkpoints folder.")
+    merge.add_argument("primary", metavar="A", help="primary model: a name from the model list, a hash or a path")
+    merge.add_argument("secondary", metavar="B", nargs="?", help="secondary model (weighted-sum, add-difference)")
+    merge.add_argument("tertiary", metavar="C", nargs="?", help="tertiary model (add-difference)")
+    merge.add_argument("--method", choices=MERGE_METHODS,
+                       help="default: add-difference with three models, weighted-sum with two, no-interpolation "
+                            "with one")
+    merge.add_argument("--multiplier", "-M", type=float, default=0.3, metavar="M", help="default 0.3 (A1111's)")
+    merge.add_argument("--name", default="", help="file name in the checkpoints folder (default: A1111's, e.g. "
+                                                  "'0.7(a) + 0.3(b)'); the extension is added")
+    merge.add_argument("--save-as-half", action="store_true", help="store float32 weights as float16")
+    merge.add_argument("--bake-in-vae", metavar="VAE", help="replace the VAE weights with this VAE file's")
+    merge.add_argument("--discard-weights", default="", metavar="REGEX", help="leave out keys matching this regex")
+    merge.add_argument("--format", choices=("safetensors", "ckpt"), default="safetensors")
+    merge.add_argument("--config-from", choices=tuple(CONFIG_FROM), default="abc",
+                       help="copy the .yaml beside A, B or C (abc: the first found; default), B, C, or none")
+    merge.add_argument("--metadata", default="{}", metavar="JSON", help="extra safetensors metadata (a JSON object)")
+    merge.add_argument("--no-metadata", action="store_true", help="write no metadata at all")
+    merge.add_argument("--no-recipe", action="store_true", help="leave out sd_merge_recipe / sd_merge_models")
+    merge.add_argument("--no-copy-metadata", action="store_true", help="do not copy the inputs' metadata")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing file of the same name")
+    add_path_flags(merge)
+
+
+def resolve_model(name: str, paths: Paths, what: str = "checkpoint") -> Path:
+    """A checkpoint as `--model` takes it: a path, or a name / title / hash from the checkpoints folder."""
+    from sdwebui.models.loader import find_checkpoints
+    from sdwebui.models.manager import match_checkpoint
+
+    candidate = Path(name).expanduser()
+    if candidate.exists():
+        return candidate.resolve()
+    listed = find_checkpoints(paths.ckpt_dir)
+    allowed = listed + ([DEMO_CHECKPOINT] if DEMO_CHECKPOINT.is_file() else [])
+    found = match_checkpoint(str(name), allowed, paths.ckpt_dir, paths.cache_dir)
+    if found is None:
+        names = ", ".join(p.stem for p in listed[:20])
+        raise CommandError(f"{what}: checkpoint {name!r} is neither a file nor in {paths.ckpt_dir}"
+                           + (f" (available: {names})" if names else ""))
+    return found
+
+
+def resolve_vae_file(name: str, paths: Paths) -> Path:
+    from sdwebui.models.manager import match_vae
+    from sdwebui.models.vae import find_vaes
+
+    candidate = Path(name).expanduser()
+    if candidate.is_file():
+        return candidate.resolve()
+    found = match_vae(str(name), find_vaes(paths.vae_dir, paths.ckpt_dir), paths.vae_dir)
+    if found is None:
+        raise CommandError(f"--bake-in-vae: VAE {name!r} is neither a file nor in {paths.vae_dir}")
+    return found
+
+
+def model_ref(path: Path, paths: Paths):
+    from sdwebui.models.merge import ModelRef
+
+    try:
+        name = path.relative_to(paths.ckpt_dir).as_posix()
+    except ValueError:
+        name = path.name
+    return ModelRef(path, name)
+
+
+class ProgressBar:
+    """A tqdm bar over the tensors (drawn on a terminal only)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self._bar = None
+
+    def __call__(self, done: int, total: int, text: str) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=self.label, unit="tensor", file=sys.stderr, disable=None,
+                             dynamic_ncols=True, mininterval=0.5)
+        self._bar.set_description_str(f"{self.label}: {text}", refresh=False)
+        self._bar.n = done
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def param_error(error: ParamError, flags: dict[str, str]) -> CommandError:
+    where = flags.get(error.field, error.field)
+    return CommandError(f"{where}: {error.message}")
+
+
+def run_merge(args, paths: Paths) -> int:
+    from sdwebui.models.merge import MergeOptions, merge_checkpoints
+
+    given = [name for name in (args.primary, args.secondary, args.tertiary) if name]
+    method = args.method or {1: "no-interpolation", 2: "weighted-sum", 3: "add-difference"}[len(given)]
+    refs = [model_ref(resolve_model(name, paths, role), paths) if name else None
+            for name, role in ((args.primary, "A"), (args.secondary, "B"), (args.tertiary, "C"))]
+    vae = resolve_vae_file(args.bake_in_vae, paths) if args.bake_in_vae else None
+    options = MergeOptions(
+        interp_method=method, multiplier=args.multiplier, save_as_half=args.save_as_half, custom_name=args.name,
+        checkpoint_format=args.format, config_source=CONFIG_FROM[args.config_from], bake_in_vae=vae,
+        discard_weights=args.discard_weights, save_metadata=not args.no_metadata, add_merge_recipe=not args.no_recipe,
+        copy_metadata_fields=not args.no_copy_metadata, metadata_json=args.metadata, overwrite=args.overwrite)
+    bar = ProgressBar("merge")
+    try:
+        result = merge_checkpoints(*refs, options, ckpt_dir=paths.ckpt_dir, hash_cache_dir=paths.cache_dir,
+                                   progress=bar)
+    except ParamError as error:
+        raise param_error(error, MERGE_FLAGS) from None
+    finally:
+        bar.close()
+    for note in result.notes:
+        print(note)
+    print(f"Checkpoint saved to {result.path} ({result.merged} tensors merged, {result.copied} copied"
+          + (f", {result.baked} from the VAE" if result.baked else "")
+          + (f", {result.discarded} discarded" if result.discarded else "") + ")")
+    if result.config is not None:
+        print(f"Config copied to {result.config}")
+    return 0
+
+
+def add_model_tool_commands(commands: argparse._SubParsersAction, add_path_flags) -> None:
+    add_merge_parser(commands, add_path_flags)
+
+
+def run_model_tool(args, paths: Paths) -> int:
+    return TOOL_COMMANDS[args.command](args, paths)
+
+
+TOOL_COMMANDS = {"merge": run_merge}
+
+
+__all__ = ["add_model_tool_commands", "run_model_tool", "run_merge", "resolve_model", "resolve_vae_file", "MERGE_METHODS"]
