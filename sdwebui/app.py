@@ -26,7 +26,7 @@ from fastapi_offline import FastAPIOffline
 from sdwebui import __version__
 from sdwebui.pipelines.scripts import Script, ScriptRegistry
 from sdwebui.scripts import builtin_scripts
-from sdwebui.server import a1111, controlnet_api, extra_networks, native
+from sdwebui.server import a1111, controlnet_api, extensions, extra_networks, native
 from sdwebui.server.config import ConfigError, Credentials, ServerConfig, memory_fields
 from sdwebui.server.errors import install_error_handlers
 from sdwebui.server.options import LIMIT_FLAGS, OPTIONS, OptionError
@@ -41,8 +41,16 @@ log = logging.getLogger("sdwebui")
 def build_services(config: ServerConfig, scripts: Iterable[Script] = ()) -> Services:
     """The app without HTTP: store, options, queue and worker, models, and the script registry (the built-in
     scripts plus `scripts`). The server wraps it in routes; the command line uses it as it is."""
-    return Services(config, ScriptRegistry([
-        *builtin_scripts(config.paths.wildcards_folder, config.paths.controlnet_folders), *scripts]))
+    registry = ScriptRegistry([
+        *builtin_scripts(config.paths.wildcards_folder, config.paths.controlnet_folders), *scripts])
+    flags = config.flags or {}
+    # `extensions/NAME/scripts/*.py` join the registry; a broken one is reported with its extension, not raised
+    loaded = extensions.load(config.paths.data_dir / "extensions",
+                             disable_all=bool(flags.get("disable_all_extensions") or flags.get("disable_extra_extensions")))
+    extensions.register(loaded, registry)
+    services = Services(config, registry)
+    services.extensions = loaded
+    return services
 
 
 def build_app(config: ServerConfig, scripts: Iterable[Script] = ()):
@@ -72,6 +80,7 @@ def build_app(config: ServerConfig, scripts: Iterable[Script] = ()):
     app.include_router(native.build_router(services))
     app.include_router(a1111.build_router(services))
     app.include_router(extra_networks.build_router(services))
+    app.include_router(extensions.build_router(services))
     app.include_router(controlnet_api.build_router(services))
     if config.ui:
         # The UI takes every path the API does not; the API's own prefixes keep its 404/405 answers.
@@ -146,6 +155,12 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
                        help="accepted for A1111 scripts; the API is always served (A1111 needs this flag for it)")
     group.add_argument("--nowebui", "--no-ui", dest="nowebui", action="store_true",
                        help="serve the API only, without the web UI (as A1111's --nowebui)")
+    group.add_argument("--disable-all-extensions", action="store_true",
+                       help="load nothing from <data-dir>/extensions (A1111's flag)")
+    group.add_argument("--disable-extra-extensions", action="store_true",
+                       help="the same here: every extension is an extra one (A1111's flag)")
+    group.add_argument("--enable-insecure-extension-access", action="store_true",
+                       help="allow installing extensions while listening beyond this machine (A1111's flag)")
 
 
 def config_from_args(args, paths) -> ServerConfig:

@@ -365,6 +365,8 @@ def mount_ui(app, services: Services):
     outputs = services.paths.outputs_dir
     return gr.mount_gradio_app(
         app, demo, path="/", allowed_paths=[str(outputs)], theme=theme(), css=CSS, js=PAGE_JS,
+        # the enabled extensions' javascript/*.js and style.css (`server.extensions`), after our own
+        head=loaded.head_html() if (loaded := getattr(services, "extensions", None)) is not None else "",
         footer_links=["settings"], show_error=True, ssr_mode=False,
     )
 

@@ -23,7 +23,8 @@ def build_router(services: Services) -> APIRouter:
 
     @router.get("/extensions")
     def get_extensions_list():
-        return []
+        loaded = getattr(services, "extensions", None)  # set by app.build_services
+        return [item.a1111() for item in loaded.items] if loaded is not None else []
 
     return router
 
