@@ -439,3 +439,60 @@ def test_the_command_line(tmp_path, tiny_sd1_path, models_dir, capsys):
     Image.new("RGB", (32, 32)).save(picture)
     assert main(["extras", str(picture), "--gfpgan-visibility", "1", "--data-dir", str(root)]) == 2
     assert "gfpgan_visibility" in capsys.readouterr().err
+
+
+# ---- RetinaFace (facexlib's detection_Resnet50_Final.pth layout) ------------------------------------------------
+
+
+def retinaface_with_known_output():
+    """RetinaFace with random weights except its heads, whose outputs come from their biases alone: only the
+    512-pixel anchors of the stride-32 level are faces, shifted right by 1 (x 0.1 x 512 pixels), with the first
+    landmark moved by (2, 3) (x 0.1 x 512)."""
+    from sdwebui.models.retinaface import RetinaFace
+
+    torch.manual_seed(0)
+    net = RetinaFace()
+    with torch.no_grad():
+        for heads in (net.ClassHead, net.BboxHead, net.LandmarkHead):
+            for head in heads:
+                head.conv1x1.weight.zero_()
+                head.conv1x1.bias.zero_()
+        net.ClassHead[2].conv1x1.bias.copy_(torch.tensor([10.0, -10.0, -10.0, 10.0]))  # anchor 512: a face
+        net.BboxHead[2].conv1x1.bias[4:8] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+        net.LandmarkHead[2].conv1x1.bias[10:12] = torch.tensor([2.0, 3.0])
+    return net
+
+
+def test_retinaface_loads_facexlibs_file_and_decodes_as_facexlib(tmp_path):
+    from sdwebui.models.retinaface import detect, load_retinaface, prior_boxes
+
+    net = retinaface_with_known_output()
+    path = tmp_path / "detection_Resnet50_Final.pth"
+    # facexlib's file was saved from a DataParallel model: its keys may carry "module.", which facexlib drops
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)
+    loaded = load_retinaface(path)
+    assert torch.equal(loaded.ClassHead[2].conv1x1.bias, net.ClassHead[2].conv1x1.bias)
+    assert prior_boxes(32, 32).shape == ((16 + 4 + 1) * 2, 4)  # 4x4, 2x2 and 1x1 positions, two sizes each
+    found = detect(loaded, np.full((32, 32, 3), 128, np.uint8))
+    assert len(found) == 1
+    box, score, landmarks = found[0]
+    assert score > 0.99
+    assert np.allclose(box, [16 + 51.2 - 256, 16 - 256, 16 + 51.2 + 256, 16 + 256], atol=1e-3)
+    assert np.allclose(landmarks[0], [16 + 102.4, 16 + 153.6], atol=1e-3) and np.allclose(landmarks[1:], 16)
+    broken = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+    save_file({"body.conv1.weight": torch.zeros(64, 3, 7, 7)}, str(broken))
+    with pytest.raises(ModelFileError, match="not facexlib's RetinaFace"):
+        load_retinaface(broken)
+
+
+def test_retinaface_is_used_when_its_weights_are_installed(tmp_path, models_dir):
+    import shutil
+
+    shutil.copytree(models_dir / "RestoreFormer", tmp_path / "RestoreFormer")
+    faces = FaceRestoration(FaceRestorerLibrary(tmp_path))
+    assert faces.detector.name == "OpenCV Haar cascade"
+    (tmp_path / "GFPGAN").mkdir()
+    torch.save(retinaface_with_known_output().state_dict(), tmp_path / "GFPGAN" / "detection_Resnet50_Final.pth")
+    assert faces.detector.name == "RetinaFace"
+    assert faces.names() == ["RestoreFormer"]  # the detector's file is not a restorer

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdwebui.models.face_restorers import FaceRestorerLibrary, FaceRestorerNotFoundError, run_restorer
-from sdwebui.pipelines.faces import FaceDetector, HaarFaceDetector, restore_faces_in
+from sdwebui.models.face_restorers import FOLDERS, FaceRestorerLibrary, FaceRestorerNotFoundError, run_restorer
+from sdwebui.models.retinaface import find_retinaface
+from sdwebui.pipelines.faces import FaceDetector, HaarFaceDetector, RetinaFaceDetector, restore_faces_in
 
 
 class FaceRestorationError(RuntimeError):
@@ -33,15 +34,28 @@ class FaceRestoration:
     def __init__(self, library: FaceRestorerLibrary, *, detector: FaceDetector | None = None,
                  unload: Callable[[], bool] = lambda: False):
         self.library = library
-        self._detector = detector
+        self._given_detector = detector
+        self._detector: FaceDetector | None = None
         self.unload = unload
         """A1111's `face_restoration_unload`: move the network to the CPU after each use."""
 
     @property
     def detector(self) -> FaceDetector:
-        if self._detector is None:
-            self._detector = HaarFaceDetector()
-        return self._detector
+        """The given detector; else RetinaFace when facexlib's weights are in `models/GFPGAN` (where A1111 keeps
+        them) or `models/Codeformer`, else OpenCV's Haar cascades (looked for again at each use: users copy files
+        in while the app runs)."""
+        if self._given_detector is not None:
+            return self._given_detector
+        models = self.library.models_dir
+        path = find_retinaface([models / FOLDERS["GFPGAN"], models / FOLDERS["CodeFormer"]])
+        current = self._detector
+        if path is not None:
+            if not isinstance(current, RetinaFaceDetector) or current.path != path:
+                current = RetinaFaceDetector(path, self.library.device)
+        elif not isinstance(current, HaarFaceDetector):
+            current = HaarFaceDetector()
+        self._detector = current
+        return current
 
     def names(self) -> list[str]:
         return self.library.names()

@@ -8,7 +8,10 @@ with its grey border colour; the restored crop is warped back and blended in thr
 1/10 of its side and blurred as wide (facexlib's mask without the face-parsing network).
 
 Detectors, none of which needs the internet:
-- `HaarFaceDetector`: OpenCV's frontal-face Haar cascade, which ships inside opencv-python
+- `RetinaFaceDetector`: facexlib's RetinaFace (`sdwebui.models.retinaface`), as A1111 uses it, when its weights
+  (`detection_Resnet50_Final.pth`, which A1111 keeps in `models/GFPGAN`) are installed: boxes and five landmarks,
+  on the image scaled up to 640 pixels on its short side (facexlib's `get_face_landmarks_5(resize=640)`).
+- `HaarFaceDetector`, otherwise: OpenCV's frontal-face Haar cascade, which ships inside opencv-python
   (`cv2.data.haarcascades`), so restoration works on a fresh machine. A cascade gives boxes, not landmarks: the
   eyes are looked for with OpenCV's eye cascade in the box's upper half, and the nose and mouth placed from them
   as the template places them; without two eyes, all five come from the box (where a frontal face's features
@@ -23,6 +26,10 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+import torch
+
+from sdwebui.models.retinaface import detect as retinaface_detect
+from sdwebui.models.retinaface import load_retinaface
 
 FACE_SIZE = 512
 FACE_TEMPLATE = np.array(
@@ -118,6 +125,29 @@ class HaarFaceDetector:
         return np.array([x + lx, y + ly]), np.array([x + rx, y + ry])
 
 
+class RetinaFaceDetector:
+    """facexlib's RetinaFace (ResNet-50) from its weights file."""
+
+    name = "RetinaFace"
+
+    def __init__(self, path, device: torch.device | str = "cpu", resize: int = 640):
+        self.path = path
+        self.device = torch.device(device)
+        self.net = load_retinaface(path, self.device)
+        self.resize = resize
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        height, width = image.shape[:2]
+        scale = max(1.0, self.resize / min(height, width))  # facexlib always scales up, never down
+        if scale > 1.0:
+            image = cv2.resize(image, (int(width * scale), int(height * scale)), interpolation=cv2.INTER_LINEAR)
+        found = []
+        for box, score, landmarks in retinaface_detect(self.net, image, device=self.device):
+            found.append(DetectedFace(tuple(float(v) / scale for v in box), (landmarks / scale).astype(np.float32),
+                                      score))
+        return found
+
+
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = FACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """(the face warped onto the template, size x size RGB uint8; the 2x3 affine matrix image -> crop)."""
     template = FACE_TEMPLATE * (size / FACE_SIZE)
@@ -168,6 +198,7 @@ def restore_faces_in(
 
 
 __all__ = [
-    "FACE_SIZE", "FACE_TEMPLATE", "DetectedFace", "FaceDetector", "HaarFaceDetector", "align_face",
+    "FACE_SIZE", "FACE_TEMPLATE", "DetectedFace", "FaceDetector", "HaarFaceDetector", "RetinaFaceDetector",
+    "align_face",
     "landmarks_from_eyes", "paste_face", "restore_faces_in",
 ]
