@@ -1,6 +1,7 @@
 """The native API, `/api/v1`: jobs with ids, live progress (server-sent events), image history, models.
 
     POST   /api/v1/jobs                  queue a job -> 202 {"id", "status", "queue_position"}
+                                         (txt2img, img2img, extras, or merge: the Checkpoint Merger)
     GET    /api/v1/jobs                  recent jobs (?status=queued&limit=50&offset=0)
     GET    /api/v1/jobs/{id}             status, progress (step, total, ETA), result, error
     GET    /api/v1/jobs/{id}/events      server-sent events: `progress` while it runs, then one `done`
@@ -43,6 +44,7 @@ from sdwebui.server import catalog
 from sdwebui.server.errors import FieldError
 from sdwebui.server.extras import ExtrasJob, native_extras_request
 from sdwebui.server.images import decode_base64_image
+from sdwebui.server.model_tools import MergeJob, submit_merge
 from sdwebui.server.queue import QueueFull
 from sdwebui.server.schemas import params_model
 from sdwebui.server.security import confine
@@ -87,7 +89,7 @@ Img2ImgJob = params_model(
     "Img2ImgJob", Img2ImgParams, _Img2ImgFields,
     doc="An img2img / inpainting job: the images plus A1111's img2img parameters (engine defaults: masked content "
         "\"original\", whole picture, padding 32, as A1111's UI).")
-JOB_MODELS = {"txt2img": Txt2ImgJob, "img2img": Img2ImgJob, "extras": ExtrasJob}
+JOB_MODELS = {"txt2img": Txt2ImgJob, "img2img": Img2ImgJob, "extras": ExtrasJob, "merge": MergeJob}
 
 
 class JobCreated(BaseModel):
@@ -104,6 +106,7 @@ _JOB_BODY_SCHEMA = {
             {"title": "Txt2ImgJob", **Txt2ImgJob.model_json_schema()},
             {"title": "Img2ImgJob", **Img2ImgJob.model_json_schema()},
             {"title": "ExtrasJob", **ExtrasJob.model_json_schema()},
+            {"title": "MergeJob", **MergeJob.model_json_schema()},
         ]}}},
     }
 }
@@ -127,12 +130,14 @@ def _job_routes(router: APIRouter, services: Services) -> None:
 
     # ---- jobs -----------------------------------------------------------------------------------------------
     @router.post("/jobs", status_code=202, response_model=JobCreated, openapi_extra=_JOB_BODY_SCHEMA)
-    async def create_job(body: Annotated[dict[str, Any], Body(description="a Txt2ImgJob, an Img2ImgJob or an ExtrasJob")]):
+    async def create_job(body: Annotated[dict[str, Any], Body(description="a Txt2ImgJob, an Img2ImgJob, an ExtrasJob or a MergeJob")]):
         job = _parse_job(body)
         try:
             if isinstance(job, ExtrasJob):
                 handle = await run_in_threadpool(
                     lambda: services.generation.submit_extras(native_extras_request(services, job)))
+            elif isinstance(job, MergeJob):  # the Checkpoint Merger (`server.model_tools`)
+                handle = await run_in_threadpool(submit_merge, services, job)
             else:
                 request = await run_in_threadpool(generation_request, job)
                 handle = await run_in_threadpool(services.generation.submit, request)

@@ -221,8 +221,34 @@ class LoadModelPayload:
         return cls(checkpoint=_existing_checkpoint(str(data["checkpoint"])), vae=str(data.get("vae") or "Automatic"))
 
 
+@dataclass(frozen=True)
+class MergePayload:
+    """A Checkpoint Merger job (`server.model_tools`): `models.merge.MergeOptions` as a dict (the VAE as a path),
+    the inputs as (path, name) or None, and where the result goes (decided at submit time)."""
+
+    options: Mapping[str, Any]
+    models: tuple[tuple[str, str] | None, ...]
+    vae_name: str = "None"
+    target: str = ""
+
+    kind = "merge"
+
+    def recovered(self) -> "MergePayload":
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "options": dict(self.options),
+                "models": [list(model) if model else None for model in self.models], "vae_name": self.vae_name,
+                "target": self.target}
+
+    @classmethod
+    def from_json(cls, kind: str, data: Mapping[str, Any]) -> "MergePayload":
+        return cls(options=dict(data["options"]), models=tuple(tuple(m) if m else None for m in data["models"]),
+                   vae_name=str(data.get("vae_name", "None")), target=str(data.get("target", "")))
+
+
 PAYLOAD_TYPES = {"txt2img": GenerationPayload, "img2img": GenerationPayload, "extras": ExtrasPayload,
-                 "load_model": LoadModelPayload}
+                 "load_model": LoadModelPayload, "merge": MergePayload}
 
 
 def load_payload(kind: str, data: Mapping[str, Any]) -> Any:
@@ -277,6 +303,6 @@ def decode_png(text: str) -> Image.Image:
     return image
 
 
-__all__ = ["Payload", "GenerationPayload", "ExtrasPayload", "LoadModelPayload", "OutputOptions", "GridOptions",
+__all__ = ["Payload", "GenerationPayload", "ExtrasPayload", "LoadModelPayload", "MergePayload", "OutputOptions", "GridOptions",
            "BatchEntry",
            "load_payload", "upgrade_v1", "SCHEMA_VERSION", "encode_png", "decode_png", "PARAMS_TYPES"]

@@ -4,6 +4,7 @@
         hooks, progress and live previews, each batch saved as soon as it is decoded) -> [scripts: after job]
     extras: upscale each image, save and record it
     load_model: load a checkpoint (a switch queued in order)
+    merge: the Checkpoint Merger (`server.model_tools`)
 
 The result is what the native API shows under `result` and what the A1111 routes answer with (`seeds`,
 `infotexts`, `images`: the saved files, `model`, `notes`, `interrupted`).
@@ -19,6 +20,7 @@ from sdwebui.pipelines.jobs import TaskRunner, drive_tasks, job_script, run_task
 from sdwebui.pipelines.output import save_image
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
 from sdwebui.server.console import JobConsoleBar
+from sdwebui.server.model_tools import run_merge_job
 from sdwebui.server.payloads import ExtrasPayload, GenerationPayload, OutputOptions, decode_png
 
 if TYPE_CHECKING:
@@ -367,7 +369,8 @@ def run_load_model(job: "JobHandle", services: "Services") -> dict:
     return {"model": {"name": model.info.name, "hash": model.info.short_hash}}
 
 
-RUNNERS = {"txt2img": run_generation, "img2img": run_generation, "extras": run_extras, "load_model": run_load_model}
+RUNNERS = {"txt2img": run_generation, "img2img": run_generation, "extras": run_extras, "load_model": run_load_model,
+           "merge": run_merge_job}
 
 
 __all__ = ["run_generation", "run_extras", "run_load_model", "RUNNERS", "ImageSaver", "generation_result"]
