@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdwebui.core.errors import ParamError
+from sdwebui.server.catalog import entry_for, relative_name
 from sdwebui.server.payloads import MergePayload
 
 if TYPE_CHECKING:
@@ -87,7 +88,6 @@ def prepare_merge(services: "Services", job: MergeJob) -> MergePayload:
 
 def _ref(services: "Services", path: Path):
     from sdwebui.models.merge import ModelRef
-    from sdwebui.server.catalog import relative_name
 
     return ModelRef(path, relative_name(path, services.paths.ckpt_dir))
 
@@ -95,7 +95,6 @@ def _ref(services: "Services", path: Path):
 def run_merge_job(job: "JobHandle", services: "Services") -> dict:
     """Merge with progress (one step per tensor); an interrupt stops between tensors and writes nothing."""
     from sdwebui.models.merge import MergeInterrupted, MergeOptions, ModelRef, merge_checkpoints
-    from sdwebui.server.catalog import entry_for
 
     payload: MergePayload = job.payload
     values = dict(payload.options)
