@@ -496,3 +496,40 @@ def test_retinaface_is_used_when_its_weights_are_installed(tmp_path, models_dir)
     torch.save(retinaface_with_known_output().state_dict(), tmp_path / "GFPGAN" / "detection_Resnet50_Final.pth")
     assert faces.detector.name == "RetinaFace"
     assert faces.names() == ["RestoreFormer"]  # the detector's file is not a restorer
+
+
+def test_face_restoration_unload_moves_the_model_off_after_each_use(models_dir):
+    class Counting(FaceRestorerLibrary):
+        offloads = 0
+
+        def offload(self):
+            Counting.offloads += 1
+            super().offload()
+
+    kept = FaceRestoration(Counting(models_dir), unload=lambda: False)
+    kept.restore(Image.new("RGB", (32, 32)), "RestoreFormer")
+    assert Counting.offloads == 0
+    unloaded = FaceRestoration(Counting(models_dir), unload=lambda: True)
+    unloaded.restore(Image.new("RGB", (32, 32)), "RestoreFormer")
+    assert Counting.offloads == 1
+
+
+def test_the_settings_tab_has_a1111s_face_restoration_section():
+    from sdwebui.ui.settings import section_keys
+
+    assert dict(section_keys())["Face restoration"] == [
+        "face_restoration", "face_restoration_model", "code_former_weight", "face_restoration_unload"]
+
+
+def test_api_img2img_restore_faces(server):
+    import json
+
+    from test_api_support import FAST
+
+    with server.client() as client:
+        r = client.post("/sdapi/v1/img2img", json={
+            **FAST, "prompt": "a face", "init_images": [_b64png(Image.new("RGB", (64, 64), (120, 90, 60)))],
+            "denoising_strength": 0.5, "restore_faces": True,
+            "override_settings": {"face_restoration_model": "RestoreFormer"}})
+        assert r.status_code == 200, r.text
+        assert "Face restoration: RestoreFormer" in json.loads(r.json()["info"])["infotexts"][0]

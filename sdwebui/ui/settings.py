@@ -26,6 +26,8 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Stable Diffusion", ("sd_checkpoints_limit", "sd_checkpoint_cache", "CLIP_stop_at_last_layers")),
     ("VAE", ("tiled_vae", "tiled_vae_tile_size")),
     ("Optimizations", ("fp8_storage", "cache_fp16_weight")),
+    ("Face restoration", ("face_restoration", "face_restoration_model", "code_former_weight",
+                          "face_restoration_unload")),
     ("Sampler parameters", ("randn_source", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn",
                             "s_tmin", "s_tmax", "s_noise", "sigma_min", "sigma_max", "rho",
                             "always_discard_next_to_last_sigma")),
