@@ -114,7 +114,7 @@ BAD_INPUTS = [
     ({"refiner_checkpoint": "missing-model"}, "refiner_checkpoint"),
     ({"refiner_switch_at": 1.5}, "refiner_switch_at"),
     ({"restore_faces": True}, "restore_faces"),
-    ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts.controlnet"),
+    ({"alwayson_scripts": {"regional prompter": {"args": []}}}, "alwayson_scripts.regional prompter"),
     ({"override_settings": {"sd_model_checkpoint": "missing-model"}}, "override_settings.sd_model_checkpoint"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers"),
     ({"override_settings": {"sd_vae": "no-such-vae.safetensors"}}, "override_settings.sd_vae"),
