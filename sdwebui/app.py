@@ -43,12 +43,16 @@ def build_services(config: ServerConfig, scripts: Iterable[Script] = ()) -> Serv
     scripts plus `scripts`). The server wraps it in routes; the command line uses it as it is."""
     registry = ScriptRegistry([
         *builtin_scripts(config.paths.wildcards_folder, config.paths.controlnet_folders), *scripts])
+    services = Services(config, registry)
     flags = config.flags or {}
-    # `extensions/NAME/scripts/*.py` join the registry; a broken one is reported with its extension, not raised
+    # `extensions/NAME/scripts/*.py` join the registry; a broken one is reported with its extension, not raised.
+    # A1111's `disabled_extensions` setting (kept as sent to /options; the Extensions tab writes it) turns some off.
+    disabled = services.options.unknown().get("disabled_extensions")
     loaded = extensions.load(config.paths.data_dir / "extensions",
+                             disabled={name for name in disabled if isinstance(name, str)}
+                             if isinstance(disabled, list) else set(),
                              disable_all=bool(flags.get("disable_all_extensions") or flags.get("disable_extra_extensions")))
     extensions.register(loaded, registry)
-    services = Services(config, registry)
     services.extensions = loaded
     return services
 

@@ -133,6 +133,12 @@ def test_the_page_loads_the_extensions_js_and_css(server):
             assert page.evaluate("() => window.sdwHelloOrder") == "ab"  # sorted, as A1111
             outline = page.evaluate("() => getComputedStyle(document.querySelector('#txt2img_prompt')).outlineColor")
             assert outline == "rgb(1, 2, 3)"
+            # the Extensions tab reports the broken one and what the others added
+            page.get_by_role("tab", name="Extensions").first.click()
+            table = page.locator("#extensions_table")
+            table.wait_for(state="visible", timeout=15_000)
+            assert "boom at import" in table.locator("tr[data-extension=broken]").inner_text()
+            assert "Hello world" in table.locator("tr[data-extension=hello]").inner_text()
         finally:
             browser.close()
 
@@ -203,3 +209,21 @@ def test_install_is_refused_beyond_loopback_without_the_flag(tmp_path, tiny_sd1_
             response = client.post("/api/v1/extensions/install", json={"path": str(source)})
             assert response.status_code == 200, response.text
     assert (data / "extensions" / "remote-ext").is_dir()
+
+
+def test_disabled_extensions_setting_turns_one_off_at_the_next_start(tmp_path, tiny_sd1_path):
+    from sdwebui.ui.extensions import installed_html
+
+    data = make_data_dir(tmp_path / "data", tiny_sd1_path, "tiny-sd1.safetensors")
+    write_extensions(data)
+    with LiveServer(data, ui=False) as live, live.client() as client:
+        table = installed_html(live.services)
+        assert "boom at import" in table and "Hello world, Shout, a.js, b.js, style.css" in table
+        # as an A1111 client (or the Extensions tab) sets it: kept, applied at the next start
+        assert client.post("/sdapi/v1/options", json={"disabled_extensions": ["hello"]}).status_code == 200
+        assert "hello world" in client.get("/sdapi/v1/scripts").json()["txt2img"]
+    with LiveServer(data, ui=False) as live, live.client() as client:
+        assert "hello world" not in client.get("/sdapi/v1/scripts").json()["txt2img"]
+        enabled = {item["name"]: item["enabled"] for item in client.get("/sdapi/v1/extensions").json()}
+        assert enabled == {"broken": True, "dupe": True, "hello": False}
+        assert "enabled</td>" in installed_html(live.services) and "disabled</td>" in installed_html(live.services)

@@ -21,6 +21,7 @@ import gradio as gr
 
 from sdwebui.server.options import OptionError
 from sdwebui.server.services import Services
+from sdwebui.ui import extensions as extensions_tab
 from sdwebui.ui import extras, history, img2img, pnginfo, settings, txt2img
 from sdwebui.ui.fields import (
     TokenCounter,
@@ -134,6 +135,8 @@ def build_ui(services: Services):
                 png = pnginfo.build()
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 hist = history.build(services)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                extensions_tab.build(services)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings") as settings_tab:
                 sett = settings.build(services)
         page = Page(demo, checkpoint, refresh, vae, status, tabs, t2i, i2i, ext, png, hist, sett, history_tab,
