@@ -49,11 +49,14 @@ def write_extensions(data: Path) -> Path:
     (hello / "javascript" / "a.js").write_text("window.sdwHello = 'loaded';\n"
                                                 "window.sdwHelloOrder = (window.sdwHelloOrder || '') + 'a';\n")
     (hello / "style.css").write_text("#txt2img_prompt { outline: 3px solid rgb(1, 2, 3); }\n")
-    (hello / "install.py").write_text("raise SystemExit('install.py must not run')\n")
+    # install.py runs once, in the extension's folder, with the app's Python
+    (hello / "install.py").write_text("import pathlib, sys\n"
+                                      "with open('installed.log', 'a') as log: log.write(sys.executable + '\\n')\n")
     broken = folder / "broken"
     (broken / "scripts").mkdir(parents=True)
     (broken / "scripts" / "bad.py").write_text("raise RuntimeError('boom at import')\n")
     (broken / "scripts" / "syntax.py").write_text("def (:\n")
+    (broken / "install.py").write_text("raise SystemExit('no network here')\n")
     dupe = folder / "dupe"
     (dupe / "scripts").mkdir(parents=True)
     (dupe / "scripts" / "dupe.py").write_text(
@@ -93,6 +96,18 @@ def test_an_extensions_scripts_join_and_a_broken_one_is_reported(client):
     errors = " | ".join(ours["broken"]["errors"])
     assert "scripts/bad.py: RuntimeError: boom at import" in errors and "scripts/syntax.py: SyntaxError" in errors
     assert "already registered" in ours["dupe"]["errors"][0]
+    assert "install.py: failed (exit 1): no network here" in errors
+
+
+def test_install_py_runs_once(data, server):
+    import sys
+
+    log = data / "extensions" / "hello" / "installed.log"
+    assert log.read_text().splitlines() == [sys.executable]
+    from sdwebui.server import extensions
+
+    again = extensions.load(data / "extensions")  # as the next start: not run again, nothing reported
+    assert log.read_text().splitlines() == [sys.executable] and again.find("hello").errors == []
 
 
 def test_extension_scripts_run_in_jobs(client):

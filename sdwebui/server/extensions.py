@@ -10,8 +10,10 @@
   `ui_gradio_extensions.py` adds them; they are served from inside the extension's folder only.
 - Turned off by `--disable-all-extensions` / `--disable-extra-extensions` (we ship no built-in extensions, so
   both mean every folder here) or by the `disabled_extensions` list (A1111's setting) given to `load`.
-- `install.py` is not run: it is code an extension asks to run with the app's rights, and a folder dropped into
-  `extensions/` would run it at the next start. Install what an extension needs yourself.
+- `install.py` is run once with the app's Python (A1111 runs it at every start; we run it again only when the
+  file changes: its SHA-256 is kept in `.sdwebui-installed` beside it), in the extension's folder, before its
+  scripts are imported; a failure is reported with the extension (its scripts are still tried). It is no more
+  trusted than the scripts themselves, which run in the app anyway.
 
 Installing (`install`: a git URL cloned into the folder, or a local folder or zip copied) runs someone else's
 code at the next start, so the route refuses it when the server listens beyond loopback unless
@@ -21,6 +23,7 @@ as every route does.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import re
@@ -158,9 +161,38 @@ def load(folder: Path, disabled: set[str] | None = None, disable_all: bool = Fal
         item.javascript = sorted((p for p in (path / "javascript").glob("*.js") if p.is_file()),
                                  key=lambda p: p.name.lower())
         item.css = path / "style.css" if (path / "style.css").is_file() else None
+        run_installer(item)
         for script_file in sorted((path / "scripts").glob("*.py"), key=lambda p: p.name.lower()):
             item.scripts.extend(_load_scripts(item, script_file))
     return found
+
+
+INSTALL_MARK = ".sdwebui-installed"
+INSTALL_TIMEOUT_S = 600
+
+
+def run_installer(item: Extension) -> None:
+    """Run the extension's `install.py` when it is new or changed since it last succeeded."""
+    installer = item.path / "install.py"
+    if not installer.is_file():
+        return
+    digest = hashlib.sha256(installer.read_bytes()).hexdigest()
+    mark = item.path / INSTALL_MARK
+    if mark.is_file() and mark.read_text().strip() == digest:
+        return
+    log.info("extension %s: running install.py", item.name)
+    try:
+        done = subprocess.run([sys.executable, str(installer)], cwd=item.path, capture_output=True, text=True,
+                              timeout=INSTALL_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        item.errors.append(f"install.py: still running after {INSTALL_TIMEOUT_S} s; stopped")
+        return
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout or "").splitlines() if line.strip()]
+        item.errors.append(f"install.py: failed (exit {done.returncode}): {lines[-1] if lines else ''}".rstrip(": "))
+        log.warning("extension %s: %s", item.name, item.errors[-1])
+        return
+    mark.write_text(digest + "\n")
 
 
 def _load_scripts(item: Extension, script_file: Path) -> list[Script]:
