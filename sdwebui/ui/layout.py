@@ -23,6 +23,7 @@ from sdwebui.server.options import OptionError
 from sdwebui.server.services import Services
 from sdwebui.ui import extensions as extensions_tab
 from sdwebui.ui import extras, history, img2img, pnginfo, settings, txt2img
+from sdwebui.ui import model_merger
 from sdwebui.ui.fields import (
     TokenCounter,
     checked_paste,
@@ -133,6 +134,8 @@ def build_ui(services: Services):
                 ext = extras.build(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build()
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                model_merger.build(services)
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 hist = history.build(services)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
