@@ -365,6 +365,13 @@ def test_the_extensions_routes(client):
     assert "invert (from white bg & black line)" in client.get("/controlnet/module_list?alias_names=true").json()[
         "module_list"]
     assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
+    types = client.get("/controlnet/control_types").json()["control_types"]
+    assert types["Canny"]["module_list"] == ["none", "canny", "invert (from white bg & black line)"]
+    assert types["Canny"]["default_option"] == "canny"
+    assert types["Canny"]["model_list"][0] == "None" and types["Canny"]["default_model"].startswith(
+        "control_tiny_sd15_canny [")
+    assert types["Depth"]["model_list"] == ["None"] and types["Depth"]["default_model"] == "None"
+    assert types["All"]["model_list"] == ["None", *models]
     detected = client.post("/controlnet/detect", json={"controlnet_module": "canny",
                                                         "controlnet_input_images": [b64(square())],
                                                         "controlnet_processor_res": 64})

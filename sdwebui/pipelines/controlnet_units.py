@@ -91,12 +91,12 @@ class PreprocessorSpec:
         return [s for s in (self.resolution, self.slider_1, self.slider_2) if s is not None]
 
 
-PREPROCESSORS: tuple[PreprocessorSpec, ...] = (
+PREPROCESSORS: tuple[PreprocessorSpec, ...] = (  # "none" first, then roughly the extension's sort (its priority)
     PreprocessorSpec("none", resolution=None, tags=("InstructP2P",)),
-    PreprocessorSpec("invert", "invert (from white bg & black line)", resolution=None,
-                     tags=("Canny", "Lineart", "Scribble", "MLSD")),
     PreprocessorSpec("canny", slider_1=Slider("Low Threshold", 100, 1, 255, 1),
                      slider_2=Slider("High Threshold", 200, 1, 255, 1), tags=("Canny",)),
+    PreprocessorSpec("invert", "invert (from white bg & black line)", resolution=None,
+                     tags=("Canny", "Lineart", "Scribble", "MLSD")),
     PreprocessorSpec("blur_gaussian", slider_1=Slider("Sigma", 9.0, 0.01, 64.0), tags=("Tile",)),
     PreprocessorSpec("tile_resample", resolution=None, slider_1=Slider("Down Sampling Rate", 1.0, 1.0, 8.0),
                      tags=("Tile",)),
@@ -144,6 +144,32 @@ def module_detail(alias_names: bool = False) -> dict[str, dict]:
                                                        "sliders": [s.api_json() for s in spec.sliders()]}
         for spec in PREPROCESSORS
     }
+
+
+TAG_FILTERS = {"instructp2p": ("ip2p",), "segmentation": ("seg",), "normalmap": ("normal",),
+               "t2i-adapter": ("t2i_adapter", "t2iadapter", "t2ia"), "openpose": ("openpose", "densepose"),
+               "scribble": ("sketch",), "tile": ("blur",)}
+
+
+def control_types(model_titles: list[str]) -> dict[str, dict]:
+    """`/controlnet/control_types`: for "All" and each preprocessor tag, its modules (labels), the models whose
+    names mention it ("None" first), and the defaults, as the extension's `select_control_type` picks them."""
+    tags = ["All", *sorted({tag for spec in PREPROCESSORS for tag in spec.tags})]
+    out = {}
+    for tag in tags:
+        if tag == "All":
+            out[tag] = {"module_list": module_list(True), "model_list": ["None", *model_titles],
+                        "default_option": "none", "default_model": "None"}
+            continue
+        pattern = tag.lower()
+        filters = (pattern, *TAG_FILTERS.get(pattern, ()))
+        models = ["None", *(title for title in model_titles if any(f in title.lower() for f in filters))]
+        default_model = "None" if len(models) == 1 else \
+            next((m for m in models[1:] if "11" in m.split("[")[0]), models[1])
+        modules = [spec.display for spec in PREPROCESSORS if tag in spec.tags or spec.name == "none"]
+        out[tag] = {"module_list": modules, "model_list": models,
+                    "default_option": modules[0] if len(modules) == 1 else modules[1], "default_model": default_model}
+    return out
 
 
 # ---- units -----------------------------------------------------------------------------------------------------
@@ -345,6 +371,6 @@ class ControlNetUnitArg(ScriptArg):
 
 
 __all__ = ["API_VERSION", "UNIT_COUNT", "RESIZE_MODES", "CONTROL_MODES", "PREPROCESSORS", "PreprocessorSpec",
-           "Slider", "find_preprocessor", "module_list", "module_detail", "check_unit", "serialize_unit",
+           "Slider", "find_preprocessor", "module_list", "module_detail", "control_types", "check_unit", "serialize_unit",
            "parse_unit_infotext", "decode_image", "ControlNetUnitArg", "UNIT_DEFAULTS", "INFOTEXT_FIELDS",
            "WEIGHTS_DIR"]

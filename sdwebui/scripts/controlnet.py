@@ -37,6 +37,8 @@ from sdwebui.pipelines.controlnet_units import (
 from sdwebui.pipelines.img2img_params import Img2ImgParams
 from sdwebui.pipelines.scripts import GenerationTask, Script
 
+KEEP_JOBS = 8
+"""Jobs whose hook state is kept (a job that failed never reaches `after_job`)."""
 KEEP_LOADED = 2
 """ControlNet models kept in memory between jobs (the extension's `control_net_model_cache_size` default is 2)."""
 
@@ -76,7 +78,7 @@ class ControlNet(Script):
     def before_batch(self, batch, args: tuple) -> None:
         if not any(unit["enabled"] for unit in args):
             return
-        state = self._jobs.setdefault(id(args), _JobState())
+        state = self._state(args)
         state.task = getattr(batch, "task", None) or state.task
         # the extension's set_numpy_seed: (seed + subseed) of the job, for the shuffle preprocessor
         state.seed = (max(int(batch.seeds[0]), 0) + max(int(batch.subseeds[0]), 0)) & 0xFFFFFFFF
@@ -88,7 +90,8 @@ class ControlNet(Script):
             return call
         from sdwebui.pipelines.controlnet_apply import ActiveUnit, controlnet_call  # torch, OpenCV
 
-        state = self._jobs.setdefault(id(args), _JobState())
+        state = self._state(args)
+
         def in_hires(height: int, width: int) -> bool:  # txt2img's second pass runs at another size
             params = state.task.params if state.task is not None else None
             return bool(getattr(params, "enable_hr", False)) and not isinstance(params, Img2ImgParams) \
@@ -106,7 +109,19 @@ class ControlNet(Script):
             batch.infotext[f"ControlNet {number}"] = serialize_unit(unit, entry.title if entry else None)
 
     def after_job(self, outcome, args: tuple) -> None:
-        self._jobs.pop(id(args), None)
+        with self._lock:
+            self._jobs.pop(id(args), None)
+
+    def _state(self, args: tuple) -> _JobState:
+        """The job's shared state (by its arguments' identity: one tuple per bound job). A job that failed never
+        reached `after_job`: only the last few are kept."""
+        with self._lock:
+            state = self._jobs.get(id(args))
+            if state is None:
+                state = self._jobs[id(args)] = _JobState()
+                while len(self._jobs) > KEEP_JOBS:
+                    self._jobs.pop(next(iter(self._jobs)))
+            return state
 
     # ---- the web UI -------------------------------------------------------------------------------------------
     def build_ui(self, ui) -> list:

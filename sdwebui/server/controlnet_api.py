@@ -4,6 +4,8 @@
     GET  /controlnet/model_list    {"model_list": ["control_v11p_sd15_canny [d14c016b]", ...]}  (`update` accepted)
     GET  /controlnet/module_list   {"module_list": [...], "module_detail": {name: {"model_free", "sliders"}}}
                                    (`alias_names=true`: the UI labels)
+    GET  /controlnet/control_types {"control_types": {"All" | tag: {"module_list", "model_list", "default_option",
+                                   "default_model"}}}
     GET  /controlnet/settings      {"control_net_unit_count": 3}
     POST /controlnet/detect        {"controlnet_module", "controlnet_input_images": [b64], "controlnet_processor_res",
                                     "controlnet_threshold_a", "controlnet_threshold_b", "controlnet_masks"}
@@ -21,7 +23,14 @@ from fastapi import APIRouter, Body, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
 from sdwebui.models.controlnet_files import ControlNetLibrary
-from sdwebui.pipelines.controlnet_units import API_VERSION, UNIT_COUNT, find_preprocessor, module_detail, module_list
+from sdwebui.pipelines.controlnet_units import (
+    API_VERSION,
+    UNIT_COUNT,
+    control_types,
+    find_preprocessor,
+    module_detail,
+    module_list,
+)
 from sdwebui.server.images import decode_base64_image
 
 if TYPE_CHECKING:
@@ -43,6 +52,10 @@ def build_router(services: "Services") -> APIRouter:
     @router.get("/controlnet/module_list")
     def modules(alias_names: bool = False):
         return {"module_list": module_list(alias_names), "module_detail": module_detail(alias_names)}
+
+    @router.get("/controlnet/control_types")
+    def types():
+        return {"control_types": control_types(library.titles())}
 
     @router.get("/controlnet/settings")
     def settings():
