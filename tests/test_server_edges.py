@@ -146,16 +146,16 @@ def test_limit_flags_set_the_operator_settings(tmp_path, tiny_sd1_path):
 def test_unknown_options_are_kept_and_returned(server, client, caplog):
     caplog.set_level(logging.INFO, logger="sdwebui.server.options")
     body = {"my_extension_option": {"nested": [1, "two"]}, "CLIP_stop_at_last_layers": 2,
-            "interrogate_keep_models_in_memory": False}
+            "show_progress_in_title": False}
     try:
         for _ in range(2):
             assert client.post("/sdapi/v1/options", json=body).status_code == 200
         options = client.get("/sdapi/v1/options").json()
         assert options["my_extension_option"] == {"nested": [1, "two"]}
-        assert options["interrogate_keep_models_in_memory"] is False
+        assert options["show_progress_in_title"] is False
         assert options["CLIP_stop_at_last_layers"] == 2
         logged = [r.getMessage() for r in caplog.records if "no effect here" in r.getMessage()]
-        assert len(logged) == 1 and "interrogate_keep_models_in_memory, my_extension_option" in logged[0], "logged once"
+        assert len(logged) == 1 and "my_extension_option, show_progress_in_title" in logged[0], "logged once"
         # A known key with a bad value is still a 422 naming it, and nothing of that request is written.
         response = client.post("/sdapi/v1/options", json={"another_unknown": 1, "CLIP_stop_at_last_layers": 99})
         assert response.status_code == 422 and response.json()["field"] == "CLIP_stop_at_last_layers"

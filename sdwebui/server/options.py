@@ -120,6 +120,15 @@ OPTIONS: dict[str, OptionSpec] = {
                                      minimum=0.0, maximum=1.0),
     "face_restoration_unload": OptionSpec(False, "Move face restoration model from VRAM into RAM after processing",
                                           bool),
+    # interrogate (A1111's "Interrogate" section; its DeepBooru options format the WD14 taggers' tags here)
+    "interrogate_keep_models_in_memory": OptionSpec(False, "Keep models in VRAM", bool),
+    "interrogate_return_ranks": OptionSpec(False, "Include ranks of model tags matches in results", bool),
+    "interrogate_deepbooru_score_threshold": OptionSpec(0.5, "deepbooru: score threshold", float, minimum=0.0,
+                                                        maximum=1.0),
+    "deepbooru_sort_alpha": OptionSpec(True, "deepbooru: sort tags alphabetically", bool),
+    "deepbooru_use_spaces": OptionSpec(True, "deepbooru: use spaces in tags", bool),
+    "deepbooru_escape": OptionSpec(True, "deepbooru: escape (\\) brackets", bool),
+    "deepbooru_filter_tags": OptionSpec("", "deepbooru: filter out those tags (split by comma)", str),
     # upscaling (A1111's "Upscaling" section; one tile setting serves every model family here)
     "ESRGAN_tile": OptionSpec(192, "Tile size for ESRGAN upscalers (0 = no tiling)", int, minimum=0, maximum=512),
     "ESRGAN_tile_overlap": OptionSpec(8, "Tile overlap for ESRGAN upscalers (pixels)", int, minimum=0, maximum=48),

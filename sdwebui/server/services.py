@@ -63,6 +63,7 @@ class Services:
         self._embeddings = None
         self._upscalers = None
         self._face_restoration = None
+        self._taggers = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,6 +146,16 @@ class Services:
                 self._face_restoration = FaceRestoration(
                     library, unload=lambda: bool(self.options.get("face_restoration_unload")))
             return self._face_restoration
+
+    @property
+    def taggers(self):
+        """The `TaggerLibrary` over `models/interrogators` (WD14 taggers; made on first use)."""
+        with self._models_lock:
+            if self._taggers is None:
+                from sdwebui.models.taggers import TaggerLibrary  # OpenCV
+
+                self._taggers = TaggerLibrary(self.paths.models_dir)
+            return self._taggers
 
     def face_restorer_names(self) -> list[str]:
         """The installed face restorers (read from disk; needs neither torch nor OpenCV)."""

@@ -9,6 +9,7 @@
 | `models.py` | samplers, schedulers, upscalers, sd-models, sd-vae, loras, embeddings, styles, refresh-*, unload / reload-checkpoint, memory |
 | `images.py` | png-info, extra-single-image, extra-batch-images |
 | `scripts.py` | scripts, script-info, extensions |
+| `interrogate.py` | interrogate (WD14 taggers) |
 
 `schemas.py` holds the bodies (made from the parameter declarations), `translate.py` turns a request into the
 generation service's request and our errors back into A1111's field names.
@@ -19,18 +20,18 @@ Where we differ, on purpose:
   `/options` change never alters a waiting job.
 - Bad input is a 422 naming the field before any model work (A1111 floors sizes silently, answers 404 for an
   unknown sampler, and 500 for most other mistakes).
-- Features that do not exist yet (face restoration) are refused with a 422 naming the field rather than
-  silently ignored, so a client never gets an image made differently from what it asked for.
+- Features that do not exist yet (CLIP and DeepDanbooru interrogation) are refused with a 422 naming the field
+  rather than silently ignored, so a client never gets an image made differently from what it asked for.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from sdwebui.server.a1111 import generation, images, models, options, progress, scripts
+from sdwebui.server.a1111 import generation, images, interrogate, models, options, progress, scripts
 from sdwebui.server.services import Services
 
-AREAS = (generation, progress, options, models, images, scripts)
+AREAS = (generation, progress, options, models, images, scripts, interrogate)
 
 
 def build_router(services: Services) -> APIRouter:
