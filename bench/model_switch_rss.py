@@ -4,6 +4,10 @@ The manager must release a model before loading the next, so resident memory aft
 be about one model, not two or three. Prints RSS (and CUDA memory when on a GPU) after each load.
 
     .venv/bin/python bench/model_switch_rss.py
+    .venv/bin/python bench/model_switch_rss.py --checkpoints-limit 2   # A1111's sd_checkpoints_limit: A is kept
+
+With `--checkpoints-limit 2` (or `--checkpoint-cache 1`) the switch back to A takes it from the RAM cache, and
+RSS after B is two models.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--folder", type=Path, default=ROOT / "bench" / "out" / "switch")
+    parser.add_argument("--checkpoints-limit", type=int, default=1, help="A1111's sd_checkpoints_limit")
+    parser.add_argument("--checkpoint-cache", type=int, default=0, help="A1111's sd_checkpoint_cache")
     args = parser.parse_args()
 
     a = write_random_sd15(args.folder / "Stable-diffusion" / "random-a.safetensors", seed=1)
@@ -44,10 +50,10 @@ def main() -> int:
     gc.collect()
     paths = Paths.from_flags(data_dir=args.folder, ckpt_dir=args.folder / "Stable-diffusion")
     plan = plan_devices(args.device)
-    manager = ModelManager(paths, plan)
+    manager = ModelManager(paths, plan, keep=lambda: (args.checkpoints_limit, args.checkpoint_cache))
     print(f"device: {plan.describe()}; file size: {a.stat().st_size / 2**20:.0f} MiB each")
     print(f"start: RSS {rss_mib():.0f} MiB")
-    for label, path in (("A", a), ("B", b), ("A again", a)):
+    for label, path in (("A", a), ("B", b), ("A again", a), ("B again", b)):
         start = time.perf_counter()
         manager.get(path)
         seconds = time.perf_counter() - start
@@ -55,7 +61,7 @@ def main() -> int:
         cuda = ""
         if plan.device.type == "cuda":
             cuda = f", CUDA allocated {torch.cuda.memory_allocated() / 2**20:.0f} MiB"
-        print(f"after loading {label}: {seconds:.1f}s, RSS {rss_mib():.0f} MiB{cuda}")
+        print(f"after loading {label}: {seconds:.2f}s, RSS {rss_mib():.0f} MiB{cuda}")
     manager.unload()
     gc.collect()
     print(f"after unload: RSS {rss_mib():.0f} MiB")
