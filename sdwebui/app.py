@@ -26,7 +26,7 @@ from fastapi_offline import FastAPIOffline
 from sdwebui import __version__
 from sdwebui.pipelines.scripts import Script, ScriptRegistry
 from sdwebui.scripts import builtin_scripts
-from sdwebui.server import a1111, controlnet_api, extensions, extra_networks, native
+from sdwebui.server import a1111, autocomplete, controlnet_api, extensions, extra_networks, native
 from sdwebui.server.config import ConfigError, Credentials, ServerConfig, memory_fields
 from sdwebui.server.errors import install_error_handlers
 from sdwebui.server.options import LIMIT_FLAGS, OPTIONS, OptionError
@@ -85,6 +85,7 @@ def build_app(config: ServerConfig, scripts: Iterable[Script] = ()):
     app.include_router(a1111.build_router(services))
     app.include_router(extra_networks.build_router(services))
     app.include_router(extensions.build_router(services))
+    app.include_router(autocomplete.build_router(services))
     app.include_router(controlnet_api.build_router(services))
     if config.ui:
         # The UI takes every path the API does not; the API's own prefixes keep its 404/405 answers.

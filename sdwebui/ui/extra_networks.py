@@ -45,6 +45,11 @@ CSS = """
 .sdw-card-description { font-size: var(--text-xs); max-height: 4.5em; overflow: hidden; }
 .sdw-card-edit { position: absolute; top: 4px; right: 4px; border: none; border-radius: 4px; padding: 0 3px;
   background: rgba(0, 0, 0, 0.45); cursor: pointer; }
+.sdw-autocomplete { position: absolute; z-index: 1000; margin: 0; padding: 2px 0; list-style: none; max-height: 18em;
+  overflow-y: auto; background: var(--background-fill-primary); border: 1px solid var(--border-color-primary);
+  border-radius: 6px; box-shadow: 0 4px 12px rgba(0, 0, 0, 0.2); font-size: var(--text-sm); }
+.sdw-autocomplete-item { padding: 2px 10px; cursor: pointer; white-space: nowrap; }
+.sdw-autocomplete-item.sdw-active, .sdw-autocomplete-item:hover { background: var(--color-accent-soft); }
 .sdw-subfolders { display: flex; flex-wrap: wrap; gap: 4px; margin-bottom: 6px; }
 .sdw-subfolder { padding: 0 8px; border-radius: 4px; border: 1px solid var(--border-color-primary);
   background: var(--button-secondary-background-fill); cursor: pointer; }
@@ -98,6 +103,88 @@ EXTRA_NETWORKS_JS = """
       sdwSendInput(negative);
     }
   });
+""" + """
+  // Prompt autocompletion (server.autocomplete): LoRA / hypernetwork / wildcard names, embeddings and tags.
+  const sdwPromptBoxes = "#txt2img_prompt textarea, #txt2img_neg_prompt textarea, #img2img_prompt textarea, " +
+                         "#img2img_neg_prompt textarea";
+  const sdwList = document.createElement("ul");
+  sdwList.className = "sdw-autocomplete";
+  sdwList.style.display = "none";
+  document.body.appendChild(sdwList);
+  let sdwTarget = null, sdwWord = "", sdwItems = [], sdwActive = 0, sdwTimer = null, sdwAsked = 0;
+  const sdwClose = () => { sdwList.style.display = "none"; sdwItems = []; };
+  const sdwWordBefore = (box) => {
+    const text = box.value.slice(0, box.selectionStart);
+    const match = text.match(/(<(lora|lyco|hypernet):[^<>:,]*|__[^_\s,]*_?_?|[^\s,()\[\]{}|<>:]+)$/);
+    return match ? match[0] : "";
+  };
+  const sdwShow = () => {
+    sdwList.innerHTML = "";
+    sdwItems.forEach((item, index) => {
+      const entry = document.createElement("li");
+      entry.className = "sdw-autocomplete-item" + (index === sdwActive ? " sdw-active" : "");
+      entry.dataset.index = String(index);
+      entry.textContent = item.label + (item.count ? "  " + item.count : "");
+      entry.title = item.kind;
+      sdwList.appendChild(entry);
+    });
+    const rect = sdwTarget.getBoundingClientRect();
+    sdwList.style.left = (rect.left + window.scrollX) + "px";
+    sdwList.style.top = (rect.bottom + window.scrollY) + "px";
+    sdwList.style.minWidth = Math.min(rect.width, 360) + "px";
+    sdwList.style.display = sdwItems.length ? "block" : "none";
+  };
+  const sdwAccept = (index) => {
+    const item = sdwItems[index];
+    if (!item || !sdwTarget) return;
+    const box = sdwTarget, caret = box.selectionStart;
+    const start = caret - sdwWord.length;
+    const tail = item.kind === "lora" || item.kind === "hypernetworks" || item.kind === "wildcard" ||
+                 item.kind === "embedding" ? " " : ", ";
+    box.value = box.value.slice(0, start) + item.text + tail + box.value.slice(caret);
+    const at = start + item.text.length + tail.length;
+    box.setSelectionRange(at, at);
+    sdwClose();
+    sdwSendInput(box);
+    box.focus();
+  };
+  document.addEventListener("input", (event) => {
+    const box = event.target;
+    if (!box || !box.matches || !box.matches(sdwPromptBoxes) || !event.isTrusted) return;
+    clearTimeout(sdwTimer);
+    sdwTimer = setTimeout(async () => {
+      const word = sdwWordBefore(box);
+      if (word.length < 2) { sdwClose(); return; }
+      const asked = ++sdwAsked;
+      try {
+        const answer = await fetch("./api/v1/autocomplete?text=" + encodeURIComponent(word));
+        const items = answer.ok ? await answer.json() : [];
+        if (asked !== sdwAsked) return;
+        sdwTarget = box; sdwWord = word; sdwItems = items; sdwActive = 0;
+        sdwShow();
+      } catch (error) { sdwClose(); }
+    }, 120);
+  }, true);
+  document.addEventListener("keydown", (event) => {
+    if (!sdwItems.length || sdwList.style.display === "none" || event.target !== sdwTarget) return;
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      sdwActive = (sdwActive + (event.key === "ArrowDown" ? 1 : sdwItems.length - 1)) % sdwItems.length;
+      sdwShow();
+    } else if ((event.key === "Enter" && !(event.ctrlKey || event.metaKey)) || event.key === "Tab") {
+      sdwAccept(sdwActive);
+    } else if (event.key === "Escape") {
+      sdwClose();
+    } else {
+      return;
+    }
+    event.preventDefault();
+    event.stopPropagation();
+  }, true);
+  sdwList.addEventListener("mousedown", (event) => {
+    const entry = event.target.closest(".sdw-autocomplete-item");
+    if (entry) { event.preventDefault(); sdwAccept(Number(entry.dataset.index)); }
+  });
+  document.addEventListener("focusout", (event) => { if (event.target === sdwTarget) setTimeout(sdwClose, 150); });
 """
 
 
