@@ -17,10 +17,12 @@ from sdwebui.cli_models import add_model_tool_commands, run_model_tool
 from sdwebui.cli_jobs import (  # noqa: F401 - param_values: part of the CLI's API (tests read flags with it)
     CommandError,
     check_device,
+    add_caption_flags,
     add_extras_flags,
     add_generation_flags,
     add_img2img_flags,
     param_values,
+    run_caption,
     run_extras,
     run_generation,
     run_png_info,
@@ -130,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_extras_flags(ext)
     add_path_flags(ext)
     add_device_flags(ext)
+
+    cap = commands.add_parser("caption", help="tag a folder's images with a WD14 tagger: NAME.txt beside each")
+    add_caption_flags(cap)
+    add_path_flags(cap)
 
     png = commands.add_parser("png-info", help="print the generation parameters an image carries")
     png.add_argument("image", metavar="IMAGE")
@@ -248,6 +254,10 @@ def run_extras_command(args) -> int:
     return run_extras(args, paths_from(args))
 
 
+def run_caption_command(args) -> int:
+    return run_caption(args, paths_from(args))
+
+
 def run_models(args) -> int:
     from sdwebui.models.files import ModelFileError
     from sdwebui.models.loader import describe_checkpoint, find_checkpoints
@@ -344,6 +354,7 @@ COMMANDS = {
     "img2img": run_img2img,
     "extras": run_extras_command,
     "png-info": run_png_info,
+    "caption": run_caption_command,
     "models": run_models,
     "loras": run_loras,
     "embeddings": run_embeddings,

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from sdwebui.app import build_services
 from sdwebui.config import DEMO_CHECKPOINT
 from sdwebui.pipelines.extras_params import ExtrasParams
+from sdwebui.pipelines.interrogate import TagOptions, format_tags
 from sdwebui.pipelines.img2img_params import Img2ImgParams
 from sdwebui.pipelines.output import read_image_info
 from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, param_specs
@@ -301,6 +302,55 @@ def run_extras(args, paths) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def add_caption_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", metavar="FOLDER", help="the images to caption; each gets NAME.txt beside it")
+    parser.add_argument("--tagger", default="wd14", help="a WD14 tagger's folder name in models/interrogators "
+                        "(default: wd14, the first one installed)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="keep tags scored at least this (default 0.5, "
+                        "A1111's DeepBooru threshold)")
+    parser.add_argument("--sort-by-score", action="store_true", help="best tags first (default: alphabetical)")
+    parser.add_argument("--keep-underscores", action="store_true", help="blue_sky, not blue sky")
+    parser.add_argument("--no-escape", action="store_true", help="leave ( ) unescaped")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing .txt captions (default: skip them)")
+
+
+def run_caption(args, paths) -> int:
+    """Tag every image of a folder with a WD14 tagger and write the tags to a `.txt` beside each (the captions
+    LoRA trainers read), formatted as A1111's DeepBooru formats them."""
+    from sdwebui.models.taggers import TaggerLibrary  # OpenCV, onnxruntime
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise CommandError(f"FOLDER {args.folder}: no such folder")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise CommandError(f"--threshold {args.threshold}: must be between 0 and 1")
+    library = TaggerLibrary(paths.models_dir)
+    installed = [entry.name for entry in library.entries()]
+    name = installed[0] if args.tagger == "wd14" and installed else args.tagger
+    if name not in installed:
+        raise CommandError(f"--tagger {args.tagger}: put a WD14 tagger's model.onnx and selected_tags.csv in "
+                           f"models/interrogators/<name>/ (installed: {', '.join(installed) or 'none'})")
+    options = TagOptions(threshold=args.threshold, sort_alpha=not args.sort_by_score,
+                         use_spaces=not args.keep_underscores, escape=not args.no_escape)
+    written = skipped = 0
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        caption = path.with_suffix(".txt")
+        if caption.exists() and not args.overwrite:
+            skipped += 1
+            continue
+        _ratings, tags = library.probabilities(name, open_image(str(path), "FOLDER"))
+        caption.write_text(format_tags(tags, options) + "\n", encoding="utf-8")
+        print(caption)
+        written += 1
+    note = f"sdwebui: note: {written} caption(s) written with {name}"
+    print(note + (f"; {skipped} image(s) already had one (--overwrite to replace)" if skipped else ""),
+          file=sys.stderr)
+    return 0
+
+
 def run_png_info(args) -> int:
     """The infotext of an image (A1111's PNG Info), then its other text items; a note when there is none."""
     image = open_image(args.image, "IMAGE")
@@ -315,4 +365,5 @@ def run_png_info(args) -> int:
 
 
 __all__ = ["CommandError", "add_param_flags", "param_values", "add_generation_flags", "add_img2img_flags",
-           "add_extras_flags", "cli_config", "run_generation", "run_extras", "run_png_info", "check_writable"]
+           "add_extras_flags", "cli_config", "run_generation", "run_extras", "run_png_info", "check_writable",
+           "add_caption_flags", "run_caption"]

@@ -125,3 +125,30 @@ def test_api_interrogate_bad_input_is_422(server, body, field, message):
         r = client.post("/sdapi/v1/interrogate", json={"image": _b64png(Image.new("RGB", (8, 8))), **body})
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field and message in r.json()["message"]
+
+
+def test_caption_a_folder_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="WD14 taggers run on onnxruntime (an optional extra)")
+    from sdwebui.cli import main
+
+    write_tiny_tagger(tmp_path / "models" / "interrogators" / "tiny-wd14")
+    pictures = tmp_path / "dataset"
+    pictures.mkdir()
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(pictures / "sky.png")
+    Image.new("RGB", (48, 32), (255, 0, 0)).save(pictures / "red.jpg")
+    (pictures / "notes.md").write_text("not an image")
+    (pictures / "old.png").write_bytes((pictures / "sky.png").read_bytes())
+    (pictures / "old.txt").write_text("my own caption\n")
+    assert main(["caption", str(pictures), "--data-dir", str(tmp_path)]) == 0
+    assert (pictures / "sky.txt").read_text() == "blue sky, smile\n"
+    assert (pictures / "red.txt").read_text() == "red \\(color\\), smile\n"  # padded to a white square first
+    assert (pictures / "old.txt").read_text() == "my own caption\n"  # kept without --overwrite
+    assert not (pictures / "notes.txt").exists()
+    assert "2 caption(s) written with tiny-wd14; 1 image(s) already had one" in capsys.readouterr().err
+    assert main(["caption", str(pictures), "--overwrite", "--sort-by-score", "--keep-underscores", "--no-escape",
+                 "--data-dir", str(tmp_path)]) == 0
+    assert (pictures / "old.txt").read_text() == "blue_sky, smile\n"
+    assert (pictures / "red.txt").read_text() == "red_(color), smile\n"
+    capsys.readouterr()
+    assert main(["caption", str(pictures), "--tagger", "nope", "--data-dir", str(tmp_path)]) == 2
+    assert "--tagger nope" in capsys.readouterr().err
