@@ -361,6 +361,9 @@ COMMANDS = {
     "samplers": run_samplers,
     "serve": run_serve,
     "merge": lambda args: run_model_tool(args, paths_from(args)),
+    "bake-lora": lambda args: run_model_tool(args, paths_from(args)),
+    "extract-lora": lambda args: run_model_tool(args, paths_from(args)),
+    "convert": lambda args: run_model_tool(args, paths_from(args)),
 }
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""The model-tool commands of `sdwebui`: `merge` (A1111's Checkpoint Merger), with a progress bar on a terminal.
+"""The model-tool commands of `sdwebui`: `merge` (A1111's Checkpoint Merger), `bake-lora`, `extract-lora` and
+`convert`, with a progress bar on a terminal.
 
     sdwebui merge A B [C] --method weighted-sum|add-difference|no-interpolation --multiplier M --name NAME
                   [--save-as-half] [--bake-in-vae VAE] [--discard-weights REGEX] [--format safetensors|ckpt]
+    sdwebui bake-lora CKPT LORA[:WEIGHT]... --name NAME
+    sdwebui extract-lora TUNED BASE --rank R [--conv-rank R] --name NAME     (to the LoRA folder)
+    sdwebui convert CKPT [--precision fp16|bf16|fp32|keep] [--keep-ema] [--name NAME]
 
 A, B, C and the VAE resolve as `--model` and `--vae` do: a name from the model list (file name, name without
 extension, A1111's title), a hash, or a path. The result is written to the checkpoints folder. Bad input is one
@@ -158,12 +162,131 @@ def run_merge(args, paths: Paths) -> int:
 def add_model_tool_commands(commands: argparse._SubParsersAction, add_path_flags) -> None:
     add_merge_parser(commands, add_path_flags)
 
+    bake = commands.add_parser("bake-lora", help="merge LoRAs into a checkpoint (a new file)",
+                               description="Merge one or more LoRA / LyCORIS files into a checkpoint's weights at the "
+                                           "given weights, with the same code that applies them when generating.")
+    bake.add_argument("checkpoint", metavar="CKPT", help="a name from the model list, a hash or a path")
+    bake.add_argument("loras", metavar="LORA[:WEIGHT]", nargs="+", help="a LoRA name (models/Lora) or path; weight 1")
+    bake.add_argument("--name", required=True, help="the new checkpoint's file name in the checkpoints folder")
+    bake.add_argument("--overwrite", action="store_true", help="replace an existing file of the same name")
+    add_path_flags(bake)
+
+    extract = commands.add_parser("extract-lora", help="extract a LoRA from a fine-tune and its base model (SVD)",
+                                  description="The difference TUNED - BASE as a LoRA (truncated SVD per layer, kohya "
+                                              "key names), written to the LoRA folder.")
+    extract.add_argument("tuned", metavar="TUNED")
+    extract.add_argument("base", metavar="BASE")
+    extract.add_argument("--rank", type=int, default=32, help="rank of linear and 1x1 layers (default 32)")
+    extract.add_argument("--conv-rank", type=int, help="rank of 3x3 convolutions (default: --rank)")
+    extract.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16")
+    extract.add_argument("--name", required=True, help="the LoRA's file name in the LoRA folder")
+    extract.add_argument("--overwrite", action="store_true")
+    add_path_flags(extract)
+
+    convert = commands.add_parser("convert", help="prune / convert a checkpoint: drop EMA, fp16/bf16, .ckpt -> "
+                                                  ".safetensors")
+    convert.add_argument("checkpoint", metavar="CKPT")
+    convert.add_argument("--precision", choices=("fp16", "bf16", "fp32", "keep"), default="fp16",
+                         help="float weights' precision (default fp16; the noise schedule stays float32)")
+    convert.add_argument("--keep-ema", action="store_true", help="keep model_ema.* (dropped by default)")
+    convert.add_argument("--name", help="file name in the checkpoints folder (default: <name>-<precision>)")
+    convert.add_argument("--overwrite", action="store_true")
+    add_path_flags(convert)
+
+
+TOOL_FLAGS = {"tuned": "TUNED", "base": "BASE", "rank": "--rank", "name": "--name", "checkpoint": "CKPT",
+              "loras": "LORA"}
+
+
+def _lora_file(text: str, paths: Paths) -> tuple[Path, float]:
+    from sdwebui.models.lora import LoraLibrary
+
+    name, weight = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            name, weight = head, float(tail)
+        except ValueError:
+            pass
+    candidate = Path(name).expanduser()
+    if candidate.is_file():
+        return candidate.resolve(), weight
+    found = LoraLibrary(paths.lora_dir).find(name)
+    if found is None:
+        raise CommandError(f"LORA: {name!r} is neither a file nor in {paths.lora_dir}")
+    return found.path, weight
+
+
+def _target(folder: Path, name: str, overwrite: bool) -> Path:
+    from sdwebui.models.model_tools import tool_target
+
+    return tool_target(folder, name, overwrite=overwrite)
+
+
+def run_bake_lora(args, paths: Paths) -> int:
+    from sdwebui.models.model_tools import bake_loras
+
+    checkpoint = resolve_model(args.checkpoint, paths, "CKPT")
+    loras = [_lora_file(text, paths) for text in args.loras]
+    bar = ProgressBar("bake-lora")
+    try:
+        result = bake_loras(checkpoint, loras, _target(paths.ckpt_dir, args.name, args.overwrite),
+                            overwrite=args.overwrite, progress=bar)
+    except ParamError as error:
+        raise param_error(error, TOOL_FLAGS) from None
+    finally:
+        bar.close()
+    for note in result.notes:
+        print(note)
+    print(f"Checkpoint saved to {result.path} ({result.counts['changed']} tensors changed by the LoRAs)")
+    return 0
+
+
+def run_extract_lora(args, paths: Paths) -> int:
+    from sdwebui.models.model_tools import extract_lora
+
+    tuned, base = resolve_model(args.tuned, paths, "TUNED"), resolve_model(args.base, paths, "BASE")
+    bar = ProgressBar("extract-lora")
+    try:
+        result = extract_lora(tuned, base, _target(paths.lora_dir, args.name, args.overwrite), rank=args.rank,
+                              conv_rank=args.conv_rank, precision=args.precision, overwrite=args.overwrite,
+                              progress=bar)
+    except ParamError as error:
+        raise param_error(error, {**TOOL_FLAGS, "rank": "--rank/--conv-rank"}) from None
+    finally:
+        bar.close()
+    for note in result.notes:
+        print(note)
+    print(f"LoRA saved to {result.path} ({result.counts['layers']} layers)")
+    return 0
+
+
+def run_convert(args, paths: Paths) -> int:
+    from sdwebui.models.model_tools import convert_checkpoint
+
+    source = resolve_model(args.checkpoint, paths, "CKPT")
+    precision = None if args.precision == "keep" else args.precision
+    name = args.name or f"{source.stem}-{args.precision if precision else 'pruned'}"
+    bar = ProgressBar("convert")
+    try:
+        result = convert_checkpoint(source, _target(paths.ckpt_dir, name, args.overwrite), precision=precision,
+                                    drop_ema=not args.keep_ema, overwrite=args.overwrite, progress=bar)
+    except ParamError as error:
+        raise param_error(error, TOOL_FLAGS) from None
+    finally:
+        bar.close()
+    for note in result.notes:
+        print(note)
+    print(f"Checkpoint saved to {result.path} ({result.counts['tensors']} tensors)")
+    return 0
+
 
 def run_model_tool(args, paths: Paths) -> int:
     return TOOL_COMMANDS[args.command](args, paths)
 
 
-TOOL_COMMANDS = {"merge": run_merge}
+TOOL_COMMANDS = {"merge": run_merge, "bake-lora": run_bake_lora, "extract-lora": run_extract_lora,
+                 "convert": run_convert}
 
 
 __all__ = ["add_model_tool_commands", "run_model_tool", "run_merge", "resolve_model", "resolve_vae_file", "MERGE_METHODS"]

@@ -74,3 +74,26 @@ def test_existing_name_needs_overwrite(data_dir, capsys):
     assert main(args) == 2
     assert "--name: twice.safetensors already exists" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_extract_bake_and_convert_commands(data_dir, capsys):
+    ckpt, loras = data_dir / "models" / "Stable-diffusion", data_dir / "models" / "Lora"
+    flags = ["--data-dir", str(data_dir)]
+    assert main(["extract-lora", "sub/beta", "alpha", "--rank", "4", "--name", "diff", *flags]) == 0
+    assert "LoRA saved to" in capsys.readouterr().out and (loras / "diff.safetensors").is_file()
+    assert main(["bake-lora", "alpha", "diff:0.5", "--name", "baked", *flags]) == 0
+    assert "tensors changed by the LoRAs" in capsys.readouterr().out
+    baked, alpha = load_file(ckpt / "baked.safetensors"), load_file(ckpt / "alpha.safetensors")
+    key = "model.diffusion_model.out.2.weight"
+    assert not torch.equal(baked[key], alpha[key]) and list(baked) == list(alpha)
+    assert main(["convert", "alpha", *flags]) == 0
+    assert load_file(ckpt / "alpha-fp16.safetensors")[key].dtype == torch.float16
+    before = listing(ckpt)
+    for argv, words in ((["convert", "nosuch"], "CKPT: checkpoint 'nosuch'"),
+                        (["bake-lora", "alpha", "nolora:1", "--name", "x"], "LORA: 'nolora'"),
+                        (["extract-lora", "alpha", "alpha", "--name", "same"], "TUNED: the two models have the same"),
+                        (["convert", "alpha", "--name", "alpha-fp16"], "--name: alpha-fp16.safetensors already exists")):
+        assert main([*argv, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+    assert listing(ckpt) == before and not (loras / "same.safetensors").exists()
