@@ -123,3 +123,21 @@ def test_convert_prunes_ema_and_halves_a_ckpt(tmp_path, files):
     torch.testing.assert_close(model.unet.conv_out.weight, tiny.unet.conv_out.weight.half().float(), rtol=0, atol=0)
     with pytest.raises(ParamError, match="checkpoint"):
         convert_checkpoint(tmp_path / "missing.ckpt", tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("family", [ModelFamily.SD1, ModelFamily.SD2])
+def test_convert_a_diffusers_folder_to_one_file(tmp_path, family):
+    from tiny_models import write_diffusers_folder
+
+    tiny = build_tiny(family, seed=2)
+    folder = write_diffusers_folder(tiny, tmp_path / "pipe")
+    result = convert_checkpoint(folder, tmp_path / "one.safetensors", precision="fp32")
+    single, from_folder = load(result.path), load(folder)
+    assert single.family == family and single.prediction_type == from_folder.prediction_type
+    for (name, weight), (_, other) in zip(lora_layers(single), lora_layers(from_folder)):
+        assert torch.equal(weight, other), name
+    torch.testing.assert_close(single.alphas_cumprod, from_folder.alphas_cumprod, rtol=0, atol=0)
+    ids = torch.randint(0, 49406, (1, 77), generator=torch.Generator().manual_seed(0))
+    for a, b in zip(single.text_encoder.towers, from_folder.text_encoder.towers):
+        assert torch.equal(a.module(ids, output_hidden_states=True).hidden_states[-2],
+                           b.module(ids, output_hidden_states=True).hidden_states[-2])

@@ -9,7 +9,7 @@
   embeddings cannot be held by a LoRA; the result counts them.
 - `convert_checkpoint(path)`: prune and convert one file, streamed like the merger: drop EMA weights
   (`model_ema.*`), cast float weights to fp16 / bf16 (the schedule buffers stay float32), `.ckpt` in (through the
-  restricted unpickler) -> `.safetensors` out.
+  restricted unpickler) -> `.safetensors` out; or a diffusers folder -> one single-file checkpoint.
 - `bake_loras(checkpoint, [(lora, weight), ...])`: LoRAs merged into a checkpoint's weights with the same code
   that applies them at generation time (`LoraLibrary.applied`), so a baked LoRA at weight w gives the picture the
   runtime LoRA at w gives. The model is loaded once (in the file's precision); every other key is copied as is.
@@ -209,7 +209,9 @@ def convert_checkpoint(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ToolResult:
-    """Prune / convert one checkpoint file (streamed); see the module docstring."""
+    """Prune / convert one checkpoint file (streamed), or a diffusers folder to one file; see the module docstring."""
+    if Path(source_path).is_dir():
+        return _convert_diffusers(Path(source_path), target, precision=precision, overwrite=overwrite, progress=progress)
     try:
         source = open_source(source_path)
     except ModelFileError as error:
@@ -250,6 +252,43 @@ def convert_checkpoint(
         source.close()
     notes = (f"dropped {dropped} EMA tensors (model_ema.*)",) if dropped else ()
     return ToolResult(target, {"tensors": len(plan), "dropped": dropped}, notes)
+
+
+def _convert_diffusers(folder: Path, target: Path, *, precision: str | None, overwrite: bool,
+                       progress: Progress | None) -> ToolResult:
+    """A diffusers folder as one LDM/SGM-layout file: loaded through the loader (its safe reads), written back with
+    `ldm_layout` (the loader's exact inverse) plus the schedule; not streamed (one model in memory).
+
+    SD 2's diffusers text encoder lacks OpenCLIP's last block (SD 2 conditions on the penultimate layer, so it is
+    never run); single files carry it and loaders drop it, so a copy of the block before it stands in (unused by
+    A1111, ComfyUI and us). The prediction type and native size go into the metadata (`modelspec.prediction_type`,
+    `sdwebui.native_size`), which our loader reads (A1111 needs a `.yaml` for v-prediction)."""
+    from sdwebui.models.ldm_layout import diffusers_to_ldm_checkpoint
+    from sdwebui.models.loader import is_diffusers_folder, load_checkpoint
+
+    if not is_diffusers_folder(folder):
+        raise ParamError(("checkpoint",), f"{folder.name}: a folder without model_index.json is not a diffusers model")
+    dtype = PRECISIONS[precision] if precision else torch.float32
+    try:
+        model = load_checkpoint(folder, device="cpu", dtype=dtype, vae_dtype=dtype, automatic_vae=False)
+    except ModelFileError as error:
+        raise ParamError(("checkpoint",), f"{folder.name}: {error.reason}") from None
+    towers = {tower.name: tower.module for tower in model.text_encoder.towers}
+    state = diffusers_to_ldm_checkpoint(model.family, unet=model.unet, vae=model.vae, text_encoders=towers)
+    if "clip_h" in towers:
+        prefix = "cond_stage_model.model.transformer.resblocks."
+        last = max(int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix))
+        for key in [k for k in state if k.startswith(f"{prefix}{last}.")]:
+            state[f"{prefix}{last + 1}." + key[len(f"{prefix}{last}."):]] = state[key].clone()
+    state["alphas_cumprod"] = model.alphas_cumprod.float()
+    metadata = {"format": "pt", "modelspec.prediction_type": model.prediction_type,
+                "sdwebui.native_size": str(model.native_size), "sdwebui.converted_from": folder.name}
+    tensors = {key: value.detach().contiguous() for key, value in state.items()}
+    if progress is not None:
+        progress(len(tensors), len(tensors), "Converting")
+    _save(tensors, target, metadata, overwrite)
+    return ToolResult(target, {"tensors": len(tensors), "dropped": 0},
+                      (f"{model.family.spec.title} diffusers folder written as one file",))
 
 
 # ------------------------------------------------------------------------------------------------- bake LoRAs
