@@ -314,18 +314,25 @@ def test_submissions_while_the_store_cannot_write_get_503_and_health_says_why(se
         server.services.store._db = disk.real
 
 
-def test_a_job_whose_images_cannot_be_recorded_is_a_503_and_the_next_one_runs(server, client):
+def test_a_job_whose_images_cannot_be_recorded_keeps_them_and_records_them_later(server, client):
+    """The store refuses image records (its disk is full) while the PNGs can still be written: the A1111 client
+    gets its image, the job waits to be recorded (health says so), and once the store takes writes again the
+    job is recorded with its image, and the next job runs."""
     store = server.services.store
     disk = FullDisk(store, matches=lambda sql: "INTO images" in sql)
     disk.on = True
     try:
         response = client.post("/sdapi/v1/txt2img", json={**FAST, "save_images": True, "seed": 4})
-        assert response.status_code == 503, response.text
-        assert response.json()["detail"].startswith("generation failed: the server cannot write its database")
+        assert response.status_code == 200, response.text
+        assert json.loads(response.json()["info"])["all_seeds"] == [4] and len(response.json()["images"]) == 1
         job = store.jobs(limit=1)[0]
-        assert job["status"] == "failed" and FULL in job["error"]
+        assert job["status"] == "running" and server.services.worker.unrecorded(job["id"]) is not None
+        health = client.get("/api/v1/health").json()
+        assert health["status"] == "degraded" and FULL in health["reasons"][0]
         assert server.services.worker.alive
         disk.on = False
+        wait_until(lambda: store.job(job["id"])["status"] == "done", timeout=10)
+        assert [record["seed"] for record in store.images(job_id=job["id"])] == [4]
         wait_until(lambda: client.get("/api/v1/health").json()["status"] == "ok", timeout=10)
         response = client.post("/sdapi/v1/txt2img", json={**FAST, "save_images": True, "seed": 5})
         assert response.status_code == 200
@@ -494,6 +501,34 @@ def test_a_lock_held_past_the_wait_is_a_503_naming_it(tmp_path, tiny_sd1_path):
             locker.release()
         wait_until(lambda: client.get("/api/v1/health").json()["status"] == "ok", timeout=10)
         assert client.post("/api/v1/jobs", json=FAST).status_code == 202
+
+
+def test_images_saved_while_the_lock_is_held_past_the_wait_are_recorded_with_the_job(tmp_path, tiny_sd1_path):
+    """A job that saves its images while another process holds the lock past the store's wait does not fail:
+    its PNGs are written, their records wait in memory, and once the lock is gone they are written with the
+    job's outcome (ids in its result), so the history loses nothing."""
+    data = make_data_dir(tmp_path / "data", tiny_sd1_path)
+    with LiveServer(data, ui=False, store_lock_wait=0.5) as live, live.client() as client:
+        live.services.worker.retry_interval = 0.2
+        job_id = client.post("/api/v1/jobs", json={**FAST, "steps": 60, "batch_size": 2, "seed": 21,
+                                                   "save_images": True}).json()["id"]
+        wait_until(lambda: ((client.get(f"/api/v1/jobs/{job_id}").json()["progress"] or {}).get("step") or 0) > 0,
+                   timeout=120)
+        locker = Locker(live.services.store.path)
+        try:
+            view = wait_until(lambda: (v := client.get(f"/api/v1/jobs/{job_id}").json())["status"] != "running"
+                              and v, timeout=120)
+            assert view["status"] == "done", view
+            assert view["recorded"] is False and locker.held()
+            saved = sorted((data / "outputs" / "txt2img-images").rglob("*.png"))
+            assert len(saved) == 2  # both PNGs are on disk while their records wait
+        finally:
+            locker.release()
+        wait_until(lambda: live.services.store.job(job_id)["status"] == "done", timeout=30)
+        records = live.services.store.images(job_id=job_id)
+        assert sorted(record["seed"] for record in records) == [21, 22]
+        result = live.services.store.job(job_id)["result"]
+        assert sorted(entry["id"] for entry in result["images"]) == sorted(record["id"] for record in records)
 
 
 def test_a_locked_database_is_not_moved_aside(tmp_path):

@@ -144,6 +144,9 @@ class JobHandle:
     """What a failed job raised (for in-process callers such as the CLI, which report it as they would their own)."""
     images: list = field(default_factory=list)
     """PIL images of a finished job (kept in memory for the request that waits for it)."""
+    unrecorded_images: list = field(default_factory=list)
+    """Records (`Store.add_image`'s arguments) of images saved while the store could not take them: written with
+    the job's outcome (`Outcome.images`)."""
     interrupted: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
     _waiters: list = field(default_factory=list)
@@ -377,6 +380,8 @@ class Outcome:
     result: dict | None
     progress: dict
     finished: float = field(default_factory=time.time)
+    images: list = field(default_factory=list)
+    """The job's image records the store could not take while it ran (`JobHandle.unrecorded_images`)."""
 
 
 class Worker:
@@ -544,7 +549,7 @@ class Worker:
                 log.error("job %s failed:\n%s", job.id, "".join(traceback.format_exception(exc)))
         self._progress.forget(job.id)
         job.status, job.error, job.result = status, error, result
-        return Outcome(job.id, status, error, result, job.progress.as_dict())
+        return Outcome(job.id, status, error, result, job.progress.as_dict(), images=list(job.unrecorded_images))
 
     def _record(self, job: JobHandle, outcome: Outcome) -> None:
         """Write a finished job's outcome; when the store cannot take it now, keep it and retry (`fault`)."""
@@ -556,7 +561,8 @@ class Worker:
                       job.id, outcome.status, error.reason)
         except Exception:  # noqa: BLE001 - e.g. a result that is not JSON: the job fails, the worker goes on
             log.exception("could not record the outcome of job %s", job.id)
-            outcome = Outcome(job.id, "failed", "internal error while recording the result", None, outcome.progress)
+            outcome = Outcome(job.id, "failed", "internal error while recording the result", None, outcome.progress,
+                              images=outcome.images)
             job.status, job.error, job.result = outcome.status, outcome.error, None
             try:
                 self._write(outcome)
@@ -568,7 +574,7 @@ class Worker:
 
     def _write(self, outcome: Outcome) -> None:
         self.store.finish_job(outcome.job_id, outcome.status, error=outcome.error, result=outcome.result,
-                              progress=outcome.progress)
+                              progress=outcome.progress, images=outcome.images)
 
     def _record_unrecorded(self) -> bool:
         """Retry the outcomes the store could not take, oldest first; True when none is left."""

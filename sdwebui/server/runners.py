@@ -13,6 +13,8 @@ The result is what the native API shows under `result` and what the A1111 routes
 from __future__ import annotations
 
 import io
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from sdwebui.pipelines.grids import grid_rows, image_grid
@@ -22,10 +24,13 @@ from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
 from sdwebui.server.console import JobConsoleBar
 from sdwebui.server.model_tools import run_merge_job
 from sdwebui.server.payloads import ExtrasPayload, GenerationPayload, OutputOptions, decode_png
+from sdwebui.server.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from sdwebui.server.queue import JobHandle
     from sdwebui.server.services import Services
+
+log = logging.getLogger(__name__)
 
 
 def run_generation(job: "JobHandle", services: "Services") -> dict:
@@ -303,12 +308,27 @@ class ImageSaver:
                               date_subdir=self.output.date_subdir, pattern=self.output.filename_pattern,
                               fields={**filename_fields, "prompt": prompt})
             relative = _relative_to(path, outputs)
-            image_id = self.services.store.add_image(
-                job_id=self.job.id, path=relative, seed=seed, prompt=prompt,
+            image_id = record_image(
+                self.services, self.job, path=relative, seed=seed, prompt=prompt,
                 negative_prompt=params.negative_prompt, infotext=infotext, params=params.to_dict(),
                 model_name=model.info.name, model_hash=model.info.short_hash, width=image.width, height=image.height,
             )
             self.saved.append({"id": image_id, "path": relative})
+
+
+def record_image(services: "Services", job: "JobHandle", **record) -> int | None:
+    """Record a saved image in the history; its id, or None when the store cannot take it now (another process
+    holds the database's lock past the wait, a full disk): the record then waits in memory and is written with
+    the job's outcome, which the worker retries until the store takes it. Once the store has failed a job, its
+    later images wait too rather than each waiting on the store again."""
+    if not job.unrecorded_images:
+        try:
+            return services.store.add_image(job_id=job.id, **record)
+        except StoreUnavailable as error:
+            log.warning("job %s: the image %s is saved but cannot be recorded now (%s); it will be recorded with "
+                        "the job", job.id, record["path"], error.reason)
+    job.unrecorded_images.append({**record, "created": time.time()})
+    return None
 
 
 def _relative_to(path, root) -> str:
@@ -357,9 +377,8 @@ def run_extras(job: "JobHandle", services: "Services") -> dict:
                               date_subdir=payload.output.date_subdir,
                               extra_text={"postprocessing": info} if info else None)
             relative = _relative_to(path, outputs)
-            image_id = services.store.add_image(job_id=job.id, path=relative, infotext=original or info,
-                                                params=payload.to_json()["params"], width=image.width,
-                                                height=image.height)
+            image_id = record_image(services, job, path=relative, infotext=original or info,
+                                    params=payload.to_json()["params"], width=image.width, height=image.height)
             saved.append({"id": image_id, "path": relative})
     return {"infotexts": infotexts, "sizes": [list(image.size) for image in images], "images": saved, "notes": notes}
 

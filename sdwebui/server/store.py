@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -320,12 +320,21 @@ class Store:
             db.execute("UPDATE jobs SET progress=? WHERE id=? AND status='running'", (_dumps(progress), job_id))
 
     def finish_job(self, job_id: str, status: str, *, error: str | None = None,
-                   result: Mapping[str, Any] | None = None, progress: Mapping[str, Any] | None = None) -> None:
+                   result: Mapping[str, Any] | None = None, progress: Mapping[str, Any] | None = None,
+                   images: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Record a job's outcome, with the records of its saved images that the store could not take while the
+        job ran (`images`, `add_image`'s arguments): all in one transaction, their ids filled into the result's
+        `images` entries (`{"id": None, "path": ...}`) of the same path."""
         if status not in FINISHED_STATUSES:
             raise ValueError(f"not a final job status: {status!r}")
-        values = (status, time.time(), error, _dumps(result) if result is not None else None,
-                  _dumps(progress) if progress is not None else None, job_id)
-        with self._writing() as db:
+        with self._writing(transaction=bool(images)) as db:
+            ids = {record["path"]: self._insert_image(db, job_id, record) for record in images}
+            if ids and result is not None:
+                result = {**result, "images": [
+                    {**entry, "id": ids.get(entry.get("path"), entry.get("id"))} if isinstance(entry, Mapping)
+                    else entry for entry in result.get("images", ())]}
+            values = (status, time.time(), error, _dumps(result) if result is not None else None,
+                      _dumps(progress) if progress is not None else None, job_id)
             db.execute(
                 "UPDATE jobs SET status=?, finished=?, error=?, result=?, progress=COALESCE(?, progress) WHERE id=?",
                 values,
@@ -350,14 +359,23 @@ class Store:
                   negative_prompt: str = "", infotext: str = "", params: Mapping[str, Any] | None = None,
                   model_name: str | None = None, model_hash: str | None = None, width: int | None = None,
                   height: int | None = None) -> int:
-        values = (job_id, path, seed, prompt, negative_prompt, infotext, _dumps(params or {}), model_name,
-                  model_hash, width, height, time.time())
+        record = {"path": path, "seed": seed, "prompt": prompt, "negative_prompt": negative_prompt,
+                  "infotext": infotext, "params": params, "model_name": model_name, "model_hash": model_hash,
+                  "width": width, "height": height}
         with self._writing() as db:
-            cursor = db.execute(
-                "INSERT INTO images (job_id, path, seed, prompt, negative_prompt, infotext, params, model_name, "
-                "model_hash, width, height, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
+            return self._insert_image(db, job_id, record)
+
+    @staticmethod
+    def _insert_image(db: sqlite3.Connection, job_id: str | None, record: Mapping[str, Any]) -> int:
+        values = (job_id, record["path"], record.get("seed"), record.get("prompt", ""),
+                  record.get("negative_prompt", ""), record.get("infotext", ""), _dumps(record.get("params") or {}),
+                  record.get("model_name"), record.get("model_hash"), record.get("width"), record.get("height"),
+                  record.get("created") or time.time())
+        cursor = db.execute(
+            "INSERT INTO images (job_id, path, seed, prompt, negative_prompt, infotext, params, model_name, "
+            "model_hash, width, height, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            values,
+        )
         return int(cursor.lastrowid)
 
     def image(self, image_id: int) -> dict | None:
