@@ -115,7 +115,7 @@ EXTRA_NETWORKS_JS = """
   const sdwClose = () => { sdwList.style.display = "none"; sdwItems = []; };
   const sdwWordBefore = (box) => {
     const text = box.value.slice(0, box.selectionStart);
-    const match = text.match(/(<(lora|lyco|hypernet):[^<>:,]*|__[^_\s,]*_?_?|[^\s,()\[\]{}|<>:]+)$/);
+    const match = text.match(/(<(lora|lyco|hypernet):[^<>:,]*|__[^_\\s,]*_?_?|[^\\s,()\\[\\]{}|<>:]+)$/);
     return match ? match[0] : "";
   };
   const sdwShow = () => {
