@@ -222,11 +222,15 @@ def test_extras_restore_after_upscaling_and_blend_with_the_visibility(tmp_path):
     x0, y0, x1, y1 = ASTRONAUT_FACE
     assert changed[y0 + 30:y1 - 30, x0 + 30:x1 - 30].mean() > 0.9
     assert not changed[400:, :].any() and not changed[:, 380:].any()
-    half = run_extras(image, ExtrasParams(upscaler_1="Lanczos", upscaling_resize=2.0, gfpgan_visibility=0.5),
-                      upscalers, faces=faces)
-    expected = Image.blend(Image.fromarray(upscaled.astype(np.uint8)), full.image, 0.5)
-    assert np.abs(np.asarray(half.image).astype(int) - np.asarray(expected).astype(int)).max() <= 1
-    assert "GFPGAN visibility: 0.5" in half.infotext
+
+
+def test_extras_visibility_blends_the_restored_image_over_the_input(faces):
+    image = astronaut()
+    full, count = faces.extras(image, "RestoreFormer", 1.0)
+    half, _ = faces.extras(image, "RestoreFormer", 0.5)
+    assert count == 1
+    expected = Image.blend(image, full, 0.5)
+    assert np.abs(np.asarray(half).astype(int) - np.asarray(expected).astype(int)).max() <= 1
 
 
 def test_extras_without_a_face_keep_the_image_and_say_so(faces):
