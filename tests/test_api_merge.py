@@ -79,3 +79,38 @@ def test_bad_input_is_a_422_naming_the_field(server, body, field):
         assert detail[0]["loc"][-1] == field, detail
         assert "/tmp" not in response.text  # no server path leaks to the client
     assert files(server) == before
+
+
+def test_model_tool_jobs(server):
+    ckpt, loras = server.config.paths.ckpt_dir, server.config.paths.lora_dir
+    with server.client() as client:
+        def run(body):
+            response = client.post("/api/v1/jobs", json=body)
+            assert response.status_code == 202, response.text
+            view = wait_for_job(client, response.json()["id"], timeout=120)
+            assert view["status"] == "done", view["error"]
+            assert view["kind"] == body["type"]
+            return view["result"]
+
+        result = run({"type": "extract_lora", "tuned": "beta", "base": "alpha", "rank": 4, "name": "delta"})
+        assert result["file"] == "delta.safetensors" and (loras / "delta.safetensors").is_file()
+        result = run({"type": "bake_lora", "checkpoint": "alpha", "loras": [{"name": "delta", "weight": 0.5}],
+                      "name": "baked"})
+        assert result["checkpoint"]["name"] == "baked.safetensors" and result["checkpoint"]["hash"]
+        result = run({"type": "convert", "checkpoint": "alpha", "precision": "fp16", "name": "alpha-half"})
+        assert load_file(ckpt / "alpha-half.safetensors")["model.diffusion_model.out.2.weight"].dtype == torch.float16
+        names = [m["name"] for m in client.get("/api/v1/models").json()]
+        assert {"baked.safetensors", "alpha-half.safetensors"} <= set(names)
+        before = files(server)
+        for body, loc in (
+            ({"type": "extract_lora", "tuned": "xl", "base": "alpha", "name": "x"}, ["base"]),
+            ({"type": "bake_lora", "checkpoint": "alpha", "loras": [{"name": "nolora"}], "name": "x"},
+             ["loras", 0, "name"]),
+            ({"type": "convert", "checkpoint": "alpha", "name": "alpha-half"}, ["name"]),
+            ({"type": "convert", "checkpoint": "alpha", "name": "../up"}, ["name"]),
+            ({"type": "extract_lora", "tuned": "beta", "base": "alpha", "rank": 0, "name": "x"}, ["rank"]),
+        ):
+            response = client.post("/api/v1/jobs", json=body)
+            assert response.status_code == 422, response.text
+            assert response.json()["detail"][0]["loc"][-len(loc):] == loc, response.text
+        assert files(server) == before

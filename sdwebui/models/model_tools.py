@@ -28,7 +28,7 @@ from sdwebui.core.errors import ParamError
 from sdwebui.models.detect import detect
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.files import ModelFileError
-from sdwebui.models.merge import output_target
+from sdwebui.models.merge import MergeInterrupted, output_target
 from sdwebui.models.tensor_stream import AtomicOutput, StreamingWriter, TensorSpec, open_source
 
 Progress = Callable[[int, int, str], None]
@@ -238,7 +238,7 @@ def convert_checkpoint(
         try:
             for index, (key, spec) in enumerate(plan):
                 if should_stop is not None and should_stop():
-                    raise KeyboardInterrupt
+                    raise MergeInterrupted("interrupted; nothing was written")
                 writer.write(key, source.get(key).to(spec.dtype))
                 if progress is not None:
                     progress(index + 1, len(plan), "Converting")

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdwebui.core.errors import ParamError
+from sdwebui.models.hashing import sha256_of
 from sdwebui.server.catalog import entry_for, relative_name
-from sdwebui.server.payloads import MergePayload
+from sdwebui.server.payloads import MergePayload, ModelToolPayload
 
 if TYPE_CHECKING:
     from sdwebui.server.queue import JobHandle
@@ -130,4 +131,148 @@ def submit_merge(services: "Services", job: MergeJob):
     return services.queue.submit("merge", prepare_merge(services, job))
 
 
-__all__ = ["MergeJob", "prepare_merge", "run_merge_job", "submit_merge"]
+# ---- the other model tools (`models.model_tools`): the same queue, one job type each ------------------------------
+
+_NAME = Field(..., min_length=1, max_length=200, description="the result's file name (extension added)")
+
+
+class ConvertJob(BaseModel):
+    """Prune / convert a checkpoint (or a diffusers folder) into a new `.safetensors` in the checkpoints folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["convert"] = "convert"
+    checkpoint: str = Field(..., min_length=1, max_length=500)
+    precision: Literal["fp16", "bf16", "fp32", "keep"] = "fp16"
+    keep_ema: bool = False
+    name: str = _NAME
+    overwrite: bool = False
+
+
+class ExtractLoraJob(BaseModel):
+    """A LoRA from the difference of two checkpoints (SVD), written to the LoRA folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["extract_lora"] = "extract_lora"
+    tuned: str = Field(..., min_length=1, max_length=500)
+    base: str = Field(..., min_length=1, max_length=500)
+    rank: int = Field(32, ge=1, le=4096)
+    conv_rank: int | None = Field(None, ge=1, le=4096)
+    precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    name: str = _NAME
+    overwrite: bool = False
+
+
+class LoraWeight(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=500)
+    weight: float = Field(1.0, ge=-10.0, le=10.0, allow_inf_nan=False)
+
+
+class BakeLoraJob(BaseModel):
+    """LoRAs merged into a checkpoint, as a new checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["bake_lora"] = "bake_lora"
+    checkpoint: str = Field(..., min_length=1, max_length=500)
+    loras: list[LoraWeight] = Field(..., min_length=1, max_length=20)
+    name: str = _NAME
+    overwrite: bool = False
+
+
+TOOL_JOBS = {"convert": ConvertJob, "extract_lora": ExtractLoraJob, "bake_lora": BakeLoraJob}
+
+
+def _checkpoint(services: "Services", name: str, field: str) -> Path:
+    try:
+        return services.resolve_checkpoint(name)
+    except LookupError as error:
+        raise ParamError((field,), str(error.args[0]) if error.args else str(error)) from None
+
+
+def prepare_tool(services: "Services", job: BaseModel) -> ModelToolPayload:
+    """Resolve a tool job's names (folder listings only) and its output path; ParamError naming the field."""
+    from sdwebui.models.loader import describe_checkpoint
+    from sdwebui.models.model_tools import tool_target
+
+    paths = services.paths
+    if isinstance(job, ConvertJob):
+        source = _checkpoint(services, job.checkpoint, "checkpoint")
+        target = tool_target(paths.ckpt_dir, job.name, overwrite=job.overwrite)
+        args = {"source": str(source), "precision": None if job.precision == "keep" else job.precision,
+                "drop_ema": not job.keep_ema}
+    elif isinstance(job, ExtractLoraJob):
+        tuned, base = _checkpoint(services, job.tuned, "tuned"), _checkpoint(services, job.base, "base")
+        families = {}
+        for field, path in (("tuned", tuned), ("base", base)):
+            try:
+                families[field] = describe_checkpoint(path).family
+            except Exception as error:  # noqa: BLE001 - a ModelFileError or a detection failure: named below
+                raise ParamError((field,), f"{path.name}: {getattr(error, 'reason', error)}") from None
+        if families["tuned"] != families["base"]:
+            raise ParamError(("base",), f"the tuned model is {families['tuned'].spec.title} but the base is "
+                                        f"{families['base'].spec.title}")
+        target = tool_target(paths.lora_dir, job.name, overwrite=job.overwrite)
+        args = {"tuned": str(tuned), "base": str(base), "rank": job.rank, "conv_rank": job.conv_rank,
+                "precision": job.precision}
+    else:
+        source = _checkpoint(services, job.checkpoint, "checkpoint")
+        loras = []
+        for index, entry in enumerate(job.loras):
+            found = services.loras.find(entry.name)
+            if found is None:
+                raise ParamError(("loras", index, "name"), f"no LoRA {entry.name!r} in the LoRA folder")
+            loras.append([str(found.path), entry.weight])
+        target = tool_target(paths.ckpt_dir, job.name, overwrite=job.overwrite)
+        args = {"source": str(source), "loras": loras}
+    return ModelToolPayload(tool=job.type, args=args, target=str(target), overwrite=job.overwrite)
+
+
+def submit_tool(services: "Services", job: BaseModel):
+    """Check and queue a convert / extract_lora / bake_lora job."""
+    return services.queue.submit(job.type, prepare_tool(services, job))
+
+
+def run_tool_job(job: "JobHandle", services: "Services") -> dict:
+    from sdwebui.models.merge import MergeInterrupted
+    from sdwebui.models.model_tools import bake_loras, convert_checkpoint, extract_lora
+
+    payload: ModelToolPayload = job.payload
+    args, target = payload.args, Path(payload.target)
+
+    def progress(done: int, total: int, text: str) -> None:
+        job.progress.textinfo = text
+        if done:
+            job.report_step(done, total, 0, 1)
+
+    stop = job.stop
+    try:
+        if payload.tool == "convert":
+            result = convert_checkpoint(Path(args["source"]), target, precision=args["precision"],
+                                        drop_ema=args["drop_ema"], overwrite=payload.overwrite, progress=progress,
+                                        should_stop=stop.interrupted.is_set if stop is not None else None)
+        elif payload.tool == "extract_lora":
+            result = extract_lora(Path(args["tuned"]), Path(args["base"]), target, rank=args["rank"],
+                                  conv_rank=args["conv_rank"], precision=args["precision"],
+                                  overwrite=payload.overwrite, progress=progress)
+        else:
+            result = bake_loras(Path(args["source"]), [(Path(p), float(w)) for p, w in args["loras"]], target,
+                                overwrite=payload.overwrite, progress=progress)
+    except MergeInterrupted as error:
+        job.interrupted = True
+        return {"file": None, "info": str(error), "notes": []}
+    folder = services.paths.lora_dir if payload.tool == "extract_lora" else services.paths.ckpt_dir
+    name = relative_name(result.path, folder)
+    out = {"file": name, "info": f"Saved {name}", "counts": dict(result.counts), "notes": list(result.notes)}
+    if payload.tool != "extract_lora":
+        sha256_of(result.path, services.paths.cache_dir)  # listed with its hash at once, as a merge
+        entry = entry_for(services.paths, result.path)
+        out["checkpoint"] = {"title": entry.title, "name": entry.name, "hash": entry.short_hash}
+    return out
+
+
+__all__ = ["MergeJob", "prepare_merge", "run_merge_job", "submit_merge", "ConvertJob", "ExtractLoraJob",
+           "BakeLoraJob", "TOOL_JOBS", "prepare_tool", "submit_tool", "run_tool_job"]

@@ -247,8 +247,35 @@ class MergePayload:
                    vae_name=str(data.get("vae_name", "None")), target=str(data.get("target", "")))
 
 
+@dataclass(frozen=True)
+class ModelToolPayload:
+    """A convert / extract_lora / bake_lora job (`server.model_tools`): the tool's arguments (paths resolved at
+    submit time) and the output path."""
+
+    tool: str
+    args: Mapping[str, Any]
+    target: str
+    overwrite: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.tool
+
+    def recovered(self) -> "ModelToolPayload":
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "args": dict(self.args), "target": self.target, "overwrite": self.overwrite}
+
+    @classmethod
+    def from_json(cls, kind: str, data: Mapping[str, Any]) -> "ModelToolPayload":
+        return cls(tool=kind, args=dict(data["args"]), target=str(data["target"]),
+                   overwrite=bool(data.get("overwrite", False)))
+
+
 PAYLOAD_TYPES = {"txt2img": GenerationPayload, "img2img": GenerationPayload, "extras": ExtrasPayload,
-                 "load_model": LoadModelPayload, "merge": MergePayload}
+                 "load_model": LoadModelPayload, "merge": MergePayload, "convert": ModelToolPayload,
+                 "extract_lora": ModelToolPayload, "bake_lora": ModelToolPayload}
 
 
 def load_payload(kind: str, data: Mapping[str, Any]) -> Any:
@@ -303,6 +330,6 @@ def decode_png(text: str) -> Image.Image:
     return image
 
 
-__all__ = ["Payload", "GenerationPayload", "ExtrasPayload", "LoadModelPayload", "MergePayload", "OutputOptions", "GridOptions",
+__all__ = ["Payload", "GenerationPayload", "ExtrasPayload", "LoadModelPayload", "MergePayload", "ModelToolPayload", "OutputOptions", "GridOptions",
            "BatchEntry",
            "load_payload", "upgrade_v1", "SCHEMA_VERSION", "encode_png", "decode_png", "PARAMS_TYPES"]

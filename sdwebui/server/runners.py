@@ -22,7 +22,7 @@ from sdwebui.pipelines.jobs import TaskRunner, drive_tasks, job_script, run_task
 from sdwebui.pipelines.output import save_image
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
 from sdwebui.server.console import JobConsoleBar
-from sdwebui.server.model_tools import run_merge_job
+from sdwebui.server.model_tools import run_merge_job, run_tool_job
 from sdwebui.server.payloads import ExtrasPayload, GenerationPayload, OutputOptions, decode_png
 from sdwebui.server.store import StoreUnavailable
 
@@ -389,7 +389,7 @@ def run_load_model(job: "JobHandle", services: "Services") -> dict:
 
 
 RUNNERS = {"txt2img": run_generation, "img2img": run_generation, "extras": run_extras, "load_model": run_load_model,
-           "merge": run_merge_job}
+           "merge": run_merge_job, "convert": run_tool_job, "extract_lora": run_tool_job, "bake_lora": run_tool_job}
 
 
 __all__ = ["run_generation", "run_extras", "run_load_model", "RUNNERS", "ImageSaver", "generation_result"]
