@@ -76,3 +76,22 @@ def test_merge_from_the_tab(page, server):
     assert "alpha.safetensors [" in page.locator("#modelmerger_primary_model_name input").first.input_value()
     page.locator("#modelmerger_tertiary_model_name input").first.click()
     wait_until(lambda: page.locator("[role=option]:has-text('ui-mix')").count() >= 1, timeout=10)
+
+
+def test_model_tools_area_converts_and_names_bad_fields(page, server):
+    page.locator("#modeltools").get_by_text("Model tools").first.click()
+    page.get_by_role("tab", name="Convert", exact=True).first.click()
+    choose(page, "modeltools_convert_checkpoint", "beta")
+    page.locator("#modeltools_convert_name input, #modeltools_convert_name textarea").first.fill("beta-small")
+    page.locator("#modeltools_convert").click()
+    result = page.locator("#modeltools_result")
+    wait_until(lambda: "Saved beta-small.safetensors" in result.inner_text(), timeout=120)
+    with safe_open(str(server.config.paths.ckpt_dir / "beta-small.safetensors"), "pt") as file:
+        assert file.get_tensor("model.diffusion_model.out.2.weight").dtype.itemsize == 2
+    page.get_by_role("tab", name="Bake LoRA", exact=True).first.click()
+    choose(page, "modeltools_bake_checkpoint", "alpha")
+    page.locator("#modeltools_bake_loras input, #modeltools_bake_loras textarea").first.fill("nolora:0.5")
+    page.locator("#modeltools_bake_name input, #modeltools_bake_name textarea").first.fill("x")
+    page.locator("#modeltools_bake").click()
+    wait_until(lambda: "loras.0.name" in result.inner_text(), timeout=30)
+    shot(page, "model-tools")

@@ -1,6 +1,7 @@
 """The Checkpoint Merger tab, in A1111's layout (`modules/ui_checkpoint_merger.py`): primary / secondary / tertiary
 dropdowns with refresh buttons, custom name, multiplier slider, interpolation method, checkpoint format, save as
-float16, copy config from, bake in VAE, discard weights, and the metadata accordion.
+float16, copy config from, bake in VAE, discard weights, and the metadata accordion; below it, a "Model tools"
+area (beyond A1111): bake LoRAs into a checkpoint, extract a LoRA from two checkpoints, convert / prune.
 
 The Merge button queues the same job as `POST /api/v1/jobs {"type": "merge"}` (`server.model_tools`), so the
 browser, the API and the CLI make the same file; the tab shows the job's progress, and the new checkpoint is in
@@ -19,7 +20,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from sdwebui.core.errors import ParamError
-from sdwebui.server.model_tools import MergeJob, submit_merge
+from sdwebui.server.model_tools import BakeLoraJob, ConvertJob, ExtractLoraJob, MergeJob, submit_merge, submit_tool
 from sdwebui.server.queue import QueueFull
 from sdwebui.server.services import Services
 from sdwebui.server.store import StoreUnavailable
@@ -43,6 +44,52 @@ DESCRIPTIONS = {
 class MergerTab:
     fields: dict[str, Any] = field(default_factory=dict)
     components: dict[str, Any] = field(default_factory=dict)
+    tools: dict[str, Any] = field(default_factory=dict)
+    """The "Model tools" area's inputs (bake LoRA, extract LoRA, convert)."""
+
+
+def parse_loras(text: str) -> list[dict[str, Any]]:
+    """"name:weight, name" -> [{"name", "weight"}] (weight 1 when left out)."""
+    out = []
+    for part in (p.strip() for p in str(text or "").split(",")):
+        if not part:
+            continue
+        name, sep, weight = part.rpartition(":")
+        try:
+            out.append({"name": name.strip(), "weight": float(weight)} if sep and name else {"name": part, "weight": 1.0})
+        except ValueError:
+            out.append({"name": part, "weight": 1.0})
+    return out
+
+
+def tool_job(tool: str, values: dict[str, Any]):
+    """The "Model tools" inputs for `tool` ("bake", "extract", "convert") as the native job."""
+    overwrite = bool(values.get("overwrite"))
+    try:
+        if tool == "bake":
+            return BakeLoraJob(checkpoint=values.get("bake_checkpoint") or "", loras=parse_loras(values["bake_loras"]),
+                               name=values.get("bake_name") or "", overwrite=overwrite)
+        if tool == "extract":
+            return ExtractLoraJob(tuned=values.get("extract_tuned") or "", base=values.get("extract_base") or "",
+                                  rank=int(values["extract_rank"]), conv_rank=int(values["extract_conv_rank"]),
+                                  precision=values["extract_precision"], name=values.get("extract_name") or "",
+                                  overwrite=overwrite)
+        return ConvertJob(checkpoint=values.get("convert_checkpoint") or "", precision=values["convert_precision"],
+                          keep_ema=bool(values["convert_keep_ema"]), name=values.get("convert_name") or "",
+                          overwrite=overwrite)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise UIError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def queue_tool(services: Services, tool: str, values: dict[str, Any]):
+    job = tool_job(tool, values)
+    try:
+        return submit_tool(services, job)
+    except ParamError as error:
+        raise UIError(f"{error.field_path}: {error.message}") from None
+    except (QueueFull, StoreUnavailable) as error:
+        raise UIError(str(error)) from None
 
 
 def description_html(method: str) -> str:
@@ -151,8 +198,47 @@ def build(services: Services) -> MergerTab:
                 c["read_metadata"] = gr.Button("Read metadata from selected checkpoints",
                                                elem_id="modelmerger_read_metadata")
             c["merge"] = gr.Button("Merge", variant="primary", elem_id="modelmerger_merge")
+            t = tab.tools
+            with gr.Accordion("Model tools", open=False, elem_id="modeltools"):
+                with gr.Tabs():
+                    with gr.Tab("Bake LoRA", elem_id="modeltools_bake_tab"):
+                        t["bake_checkpoint"] = gr.Dropdown(titles, value=None, label="Checkpoint",
+                                                           elem_id="modeltools_bake_checkpoint")
+                        t["bake_loras"] = gr.Textbox("", label="LoRAs (name:weight, comma-separated)",
+                                                     placeholder="my-style:0.7, detail:0.3", elem_id="modeltools_bake_loras")
+                        t["bake_name"] = gr.Textbox("", label="New checkpoint name", elem_id="modeltools_bake_name")
+                        c["bake"] = gr.Button("Bake", variant="primary", elem_id="modeltools_bake")
+                    with gr.Tab("Extract LoRA", elem_id="modeltools_extract_tab"):
+                        with gr.Row():
+                            t["extract_tuned"] = gr.Dropdown(titles, value=None, label="Fine-tuned model",
+                                                             elem_id="modeltools_extract_tuned")
+                            t["extract_base"] = gr.Dropdown(titles, value=None, label="Base model",
+                                                            elem_id="modeltools_extract_base")
+                        with gr.Row():
+                            t["extract_rank"] = gr.Slider(1, 256, value=32, step=1, label="Rank",
+                                                          elem_id="modeltools_extract_rank")
+                            t["extract_conv_rank"] = gr.Slider(1, 256, value=32, step=1, label="Conv rank (3x3)",
+                                                               elem_id="modeltools_extract_conv_rank")
+                        t["extract_precision"] = gr.Radio(["fp16", "bf16", "fp32"], value="fp16", label="Precision",
+                                                          elem_id="modeltools_extract_precision")
+                        t["extract_name"] = gr.Textbox("", label="LoRA name (in the LoRA folder)",
+                                                       elem_id="modeltools_extract_name")
+                        c["extract"] = gr.Button("Extract", variant="primary", elem_id="modeltools_extract")
+                    with gr.Tab("Convert", elem_id="modeltools_convert_tab"):
+                        t["convert_checkpoint"] = gr.Dropdown(titles, value=None, label="Checkpoint or diffusers folder",
+                                                              elem_id="modeltools_convert_checkpoint")
+                        with gr.Row():
+                            t["convert_precision"] = gr.Radio(["fp16", "bf16", "fp32", "keep"], value="fp16",
+                                                              label="Precision", elem_id="modeltools_convert_precision")
+                            t["convert_keep_ema"] = gr.Checkbox(False, label="Keep EMA weights",
+                                                                elem_id="modeltools_convert_keep_ema")
+                        t["convert_name"] = gr.Textbox("", label="New checkpoint name", elem_id="modeltools_convert_name")
+                        c["convert"] = gr.Button("Convert", variant="primary", elem_id="modeltools_convert")
+                t["overwrite"] = gr.Checkbox(False, label="Overwrite an existing file of the same name",
+                                             elem_id="modeltools_overwrite")
         with gr.Column(variant="compact", elem_id="modelmerger_results_container"):
             c["result"] = gr.HTML("", elem_id="modelmerger_result", padding=False)
+            c["tools_result"] = gr.HTML("", elem_id="modeltools_result", padding=False)
 
     order = list(f)
     dropdowns = [f["primary_model_name"], f["secondary_model_name"], f["tertiary_model_name"]]
@@ -194,7 +280,31 @@ def build(services: Services) -> MergerTab:
                          for name in ("primary_model_name", "secondary_model_name", "tertiary_model_name")]
 
     c["merge"].click(merge, [f[name] for name in order], [c["result"], *dropdowns])
+
+    tool_order = list(tab.tools)
+
+    def tool_runner(tool: str):
+        async def run(*values):
+            try:
+                job = await asyncio.to_thread(queue_tool, services, tool, dict(zip(tool_order, values)))
+            except UIError as error:
+                yield progress_html(0, f"Error: {error}", state="error")
+                return
+            while not job.finished.is_set():
+                p = job.progress
+                text = f"{p.textinfo or 'Working'} {p.step}/{p.total_steps}" if p.total_steps else "Waiting…"
+                yield progress_html(p.fraction, text, state="running")
+                await asyncio.sleep(POLL_SECONDS)
+            result = job.result or {}
+            if job.status == "done" and result.get("file"):
+                yield progress_html(1.0, result["info"], state="done")
+            else:
+                yield progress_html(0, f"Error: {job.error or result.get('info') or job.status}", state="error")
+        return run
+
+    for tool in ("bake", "extract", "convert"):
+        c[tool].click(tool_runner(tool), [tab.tools[name] for name in tool_order], c["tools_result"])
     return tab
 
 
-__all__ = ["build", "MergerTab", "merge_job", "queue_merge", "read_metadata", "description_html", "DESCRIPTIONS"]
+__all__ = ["build", "MergerTab", "merge_job", "queue_merge", "tool_job", "queue_tool", "parse_loras", "read_metadata", "description_html", "DESCRIPTIONS"]
