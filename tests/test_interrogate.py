@@ -152,3 +152,14 @@ def test_caption_a_folder_from_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["caption", str(pictures), "--tagger", "nope", "--data-dir", str(tmp_path)]) == 2
     assert "--tagger nope" in capsys.readouterr().err
+
+
+def test_the_img2img_tabs_interrogate_button(server, tmp_path):
+    from sdwebui.ui.fields import UIError
+    from sdwebui.ui.img2img import interrogated_prompt
+
+    blue = Image.new("RGBA", (32, 32), (0, 0, 255, 255))
+    assert interrogated_prompt(server.services, {"mode": "img2img", "init_image": blue}, "old prompt") == \
+        "blue sky, smile"
+    with pytest.raises(UIError, match="drop an image"):
+        interrogated_prompt(server.services, {"mode": "img2img", "init_image": None})

@@ -20,6 +20,8 @@ import numpy as np
 from sdwebui.pipelines.img2img_params import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from sdwebui.pipelines.infotext import parse_infotext
 from sdwebui.pipelines.params import Txt2ImgParams, spec_of
+from sdwebui.server.a1111.interrogate import caption_image
+from sdwebui.server.errors import FieldError
 from sdwebui.server.service import GenerationRequest, JobHandle
 from sdwebui.server.services import Services
 from sdwebui.ui import txt2img
@@ -59,6 +61,8 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
             with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab0:
                 f["init_image"] = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA",
                                            sources=["upload", "clipboard"], elem_id="img2img_image", height=360)
+                # A1111's "Interrogate DeepBooru" button, with a WD14 tagger (models/interrogators) doing the tagging
+                c["interrogate"] = gr.Button("Interrogate (WD14 tagger)", size="sm", elem_id="img2img_interrogate")
             with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab1:
                 f["sketch"] = gr.ImageEditor(label="Sketch", type="pil", image_mode="RGBA", elem_id="img2img_sketch",
                                              sources=["upload", "clipboard"], height=360,
@@ -127,6 +131,14 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
         size = image_size(dict(zip(image_fields, images)))
         return size if size is not None else (gr.skip(), gr.skip())
 
+    def interrogate(prompt, *images):
+        try:
+            return interrogated_prompt(services, dict(zip(image_fields, images)), prompt)
+        except UIError as error:
+            raise gr.Error(str(error)) from None
+
+    tab.components["interrogate"].click(interrogate, [f["prompt"], *[f[name] for name in image_fields]], f["prompt"],
+                                        show_progress="minimal", concurrency_limit=1)
     tab.components["detect_size"].click(detect_size, [f[name] for name in image_fields], [f["width"], f["height"]],
                                         show_progress="hidden", queue=False)
     for mode_tab, mode in zip(tab.components["mode_tab_list"], MODES):
@@ -190,6 +202,18 @@ def mode_image(values: Mapping[str, Any]):
     if mode == "inpaint_upload":
         return _as_image(values.get("inpaint_upload_image"))
     return _as_image(values.get("init_image"))
+
+
+def interrogated_prompt(services: Services, values: Mapping[str, Any], prompt: str = "") -> str:
+    """The selected sub-tab's image tagged by the first WD14 tagger (A1111's Interrogate buttons replace the
+    prompt with the result); UIError naming the problem (no image, no tagger)."""
+    image = mode_image(values)
+    if image is None:
+        raise UIError("Interrogate: drop an image first")
+    try:
+        return caption_image(services, image, "wd14")
+    except FieldError as error:
+        raise UIError(f"Interrogate: {error.message}") from None
 
 
 def images_for(values: Mapping[str, Any]):

@@ -40,18 +40,32 @@ class InterrogateResponse(BaseModel):
 
 def interrogate(services: Services, req: InterrogateRequest) -> str:
     """The caption (tags) for the request, or a FieldError naming `model` / `image`."""
-    from sdwebui.models.taggers import TaggerError, find_taggers  # onnxruntime / OpenCV: not at start-up
+    check_model(services, req.model)
+    return caption_image(services, decode_base64_image(req.image, ("image",)), req.model)
 
-    wanted = req.model.strip()
+
+def check_model(services: Services, model: str) -> str:
+    """The installed tagger `model` names (`wd14`: the first one), or a FieldError naming `model`."""
+    from sdwebui.models.taggers import find_taggers  # OpenCV: not at start-up
+
+    wanted = model.strip()
     if wanted.lower() in NOT_YET:
         raise FieldError(("model",), NOT_YET[wanted.lower()])
     installed = [entry.name for entry in find_taggers(services.paths.models_dir)]
     if wanted.lower() == "wd14" and installed:
         wanted = installed[0]
     if wanted not in installed:
-        raise FieldError(("model",), f"no tagger {req.model!r}: put a WD14 tagger's model.onnx and selected_tags.csv "
+        raise FieldError(("model",), f"no tagger {model!r}: put a WD14 tagger's model.onnx and selected_tags.csv "
                                      f"in models/interrogators/<name>/ (installed: {', '.join(installed) or 'none'})")
-    image = decode_base64_image(req.image, ("image",))
+    return wanted
+
+
+def caption_image(services: Services, image, model: str = "wd14") -> str:
+    """An image's tags from tagger `model`, formatted with A1111's DeepBooru settings (the route and the img2img
+    tab's Interrogate button); a FieldError naming `model` when it is not installed or cannot run."""
+    from sdwebui.models.taggers import TaggerError  # OpenCV: not at start-up
+
+    wanted = check_model(services, model)
     options = services.options.all()
     library = services.taggers
     try:
@@ -74,4 +88,4 @@ def build_router(services: Services) -> APIRouter:
     return router
 
 
-__all__ = ["build_router", "InterrogateRequest", "InterrogateResponse", "interrogate"]
+__all__ = ["build_router", "InterrogateRequest", "InterrogateResponse", "caption_image", "check_model", "interrogate"]
