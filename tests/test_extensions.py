@@ -242,3 +242,37 @@ def test_disabled_extensions_setting_turns_one_off_at_the_next_start(tmp_path, t
         enabled = {item["name"]: item["enabled"] for item in client.get("/sdapi/v1/extensions").json()}
         assert enabled == {"broken": True, "dupe": True, "hello": False}
         assert "enabled</td>" in installed_html(live.services) and "disabled</td>" in installed_html(live.services)
+
+
+def test_check_for_updates_asks_the_remote(tmp_path):
+    import subprocess
+
+    from sdwebui.server import extensions
+
+    def git(*args, cwd):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main",
+                        *args], cwd=cwd, check=True, capture_output=True)
+
+    source, bare = tmp_path / "source", tmp_path / "remote.git"
+    (source / "scripts").mkdir(parents=True)
+    (source / "scripts" / "a.py").write_text("x = 1\n")
+    git("init", cwd=tmp_path / "source")
+    git("add", ".", cwd=source)
+    git("commit", "-m", "one", cwd=source)
+    git("clone", "--bare", str(source), str(bare), cwd=tmp_path)
+    folder = tmp_path / "extensions"
+    folder.mkdir()
+    git("clone", str(bare), str(folder / "gitext"), cwd=tmp_path)
+    (folder / "plain").mkdir()
+    loaded = extensions.load(folder)
+    item = loaded.find("gitext")
+    assert item.a1111()["remote"] == str(bare) and item.a1111()["branch"] == "main"
+    assert len(item.a1111()["commit_hash"]) == 40 and item.check_update() == "latest"
+    (source / "scripts" / "a.py").write_text("x = 2\n")
+    git("commit", "-am", "two", cwd=source)
+    git("push", str(bare), "HEAD:main", cwd=source)
+    assert item.check_update() == "behind"
+    assert loaded.find("plain").check_update() == "not a git checkout"
+    (folder / "gitext" / ".git" / "config").write_text(
+        '[remote "origin"]\n\turl = git://127.0.0.1:9/gone.git\n')  # nothing listens: as offline
+    assert loaded.find("gitext").check_update().startswith("could not ask git://127.0.0.1:9/gone.git (offline?)")

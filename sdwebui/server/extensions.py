@@ -88,6 +88,28 @@ class Extension:
             pass
         return info
 
+    def check_update(self, timeout: float = 30.0) -> str:
+        """A1111's "Check for updates": "latest", "behind" (the remote's HEAD is another commit), "not a git
+        checkout", or why it could not tell (offline: git's message). Asks the remote with `git ls-remote`."""
+        git = self.git()
+        if not git["remote"] or not git["commit_hash"]:
+            return "not a git checkout"
+        ref = f"refs/heads/{git['branch']}" if git["branch"] else "HEAD"
+        try:
+            done = subprocess.run(["git", "ls-remote", "--", git["remote"], ref], capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.path)
+        except FileNotFoundError:
+            return "git is not installed"
+        except subprocess.TimeoutExpired:
+            return f"no answer from {git['remote']} in {timeout:g} s (offline?)"
+        if done.returncode != 0:
+            lines = [line for line in (done.stderr or "").splitlines() if line.strip()]
+            return f"could not ask {git['remote']} (offline?): {lines[-1] if lines else done.returncode}"
+        remote = (done.stdout.split() or [""])[0]
+        if not remote:
+            return f"{ref} not found at {git['remote']}"
+        return "latest" if remote == git["commit_hash"] else "behind"
+
     def a1111(self) -> dict:
         """A1111's `ExtensionItem` (`/sdapi/v1/extensions`)."""
         git = self.git()

@@ -43,7 +43,9 @@ def build(services: Services) -> dict:
             c["table"] = gr.HTML(lambda: installed_html(services), elem_id="extensions_installed_html")
             c["enabled"] = gr.CheckboxGroup(names, value=[i.name for i in loaded.items if i.enabled] if loaded else [],
                                             label="Enabled (applied at the next start)", elem_id="extensions_enabled")
-            c["apply"] = gr.Button("Apply (restart the server to take effect)", elem_id="extensions_apply")
+            with gr.Row():
+                c["apply"] = gr.Button("Apply (restart the server to take effect)", elem_id="extensions_apply")
+                c["check"] = gr.Button("Check for updates", elem_id="extensions_check_updates")
             c["status"] = gr.HTML("", elem_id="extensions_status")
         with gr.Tab("Install", id="extensions_install"):
             allowed, reason = ext.install_allowed(services.config)
@@ -69,6 +71,14 @@ def build(services: Services) -> dict:
                 "start.</p>")
 
     c["apply"].click(apply, c["enabled"], c["status"], show_progress="hidden")
+
+    def check():
+        items = loaded.items if loaded is not None else []
+        rows = "".join(f"<li data-extension='{html.escape(item.name)}'>{html.escape(item.name)}: "
+                       f"{html.escape(item.check_update())}</li>" for item in items)
+        return f"<ul class='sdw-note'>{rows}</ul>" if rows else "<p class='sdw-note'>No extensions.</p>"
+
+    c["check"].click(check, None, c["status"])
 
     def install(url, path, name):
         allowed_now, why = ext.install_allowed(services.config)
