@@ -137,6 +137,29 @@ def test_an_edited_wildcard_file_is_read_again(tmp_path):
     assert library.values("w") == ("three", "two")
 
 
+def test_yaml_and_json_wildcard_files_as_the_extension_reads_them(tmp_path):
+    folder = tmp_path / "wildcards"
+    (folder / "collections").mkdir(parents=True)
+    (folder / "example.yaml").write_text(
+        "clothing:\n  - T-shirt\n  - Pants\nartists:\n  dutch:\n    - Piet Mondrian\n    - 2::Rembrandt\n"
+        "  1234: 5678\n  flurp: 12345\nempty: []\n")
+    (folder / "collections" / "colours.json").write_text(
+        '{"colours": {"warm": ["red", {"text": "orange", "weight": 2}], "cold": "blue"}}')
+    (folder / "broken.yaml").write_text("a: [unclosed\n")
+    library = WildcardLibrary(folder)
+    assert library.names() == ["artists/dutch", "clothing", "collections/colours/cold", "collections/colours/warm"]
+    assert library.values("clothing") == ("Pants", "T-shirt")
+    assert library.values("artists/dutch") == ("Piet Mondrian", "Rembrandt")  # the weight prefix dropped
+    assert library.values("collections/colours/warm") == ("orange", "red")
+    assert library.values("collections/colours/*") == ("blue", "orange", "red")
+    assert library.values("artists/flurp") is None and library.values("empty") is None
+    resolver = Resolver(library)
+    assert resolver.combinations("__clothing__ by __artists/dutch__") == [
+        "Pants by Piet Mondrian", "Pants by Rembrandt", "T-shirt by Piet Mondrian", "T-shirt by Rembrandt"]
+    (folder / "example.yaml").write_text("clothing:\n  - Hat\n")  # edits are read again
+    assert library.values("clothing") == ("Hat",)
+
+
 def test_parse_keeps_weights_bounds_and_separator():
     (variant,) = parse("{2-3$$ + $$0.5::a|b}")
     assert (variant.low, variant.high, variant.separator) == (2, 3, " + ")

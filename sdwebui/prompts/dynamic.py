@@ -7,7 +7,8 @@
     {-2$$...}  {1-$$...}            an open bound is the least / the most possible
     {2$$ and $$a|b|c}               a custom separator
     {2$$__flowers__}                two distinct lines of a wildcard file
-    __season__  __people/europe__   a line of `wildcards/season.txt` (subfolders with "/"; `*` globs over names)
+    __season__  __people/europe__   a line of `wildcards/season.txt` (subfolders with "/"; `*` globs over names;
+                                    or a list in a YAML / JSON file there)
 
 A wildcard file has one value per line; blank lines and lines starting with `#` are left out, the values are
 deduplicated and sorted (the extension's `WildcardManager` defaults). A value may itself hold variants and
@@ -23,14 +24,15 @@ words (reproducing the library's lazy generators draw for draw would tie us to i
 choice varies slowest), up to `limit`.
 
 Errors (`DynamicPromptError`): a wildcard with no file, an unbalanced `{`, a wildcard that nests itself too deep.
-Jinja2 templates, variables (`${x=...}`) and YAML/JSON wildcard files are not supported: their text is left as
-written.
+Jinja2 templates and variables (`${x=...}`) are not supported: their text is left as written. YAML and JSON
+wildcard files are (see `WildcardLibrary`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import itertools
+import json
 import os
 import random
 import re
@@ -60,24 +62,59 @@ class DynamicPromptError(ValueError):
 
 class WildcardLibrary:
     """The wildcard files under one folder (`<data-dir>/wildcards`, `--wildcards-dir`), read when used and read
-    again when a file changes (size or modification time), so edits need no restart."""
+    again when a file changes (size or modification time), so edits need no restart.
+
+    `.txt` files are one wildcard each (`dir/name.txt` -> `__dir/name__`). `.yaml` and `.json` files hold many,
+    as the extension reads them: each key path to a list is a wildcard (`clothing:` -> `__clothing__`,
+    `artists: {dutch: [...]}` -> `__artists/dutch__`), below the file's folder but not named after the file; a
+    list item is a text (a weight prefix `2::` is dropped: choices here are unweighted) or `{text: ...}`."""
 
     def __init__(self, folder: Path | None):
         self.folder = Path(folder) if folder is not None else None
         self._cache: dict[Path, tuple[tuple[int, int], tuple[str, ...]]] = {}
+        self._structured_cache: tuple[tuple, dict[str, tuple[str, ...]]] = ((), {})
+
+    def _files(self, suffixes: tuple[str, ...]) -> list[Path]:
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        found = []
+        for root, dirs, files in os.walk(self.folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.extend(Path(root, name) for name in sorted(files)
+                         if name.lower().endswith(suffixes) and not name.startswith("."))
+        return found
 
     def names(self) -> list[str]:
         """Every wildcard's name ("season", "people/europe"), sorted."""
-        if self.folder is None or not self.folder.is_dir():
-            return []
-        names = []
-        for root, dirs, files in os.walk(self.folder):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in files:
-                if name.endswith(".txt") and not name.startswith("."):
-                    relative = Path(root, name).relative_to(self.folder).with_suffix("")
-                    names.append(relative.as_posix())
+        names = {path.relative_to(self.folder).with_suffix("").as_posix() for path in self._files((".txt",))}
+        names.update(self._structured())
         return sorted(names, key=str.casefold)
+
+    def _structured(self) -> dict[str, tuple[str, ...]]:
+        """The wildcards of the YAML and JSON files, by name (read again when one changes)."""
+        files = self._files((".yaml", ".json"))
+        stamp = tuple((str(path), path.stat().st_mtime_ns, path.stat().st_size) for path in files)
+        if stamp == self._structured_cache[0]:
+            return self._structured_cache[1]
+        found: dict[str, set[str]] = {}
+        for path in files:
+            parent = path.parent.relative_to(self.folder).as_posix()
+            prefix = "" if parent == "." else parent + "/"
+            try:
+                text = path.read_text(encoding="utf-8", errors="ignore")
+                if path.suffix.lower() == ".json":
+                    data = json.loads(text)
+                else:
+                    import yaml  # only when there is a YAML file
+
+                    data = yaml.safe_load(text)
+            except Exception:  # noqa: BLE001 - a file that does not parse offers no wildcards (the extension logs it)
+                continue
+            for name, values in _structured_items(data, ()):
+                found.setdefault(prefix + name, set()).update(values)
+        result = {name: tuple(sorted(values)) for name, values in found.items() if values}
+        self._structured_cache = (stamp, result)
+        return result
 
     def path_of(self, name: str) -> Path | None:
         """The file of wildcard `name` (no glob), inside the folder; None when there is none."""
@@ -100,10 +137,12 @@ class WildcardLibrary:
             matched = [each for each in self.names() if fnmatch.fnmatchcase(each, clean)]
             if not matched:
                 return None
-            values = {value for each in matched for value in self._read(self.path_of(each))}
+            values = {value for each in matched for value in self.values(each) or ()}
             return tuple(sorted(values))
         path = self.path_of(clean)
-        return None if path is None else self._read(path)
+        if path is not None:
+            return self._read(path)
+        return self._structured().get(clean)
 
     def _read(self, path: Path | None) -> tuple[str, ...]:
         if path is None:
@@ -118,6 +157,36 @@ class WildcardLibrary:
         values = tuple(sorted(line for line in lines if line and not line.startswith("#")))
         self._cache[path] = (stamp, values)
         return values
+
+
+def _structured_items(data, prefix: tuple[str, ...]):
+    """(name, values) for each list (or text) below the keys of a YAML / JSON wildcard file."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        if not isinstance(key, str) or not value:
+            continue
+        path = (*prefix, key)
+        if isinstance(value, dict):
+            yield from _structured_items(value, path)
+        elif isinstance(value, str):
+            yield "/".join(path), [value.strip()]
+        elif isinstance(value, list):
+            items = []
+            for item in value:
+                if isinstance(item, dict):
+                    item = item.get("text") or item.get("content") or ""
+                if not isinstance(item, str) or not item.strip():
+                    continue
+                weight, separator, content = item.rpartition("::")
+                if separator and item[:1].isdigit():
+                    try:
+                        float(weight)
+                        item = content
+                    except ValueError:
+                        pass
+                items.append(item.strip())
+            yield "/".join(path), items
 
 
 def clean_name(name: str) -> str:
