@@ -452,3 +452,21 @@ def test_the_ui_has_unit_tabs_in_both_tabs_and_a_unit_reaches_the_job_as_the_api
     assert [update["visible"] for update in slider_updates("invert")] == [False, False, False]
     edges = np.asarray(preview_map(Image.fromarray(square()), "canny", 64, 100, 200))
     assert edges[32, 14:19].max() == 255 and edges[32, 32].max() == 0
+
+
+def test_a_pasted_infotext_sets_the_units_value_and_its_controls():
+    from sdwebui.scripts.controlnet import UNIT_CONTROLS, controls_from_unit
+    from sdwebui.ui.fields import fields_from_infotext
+
+    text = ('a cat\nSteps: 2, Seed: 3, ControlNet 0: "Module: canny, Model: m [12345678], Weight: 0.65, Resize '
+            'Mode: Just Resize, Processor Res: 256, Threshold A: 50.0, Threshold B: 150.0, Guidance Start: 0.1, '
+            'Guidance End: 0.8, Pixel Perfect: True, Control Mode: Balanced"')
+    fields = fields_from_infotext(text)
+    pasted = json.loads(fields["alwayson:controlnet:0"])
+    assert pasted["module"] == "canny" and pasted["weight"] == 0.65 and pasted["enabled"] is True
+    updates = dict(zip(UNIT_CONTROLS, (update.get("value") for update in controls_from_unit(
+        fields["alwayson:controlnet:0"]))))
+    assert updates["weight"] == 0.65 and updates["threshold_a"] == 50.0 and updates["model"] == "m [12345678]"
+    assert updates["resize_mode"] == "Just Resize" and updates["pixel_perfect"] is True
+    # what the controls themselves made (with the image) is left alone
+    assert all("value" not in update for update in controls_from_unit(json.dumps({"enabled": True, "image": "x"})))

@@ -62,3 +62,29 @@ def test_a_unit_from_the_accordion_drives_the_job(page, server, tmp_path):
     shot(page, "controlnet-unit")
     record = server.services.store.images(limit=1)[0]
     assert 'ControlNet 0: "Module: canny, Model: control_tiny_canny [' in record["infotext"], record["infotext"]
+
+
+def test_an_infotext_sent_to_txt2img_restores_the_unit(page, server, tmp_path):
+    from PIL import PngImagePlugin
+
+    text = ('a red cube\nSteps: 2, Sampler: Euler, Seed: 3, Size: 64x64, ControlNet 0: "Module: canny, Model: '
+            'control_tiny_canny, Weight: 0.65, Resize Mode: Just Resize, Processor Res: 256, Threshold A: 50.0, '
+            'Threshold B: 150.0, Guidance Start: 0.1, Guidance End: 0.8, Pixel Perfect: True, Control Mode: '
+            'My prompt is more important"')
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    path = tmp_path / "pasted.png"
+    Image.new("RGB", (64, 64), "gray").save(path, pnginfo=info)
+    page.get_by_role("tab", name="PNG Info").first.click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
+    wait_until(lambda: "ControlNet 0" in page.locator("#pnginfo_parameters textarea").input_value(), timeout=30)
+    page.locator("#pnginfo_send_txt2img").click()
+    page.locator("#txt2img_script_controlnet").get_by_text("ControlNet").first.click()
+    unit = "#txt2img_script_controlnet_0"
+    wait_until(lambda: page.locator(f"{unit}_enable input").is_checked(), timeout=30)
+    assert page.locator(f"{unit}_weight input[type=number]").input_value() == "0.65"
+    assert page.locator(f"{unit}_threshold_a input[type=number]").input_value() == "50"
+    assert page.locator(f"{unit}_start input[type=number]").input_value() == "0.1"
+    assert page.locator(f"{unit}_pixel_perfect input").is_checked()
+    assert page.locator(f"{unit}_control_mode input[value='My prompt is more important']").is_checked()
+    shot(page, "controlnet-pasted")

@@ -29,6 +29,7 @@ from sdwebui.pipelines.controlnet_units import (
     RESIZE_MODES,
     UNIT_COUNT,
     ControlNetUnitArg,
+    check_unit,
     decode_image,
     find_preprocessor,
     module_list,
@@ -155,7 +156,7 @@ class ControlNet(Script):
             module = gr.Dropdown(module_list(), value="none", label="Preprocessor", elem_id=eid("module"))
             run_preview = gr.Button("Run preprocessor", elem_id=eid("run_preprocessor"), size="sm", scale=0)
             model = gr.Dropdown(["None", *self.library.titles()], value="None", label="Model",
-                                elem_id=eid("model"))
+                                elem_id=eid("model"), allow_custom_value=True)
             refresh = ui.icon_button("refresh", "Refresh models", f"{index}_refresh_models", scale=0, min_width=40)
         weight = gr.Slider(0.0, 2.0, 1.0, step=0.05, label="Control Weight", elem_id=eid("weight"))
         with gr.Row():
@@ -175,8 +176,12 @@ class ControlNet(Script):
                   resolution, threshold_a, threshold_b]
         for control in inputs:
             control.change(unit_json, inputs, value, show_progress="hidden", queue=False)
-        module.change(slider_updates, module, [resolution, threshold_a, threshold_b], show_progress="hidden",
-                      queue=False)
+        module.change(slider_updates, [module, resolution, threshold_a, threshold_b],
+                      [resolution, threshold_a, threshold_b], show_progress="hidden", queue=False)
+        # a pasted infotext (`ControlNet N: "Module: ..."`) sets the unit's value: show it in the controls
+        shown = [enabled, module, model, weight, start, end, control_mode, resize_mode, pixel_perfect, resolution,
+                 threshold_a, threshold_b]
+        value.change(controls_from_unit, value, shown, show_progress="hidden", queue=False)
         allow_preview.change(lambda shown: gr.update(visible=bool(shown)), allow_preview, preview,
                              show_progress="hidden", queue=False)
         run_preview.click(preview_map, [image, module, resolution, threshold_a, threshold_b], preview) \
@@ -249,17 +254,43 @@ def unit_json(enabled, image, module, model, weight, start, end, control_mode, r
     return json.dumps(unit)
 
 
-def slider_updates(module: str) -> list[dict]:
-    """The preprocessor's sliders (label, range, default), hidden where it has none."""
+def slider_updates(module: str, *current: float) -> list[dict]:
+    """The preprocessor's sliders (label, range), hidden where it has none; a current value inside the new range
+    is kept (a pasted unit sets the module and its thresholds together), else the slider's default."""
     spec = find_preprocessor(module or "none")
     updates = []
-    for slider in (spec.resolution, spec.slider_1, spec.slider_2) if spec else (None, None, None):
+    sliders = (spec.resolution, spec.slider_1, spec.slider_2) if spec else (None, None, None)
+    for index, slider in enumerate(sliders):
         if slider is None:
             updates.append({"__type__": "update", "visible": False})
-        else:
-            updates.append({"__type__": "update", "visible": True, "label": slider.label, "minimum": slider.minimum,
-                            "maximum": slider.maximum, "value": slider.value, "step": slider.step})
+            continue
+        value = current[index] if index < len(current) else None
+        if not isinstance(value, (int, float)) or not slider.minimum <= value <= slider.maximum:
+            value = slider.value
+        updates.append({"__type__": "update", "visible": True, "label": slider.label, "minimum": slider.minimum,
+                        "maximum": slider.maximum, "value": value, "step": slider.step})
     return updates
+
+
+UNIT_CONTROLS = ("enabled", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
+                 "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b")
+
+
+def controls_from_unit(text: str) -> list:
+    """A unit's value -> its controls' updates, when it came from a pasted infotext (one the controls made
+    carries the image, or is a disabled default: left alone)."""
+    skip = {"__type__": "update"}
+    try:
+        unit = json.loads(text) if text else None
+    except ValueError:
+        unit = None
+    if not isinstance(unit, dict) or "image" in unit or not unit.get("enabled"):
+        return [skip] * len(UNIT_CONTROLS)
+    try:
+        unit = check_unit(unit, ("unit",))
+    except ParamError:
+        return [skip] * len(UNIT_CONTROLS)
+    return [{"__type__": "update", "value": unit[name]} for name in UNIT_CONTROLS]
 
 
 def preview_map(image, module, resolution, threshold_a, threshold_b):
@@ -279,4 +310,4 @@ def preview_map(image, module, resolution, threshold_a, threshold_b):
         raise gr.Error(str(error)) from None
 
 
-__all__ = ["ControlNet", "unit_json", "slider_updates", "preview_map"]
+__all__ = ["ControlNet", "unit_json", "slider_updates", "controls_from_unit", "preview_map"]

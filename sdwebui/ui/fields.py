@@ -9,6 +9,7 @@ Python.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 from sdwebui.core.errors import ParamError
 from sdwebui.core.upscale_modes import LATENT_UPSCALE_MODES
+from sdwebui.pipelines.controlnet_units import parse_unit_infotext
 from sdwebui.pipelines.infotext import parse_infotext
 from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, param_specs
 from sdwebui.pipelines.scripts import Script
@@ -302,6 +304,10 @@ def fields_from_infotext(text: str, kind: str = "txt2img") -> dict[str, Any]:
     params = parse_infotext(text)
     out = {name: value for name, value in values_from_infotext(params, PARAMS_TYPES[kind]).items()
            if name in TXT2IMG_FIELDS or kind != "txt2img"}
+    for label, value in params.items():  # the ControlNet extension's `ControlNet 0: "Module: canny, ..."`
+        number = str(label).removeprefix("ControlNet ")
+        if number != label and number.isdigit():
+            out[f"alwayson:controlnet:{int(number)}"] = json.dumps(parse_unit_infotext(str(value)))
     if "sampler" in out or "scheduler" in out:
         sampler, schedule = canonical_sampling(out.get("sampler"), out.get("scheduler"))
         for name, value in (("sampler", sampler), ("scheduler", schedule)):
