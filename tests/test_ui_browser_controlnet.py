@@ -88,3 +88,23 @@ def test_an_infotext_sent_to_txt2img_restores_the_unit(page, server, tmp_path):
     assert page.locator(f"{unit}_pixel_perfect input").is_checked()
     assert page.locator(f"{unit}_control_mode input[value='My prompt is more important']").is_checked()
     shot(page, "controlnet-pasted")
+
+
+def test_an_infotext_sent_to_img2img_restores_the_unit_there(page, server, tmp_path):
+    from PIL import PngImagePlugin
+
+    text = ('a red cube\nSteps: 2, Sampler: Euler, Seed: 3, Size: 64x64, ControlNet 0: "Module: invert, Model: '
+            'control_tiny_canny, Weight: 0.45, Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: -1, '
+            'Threshold B: -1, Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"')
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    path = tmp_path / "pasted-i2i.png"
+    Image.new("RGB", (64, 64), "gray").save(path, pnginfo=info)
+    page.get_by_role("tab", name="PNG Info").first.click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
+    wait_until(lambda: "ControlNet 0" in page.locator("#pnginfo_parameters textarea").input_value(), timeout=30)
+    page.locator("#pnginfo_send_img2img").click()
+    page.locator("#img2img_script_controlnet").get_by_text("ControlNet").first.click()
+    unit = "#img2img_script_controlnet_0"
+    wait_until(lambda: page.locator(f"{unit}_enable input").is_checked(), timeout=30)
+    assert page.locator(f"{unit}_weight input[type=number]").input_value() == "0.45"

@@ -248,12 +248,15 @@ def _wire_send_to_img2img(services: Services, page: Page) -> None:
     i2i_paste = [name for name in img2img.IMG2IMG_FIELDS
                  if name in img2img.COMMON_FIELDS and name != "styles" or name in img2img.DEFAULTS
                  and name not in ("mode", "size_tab", "scale_by", "resize_mode")]
+    # the ControlNet units an infotext records (`ControlNet 0: "Module: ..."`)
+    i2i_paste += [name for name in i2i.names if name.startswith("alwayson:controlnet:")]
 
     def to_img2img(image, text, target):
         values, warnings = {}, []
         if (text or "").strip():
             values, warnings = checked_paste(services, text, "img2img")
-            values = img2img.img2img_fields_from_infotext(text, values)
+            units = {name: value for name, value in values.items() if name.startswith("alwayson:controlnet:")}
+            values = {**img2img.img2img_fields_from_infotext(text, values), **units}
             values["override_settings"] = override_settings_update(services, text)
         updates = [values[name] if name in values else gr.skip() for name in i2i_paste]
         note = warnings_html(warnings)
