@@ -114,3 +114,19 @@ def test_model_tool_jobs(server):
             assert response.status_code == 422, response.text
             assert response.json()["detail"][0]["loc"][-len(loc):] == loc, response.text
         assert files(server) == before
+
+
+def test_merge_and_tool_payloads_survive_the_store():
+    """A queued merge / tool job is stored as JSON and read back as the same payload (a restart re-queues it)."""
+    import json
+
+    from sdwebui.server.payloads import MergePayload, ModelToolPayload, load_payload
+
+    merge = MergePayload(options={"interp_method": "Add difference", "multiplier": 0.5, "bake_in_vae": "/v.pt"},
+                         models=(("/m/a.safetensors", "a.safetensors"), ("/m/b.safetensors", "b.safetensors"), None),
+                         vae_name="v.pt", target="/m/out.safetensors")
+    assert load_payload("merge", json.loads(json.dumps(merge.to_json()))) == merge
+    tool = ModelToolPayload(tool="bake_lora", args={"source": "/m/a.safetensors", "loras": [["/l/x.safetensors", 0.5]]},
+                            target="/m/baked.safetensors")
+    again = load_payload("bake_lora", json.loads(json.dumps(tool.to_json())))
+    assert again == tool and again.kind == "bake_lora" and again.recovered() == tool
