@@ -141,16 +141,8 @@ def run_merge(args, paths: Paths) -> int:
         checkpoint_format=args.format, config_source=CONFIG_FROM[args.config_from], bake_in_vae=vae,
         discard_weights=args.discard_weights, save_metadata=not args.no_metadata, add_merge_recipe=not args.no_recipe,
         copy_metadata_fields=not args.no_copy_metadata, metadata_json=args.metadata, overwrite=args.overwrite)
-    bar = ProgressBar("merge")
-    try:
-        result = merge_checkpoints(*refs, options, ckpt_dir=paths.ckpt_dir, hash_cache_dir=paths.cache_dir,
-                                   progress=bar)
-    except ParamError as error:
-        raise param_error(error, MERGE_FLAGS) from None
-    finally:
-        bar.close()
-    for note in result.notes:
-        print(note)
+    result = _run_tool("merge", MERGE_FLAGS, lambda bar: merge_checkpoints(
+        *refs, options, ckpt_dir=paths.ckpt_dir, hash_cache_dir=paths.cache_dir, progress=bar))
     print(f"Checkpoint saved to {result.path} ({result.merged} tensors merged, {result.copied} copied"
           + (f", {result.baked} from the VAE" if result.baked else "")
           + (f", {result.discarded} discarded" if result.discarded else "") + ")")
@@ -228,16 +220,9 @@ def run_bake_lora(args, paths: Paths) -> int:
 
     checkpoint = resolve_model(args.checkpoint, paths, "CKPT")
     loras = [_lora_file(text, paths) for text in args.loras]
-    bar = ProgressBar("bake-lora")
-    try:
-        result = bake_loras(checkpoint, loras, _target(paths.ckpt_dir, args.name, args.overwrite),
-                            overwrite=args.overwrite, progress=bar)
-    except ParamError as error:
-        raise param_error(error, TOOL_FLAGS) from None
-    finally:
-        bar.close()
-    for note in result.notes:
-        print(note)
+    result = _run_tool("bake-lora", TOOL_FLAGS, lambda bar: bake_loras(
+        checkpoint, loras, _target(paths.ckpt_dir, args.name, args.overwrite), overwrite=args.overwrite,
+        progress=bar))
     print(f"Checkpoint saved to {result.path} ({result.counts['changed']} tensors changed by the LoRAs)")
     return 0
 
@@ -246,17 +231,9 @@ def run_extract_lora(args, paths: Paths) -> int:
     from sdwebui.models.model_tools import extract_lora
 
     tuned, base = resolve_model(args.tuned, paths, "TUNED"), resolve_model(args.base, paths, "BASE")
-    bar = ProgressBar("extract-lora")
-    try:
-        result = extract_lora(tuned, base, _target(paths.lora_dir, args.name, args.overwrite), rank=args.rank,
-                              conv_rank=args.conv_rank, precision=args.precision, overwrite=args.overwrite,
-                              progress=bar)
-    except ParamError as error:
-        raise param_error(error, {**TOOL_FLAGS, "rank": "--rank/--conv-rank"}) from None
-    finally:
-        bar.close()
-    for note in result.notes:
-        print(note)
+    result = _run_tool("extract-lora", {**TOOL_FLAGS, "rank": "--rank/--conv-rank"}, lambda bar: extract_lora(
+        tuned, base, _target(paths.lora_dir, args.name, args.overwrite), rank=args.rank,
+        conv_rank=args.conv_rank, precision=args.precision, overwrite=args.overwrite, progress=bar))
     print(f"LoRA saved to {result.path} ({result.counts['layers']} layers)")
     return 0
 
@@ -267,18 +244,27 @@ def run_convert(args, paths: Paths) -> int:
     source = resolve_model(args.checkpoint, paths, "CKPT")
     precision = None if args.precision == "keep" else args.precision
     name = args.name or f"{source.stem}-{args.precision if precision else 'pruned'}"
-    bar = ProgressBar("convert")
+    result = _run_tool("convert", TOOL_FLAGS, lambda bar: convert_checkpoint(
+        source, _target(paths.ckpt_dir, name, args.overwrite), precision=precision, drop_ema=not args.keep_ema,
+        overwrite=args.overwrite, progress=bar))
+    print(f"Checkpoint saved to {result.path} ({result.counts['tensors']} tensors)")
+    return 0
+
+
+def _run_tool(label: str, flags: dict[str, str], work):
+    """Run a model tool (`work(progress_bar)`, which also picks its output file) under a progress bar; a
+    ParamError becomes the CLI's one-line error naming the flag, and the tool's notes are printed. Returns its
+    result."""
+    bar = ProgressBar(label)
     try:
-        result = convert_checkpoint(source, _target(paths.ckpt_dir, name, args.overwrite), precision=precision,
-                                    drop_ema=not args.keep_ema, overwrite=args.overwrite, progress=bar)
+        result = work(bar)
     except ParamError as error:
-        raise param_error(error, TOOL_FLAGS) from None
+        raise param_error(error, flags) from None
     finally:
         bar.close()
     for note in result.notes:
         print(note)
-    print(f"Checkpoint saved to {result.path} ({result.counts['tensors']} tensors)")
-    return 0
+    return result
 
 
 def run_model_tool(args, paths: Paths) -> int:
@@ -289,4 +275,5 @@ TOOL_COMMANDS = {"merge": run_merge, "bake-lora": run_bake_lora, "extract-lora":
                  "convert": run_convert}
 
 
-__all__ = ["add_model_tool_commands", "run_model_tool", "run_merge", "resolve_model", "resolve_vae_file", "MERGE_METHODS"]
+__all__ = ["add_model_tool_commands", "run_model_tool", "run_merge", "resolve_model", "resolve_vae_file",
+           "MERGE_METHODS"]
