@@ -232,22 +232,9 @@ def convert_checkpoint(
             if dtype is not None and spec.dtype.is_floating_point and "model" in key:
                 out_dtype = dtype  # the schedule buffers (no "model" in their names) keep their precision
             plan.append((key, TensorSpec(out_dtype, spec.shape)))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        output = AtomicOutput(target, overwrite=overwrite)
-        writer = StreamingWriter(output.temp, plan, {**source.metadata, "format": "pt"})
-        try:
-            for index, (key, spec) in enumerate(plan):
-                if should_stop is not None and should_stop():
-                    raise MergeInterrupted("interrupted; nothing was written")
-                writer.write(key, source.get(key).to(spec.dtype))
-                if progress is not None:
-                    progress(index + 1, len(plan), "Converting")
-            writer.close()
-            output.commit()
-        except BaseException:
-            writer.abort()
-            output.discard()
-            raise
+        write_streamed(target, plan, {**source.metadata, "format": "pt"},
+                       lambda key, spec: source.get(key).to(spec.dtype), overwrite=overwrite, progress=progress,
+                       label="Converting", should_stop=should_stop)
     finally:
         source.close()
     notes = (f"dropped {dropped} EMA tensors (model_ema.*)",) if dropped else ()
@@ -337,26 +324,41 @@ def bake_loras(
         if not changed:
             raise ParamError(("loras",), "the LoRAs change no weight of this checkpoint (made for another model?)")
         plan = [(key, spec) for key, spec in source.specs.items()]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        output = AtomicOutput(target, overwrite=overwrite)
         baked = ", ".join(f"{Path(p).stem}:{w:g}" for p, w in loras)
-        writer = StreamingWriter(output.temp, plan, {**source.metadata, "format": "pt", "sdwebui.baked_loras": baked})
-        try:
-            for index, (key, spec) in enumerate(plan):
-                value = changed.get(key)
-                tensor = value.reshape(spec.shape).to(spec.dtype) if value is not None else source.get(key)
-                writer.write(key, tensor)
-                if progress is not None:
-                    progress(index + 1, len(plan), "Baking")
-            writer.close()
-            output.commit()
-        except BaseException:
-            writer.abort()
-            output.discard()
-            raise
+
+        def tensor_for(key: str, spec: TensorSpec) -> torch.Tensor:
+            value = changed.get(key)
+            return value.reshape(spec.shape).to(spec.dtype) if value is not None else source.get(key)
+
+        write_streamed(target, plan, {**source.metadata, "format": "pt", "sdwebui.baked_loras": baked}, tensor_for,
+                       overwrite=overwrite, progress=progress, label="Baking")
     finally:
         source.close()
     return ToolResult(target, {"changed": len(changed), "tensors": len(plan)}, notes)
+
+
+def write_streamed(target: Path, plan: list[tuple[str, TensorSpec]], metadata: dict,
+                   tensor_for: Callable[[str, TensorSpec], torch.Tensor], *, overwrite: bool,
+                   progress: Progress | None = None, label: str = "Writing",
+                   should_stop: Callable[[], bool] | None = None) -> None:
+    """Write `plan`'s tensors one at a time (`tensor_for(key, spec)`) into a hidden file renamed to `target`
+    at the end: an error or interrupt leaves no partial file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    output = AtomicOutput(target, overwrite=overwrite)
+    writer = StreamingWriter(output.temp, plan, metadata)
+    try:
+        for index, (key, spec) in enumerate(plan):
+            if should_stop is not None and should_stop():
+                raise MergeInterrupted("interrupted; nothing was written")
+            writer.write(key, tensor_for(key, spec))
+            if progress is not None:
+                progress(index + 1, len(plan), label)
+        writer.close()
+        output.commit()
+    except BaseException:
+        writer.abort()
+        output.discard()
+        raise
 
 
 __all__ = ["extract_lora", "convert_checkpoint", "bake_loras", "lora_names", "tool_target", "ToolResult", "PRECISIONS"]
