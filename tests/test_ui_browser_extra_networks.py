@@ -76,9 +76,15 @@ def test_search_filters_and_the_editor_writes_name_json(page, server):
     wait_until(lambda: page.locator("#txt2img_lora_cards .sdw-card").count() == 1, timeout=15)
     assert page.locator("#txt2img_lora_cards .sdw-card").first.get_attribute("data-name") == "inkwash"
 
-    page.locator("#txt2img_lora_cards .sdw-card[data-name=inkwash] .sdw-card-edit").click()
     editor = page.locator("#txt2img_extra_editor").first
-    editor.wait_for(state="visible", timeout=15_000)
+    for _ in range(3):  # the search's own update may still be replacing the cards: a click then may land on the old one
+        page.locator("#txt2img_lora_cards .sdw-card[data-name=inkwash] .sdw-card-edit").click()
+        try:
+            editor.wait_for(state="visible", timeout=10_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError (playwright is imported only where installed)
+            continue
+    editor.wait_for(state="visible", timeout=10_000)
     activation = page.locator("#txt2img_extra_edit_activation_text textarea, "
                               "#txt2img_extra_edit_activation_text input").first
     wait_until(lambda: activation.input_value() == "inkwash", timeout=10)
