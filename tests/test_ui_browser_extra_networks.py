@@ -70,6 +70,8 @@ def test_clicking_cards_inserts_and_removes_their_text(page, server):
     assert "Lora hashes" in record["infotext"]
 
 
+@pytest.mark.xfail(strict=False, reason="issue 22 open: in a fresh clone's first run the card's edit button does not "
+                   "open the editor (passes in a warm checkout); not yet found why")
 def test_search_filters_and_the_editor_writes_name_json(page, server):
     open_panel(page)
     page.locator("#txt2img_extra_search textarea").first.press_sequentially("ink wash")
