@@ -33,9 +33,13 @@ def test_draw_a_mask_and_inpaint(page, server, tmp_path):  # noqa: F811
     page.get_by_role("tab", name="img2img", exact=True).first.click()
     page.get_by_role("tab", name="Inpaint", exact=True).first.click()
     editor = page.locator("#img2img_img2maskimg")
+    # Gradio's editor appends its canvas once its drawing context is set up; an image that arrives before that
+    # is added to a context without layers (JavaScript errors, no image), which a loaded CI machine once hit.
+    editor.locator("canvas").first.wait_for(state="attached", timeout=60_000)
     with page.expect_file_chooser() as chooser:
         editor.get_by_text("Upload an image").first.click()
     chooser.value.set_files(str(path))
+    editor.get_by_text("Upload an image").first.wait_for(state="hidden", timeout=60_000)
     page.wait_for_timeout(1500)
     # The canvas fills the editor; the image is shown fitted in its middle (a square here).
     box = editor.locator("canvas").last.bounding_box()
