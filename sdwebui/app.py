@@ -156,6 +156,8 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, type=int, dest=key, metavar="N",
                            help=f"{OPTIONS[key].label} (setting {key}; operator only: the API cannot change it)")
     group.add_argument("--no-preload", action="store_true", help="do not import the pipeline until the first job")
+    group.add_argument("--skip-load-model-at-start", action="store_true",
+                       help="do not load the checkpoint at start-up (A1111's flag); the first job loads it")
     group.add_argument("--api", action="store_true",
                        help="accepted for A1111 scripts; the API is always served (A1111 needs this flag for it)")
     group.add_argument("--nowebui", "--no-ui", dest="nowebui", action="store_true",
@@ -198,6 +200,7 @@ def config_from_args(args, paths) -> ServerConfig:
         prediction_type=getattr(args, "prediction_type", None),
         **memory_fields(args),
         preload=not args.no_preload,
+        load_model_at_start=not getattr(args, "skip_load_model_at_start", False),
         threads=getattr(args, "threads", None),
         ui=not getattr(args, "nowebui", False),
         flags=flags,

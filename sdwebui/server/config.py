@@ -91,6 +91,11 @@ class ServerConfig:
     """Wrong credentials one client address may send per minute before it must wait (429); 0 = no limit."""
     preload: bool = True
     """Import the generation pipeline in the worker as soon as the server is up, so the first job is fast."""
+    load_model_at_start: bool = False
+    """Load the checkpoint the settings name (else the default one) in the worker as soon as the server is up,
+    as A1111 does, so the first job does not wait for it. `sdwebui serve` turns it on unless
+    `--skip-load-model-at-start` (A1111's flag) is given; False here so that servers built in code (tests,
+    embedding) load nothing they are not asked for."""
     threads: int | None = None
     """CPU threads torch uses for generation (`--threads`); None = torch's default (one per core)."""
     ui: bool = True

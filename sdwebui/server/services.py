@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ class Services:
             {kind: functools.partial(runner, services=self) for kind, runner in RUNNERS.items()},
             name="worker-0",
             on_out_of_memory=self.release_memory,
-            warmup=functools.partial(_prepare_worker, threads=config.threads, preload=config.preload),
+            warmup=functools.partial(_prepare_worker, threads=config.threads, preload=config.preload,
+                                     load_model=self.load_model_at_start if config.load_model_at_start else None),
         )
         self.recovered = self.queue.restore(recovered)
         if recovered:
@@ -95,6 +97,25 @@ class Services:
                                             memory=memory, keep=keep, fp8=fp8)
                 log.info("device: %s", devices.describe())
             return self._models
+
+    def load_model_at_start(self) -> None:
+        """A1111's start-up load: the checkpoint the settings name (else the default one) with the settings' VAE,
+        loaded in the worker thread before it takes the first job, so the server answers at once and the first
+        job finds the model ready (it waits in the queue meanwhile). A checkpoint that cannot be loaded is
+        logged, naming it and why; the server goes on, and a job loads its checkpoint when it runs."""
+        name = self.options.get("sd_model_checkpoint")
+        try:
+            path = self.resolve_checkpoint(name)
+            vae = self.options.get("sd_vae") or "Automatic"
+            self.resolve_vae(vae)
+            model = self.models.get(str(path), vae=vae)
+        except Exception as error:  # noqa: BLE001 - a broken model file must not stop the server
+            shown = _shown(name) if name else "(the default checkpoint)"
+            log.error("could not load the checkpoint %s at start-up: %s; the server goes on without a model "
+                      "(jobs load theirs when they run)", shown, _message(error) if isinstance(error, LookupError)
+                      else f"{type(error).__name__}: {error}")
+            return
+        log.info("loaded %s at start-up", model.info.name)
 
     def loaded_model(self):
         """The model in memory, or None (without making the model manager)."""
@@ -370,15 +391,18 @@ def _shown(name: Any) -> str:
     return repr(text if len(text) <= 100 else text[:100] + "...")
 
 
-def _prepare_worker(*, threads: int | None, preload: bool) -> None:
+def _prepare_worker(*, threads: int | None, preload: bool, load_model: Callable[[], None] | None = None) -> None:
     """Runs first in the worker thread. The thread count is set here, not at start-up: with OpenMP it is a
-    per-thread setting, and this is the thread that generates."""
+    per-thread setting, and this is the thread that generates. Then the pipeline is imported and (`load_model`)
+    the start-up checkpoint loaded, while the server already answers."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     if preload:
         import sdwebui.pipelines.txt2img  # noqa: F401
+    if load_model is not None:
+        load_model()
 
 
 __all__ = ["Services"]
