@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 CACHE_FILE_NAME = "hashes.json"
@@ -91,6 +92,27 @@ class HashCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def cached(self, path: str | Path) -> str | None:
+        """The full SHA-256 of a file from the cache when it is still valid (same size and mtime); None when the
+        file would have to be read (or is a folder)."""
+        path = Path(path).resolve()
+        try:
+            if path.is_dir():
+                return None
+            stat = path.stat()
+        except OSError:
+            return None
+        with self._lock:
+            cached = self._read().get(str(path))
+        if (
+            isinstance(cached, dict)
+            and cached.get("size") == stat.st_size
+            and cached.get("mtime_ns") == stat.st_mtime_ns
+            and isinstance(cached.get("sha256"), str)
+        ):
+            return cached["sha256"]
+        return None
+
     def sha256(self, path: str | Path, *, addnet: bool = False) -> str:
         """Full SHA-256 of a file; of a diffusers folder, the SHA-256 of its weight files' hashes (sorted by path).
 
@@ -127,4 +149,50 @@ def sha256_of(path: str | Path, cache_dir: str | Path | None = None) -> str:
     return HashCache(cache_dir).sha256(path)
 
 
-__all__ = ["HashCache", "sha256_of", "sha256_file", "addnet_hash_file", "short_hash", "legacy_model_hash", "CACHE_FILE_NAME"]
+class PendingHash:
+    """A file's SHA-256 computed in a background thread: `result()` waits for it (and raises what hashing
+    raised). hashlib releases the GIL on large blocks, so the hash really runs beside the caller."""
+
+    def __init__(self, compute: Callable[[], str], name: str = "file"):
+        self._done = threading.Event()
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(compute,), name=f"sdwebui-hash-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self, compute: Callable[[], str]) -> None:
+        try:
+            self._value = compute()
+        except BaseException as error:  # noqa: BLE001 - handed to whoever asks for the result
+            self._error = error
+        finally:
+            self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> str:
+        if not self._done.wait(timeout):
+            raise TimeoutError("the file is still being hashed")
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+def sha256_later(path: str | Path, cache_dir: str | Path | None = None) -> "str | PendingHash":
+    """SHA-256 of a model file (or diffusers folder) without waiting for it: the cached hash when the cache has it
+    for this version of the file, else a `PendingHash` hashing it (and filling the cache) in the background.
+
+    Loading a checkpoint uses this, so the first load of a 2-7 GB file does not read it a second time before the
+    model is ready (the hash is read from the page cache the load just filled, while the first job runs); the
+    infotext's `Model hash` waits for it only if it is not done by then."""
+    if cache_dir is not None:
+        cached = HashCache(cache_dir).cached(path)
+        if cached is not None:
+            return cached
+    return PendingHash(lambda: sha256_of(path, cache_dir), Path(path).name)
+
+
+__all__ = ["HashCache", "PendingHash", "sha256_later", "sha256_of", "sha256_file", "addnet_hash_file", "short_hash", "legacy_model_hash", "CACHE_FILE_NAME"]

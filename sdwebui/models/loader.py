@@ -40,7 +40,7 @@ from sdwebui.models.files import (
     read_safetensors_header,
     read_state_dict,
 )
-from sdwebui.models.hashing import sha256_of
+from sdwebui.models.hashing import sha256_later
 from sdwebui.models.sd_model import CheckpointInfo, SDModel
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
@@ -197,10 +197,10 @@ def load_checkpoint(
     else:
         raise ModelFileError(path, f"unsupported file type {path.suffix!r}: use .safetensors, .ckpt or a diffusers folder")
 
-    info = CheckpointInfo(path, path.stem if path.is_file() else path.name, sha256_of(path, hash_cache_dir))
+    info = CheckpointInfo(path, path.stem if path.is_file() else path.name, sha256_later(path, hash_cache_dir))
     vae_info = None
     if vae_path is not None:
-        vae_info = CheckpointInfo(vae_path, vae_path.stem, sha256_of(vae_path, hash_cache_dir))
+        vae_info = CheckpointInfo(vae_path, vae_path.stem, sha256_later(vae_path, hash_cache_dir))
     return SDModel(
         family=parts.family,
         prediction_type=parts.prediction_type,

@@ -8,21 +8,46 @@ from pathlib import Path
 import torch
 
 from sdwebui.models.family import ModelFamily
+from sdwebui.models.hashing import PendingHash
 
 
-@dataclass(frozen=True)
 class CheckpointInfo:
-    """Identity of a checkpoint file, as A1111 shows it (infotext `Model` and `Model hash`)."""
+    """Identity of a checkpoint file, as A1111 shows it (infotext `Model` and `Model hash`).
 
-    path: Path
-    name: str
-    """File name without extension (A1111's infotext `Model:` value)."""
-    sha256: str
-    """Full SHA-256 of the file (hex); `short_hash` is what the infotext carries."""
+    The hash may still be being computed when the model is ready (`hashing.sha256_later`): `sha256` waits for
+    it, `sha256_if_ready` does not."""
+
+    __slots__ = ("path", "name", "_sha256")
+
+    def __init__(self, path: Path, name: str, sha256: "str | PendingHash"):
+        self.path = Path(path)
+        self.name = name
+        """File name without extension (A1111's infotext `Model:` value)."""
+        self._sha256 = sha256
+
+    @property
+    def sha256(self) -> str:
+        """Full SHA-256 of the file (hex); `short_hash` is what the infotext carries."""
+        value = self._sha256
+        if isinstance(value, PendingHash):
+            value = value.result()
+            self._sha256 = value
+        return value
+
+    @property
+    def sha256_if_ready(self) -> str | None:
+        """The full SHA-256 when it is known, without waiting; None while it is being computed."""
+        value = self._sha256
+        if isinstance(value, PendingHash):
+            return self.sha256 if value.ready else None
+        return value
 
     @property
     def short_hash(self) -> str:
         return self.sha256[:10]
+
+    def __repr__(self) -> str:
+        return f"CheckpointInfo(path={self.path!r}, name={self.name!r}, sha256={self.sha256_if_ready!r})"
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 
 from sdwebui.models.family import ModelFamily
 from sdwebui.models.files import ModelFileError, read_state_dict
-from sdwebui.models.hashing import sha256_of
+from sdwebui.models.hashing import sha256_later
 from sdwebui.models.sd_model import CheckpointInfo, SDModel
 
 VAE_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
@@ -112,7 +112,7 @@ def apply_vae(
         raise ModelFileError(
             vae_path, f"VAE has {vae.config.latent_channels} latent channels; this model needs {needed}"
         )
-    info = CheckpointInfo(vae_path, vae_path.stem, sha256_of(vae_path, hash_cache_dir))
+    info = CheckpointInfo(vae_path, vae_path.stem, sha256_later(vae_path, hash_cache_dir))
     notes = [*model.config_notes, f"VAE from {vae_path.name}"]
     return dataclasses.replace(model, vae=vae, vae_info=info, config_notes=notes)
 
