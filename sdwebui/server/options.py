@@ -95,6 +95,8 @@ OPTIONS: dict[str, OptionSpec] = {
     "cache_fp16_weight": OptionSpec(False, "Cache FP16 weight for LoRA (more RAM; better LoRA quality with FP8)",
                                     bool),
     "CLIP_stop_at_last_layers": OptionSpec(1, "Clip skip", int, minimum=1, maximum=12),
+    "sd_hypernetwork": OptionSpec("None", "Add hypernetwork to prompt (a file name in models/hypernetworks)", str),
+    "sd_hypernetwork_strength": OptionSpec(1.0, "Hypernetwork strength", float, minimum=0.0, maximum=1.0),
     "emphasis": OptionSpec("Original", "Emphasis mode", str, choices=EMPHASIS_MODES),
     "disable_nan_check": OptionSpec(
         False, "Do not stop a job whose latents are NaN (A1111's --disable-nan-check; saves black images)", bool

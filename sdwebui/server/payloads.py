@@ -106,6 +106,8 @@ class GenerationPayload:
     client: str = "native"
     task_id: str | None = None
     is_recovered: bool = False
+    hypernetwork: tuple[str, float] | None = None
+    """The `sd_hypernetwork` setting (name, `sd_hypernetwork_strength`) at submit time; None: "None"."""
 
     @property
     def kind(self) -> str:
@@ -135,6 +137,7 @@ class GenerationPayload:
             "client": self.client,
             "task_id": self.task_id,
             "recovered": self.is_recovered,
+            "hypernetwork": list(self.hypernetwork) if self.hypernetwork else None,
         }
 
     @classmethod
@@ -159,6 +162,8 @@ class GenerationPayload:
             client=str(data.get("client", "native")),
             task_id=data.get("task_id"),
             is_recovered=bool(data.get("recovered", False)),
+            hypernetwork=(str(data["hypernetwork"][0]), float(data["hypernetwork"][1]))
+            if data.get("hypernetwork") else None,
         )
 
     def images(self) -> tuple[list[Image.Image], Image.Image | None]:

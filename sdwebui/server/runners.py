@@ -66,7 +66,8 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
         ctx = GenerationContext(
             model=model, stop=job.stop, embeddings=services.embeddings,
             on_step=progress_reporter(job, services, model, payload.preview_every, batch_offset, batches, console),
-            extra_networks=LoraNetworks(services.loras), nan_check=payload.nan_check,
+            extra_networks=LoraNetworks(services.loras, services.hypernetworks, setting_hypernet(payload)),
+            nan_check=payload.nan_check,
             load_model=services.models.get_secondary, upscalers=services.upscalers,
             upscale_tile=tuple(payload.upscale_tile), on_images=lambda batch: on_images(batch, model, save),
             face_restoration=services.face_restoration if task.params.restore_faces else None,
@@ -117,6 +118,17 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
     if grid is not None:
         result["grid"] = grid
     return result
+
+
+def setting_hypernet(payload: GenerationPayload):
+    """The `sd_hypernetwork` setting's network at submit time (`<hypernet:name:strength>` on every prompt), or
+    None."""
+    from sdwebui.models.hypernetwork import HypernetCall
+
+    if payload.hypernetwork is None:
+        return None
+    name, strength = payload.hypernetwork
+    return HypernetCall(name, float(strength), from_setting=True)
 
 
 def add_grid(services: "Services", payload: GenerationPayload, outcome: JobOutcome) -> dict | None:

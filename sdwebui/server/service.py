@@ -158,7 +158,16 @@ class GenerationService:
             styles=tuple(name for name in request.styles if name),
             client=request.client,
             task_id=request.task_id,
+            hypernetwork=self._setting_hypernet(options),
         )
+
+    def _setting_hypernet(self, options: Mapping[str, Any]) -> tuple[str, float] | None:
+        """The `sd_hypernetwork` setting: (name, strength), or None for "None" or a name no file has (A1111 adds
+        it only when `shared.hypernetworks` has it)."""
+        name = str(options.get("sd_hypernetwork") or "None")
+        if name == "None" or self.services.hypernetworks.find(name) is None:
+            return None
+        return name, float(options.get("sd_hypernetwork_strength", 1.0))
 
     def prepare_extras(self, request: ExtrasRequest) -> ExtrasPayload:
         """Check upscaler names and output sizes (ParamError naming the field or the image) and build the

@@ -63,6 +63,7 @@ class Services:
         self._styles = None
         self._loras = None
         self._embeddings = None
+        self._hypernetworks = None
         self._upscalers = None
         self._face_restoration = None
         self._taggers = None
@@ -141,6 +142,18 @@ class Services:
 
                 self._embeddings = EmbeddingDatabase(self.paths.embeddings_dir)
             return self._embeddings
+
+    @property
+    def hypernetworks(self):
+        """The `HypernetworkLibrary` over `models/hypernetworks/` (made on first use; it keeps the networks of the
+        last job loaded)."""
+        with self._models_lock:
+            if self._hypernetworks is None:
+                from sdwebui.models.hypernetwork import HypernetworkLibrary
+
+                self._hypernetworks = HypernetworkLibrary(self.paths.models_dir / "hypernetworks",
+                                                          hash_cache_dir=self.paths.cache_dir)
+            return self._hypernetworks
 
     @property
     def upscalers(self):
@@ -277,6 +290,8 @@ class Services:
 
         if self._loras is not None:
             self._loras.release()
+        if self._hypernetworks is not None:
+            self._hypernetworks.forget()
         if self._upscalers is not None:
             self._upscalers.release()
         if self._face_restoration is not None:
