@@ -115,8 +115,8 @@ def test_api_interrogate_with_a_wd14_tagger(server):
 
 
 @pytest.mark.parametrize("body, field, message", [
-    ({"model": "clip"}, "model", "not available in this server yet"),
-    ({"model": "deepdanbooru"}, "model", "not available in this server yet"),
+    ({"model": "clip"}, "model", "models/BLIP/"),  # nothing installed: the folder to put it in, never a download
+    ({"model": "deepdanbooru"}, "model", "models/torch_deepdanbooru/"),
     ({"model": "wd-v1-4-vit-tagger-v2"}, "model", "models/interrogators"),
     ({"model": "wd14", "image": "not base64!"}, "image", ""),
 ])

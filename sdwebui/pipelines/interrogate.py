@@ -5,6 +5,8 @@ Tags at or above the threshold (setting `interrogate_deepbooru_score_threshold`,
 ones (`deepbooru_filter_tags`, comma-separated) left out, sorted alphabetically (`deepbooru_sort_alpha`, on) or by
 probability, underscores as spaces (`deepbooru_use_spaces`, on), `\\`, `(` and `)` escaped with a backslash
 (`deepbooru_escape`, on), and `(tag:0.873)` with `interrogate_return_ranks`; joined with ", ".
+
+A1111's "Interrogate CLIP" and "Interrogate DeepBooru" (torch models) are in `pipelines.clip_interrogator`.
 """
 
 from __future__ import annotations

@@ -78,6 +78,10 @@ class OptionSpec:
             if self.choices is not None and value not in self.choices:
                 raise OptionError(key, f"must be one of {', '.join(self.choices)}; got {value!r}")
             return value
+        if self.kind is list:  # A1111's CheckboxGroup options: a list of names (choices are a hint, not a rule)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+                raise OptionError(key, f"must be a list of names, got {value!r}")
+            return list(value)
         raise AssertionError(self.kind)  # pragma: no cover
 
 
@@ -122,9 +126,16 @@ OPTIONS: dict[str, OptionSpec] = {
                                      minimum=0.0, maximum=1.0),
     "face_restoration_unload": OptionSpec(False, "Move face restoration model from VRAM into RAM after processing",
                                           bool),
-    # interrogate (A1111's "Interrogate" section; its DeepBooru options format the WD14 taggers' tags here)
+    # interrogate (A1111's "Interrogate" section; its DeepBooru options format the WD14 taggers' tags too)
     "interrogate_keep_models_in_memory": OptionSpec(False, "Keep models in VRAM", bool),
     "interrogate_return_ranks": OptionSpec(False, "Include ranks of model tags matches in results", bool),
+    "interrogate_clip_num_beams": OptionSpec(1, "BLIP: num_beams", int, minimum=1, maximum=16),
+    "interrogate_clip_min_length": OptionSpec(24, "BLIP: minimum description length", int, minimum=1, maximum=128),
+    "interrogate_clip_max_length": OptionSpec(48, "BLIP: maximum description length", int, minimum=1, maximum=256),
+    "interrogate_clip_dict_limit": OptionSpec(1500, "CLIP: maximum number of lines in text file (0 = no limit)", int,
+                                              minimum=0),
+    "interrogate_clip_skip_categories": OptionSpec((), "CLIP: skip inquire categories", list,
+                                                   choices=("artists", "flavors", "mediums", "movements")),
     "interrogate_deepbooru_score_threshold": OptionSpec(0.5, "deepbooru: score threshold", float, minimum=0.0,
                                                         maximum=1.0),
     "deepbooru_sort_alpha": OptionSpec(True, "deepbooru: sort tags alphabetically", bool),

@@ -67,6 +67,7 @@ class Services:
         self._upscalers = None
         self._face_restoration = None
         self._taggers = None
+        self._interrogate_models = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -190,6 +191,17 @@ class Services:
 
                 self._taggers = TaggerLibrary(self.paths.models_dir)
             return self._taggers
+
+    @property
+    def interrogate_models(self):
+        """BLIP, CLIP and DeepDanbooru for `/interrogate` (`models/BLIP`, `models/CLIP`, `models/torch_deepdanbooru`;
+        made on first use; each model loaded when first asked for, onto the generation device)."""
+        with self._models_lock:
+            if self._interrogate_models is None:
+                from sdwebui.models.interrogate_models import InterrogateModels  # torch and transformers
+
+                self._interrogate_models = InterrogateModels(self.paths.models_dir, device=_LazyDevice(self))
+            return self._interrogate_models
 
     def face_restorer_names(self) -> list[str]:
         """The installed face restorers (read from disk; needs neither torch nor OpenCV)."""

@@ -61,8 +61,13 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
             with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab0:
                 f["init_image"] = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA",
                                            sources=["upload", "clipboard"], elem_id="img2img_image", height=360)
-                # A1111's "Interrogate DeepBooru" button, with a WD14 tagger (models/interrogators) doing the tagging
-                c["interrogate"] = gr.Button("Interrogate (WD14 tagger)", size="sm", elem_id="img2img_interrogate")
+                # A1111's "Interrogate CLIP" / "Interrogate DeepBooru" buttons (its elem_ids), and a WD14 tagger
+                # (models/interrogators) as a third: each replaces the prompt with the selected sub-tab's image's text
+                with gr.Row(elem_id="img2img_interrogate_row"):
+                    c["interrogate_clip"] = gr.Button("Interrogate CLIP", size="sm", elem_id="interrogate")
+                    c["interrogate_deepbooru"] = gr.Button("Interrogate DeepBooru", size="sm", elem_id="deepbooru")
+                    c["interrogate"] = gr.Button("Interrogate (WD14 tagger)", size="sm",
+                                                 elem_id="img2img_interrogate")
             with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab1:
                 f["sketch"] = gr.ImageEditor(label="Sketch", type="pil", image_mode="RGBA", elem_id="img2img_sketch",
                                              sources=["upload", "clipboard"], height=360,
@@ -131,14 +136,19 @@ def build(services: Services, counter: TokenCounter) -> txt2img.Txt2ImgTab:
         size = image_size(dict(zip(image_fields, images)))
         return size if size is not None else (gr.skip(), gr.skip())
 
-    def interrogate(prompt, *images):
-        try:
-            return interrogated_prompt(services, dict(zip(image_fields, images)), prompt)
-        except UIError as error:
-            raise gr.Error(str(error)) from None
+    def interrogator(model: str):
+        def interrogate(prompt, *images):
+            try:
+                return interrogated_prompt(services, dict(zip(image_fields, images)), prompt, model=model)
+            except UIError as error:
+                raise gr.Error(str(error)) from None
+        return interrogate
 
-    tab.components["interrogate"].click(interrogate, [f["prompt"], *[f[name] for name in image_fields]], f["prompt"],
-                                        show_progress="minimal", concurrency_limit=1)
+    for button, model in (("interrogate_clip", "clip"), ("interrogate_deepbooru", "deepdanbooru"),
+                          ("interrogate", "wd14")):
+        tab.components[button].click(interrogator(model), [f["prompt"], *[f[name] for name in image_fields]],
+                                     f["prompt"], show_progress="minimal", concurrency_id="interrogate",
+                                     concurrency_limit=1)
     tab.components["detect_size"].click(detect_size, [f[name] for name in image_fields], [f["width"], f["height"]],
                                         show_progress="hidden", queue=False)
     for mode_tab, mode in zip(tab.components["mode_tab_list"], MODES):
@@ -204,14 +214,15 @@ def mode_image(values: Mapping[str, Any]):
     return _as_image(values.get("init_image"))
 
 
-def interrogated_prompt(services: Services, values: Mapping[str, Any], prompt: str = "") -> str:
-    """The selected sub-tab's image tagged by the first WD14 tagger (A1111's Interrogate buttons replace the
-    prompt with the result); UIError naming the problem (no image, no tagger)."""
+def interrogated_prompt(services: Services, values: Mapping[str, Any], prompt: str = "", *, model: str = "wd14") -> str:
+    """The selected sub-tab's image captioned by `model` ("clip": BLIP + CLIP, "deepdanbooru", or "wd14": the first
+    WD14 tagger); A1111's Interrogate buttons replace the prompt with the result. UIError naming the problem (no
+    image, no model installed: the folder to put it in)."""
     image = mode_image(values)
     if image is None:
         raise UIError("Interrogate: drop an image first")
     try:
-        return caption_image(services, image, "wd14")
+        return caption_image(services, image, model)
     except FieldError as error:
         raise UIError(f"Interrogate: {error.message}") from None
 

@@ -25,9 +25,14 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Live previews", ("live_previews_enable", "show_progress_every_n_steps")),
     ("Stable Diffusion", ("sd_checkpoints_limit", "sd_checkpoint_cache", "CLIP_stop_at_last_layers")),
     ("VAE", ("tiled_vae", "tiled_vae_tile_size")),
-    ("Optimizations", ("fp8_storage", "cache_fp16_weight")),
+    ("Optimizations", ("fp8_storage", "cache_fp16_weight", "token_merging_ratio", "token_merging_ratio_img2img",
+                       "token_merging_ratio_hr")),
     ("Face restoration", ("face_restoration", "face_restoration_model", "code_former_weight",
                           "face_restoration_unload")),
+    ("Interrogate", ("interrogate_keep_models_in_memory", "interrogate_return_ranks", "interrogate_clip_num_beams",
+                     "interrogate_clip_min_length", "interrogate_clip_max_length", "interrogate_clip_dict_limit",
+                     "interrogate_clip_skip_categories", "interrogate_deepbooru_score_threshold",
+                     "deepbooru_sort_alpha", "deepbooru_use_spaces", "deepbooru_escape", "deepbooru_filter_tags")),
     ("Sampler parameters", ("randn_source", "eta_noise_seed_delta", "eta_ancestral", "eta_ddim", "s_churn",
                             "s_tmin", "s_tmax", "s_noise", "sigma_min", "sigma_max", "rho",
                             "always_discard_next_to_last_sigma")),
@@ -116,6 +121,8 @@ def _control(gr, key: str, value: Any):
     if spec.kind in (int, float):
         return gr.Number(value=value, label=spec.label, elem_id=elem_id, precision=0 if spec.kind is int else None,
                          minimum=spec.minimum, maximum=spec.maximum)
+    if spec.kind is list:
+        return gr.CheckboxGroup(list(spec.choices or ()), value=list(value or ()), label=spec.label, elem_id=elem_id)
     if spec.choices is not None:
         return gr.Dropdown(list(spec.choices), value=value, label=spec.label, elem_id=elem_id)
     return gr.Textbox(value=value or "", label=spec.label, elem_id=elem_id)

@@ -9,7 +9,7 @@
 | `models.py` | samplers, schedulers, upscalers, sd-models, sd-vae, loras, embeddings, styles, refresh-*, unload / reload-checkpoint, memory |
 | `images.py` | png-info, extra-single-image, extra-batch-images |
 | `scripts.py` | scripts, script-info, extensions |
-| `interrogate.py` | interrogate (WD14 taggers) |
+| `interrogate.py` | interrogate (clip: BLIP + CLIP, deepdanbooru, WD14 taggers) |
 
 `schemas.py` holds the bodies (made from the parameter declarations), `translate.py` turns a request into the
 generation service's request and our errors back into A1111's field names.
@@ -20,8 +20,9 @@ Where we differ, on purpose:
   `/options` change never alters a waiting job.
 - Bad input is a 422 naming the field before any model work (A1111 floors sizes silently, answers 404 for an
   unknown sampler, and 500 for most other mistakes).
-- Features that do not exist yet (CLIP and DeepDanbooru interrogation) are refused with a 422 naming the field
-  rather than silently ignored, so a client never gets an image made differently from what it asked for.
+- Features that do not exist yet, or a model that is not installed (A1111 would download it), are refused with a
+  422 naming the field rather than silently ignored, so a client never gets an image made differently from what
+  it asked for.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """`POST /sdapi/v1/interrogate` (A1111's `InterrogateRequest` {image, model} -> {caption}).
 
-Models: the WD14-style taggers in `models/interrogators/<name>/` (`model.onnx` + `selected_tags.csv`, the layout of
-the popular WD14 tagger extension), by folder name, or `wd14` for the first one; their tags are formatted with
-A1111's DeepBooru settings (`pipelines.interrogate`). A1111's own `clip` (BLIP caption + CLIP ranking) and
-`deepdanbooru` are not in this server yet: asking for them is a 422 naming `model` (A1111 answers 404 for a model
-it does not know; a missing model file is a 422 naming the folder here too). The tagger runs on the CPU
-(onnxruntime), beside the generation queue; it is released after each call unless the setting
-`interrogate_keep_models_in_memory` is on (A1111's).
+Models, as A1111:
+- `clip`: the BLIP caption plus CLIP's best matches from the category lists (`pipelines.interrogate`), BLIP from
+  `models/BLIP/` and CLIP from `models/CLIP/` (`models.blip_clip` for the layouts);
+- `deepdanbooru`: A1111's `models/torch_deepdanbooru/model-resnet_custom_v3.pt`;
+- and the WD14-style taggers in `models/interrogators/<name>/` (`model.onnx` + `selected_tags.csv`, the layout of
+  the popular WD14 tagger extension), by folder name, or `wd14` for the first one.
+Tags (DeepDanbooru's and the taggers') are formatted with A1111's DeepBooru settings. A model that is not installed
+is a 422 naming `model` and the folder to put it in (A1111 downloads it; this server never does). The models run
+beside the generation queue, one interrogation at a time; BLIP, CLIP and DeepDanbooru go back to the CPU after a
+call and the taggers are released, unless the setting `interrogate_keep_models_in_memory` is on (A1111's).
 """
 
 from __future__ import annotations
@@ -20,18 +23,13 @@ from sdwebui.server.errors import FieldError
 from sdwebui.server.images import decode_base64_image
 from sdwebui.server.services import Services
 
-NOT_YET = {
-    "clip": "CLIP interrogation (BLIP caption + CLIP ranking) is not available in this server yet; "
-            "WD14 taggers are (put one in models/interrogators/<name>/ and ask for model \"wd14\")",
-    "deepdanbooru": "DeepDanbooru is not available in this server yet; WD14 taggers are (put one in "
-                    "models/interrogators/<name>/ and ask for model \"wd14\")",
-}
+BUILTIN = ("clip", "deepdanbooru")
 
 
 class InterrogateRequest(BaseModel):
     image: str = Field("", description="base64 image (a data: URL prefix is accepted)")
-    model: str = Field("clip", max_length=200, description='a WD14 tagger\'s folder name in models/interrogators, '
-                                                           'or "wd14" for the first one')
+    model: str = Field("clip", max_length=200, description='"clip", "deepdanbooru", a WD14 tagger\'s folder name in '
+                                                           'models/interrogators, or "wd14" for the first one')
 
 
 class InterrogateResponse(BaseModel):
@@ -45,12 +43,23 @@ def interrogate(services: Services, req: InterrogateRequest) -> str:
 
 
 def check_model(services: Services, model: str) -> str:
-    """The installed tagger `model` names (`wd14`: the first one), or a FieldError naming `model`."""
+    """`clip` / `deepdanbooru`, or the installed tagger `model` names (`wd14`: the first one); a FieldError naming
+    `model` (and the folder) when it is not installed."""
     from sdwebui.models.taggers import find_taggers  # OpenCV: not at start-up
 
     wanted = model.strip()
-    if wanted.lower() in NOT_YET:
-        raise FieldError(("model",), NOT_YET[wanted.lower()])
+    if wanted.lower() in BUILTIN:
+        from sdwebui.models.blip_clip import InterrogateModelMissing  # torch: not at start-up
+
+        installed = services.interrogate_models.installed()
+        needed = ("blip", "clip") if wanted.lower() == "clip" else ("deepdanbooru",)
+        for kind in needed:
+            if not installed[kind]:
+                try:  # the library's message names the folder
+                    getattr(services.interrogate_models, kind)()
+                except InterrogateModelMissing as error:
+                    raise FieldError(("model",), str(error)) from None
+        return wanted.lower()
     installed = [entry.name for entry in find_taggers(services.paths.models_dir)]
     if wanted.lower() == "wd14" and installed:
         wanted = installed[0]
@@ -61,12 +70,15 @@ def check_model(services: Services, model: str) -> str:
 
 
 def caption_image(services: Services, image, model: str = "wd14") -> str:
-    """An image's tags from tagger `model`, formatted with A1111's DeepBooru settings (the route and the img2img
-    tab's Interrogate button); a FieldError naming `model` when it is not installed or cannot run."""
+    """An image's caption (`clip`) or tags (`deepdanbooru`, a tagger), formatted with A1111's settings (the route
+    and the img2img tab's Interrogate buttons); a FieldError naming `model` when it is not installed or cannot
+    run."""
     from sdwebui.models.taggers import TaggerError  # OpenCV: not at start-up
 
     wanted = check_model(services, model)
     options = services.options.all()
+    if wanted in BUILTIN:
+        return _builtin(services, wanted, image.convert("RGB"), options)
     library = services.taggers
     try:
         _ratings, tags = library.probabilities(wanted, image)
@@ -76,6 +88,30 @@ def caption_image(services: Services, image, model: str = "wd14") -> str:
         if not options.get("interrogate_keep_models_in_memory"):
             library.release()
     return format_tags(tags, TagOptions.from_settings(options))
+
+
+def _builtin(services: Services, model: str, image, options) -> str:
+    from sdwebui.models.blip_clip import InterrogateModelMissing  # torch and transformers: not at start-up
+    from sdwebui.models.files import ModelFileError
+    from sdwebui.pipelines.clip_interrogator import (ClipOptions, clip_interrogate, deepbooru_probabilities,
+                                                     load_categories)
+
+    library = services.interrogate_models
+    with library.lock:
+        try:
+            if model == "clip":
+                settings = ClipOptions.from_settings(options)
+                folder = services.paths.data_dir / "interrogate"  # A1111's own lists, when the user has that folder
+                categories = load_categories(folder, settings.skip_categories) if any(folder.glob("*.txt")) \
+                    else load_categories(skip=settings.skip_categories)
+                return clip_interrogate(library.blip(), library.clip(), image, settings, categories)
+            net = library.deepdanbooru()
+            return format_tags(deepbooru_probabilities(net, image), TagOptions.from_settings(options))
+        except (InterrogateModelMissing, ModelFileError) as error:
+            raise FieldError(("model",), str(error)) from None
+        finally:
+            if not options.get("interrogate_keep_models_in_memory"):
+                library.send_to_ram()
 
 
 def build_router(services: Services) -> APIRouter:
@@ -88,4 +124,4 @@ def build_router(services: Services) -> APIRouter:
     return router
 
 
-__all__ = ["build_router", "InterrogateRequest", "InterrogateResponse", "caption_image", "check_model", "interrogate"]
+__all__ = ["BUILTIN", "build_router", "InterrogateRequest", "InterrogateResponse", "caption_image", "check_model", "interrogate"]
