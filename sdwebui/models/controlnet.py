@@ -16,6 +16,10 @@ conditioning; attention heads by the family rule (SD 1.x: 8 heads; SD 2.x / SDXL
 What family a ControlNet is for is read from the same shapes (SDXL: the size conditioning; SD 2.x: 1024-wide
 cross-attention; else SD 1.x) and checked against the checkpoint's UNet (`check_compatible`) before any step, so a
 ControlNet for another family is a clear error rather than a shape mismatch deep in the UNet.
+
+`load_control_model` is what a unit's model file goes through: it reads the file once and decides, from its
+weights as the extension's `controlnet_model_guess.py` does, whether it is an IP-Adapter (`ip_adapter.py`), a
+T2I-Adapter (`t2i_adapter.py`) or a ControlNet; `check_model_compatible` checks any of them against the UNet.
 """
 
 from __future__ import annotations
@@ -31,7 +35,15 @@ import torch
 
 from sdwebui.models.controlnet_files import DIFFUSERS_WEIGHTS
 from sdwebui.models.convert import load_into_meta_module
-from sdwebui.models.files import ModelFileError, read_state_dict
+from sdwebui.models.files import ModelFileError, load_pickle, read_state_dict, unwrap_state_dict
+from sdwebui.models.ip_adapter import (
+    LoadedIPAdapter,
+    check_ip_adapter_compatible,
+    flatten_ip_adapter,
+    is_ip_adapter,
+    load_ip_adapter,
+)
+from sdwebui.models.t2i_adapter import LoadedAdapter, check_adapter_compatible, is_t2i_adapter, load_adapter
 
 LDM_PREFIX = "control_model."
 SD1_HEADS = 8
@@ -157,8 +169,10 @@ def infer_config(sd: Mapping[str, Any], *, addition_time_embed_dim: int | None =
     return config
 
 
-def read_controlnet_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(diffusers-layout weights, the folder's config or None) of a ControlNet file or diffusers folder."""
+def read_controlnet_weights(path: Path, state_dict: dict[str, torch.Tensor] | None = None
+                            ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(diffusers-layout weights, the folder's config or None) of a ControlNet file or diffusers folder (or of the
+    file's already read `state_dict`)."""
     if path.is_dir():
         weights = next((path / name for name in DIFFUSERS_WEIGHTS if (path / name).is_file()), None)
         if weights is None:
@@ -168,7 +182,7 @@ def read_controlnet_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[s
         except (OSError, ValueError) as error:
             raise ModelFileError(path, f"unreadable config.json ({error})") from None
         return read_state_dict(weights), config
-    sd = _strip_prefix(read_state_dict(path))
+    sd = _strip_prefix(read_state_dict(path) if state_dict is None else state_dict)
     if is_ldm_controlnet(sd):
         return ldm_to_diffusers(sd, path), None
     if is_diffusers_controlnet_dict(sd):
@@ -176,19 +190,21 @@ def read_controlnet_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[s
     kind = "a T2I-Adapter" if any(k.startswith(("adapter.", "body.")) for k in sd) else \
         "an IP-Adapter" if any(k.startswith(("image_proj.", "ip_adapter.")) for k in sd) else \
         "a control-LoRA" if any("lora_controlnet" in k or k.endswith(".up") for k in sd) else "not a ControlNet"
-    raise ModelFileError(path, f"{kind}: only ControlNet models are supported (T2I-Adapter, IP-Adapter and "
-                               "control-LoRA are not)" if kind != "not a ControlNet" else
+    raise ModelFileError(path, f"{kind} in a layout this loader does not know (ControlNets, TencentARC / diffusers "
+                               "T2I-Adapters and IP-Adapters are supported; control-LoRA is not)"
+                         if kind != "not a ControlNet" else
                          "not a ControlNet model (no input_hint_block / controlnet_cond_embedding weights)")
 
 
 def load_controlnet(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                    unet_config: Mapping[str, Any] | None = None) -> LoadedControlNet:
+                    unet_config: Mapping[str, Any] | None = None,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> LoadedControlNet:
     """Build a ControlNet from `path`; `unet_config` (the checkpoint's UNet config) fills what the weights cannot
     say (SDXL's time-id embedding width)."""
     from diffusers import ControlNetModel
 
     path = Path(path)
-    sd, config = read_controlnet_weights(path)
+    sd, config = read_controlnet_weights(path, state_dict)
     if config is None:
         time_dim = (unet_config or {}).get("addition_time_embed_dim")
         config = infer_config(sd, addition_time_embed_dim=time_dim, path=path)
@@ -198,6 +214,56 @@ def load_controlnet(path: str | Path, *, device: torch.device | str = "cpu", dty
     sd = {key: value.to(dtype) if value.is_floating_point() else value for key, value in sd.items()}
     model = load_into_meta_module(model, sd, "ControlNet", path)
     return LoadedControlNet(model.to(device), family_of(sd), path)
+
+
+def read_control_file(path: Path) -> dict[str, torch.Tensor]:
+    """A control model file's tensors, read once (safetensors, or the restricted unpickler; an IP-Adapter `.bin`'s
+    nested groups flattened to `image_proj.*` / `ip_adapter.*`)."""
+    if path.suffix.lower() == ".safetensors":
+        return read_state_dict(path)
+    obj = load_pickle(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("ip_adapter"), Mapping):
+        return flatten_ip_adapter(obj, path)
+    sd = unwrap_state_dict(obj)
+    if sd is None:
+        raise ModelFileError(path, f"holds a {type(obj).__name__}, not a dict of tensors")
+    return {str(key): value for key, value in sd.items() if isinstance(value, torch.Tensor)}
+
+
+def _folder_class(path: Path) -> str:
+    try:
+        return str(json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+ControlModel = LoadedControlNet | LoadedAdapter | LoadedIPAdapter
+
+
+def load_control_model(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                       unet_config: Mapping[str, Any] | None = None) -> ControlModel:
+    """What a unit's model file is, as the extension decides it from the weights (`controlnet_model_guess.py`): an
+    IP-Adapter, a T2I-Adapter, or else a ControlNet."""
+    path = Path(path)
+    if path.is_dir():
+        if _folder_class(path) == "T2IAdapter":
+            return load_adapter(path, device=device, dtype=dtype)
+        return load_controlnet(path, device=device, dtype=dtype, unet_config=unet_config)
+    sd = read_control_file(path)
+    if is_ip_adapter(sd):
+        return load_ip_adapter(path, device=device, dtype=dtype, state_dict=sd)
+    if is_t2i_adapter(sd):
+        return load_adapter(path, device=device, dtype=dtype, state_dict=sd)
+    return load_controlnet(path, device=device, dtype=dtype, unet_config=unet_config, state_dict=sd)
+
+
+def check_model_compatible(loaded: ControlModel, unet, checkpoint_family: str) -> str | None:
+    """Why a loaded control model cannot drive `unet`, or None when it can."""
+    if isinstance(loaded, LoadedAdapter):
+        return check_adapter_compatible(loaded, unet.config, checkpoint_family)
+    if isinstance(loaded, LoadedIPAdapter):
+        return check_ip_adapter_compatible(loaded, unet, checkpoint_family)
+    return check_compatible(loaded, unet.config, checkpoint_family)
 
 
 def check_compatible(controlnet: LoadedControlNet, unet_config: Mapping[str, Any], checkpoint_family: str) -> str | None:
@@ -216,5 +282,6 @@ def check_compatible(controlnet: LoadedControlNet, unet_config: Mapping[str, Any
     return None
 
 
-__all__ = ["LoadedControlNet", "load_controlnet", "check_compatible", "infer_config", "ldm_to_diffusers",
+__all__ = ["LoadedControlNet", "load_controlnet", "check_compatible", "load_control_model", "check_model_compatible",
+           "ControlModel", "read_control_file", "infer_config", "ldm_to_diffusers",
            "family_of", "read_controlnet_weights", "FAMILY_NAMES"]

@@ -19,6 +19,22 @@ canny / mlsd maps use the soft weights in the hires pass, as the extension force
   full weight and the shallow ones less; "ControlNet is more important" — those soft weights and the control on
   the conditional rows only (`cond_mark`: the uncond pass runs without it, so CFG pushes toward the control).
   SDXL's 10 residuals take the first 10 of the 13 soft weights, as the extension does.
+
+T2I-Adapters (the extension's `ControlModelType.T2I_Adapter`): the adapter runs once per map size on the control map
+(its first channel for one-channel adapters, as the extension's `PlugableAdapter`), and its features are added
+inside the UNet's down path, where the extension adds `total_t2i_adapter_embedding` (LDM input blocks 2, 5, 8, 11;
+SDXL: 3, 5, 8 and after the middle block) — diffusers' `down_intrablock_additional_residuals`, which lands in the
+same places. Weight, guidance start / end and hr_option as for ControlNets; soft injection scales the features by
+weight * (0.25, 0.62, 0.825, 1.0), the extension's adapter soft weights; "ControlNet is more important" puts them on
+the conditional rows only.
+
+IP-Adapters (`ControlModelType.IPAdapter`): the unit's image goes through the CLIP image encoder once (its image
+embeds, or for plus / full-face adapters the penultimate hidden states) and the adapter's image projection; the
+unconditional rows get the projection of zero embeds (plus: of a zero image's hidden states), as diffusers'
+`prepare_ip_adapter_image_embeds` does. For the UNet calls where the unit acts, each cross-attention's processor is
+wrapped (`IPAttention`, set on the UNet for that call only and restored after it) to add
+`weight * to_out(attention(q, to_k_ip(tokens), to_v_ip(tokens)))` to the text attention's output — diffusers'
+`IPAdapterAttnProcessor2_0` arithmetic around the UNet's own attention processor, so the text path is untouched.
 """
 
 from __future__ import annotations
@@ -29,7 +45,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sdwebui.models.controlnet import LoadedControlNet
+import cv2
+import torch.nn.functional as F
+
+from sdwebui.models.controlnet import ControlModel, LoadedControlNet
+from sdwebui.models.ip_adapter import CLIP_MEAN, CLIP_STD, LoadedIPAdapter, cross_attention_names, image_features
+from sdwebui.models.t2i_adapter import LoadedAdapter
 from sdwebui.pipelines.context import ModelCall
 from sdwebui.pipelines.controlnet_preprocess import (
     fit_control_map,
@@ -39,6 +60,8 @@ from sdwebui.pipelines.controlnet_preprocess import (
 from sdwebui.pipelines.controlnet_units import CONTROL_MODES, HIRES_OPTIONS
 
 SOFT_BASE = 0.825
+ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)
+"""The extension's soft weights for a T2I-Adapter's four features."""
 
 
 @dataclass
@@ -47,12 +70,17 @@ class ActiveUnit:
     image as uint8 RGB, the resize mode), read at the first step (img2img's init image is known only then)."""
 
     unit: dict
-    controlnet: LoadedControlNet
+    controlnet: ControlModel
+    """The unit's model: a ControlNet, a T2I-Adapter or an IP-Adapter."""
     source: Callable[[], tuple[np.ndarray, str]]
     seed: Callable[[], int] = lambda: 0
     in_hires: Callable[[int, int], bool] = lambda height, width: False
     """Whether a UNet call at (height, width) pixels is the hires fix's second pass."""
+    encoder: Callable[[], object] | None = None
+    """IP-Adapter units: the CLIP image encoder (loaded when first needed)."""
     _maps: dict = field(default_factory=dict)
+    _features: dict = field(default_factory=dict)
+    _tokens: tuple | None = None
 
     def control_map(self, height: int, width: int) -> np.ndarray:
         """The preprocessed map fitted to (height, width) pixels (cached per size)."""
@@ -74,6 +102,36 @@ class ActiveUnit:
         return torch.from_numpy(np.ascontiguousarray(detected)).to(device, torch.float32).div(255.0) \
             .permute(2, 0, 1)[None].to(dtype)
 
+    def adapter_features(self, height: int, width: int, device, dtype) -> list[torch.Tensor]:
+        """The T2I-Adapter's features for the map at (height, width) pixels ([1, C, h, w] each; cached per size).
+        The map is made at a multiple of the adapter's pixel-unshuffle factor (SDXL's 16), so its features have the
+        UNet's (ceil-rounded) sizes."""
+        key = (height, width)
+        if key not in self._features:
+            adapter: LoadedAdapter = self.controlnet
+            step = adapter.unshuffle
+            hint = self.hint(-(-height // step) * step, -(-width // step) * step, device, dtype)
+            if adapter.gray_input:
+                hint = hint[:, :1]
+            with torch.no_grad():
+                self._features[key] = [f.to(dtype) for f in adapter.model(hint)]
+        return self._features[key]
+
+    def ip_tokens(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) image tokens of an IP-Adapter unit, [1, N, cross-attention width] each (made once)."""
+        if self._tokens is None:
+            adapter: LoadedIPAdapter = self.controlnet
+            encoder = self.encoder()
+            image, _ = self.source()
+            pixels = clip_pixels(image, int(encoder.config.image_size), device, encoder.dtype)
+            hidden = adapter.uses_hidden_states
+            cond = image_features(encoder, pixels, hidden)
+            uncond = image_features(encoder, torch.zeros_like(pixels), hidden) if hidden else torch.zeros_like(cond)
+            proj_dtype = next(adapter.image_proj.parameters()).dtype
+            with torch.no_grad():
+                self._tokens = tuple(adapter.project(f.to(proj_dtype)).to(device, dtype) for f in (cond, uncond))
+        return self._tokens
+
     def active_at(self, progress: float, hires: bool = False) -> bool:
         start, end = self.unit["guidance_start"], self.unit["guidance_end"]
         option = self.unit.get("hr_option", HIRES_OPTIONS[0])
@@ -94,6 +152,74 @@ def control_scales(unit: dict, count: int, is_sdxl: bool, forced_soft: bool = Fa
     return [weight * SOFT_BASE ** float(count - 1 - i) for i in range(count)]
 
 
+def adapter_scales(unit: dict, count: int, forced_soft: bool = False) -> list[float]:
+    """Each T2I-Adapter feature's scale: the weight, or the extension's adapter soft weights (a count other than
+    four keeps the deepest ones; the shallower take the first soft weight)."""
+    weight = float(unit["weight"])
+    if unit["control_mode"] == CONTROL_MODES[0] and not forced_soft:
+        return [weight] * count
+    soft = [ADAPTER_SOFT[0]] * max(0, count - len(ADAPTER_SOFT)) + list(ADAPTER_SOFT[-count:])
+    return [weight * s for s in soft]
+
+
+def clip_pixels(image: np.ndarray, size: int, device, dtype) -> torch.Tensor:
+    """A uint8 RGB array as the CLIP image encoder takes it: resized to `size` with OpenCV's area filter (the
+    extension's `cv2.resize(..., (224, 224), INTER_AREA)`) and normalised with CLIP's mean and std."""
+    resized = cv2.resize(np.ascontiguousarray(image[:, :, :3]), (size, size), interpolation=cv2.INTER_AREA)
+    pixels = torch.from_numpy(resized).float().div(255.0).permute(2, 0, 1)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return ((pixels - mean) / std)[None].to(device, dtype)
+
+
+class IPAttention:
+    """A cross-attention processor: the UNet's own, plus each active IP-Adapter's image attention
+    (diffusers' `IPAdapterAttnProcessor2_0`: `to_out(text + scale * ip) = to_out(text) + scale * W_out ip`)."""
+
+    def __init__(self, base, layers: list[tuple[torch.nn.Linear, torch.nn.Linear, torch.Tensor, float]]):
+        self.base = base
+        self.layers = layers
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        out = self.base(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                        attention_mask=attention_mask, temb=temb, **kwargs)
+        batch = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        heads = attn.heads
+        head_dim = query.shape[-1] // heads
+        query = query.view(batch, -1, heads, head_dim).transpose(1, 2)
+        for to_k, to_v, tokens, scale in self.layers:
+            key = to_k(tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
+            value = to_v(tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
+            ip = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+            ip = ip.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+            out = out + scale * F.linear(ip, attn.to_out[0].weight) / attn.rescale_output_factor
+        return out
+
+
+class ip_attention:
+    """Within the block, the UNet's cross-attentions also attend to the IP-Adapters' image tokens (the processors
+    are put back on exit, whatever happens)."""
+
+    def __init__(self, unet, adapters: list[tuple[LoadedIPAdapter, torch.Tensor, float]]):
+        self.unet = unet
+        self.adapters = adapters
+        self.saved: dict | None = None
+
+    def __enter__(self):
+        self.saved = dict(self.unet.attn_processors)
+        patched = dict(self.saved)
+        for k, name in enumerate(cross_attention_names(self.unet)):
+            layers = [(adapter.kv[k][0], adapter.kv[k][1], tokens, scale) for adapter, tokens, scale in self.adapters]
+            patched[name] = IPAttention(self.saved[name], layers)
+        self.unet.set_attn_processor(patched)
+        return self
+
+    def __exit__(self, *exc):
+        self.unet.set_attn_processor(dict(self.saved))
+        return False
+
+
 class RunProgress:
     """The sampling progress of the current run from the timesteps the UNet sees: a call at a later (higher)
     timestep than the last one starts a new run (the next batch, the hires pass)."""
@@ -110,8 +236,9 @@ class RunProgress:
         return 0.0 if self.first <= 0 else min(1.0, max(0.0, (self.first - now) / self.first))
 
 
-def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.dtype) -> ModelCall:
-    """`call` with the units' residuals added to every UNet call (see the module docstring)."""
+def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.dtype, unet=None) -> ModelCall:
+    """`call` with the units' residuals, adapter features and image attention added to every UNet call (see the
+    module docstring); `unet`: the UNet whose cross-attentions IP-Adapter units patch for the call."""
     progress = RunProgress()
 
     def wrapped(x, t, encoder_hidden_states, added_cond_kwargs=None, c_concat=None, cond_mark=None, **extra):
@@ -121,36 +248,62 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
         active = [unit for unit in units if unit.active_at(done, hires)]
         if cond_mark is not None:
             extra["cond_mark"] = cond_mark
-        if not active:
-            return call(x, t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, c_concat=c_concat, **extra)
+        mark = cond_mark.to(x.device, dtype).view(-1, 1, 1, 1) if cond_mark is not None else None
+        rows = x.shape[0]
         down_total: list[torch.Tensor] | None = None
         mid_total: torch.Tensor | None = None
-        for unit in active:
+        for unit in (u for u in active if isinstance(u.controlnet, LoadedControlNet)):
             model = unit.controlnet.model
-            hint = unit.hint(height, width, x.device, dtype).expand(x.shape[0], -1, -1, -1)
+            hint = unit.hint(height, width, x.device, dtype).expand(rows, -1, -1, -1)
             down, mid = model(x.to(dtype), t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=hint,
                               added_cond_kwargs=added_cond_kwargs, return_dict=False)
             residuals = [*down, mid]
             forced = hires and any(name in unit.unit["module"] for name in ("canny", "mlsd"))
             scales = control_scales(unit.unit, len(residuals), unit.controlnet.is_sdxl, forced)
             residuals = [r * s for r, s in zip(residuals, scales)]
-            if unit.unit["control_mode"] == CONTROL_MODES[2] and cond_mark is not None:
-                mark = cond_mark.to(x.device, dtype).view(-1, 1, 1, 1)
+            if unit.unit["control_mode"] == CONTROL_MODES[2] and mark is not None:
                 residuals = [r * mark for r in residuals]
             *down, mid = residuals
             down_total = list(down) if down_total is None else [a + b for a, b in zip(down_total, down)]
             mid_total = mid if mid_total is None else mid_total + mid
-        given_down = extra.pop("down_block_additional_residuals", None)
-        given_mid = extra.pop("mid_block_additional_residual", None)
-        if given_down is not None:
-            down_total = [a + b for a, b in zip(given_down, down_total)]
-        if given_mid is not None:
-            mid_total = given_mid + mid_total
-        return call(x, t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, c_concat=c_concat,
-                    down_block_additional_residuals=tuple(down_total),
-                    mid_block_additional_residual=mid_total, **extra)
+        features_total: list[torch.Tensor] | None = None
+        for unit in (u for u in active if isinstance(u.controlnet, LoadedAdapter)):
+            features = unit.adapter_features(height, width, x.device, dtype)
+            forced = hires and any(name in unit.unit["module"] for name in ("canny", "mlsd"))
+            scales = adapter_scales(unit.unit, len(features), forced)
+            features = [f.expand(rows, -1, -1, -1) * s for f, s in zip(features, scales)]
+            if unit.unit["control_mode"] == CONTROL_MODES[2] and mark is not None:
+                features = [f * mark for f in features]
+            features_total = features if features_total is None else \
+                [a + b for a, b in zip(features_total, features)]
+        if down_total is not None:
+            given_down = extra.pop("down_block_additional_residuals", None)
+            given_mid = extra.pop("mid_block_additional_residual", None)
+            if given_down is not None:
+                down_total = [a + b for a, b in zip(given_down, down_total)]
+            if given_mid is not None:
+                mid_total = given_mid + mid_total
+            extra["down_block_additional_residuals"] = tuple(down_total)
+            extra["mid_block_additional_residual"] = mid_total
+        if features_total is not None:
+            given = extra.pop("down_intrablock_additional_residuals", None)
+            if given is not None:
+                features_total = [a + b for a, b in zip(given, features_total)]
+            extra["down_intrablock_additional_residuals"] = list(features_total)  # the UNet pops from it
+        adapters = []
+        for unit in (u for u in active if isinstance(u.controlnet, LoadedIPAdapter)):
+            cond, uncond = unit.ip_tokens(x.device, dtype)
+            tokens = cond.expand(rows, -1, -1) if mark is None else \
+                mark.view(-1, 1, 1) * cond + (1 - mark.view(-1, 1, 1)) * uncond
+            adapters.append((unit.controlnet, tokens, float(unit.unit["weight"])))
+        if adapters and unet is not None:
+            with ip_attention(unet, adapters):
+                return call(x, t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, c_concat=c_concat,
+                            **extra)
+        return call(x, t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, c_concat=c_concat, **extra)
 
     return wrapped
 
 
-__all__ = ["ActiveUnit", "controlnet_call", "control_scales", "RunProgress"]
+__all__ = ["ActiveUnit", "controlnet_call", "control_scales", "adapter_scales", "RunProgress", "IPAttention",
+           "ip_attention", "clip_pixels"]

@@ -160,6 +160,9 @@ IMPLEMENTATIONS: dict[str, Preprocess] = {
     "none": _none, "invert": _invert, "canny": _canny, "blur_gaussian": _blur, "tile_resample": _tile_resample,
     "color": _color, "shuffle": _shuffle, "scribble_xdog": _scribble_xdog, "lineart_standard": _lineart_standard,
     "threshold": _threshold, "binary": _binary,
+    # IP-Adapter modules: the unit's image goes to the CLIP image encoder as it is (`controlnet_apply`)
+    "ip-adapter_clip_sd15": _none, "ip-adapter_clip_sdxl": _none, "ip-adapter_clip_sdxl_plus_vith": _none,
+    "ip-adapter-auto": _none,
 }
 
 

@@ -80,6 +80,9 @@ class PreprocessorSpec:
     model_free: bool = False
     """The extension's `do_not_need_model` (reference_only runs without a ControlNet model)."""
     tags: tuple[str, ...] = ()
+    clip: str | None = None
+    """For IP-Adapter modules: the CLIP image encoder they run ("clip_h" ViT-H, "clip_g" ViT-bigG; "auto": by the
+    model's name, as the extension's `ip-adapter-auto`)."""
     weights: str | None = None
     """For preprocessors that need downloaded weights: the folder below `models/` they would come from."""
 
@@ -107,6 +110,13 @@ PREPROCESSORS: tuple[PreprocessorSpec, ...] = (  # "none" first, then roughly th
                      tags=("Lineart",)),
     PreprocessorSpec("threshold", slider_1=Slider("Binarization Threshold", 127, 0, 255)),
     PreprocessorSpec("binary", slider_1=Slider("Binary threshold", 0, 0, 255, 1), tags=("Scribble",)),
+    # IP-Adapter: the unit's image through a CLIP image encoder from models/clip_vision (no map, no control mode)
+    PreprocessorSpec("ip-adapter-auto", resolution=None, tags=("IP-Adapter",), clip="auto"),
+    PreprocessorSpec("ip-adapter_clip_sd15", "ip-adapter_clip_h", resolution=None, tags=("IP-Adapter",),
+                     clip="clip_h"),
+    PreprocessorSpec("ip-adapter_clip_sdxl", "ip-adapter_clip_g", resolution=None, tags=("IP-Adapter",),
+                     clip="clip_g"),
+    PreprocessorSpec("ip-adapter_clip_sdxl_plus_vith", resolution=None, tags=("IP-Adapter",), clip="clip_h"),
     # Weighted preprocessors: listed as the extension lists them, refused with where their weights would be.
     PreprocessorSpec("depth", "depth_midas", tags=("Depth",), weights="annotator/midas"),
     PreprocessorSpec("openpose", tags=("OpenPose",), weights="annotator/openpose"),
@@ -147,7 +157,8 @@ def module_detail(alias_names: bool = False) -> dict[str, dict]:
 
 
 TAG_FILTERS = {"instructp2p": ("ip2p",), "segmentation": ("seg",), "normalmap": ("normal",),
-               "t2i-adapter": ("t2i_adapter", "t2iadapter", "t2ia"), "openpose": ("openpose", "densepose"),
+               "t2i-adapter": ("t2i_adapter", "t2iadapter", "t2ia", "t2i-adapter"), "ip-adapter": ("ip_adapter",),
+               "openpose": ("openpose", "densepose"),
                "scribble": ("sketch",), "tile": ("blur",)}
 
 

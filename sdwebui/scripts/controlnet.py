@@ -4,10 +4,12 @@ an object with the extension's field names: `pipelines.controlnet_units`).
 
 - before the job: the units are checked (an enabled txt2img unit needs an image; img2img falls back to the init
   image with img2img's resize mode, as the extension does);
-- around every UNet call: each enabled unit's ControlNet adds its residuals (`pipelines.controlnet_apply`), in the
-  same batch as the CFG pass; its ControlNet is loaded from `models/ControlNet` (and `--controlnet-dir`) once and
-  kept while units use it, on the checkpoint's device and dtype; a ControlNet for another model family is refused
-  with the reason before the first step;
+- around every UNet call: each enabled unit's model acts (`pipelines.controlnet_apply`), in the same batch as the
+  CFG pass: a ControlNet adds its residuals, a T2I-Adapter its features, an IP-Adapter its image attention. What
+  the model is comes from its weights, as the extension decides it; it is loaded from `models/ControlNet` (and
+  `--controlnet-dir`) once and kept while units use it, on the checkpoint's device and dtype; a model for another
+  family is refused with the reason before the first step. IP-Adapter units take their CLIP image encoder from
+  `models/clip_vision/` (or the extension's `models/ControlNetAnnotators/clip_vision/`), by the module's kind;
 - after each batch: the infotext gets `ControlNet 0: "Module: canny, Model: name [hash], Weight: 1.0, ..."` for
   each enabled unit, numbered among the enabled ones, as the extension writes it.
 """
@@ -28,6 +30,7 @@ from sdwebui.pipelines.controlnet_units import (
     CONTROL_MODES,
     RESIZE_MODES,
     UNIT_COUNT,
+    WEIGHTS_DIR,
     ControlNetUnitArg,
     check_unit,
     decode_image,
@@ -57,8 +60,13 @@ class ControlNet(Script):
     alwayson = True
     description = "Guide the image with control maps (edges, lines, colour) through ControlNet models."
 
-    def __init__(self, folders: Any = ()):
+    def __init__(self, folders: Any = (), clip_vision_folders: Any = None):
         self.library = folders if isinstance(folders, ControlNetLibrary) else ControlNetLibrary(folders)
+        if clip_vision_folders is None:  # beside models/ControlNet: models/clip_vision, the extension's downloads
+            models = [folder.parent for folder in self.library.folders[:1]]
+            clip_vision_folders = [path for root in models
+                                   for path in (root / "clip_vision", root / WEIGHTS_DIR / "clip_vision")]
+        self.clip_vision_folders = tuple(Path(folder) for folder in clip_vision_folders)
         self.args = tuple(ControlNetUnitArg(f"ControlNet Unit {index}", model_exists=self.library.exists)
                           for index in range(UNIT_COUNT))
         self._loaded: OrderedDict[tuple, Any] = OrderedDict()
@@ -98,10 +106,14 @@ class ControlNet(Script):
             return bool(getattr(params, "enable_hr", False)) and not isinstance(params, Img2ImgParams) \
                 and (height, width) != (params.height, params.width)
 
-        units = [ActiveUnit(unit, self._controlnet(model, index, unit), self._source(state, index, unit),
-                            seed=lambda: state.seed, in_hires=in_hires)
-                 for index, unit in enumerate(args) if index in enabled]
-        return controlnet_call(call, units, model.dtype)
+        units = []
+        for index, unit in enumerate(args):
+            if index not in enabled:
+                continue
+            loaded = self._controlnet(model, index, unit)
+            units.append(ActiveUnit(unit, loaded, self._source(state, index, unit), seed=lambda: state.seed,
+                                    in_hires=in_hires, encoder=self._encoder_for(model, index, unit, loaded)))
+        return controlnet_call(call, units, model.dtype, model.unet)
 
     def after_batch(self, batch, args: tuple) -> None:
         enabled = [unit for unit in args if unit["enabled"]]
@@ -212,8 +224,9 @@ class ControlNet(Script):
         return from_task
 
     def _controlnet(self, model, index: int, unit: dict):
-        from sdwebui.models.controlnet import check_compatible, load_controlnet  # torch, diffusers
+        from sdwebui.models.controlnet import check_model_compatible, load_control_model  # torch, diffusers
         from sdwebui.models.files import ModelFileError
+        from sdwebui.models.ip_adapter import LoadedIPAdapter
 
         entry = self.library.find(unit["model"])
         if entry is None:
@@ -227,17 +240,68 @@ class ControlNet(Script):
                 self._loaded.move_to_end(key)
         if loaded is None:
             try:
-                loaded = load_controlnet(path, device=model.device, dtype=model.dtype, unet_config=model.unet.config)
+                loaded = load_control_model(path, device=model.device, dtype=model.dtype,
+                                            unet_config=model.unet.config)
             except ModelFileError as error:
                 raise ParamError(self._loc(index, "model"), str(error)) from None
             with self._lock:
                 self._loaded[key] = loaded
                 while len(self._loaded) > KEEP_LOADED:
                     self._loaded.popitem(last=False)
-        why = check_compatible(loaded, model.unet.config, model.family.spec.title)
+        why = check_model_compatible(loaded, model.unet, model.family.spec.title)
         if why is not None:
             raise ParamError(self._loc(index, "model"), why)
+        ip_module = find_preprocessor(unit["module"]).clip is not None
+        if isinstance(loaded, LoadedIPAdapter) != ip_module:
+            raise ParamError(self._loc(index, "module"), (
+                f"{entry.name} is an IP-Adapter: it takes an ip-adapter_clip_* module, not {unit['module']}"
+                if not ip_module else
+                f"the {unit['module']} module is for IP-Adapter models; {entry.name} is not one"))
         return loaded
+
+    def _encoder_for(self, model, index: int, unit: dict, loaded):
+        """IP-Adapter units: a callable giving the CLIP image encoder the unit's module names (loaded when the
+        first step needs it, kept like the models), checked against what the adapter's projection takes."""
+        from sdwebui.models.ip_adapter import LoadedIPAdapter, find_clip_vision, load_clip_vision
+
+        if not isinstance(loaded, LoadedIPAdapter):
+            return None
+        kind = find_preprocessor(unit["module"]).clip
+        if kind == "auto":  # the extension's ip-adapter-auto: by the model's name
+            name = loaded.path.name.lower()
+            kind = "clip_g" if "sdxl" in name and "vit-h" not in name and "vith" not in name else "clip_h"
+        path = find_clip_vision(self.clip_vision_folders, kind)
+        if path is None:
+            where = " or ".join(str(folder) for folder in self.clip_vision_folders) or "models/clip_vision"
+            vit = "ViT-H" if kind == "clip_h" else "ViT-bigG"
+            raise ParamError(self._loc(index, "module"), (
+                f"the {unit['module']} module needs the {kind} CLIP image encoder ({vit}), which was not found in "
+                f"{where} (as {kind}.pth / .safetensors, or a folder with config.json; sdwebui does not download it)"))
+
+        def encoder():
+            from sdwebui.models.files import ModelFileError
+
+            key = ("clip_vision", str(path), path.stat().st_mtime_ns, str(model.device), str(model.dtype))
+            with self._lock:
+                found = self._loaded.get(key)
+            if found is None:
+                try:
+                    found = load_clip_vision(path, device=model.device, dtype=model.dtype)
+                except ModelFileError as error:
+                    raise ParamError(self._loc(index, "module"), str(error)) from None
+                with self._lock:
+                    self._loaded[key] = found
+                    while len(self._loaded) > KEEP_LOADED + 1:
+                        self._loaded.popitem(last=False)
+            config = found.config
+            gives = int(config.hidden_size if loaded.uses_hidden_states else config.projection_dim)
+            if gives != loaded.image_dim:
+                raise ParamError(self._loc(index, "module"), (
+                    f"{loaded.path.name} takes {loaded.image_dim}-wide image features; the {kind} encoder "
+                    f"({path.name}) gives {gives}: choose the module made for this IP-Adapter"))
+            return found
+
+        return encoder
 
 
 def unit_json(enabled, image, module, model, weight, start, end, control_mode, resize_mode, pixel_perfect,
