@@ -50,8 +50,7 @@ IMG2IMG_AXES = [
     "Refiner checkpoint", "Refiner switch at", "RNG source", "FP8 mode", "Size",
 ]
 UNAVAILABLE = {"Negative Guidance minimum sigma", "Beta schedule alpha", "Beta schedule beta", "Extra noise",
-               "UniPC Order", "Token merging ratio", "Token merging ratio high-res",
-               "SGM noise multiplier", "FP8 mode"}
+               "UniPC Order", "SGM noise multiplier", "FP8 mode"}
 
 
 def xyz_args(x_type=1, x_values="", y_type=0, y_values="", z_type=0, z_values="", *, x_dropdown=(), y_dropdown=(),
@@ -73,7 +72,7 @@ def test_the_axis_lists_are_a1111s_for_each_tab():
     for tab, labels in (("txt2img", TXT2IMG_AXES), ("img2img", IMG2IMG_AXES)):
         missing = {axis.label for axis in axes_for(tab) if axis.missing or (axis.tab_missing or ("",))[0] == tab}
         expected = UNAVAILABLE | ({"Initial noise multiplier"} if tab == "txt2img" else
-                                  {"Refiner checkpoint", "Refiner switch at"})
+                                  {"Refiner checkpoint", "Refiner switch at", "Token merging ratio high-res"})
         assert missing == expected
 
 

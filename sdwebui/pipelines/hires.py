@@ -212,7 +212,8 @@ class HiresFix:
         denoiser.reset()
         # Noise from the images' seeds at the new size (a fresh per-image generator, as A1111's new ImageRNG).
         return denoise_batch(ctx, plan.params, self.sampler, denoiser, batch, InitLatents(samples.float()),
-                             model=plan.model, steps_before=steps_before)
+                             model=plan.model, steps_before=steps_before,
+                             token_merging_ratio=plan.params.hires_token_merging_ratio)
 
     def _activate_networks(self, networks: NetworkScope | None, calls) -> tuple[dict[str, object], object]:
         """(infotext entries, networks key) of the hires prompt's networks, applied when the pass runs the job's

@@ -236,6 +236,13 @@ class GenerationParams:
     tiling: bool = param(False, label="Tiling", infotext="Tiling", a1111_default=None,
                          help="seamless images: the picture wraps around at its edges")
     """Seamless images: circular padding in the UNet's and VAE's convolutions (A1111's "Tiling")."""
+    token_merging_ratio: float = param(0.0, minimum=0.0, maximum=0.9, label="Token merging ratio",
+                                       infotext="Token merging ratio", a1111=None, setting="token_merging_ratio",
+                                       group="speed (A1111 settings)",
+                                       help="merge this fraction of the tokens in the UNet's full-resolution "
+                                            "self-attention: faster, less detail (0 = off; A1111's setting)")
+    """A1111's `token_merging_ratio` (img2img: `token_merging_ratio_img2img` when it is not 0): ToMe SD
+    (`models.token_merging`) in the first pass. Infotext `Token merging ratio` when not 0."""
     restore_faces: bool = param(False, label="Restore faces", a1111_default=None, setting="face_restoration",
                                 group="face restoration",
                                 help="restore faces in each image (GFPGAN, CodeFormer or RestoreFormer)")
@@ -320,6 +327,11 @@ class Txt2ImgParams(GenerationParams):
     hr_negative_prompt: str = param("", max_length=PROMPT_MAX, label="Hires negative prompt",
                                     infotext="Hires negative prompt", group="hires fix")
     """Empty = the first pass's prompt (as A1111)."""
+    token_merging_ratio_hr: float = param(0.0, minimum=0.0, maximum=0.9, label="Token merging ratio for high-res pass",
+                                          infotext="Token merging ratio hr", a1111=None,
+                                          setting="token_merging_ratio_hr", group="hires fix",
+                                          help="token merging in the hires pass (0 = the first pass's ratio)")
+    """A1111's `token_merging_ratio_hr`: the hires pass's ratio; 0 = the first pass's (`hires_token_merging_ratio`)."""
     refiner_checkpoint: str | None = param(None, str, max_length=500, nullable=True, label="Refiner",
                                            infotext="Refiner", group="refiner",
                                            help="checkpoint that takes over sampling at --refiner-switch-at")
@@ -336,6 +348,11 @@ class Txt2ImgParams(GenerationParams):
             width, height = self.hires_size
             if max(width, height) > MAX_SIDE or min(width, height) < 8:
                 raise ParamError("hr_scale", f"the hires size {width}x{height} is outside 8..{MAX_SIDE}")
+
+    @property
+    def hires_token_merging_ratio(self) -> float:
+        """A1111's `get_token_merging_ratio(for_hr=True)`: the hires ratio, else the first pass's."""
+        return self.token_merging_ratio_hr or self.token_merging_ratio
 
     @property
     def hires_target(self) -> tuple[int, int, int, int]:
@@ -454,6 +471,16 @@ def settings_defaults(cls: type[GenerationParams], given: Mapping[str, Any], set
         elif spec.name in ("s_tmax", "sigma_min", "sigma_max", "rho") and not float(value) > 0:
             continue  # 0 = the sampler's / schedule's own
         elif spec.kind is bool and not value:
+            continue
+        elif spec.name == "token_merging_ratio":
+            # A1111's img2img takes `token_merging_ratio_img2img` when it is not 0. (A1111 lets a request's
+            # override_settings of `token_merging_ratio` win over it; `settings` here cannot tell an override
+            # from the stored setting. X/Y/Z's axis sets the parameter itself, which wins.)
+            if cls.KIND == "img2img" and settings.get("token_merging_ratio_img2img"):
+                value = settings["token_merging_ratio_img2img"]
+            if not float(value):
+                continue
+        elif spec.name == "token_merging_ratio_hr" and not float(value):
             continue
         values[spec.name] = spec.from_setting(value) if spec.from_setting else spec.kind(value)
     return values

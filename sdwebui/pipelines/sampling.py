@@ -42,6 +42,7 @@ from sdwebui.models.memory import call_with_memory_retry
 from sdwebui.models.sd_model import SDModel
 from sdwebui.models.text_encoding import Conditioning
 from sdwebui.models.tiling import circular_padding
+from sdwebui.models.token_merging import token_merging
 from sdwebui.pipelines.conditioning import BatchConditioning, build_conditioning, uses_emphasis
 from sdwebui.pipelines.context import (
     BatchImages,
@@ -384,8 +385,9 @@ def sample_batch(ctx: GenerationContext, params: GenerationParams, plan: Sampler
     last_denoised: list[Tensor] = []
     callback = step_callback(ctx, params, batch.batch_index, plan.steps + more_steps, last_denoised)
     try:
-        latents = plan.sampler.sample(denoiser, x, plan.sigmas, callback=callback, noise_sampler=rng.noise_sampler(),
-                                      **plan.options)
+        with token_merging(ctx.model.unet, params.token_merging_ratio):
+            latents = plan.sampler.sample(denoiser, x, plan.sigmas, callback=callback,
+                                          noise_sampler=rng.noise_sampler(), **plan.options)
         return latents, False
     except GenerationStopped:
         # A1111 keeps what the sampler had so far: the latest x0 estimate.
@@ -413,22 +415,26 @@ class InitLatents:
 
 
 def denoise_batch(ctx: GenerationContext, params: GenerationParams, plan: SamplerPlan, denoiser, batch: BatchPrompts,
-                  start: InitLatents, *, model: SDModel | None = None, steps_before: int = 0) -> tuple[Tensor, bool]:
+                  start: InitLatents, *, model: SDModel | None = None, steps_before: int = 0,
+                  token_merging_ratio: float | None = None) -> tuple[Tensor, bool]:
     """One batch denoised from `start` down `plan.sigmas` (img2img's strength tail, the hires pass): (latents,
     stopped). The noise is the images' seeded noise at the latent's size, on `model`'s device (default
-    `ctx.model`). `steps_before`: steps of the batch already run (the hires pass after the first pass)."""
+    `ctx.model`). `steps_before`: steps of the batch already run (the hires pass after the first pass).
+    `token_merging_ratio`: ToMe's ratio for this pass (default `params.token_merging_ratio`)."""
     model = model or ctx.model
+    ratio = params.token_merging_ratio if token_merging_ratio is None else token_merging_ratio
     init, cond = start.for_batch(len(batch.seeds))
     rng = batch_rng(ctx, params, init.shape[1:], batch.seeds, batch.subseeds, model)
     noise = rng.first().to(model.device, torch.float32)
     last_denoised: list[Tensor] = []
     callback = step_callback(ctx, params, batch.batch_index, steps_before + plan.steps, last_denoised, steps_before)
     try:
-        latents = denoise_latents(
-            plan.sampler, denoiser, init, noise, plan.sigmas, noise_multiplier=start.noise_multiplier,
-            mask=start.keep_mask, image_conditioning=cond, callback=callback, noise_sampler=rng.noise_sampler(),
-            **plan.options,
-        )
+        with token_merging(model.unet, ratio):
+            latents = denoise_latents(
+                plan.sampler, denoiser, init, noise, plan.sigmas, noise_multiplier=start.noise_multiplier,
+                mask=start.keep_mask, image_conditioning=cond, callback=callback, noise_sampler=rng.noise_sampler(),
+                **plan.options,
+            )
         return latents, False
     except GenerationStopped:
         if not last_denoised:
@@ -627,6 +633,11 @@ def create_infotext(
         LABELS["inpainting_mask_weight"]: extra.get(LABELS["inpainting_mask_weight"]),
         LABELS["clip_skip"]: params.clip_skip if params.clip_skip > 1 else None,
         LABELS["eta_noise_seed_delta"]: ensd if ensd and sampling.sampler.uses_ensd else None,
+        # A1111 writes both only when not 0; the hires one (the hires pass's ratio, else the first pass's) only
+        # with hires fix on.
+        LABELS["token_merging_ratio"]: params.token_merging_ratio or None,
+        LABELS["token_merging_ratio_hr"]: (params.hires_token_merging_ratio or None)
+        if getattr(params, "enable_hr", False) else None,
         LABELS["rng"]: {"cpu": "CPU", "nv": "NV"}.get(params.rng),
         LABELS["tiling"]: True if params.tiling else None,
         **extra,

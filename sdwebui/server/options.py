@@ -99,6 +99,13 @@ OPTIONS: dict[str, OptionSpec] = {
     "cache_fp16_weight": OptionSpec(False, "Cache FP16 weight for LoRA (more RAM; better LoRA quality with FP8)",
                                     bool),
     "CLIP_stop_at_last_layers": OptionSpec(1, "Clip skip", int, minimum=1, maximum=12),
+    # A1111's token merging settings (ToMe SD, `models.token_merging`): 0 = off; "only applies if non-zero and
+    # overrides above" for the img2img and hires ones, as A1111's help says.
+    "token_merging_ratio": OptionSpec(0.0, "Token merging ratio", float, minimum=0.0, maximum=0.9),
+    "token_merging_ratio_img2img": OptionSpec(0.0, "Token merging ratio for img2img", float, minimum=0.0,
+                                              maximum=0.9),
+    "token_merging_ratio_hr": OptionSpec(0.0, "Token merging ratio for high-res pass", float, minimum=0.0,
+                                         maximum=0.9),
     "sd_hypernetwork": OptionSpec("None", "Add hypernetwork to prompt (a file name in models/hypernetworks)", str),
     "sd_hypernetwork_strength": OptionSpec(1.0, "Hypernetwork strength", float, minimum=0.0, maximum=1.0),
     "emphasis": OptionSpec("Original", "Emphasis mode", str, choices=EMPHASIS_MODES),
