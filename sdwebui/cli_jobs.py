@@ -308,7 +308,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def add_caption_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="FOLDER", help="the images to caption; each gets NAME.txt beside it")
     parser.add_argument("--tagger", default="wd14", help="a WD14 tagger's folder name in models/interrogators "
-                        "(default: wd14, the first one installed)")
+                        "(default: wd14, the first one installed); deepdanbooru (models/torch_deepdanbooru); blip "
+                        "(a BLIP caption, models/BLIP); clip (A1111's Interrogate CLIP: the BLIP caption and CLIP's "
+                        "best artist, flavor, medium and movement, models/BLIP and models/CLIP)")
     parser.add_argument("--threshold", type=float, default=0.5, help="keep tags scored at least this (default 0.5, "
                         "A1111's DeepBooru threshold)")
     parser.add_argument("--sort-by-score", action="store_true", help="best tags first (default: alphabetical)")
@@ -318,8 +320,9 @@ def add_caption_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_caption(args, paths) -> int:
-    """Tag every image of a folder with a WD14 tagger and write the tags to a `.txt` beside each (the captions
-    LoRA trainers read), formatted as A1111's DeepBooru formats them."""
+    """Tag every image of a folder with a WD14 tagger or DeepDanbooru, or caption it with BLIP (+ CLIP), and write
+    the text to a `.txt` beside each (the captions LoRA trainers read); tags formatted as A1111's DeepBooru
+    formats them."""
     from sdwebui.models.taggers import TaggerLibrary  # OpenCV, onnxruntime
 
     folder = Path(args.folder)
@@ -327,22 +330,53 @@ def run_caption(args, paths) -> int:
         raise CommandError(f"FOLDER {args.folder}: no such folder")
     if not 0.0 <= args.threshold <= 1.0:
         raise CommandError(f"--threshold {args.threshold}: must be between 0 and 1")
+    options = TagOptions(threshold=args.threshold, sort_alpha=not args.sort_by_score,
+                         use_spaces=not args.keep_underscores, escape=not args.no_escape)
+    if args.tagger in ("clip", "blip", "deepdanbooru"):
+        return _caption_with_torch_models(args, paths, folder, options)
     library = TaggerLibrary(paths.models_dir)
     installed = [entry.name for entry in library.entries()]
     name = installed[0] if args.tagger == "wd14" and installed else args.tagger
     if name not in installed:
         raise CommandError(f"--tagger {args.tagger}: put a WD14 tagger's model.onnx and selected_tags.csv in "
                            f"models/interrogators/<name>/ (installed: {', '.join(installed) or 'none'})")
-    options = TagOptions(threshold=args.threshold, sort_alpha=not args.sort_by_score,
-                         use_spaces=not args.keep_underscores, escape=not args.no_escape)
+    return _write_captions(args, folder, name, lambda image: format_tags(library.probabilities(name, image)[1],
+                                                                         options))
+
+
+def _caption_with_torch_models(args, paths, folder: Path, options: TagOptions) -> int:
+    from sdwebui.models.blip_clip import InterrogateModelMissing  # torch, transformers
+    from sdwebui.models.devices import plan_devices
+    from sdwebui.models.files import ModelFileError
+    from sdwebui.models.interrogate_models import InterrogateModels
+    from sdwebui.pipelines.clip_interrogator import (ClipOptions, blip_caption, clip_interrogate,
+                                                     deepbooru_probabilities)
+
+    library = InterrogateModels(paths.models_dir, device=plan_devices(getattr(args, "device", None)).device)
+    settings = ClipOptions()
+    try:
+        if args.tagger == "deepdanbooru":
+            net = library.deepdanbooru()
+            describe = lambda image: format_tags(deepbooru_probabilities(net, image), options)  # noqa: E731
+        elif args.tagger == "blip":
+            blip = library.blip()
+            describe = lambda image: blip_caption(blip, image.convert("RGB"), settings)  # noqa: E731
+        else:
+            blip, clip = library.blip(), library.clip()
+            describe = lambda image: clip_interrogate(blip, clip, image, settings)  # noqa: E731
+    except (InterrogateModelMissing, ModelFileError) as error:
+        raise CommandError(f"--tagger {args.tagger}: {error}") from None
+    return _write_captions(args, folder, args.tagger, describe)
+
+
+def _write_captions(args, folder: Path, name: str, describe) -> int:
     written = skipped = 0
     for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         caption = path.with_suffix(".txt")
         if caption.exists() and not args.overwrite:
             skipped += 1
             continue
-        _ratings, tags = library.probabilities(name, open_image(str(path), "FOLDER"))
-        caption.write_text(format_tags(tags, options) + "\n", encoding="utf-8")
+        caption.write_text(describe(open_image(str(path), "FOLDER")) + "\n", encoding="utf-8")
         print(caption)
         written += 1
     note = f"sdwebui: note: {written} caption(s) written with {name}"

@@ -290,3 +290,37 @@ def test_the_img2img_tabs_interrogate_buttons(server):
     tags = interrogated_prompt(server.services, {"mode": "img2img", "init_image": image}, "old",
                                model="deepdanbooru")
     assert "1girl" in tags.split(", ")
+
+
+def test_png_info_captions_an_image_for_txt2img(server, tmp_path):
+    from sdwebui.ui.fields import UIError
+    from sdwebui.ui.pnginfo import caption_file
+
+    path = tmp_path / "photo.png"
+    photo().save(path)
+    caption = caption_file(server.services, str(path), "clip")
+    assert caption.startswith(expected_caption(server.tiny["blip"], blip_tokenizer(), photo()) + ", ")
+    assert "1girl" in caption_file(server.services, str(path), "deepdanbooru").split(", ")
+    with pytest.raises(UIError, match="models/interrogators"):
+        caption_file(server.services, str(path), "wd14")  # no WD14 tagger installed here
+    with pytest.raises(UIError, match="drop an image"):
+        caption_file(server.services, None, "clip")
+
+
+def test_caption_a_folder_with_blip_and_deepdanbooru(tmp_path, capsys):
+    from sdwebui.cli import main
+
+    models = tmp_path / "models"
+    blip = write_blip_folder(models / "BLIP" / "blip")
+    write_deepdanbooru(models / "torch_deepdanbooru" / "model-resnet_custom_v3.pt")
+    pictures = tmp_path / "dataset"
+    pictures.mkdir()
+    photo().save(pictures / "one.png")
+    assert main(["caption", str(pictures), "--tagger", "blip", "--data-dir", str(tmp_path)]) == 0
+    assert (pictures / "one.txt").read_text() == expected_caption(blip, blip_tokenizer(), photo()) + "\n"
+    assert main(["caption", str(pictures), "--tagger", "deepdanbooru", "--overwrite", "--keep-underscores",
+                 "--no-escape", "--data-dir", str(tmp_path)]) == 0
+    assert {"1girl", "smile_(happy)"} <= set((pictures / "one.txt").read_text().strip().split(", "))
+    capsys.readouterr()
+    assert main(["caption", str(pictures), "--tagger", "clip", "--overwrite", "--data-dir", str(tmp_path)]) == 2
+    assert "models/CLIP/" in capsys.readouterr().err

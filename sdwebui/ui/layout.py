@@ -133,7 +133,7 @@ def build_ui(services: Services):
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 ext = extras.build(services)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                png = pnginfo.build()
+                png = pnginfo.build(services)
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
                 model_merger.build(services)
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
@@ -231,6 +231,9 @@ def _wire_paste_to_txt2img(services: Services, page: Page) -> None:
                      t2i.components["html_info"], tabs]
     png.components["send_to_txt2img"].click(paste, png.components["parameters"], paste_outputs,
                                             show_progress="hidden")
+    png.components["send_caption_to_txt2img"].click(lambda text: (text or "", gr.Tabs(selected="txt2img")),
+                                                    png.components["caption"], [t2i.fields["prompt"], tabs],
+                                                    show_progress="hidden")
     page.hist.components["reuse"].click(paste, page.hist.components["parameters"], paste_outputs,
                                         show_progress="hidden")
 

@@ -1,6 +1,7 @@
 """The PNG Info tab: drop an image, read its generation parameters (A1111 `parameters` chunk, or EXIF
 UserComment for JPEG/WebP as A1111, Forge, Fooocus and SD.Next write them), send them to txt2img, or the
-image with them to img2img / inpaint.
+image with them to img2img / inpaint. An image without parameters can be captioned instead (BLIP + CLIP,
+DeepDanbooru or a WD14 tagger, as the img2img tab's Interrogate buttons) and the caption sent to txt2img's prompt.
 
 The upload is read from the file as the browser sent it (`type="filepath"`): converting it to a PIL image in
 Gradio would drop the text chunks that hold the parameters.
@@ -16,6 +17,13 @@ import gradio as gr
 from PIL import Image
 
 from sdwebui.pipelines.output import read_image_info
+from sdwebui.server.a1111.interrogate import caption_image
+from sdwebui.server.errors import FieldError
+from sdwebui.server.services import Services
+from sdwebui.ui.fields import UIError
+
+INTERROGATORS = (("Interrogate CLIP", "clip"), ("Interrogate DeepBooru", "deepdanbooru"),
+                 ("Interrogate (WD14 tagger)", "wd14"))
 
 
 @dataclass
@@ -52,7 +60,18 @@ def open_image(path: str | None):
         return None
 
 
-def build() -> PngInfoTab:
+def caption_file(services: Services, path: str | None, model: str) -> str:
+    """The caption `model` gives the uploaded image; UIError naming the problem (no image, model not installed)."""
+    image = open_image(path)
+    if image is None:
+        raise UIError("Interrogate: drop an image first")
+    try:
+        return caption_image(services, image, model)
+    except FieldError as error:
+        raise UIError(f"Interrogate: {error.message}") from None
+
+
+def build(services: Services | None = None) -> PngInfoTab:
     tab = PngInfoTab()
     c = tab.components
     with gr.Row(equal_height=False):
@@ -68,8 +87,29 @@ def build() -> PngInfoTab:
                 c["send_to_img2img"] = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img", size="sm")
                 c["send_to_inpaint"] = gr.Button("Send to inpaint", elem_id="pnginfo_send_inpaint", size="sm")
                 c["send_to_extras"] = gr.Button("Send to extras", elem_id="pnginfo_send_extras", size="sm")
+            if services is not None:
+                with gr.Accordion("Caption", open=False, elem_id="pnginfo_caption_accordion"):
+                    with gr.Row():
+                        for label, model in INTERROGATORS:
+                            c[f"interrogate_{model}"] = gr.Button(label, size="sm",
+                                                                  elem_id=f"pnginfo_interrogate_{model}")
+                    c["caption"] = gr.Textbox(label="Caption", lines=3, elem_id="pnginfo_caption")
+                    c["send_caption_to_txt2img"] = gr.Button("Send caption to txt2img", size="sm",
+                                                             elem_id="pnginfo_send_caption_txt2img")
     c["image"].change(read_parameters, c["image"], [c["parameters"], c["items"]], show_progress="hidden")
+    if services is not None:
+        def interrogator(model: str):
+            def interrogate(path):
+                try:
+                    return caption_file(services, path, model)
+                except UIError as error:
+                    raise gr.Error(str(error)) from None
+            return interrogate
+
+        for _label, model in INTERROGATORS:
+            c[f"interrogate_{model}"].click(interrogator(model), c["image"], c["caption"], show_progress="minimal",
+                                            concurrency_id="interrogate", concurrency_limit=1)
     return tab
 
 
-__all__ = ["build", "read_parameters", "open_image", "PngInfoTab"]
+__all__ = ["build", "caption_file", "read_parameters", "open_image", "PngInfoTab"]
