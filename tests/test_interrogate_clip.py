@@ -324,3 +324,26 @@ def test_caption_a_folder_with_blip_and_deepdanbooru(tmp_path, capsys):
     capsys.readouterr()
     assert main(["caption", str(pictures), "--tagger", "clip", "--overwrite", "--data-dir", str(tmp_path)]) == 2
     assert "models/CLIP/" in capsys.readouterr().err
+
+
+def test_extras_batch_from_directory(server, tmp_path):
+    """The Extras tab's "Batch from Directory" (issue 20's Extras folder mode): every image of the folder, upscaled
+    and saved to the Extras outputs."""
+    from sdwebui.ui.extras import submit_extras
+    from sdwebui.ui.fields import UIError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (16, 8), (200, 10, 10)).save(folder / "first.png")
+    Image.new("RGB", (8, 8), (10, 10, 200)).save(folder / "second.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    values = {"mode": "batch_from_directory", "batch_input_dir": str(folder), "resize_mode": 0, "upscaling_resize": 2,
+              "upscaling_resize_w": 512, "upscaling_resize_h": 512, "upscaling_crop": True,
+              "upscaler_1": "Lanczos", "upscaler_2": "None", "extras_upscaler_2_visibility": 0}
+    job = submit_extras(server.services, None, values)
+    assert job.finished.wait(60) and job.status == "done", job.error
+    assert [im.size for im in job.images] == [(32, 16), (16, 16)]
+    saved = [p for p in server.services.paths.outputs_dir.rglob("*.png") if "extras" in str(p)]
+    assert sorted(Image.open(p).size for p in saved) == [(16, 16), (32, 16)]
+    with pytest.raises(UIError, match="^input directory: "):
+        submit_extras(server.services, None, {**values, "batch_input_dir": str(tmp_path / "missing")})

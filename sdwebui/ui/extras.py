@@ -1,8 +1,10 @@
-"""The Extras tab (A1111's "Single Image" extras): upscale a picture with one or two upscalers, then restore its
-faces with GFPGAN and CodeFormer.
+"""The Extras tab: upscale a picture with one or two upscalers, then restore its faces with GFPGAN and CodeFormer;
+A1111's "Single Image" and "Batch from Directory" sub-tabs.
 
-The job is the same one `/sdapi/v1/extra-single-image` queues (`server.extras`), so the browser and the API
-get the same pixels for the same settings.
+The job is the same one `/sdapi/v1/extra-single-image` (or `extra-batch-images`) queues (`server.extras`), so the
+browser and the API get the same pixels for the same settings. A folder's results are saved to the Extras outputs
+and the history, numbered as the other outputs (A1111 also takes an output directory and can keep the files' names,
+`use_original_name_batch`; as the img2img tab's Batch, this page never writes to a folder a browser names).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sdwebui.server.service import ExtrasRequest, QueueFull
 from sdwebui.server.services import Services
 from sdwebui.server.store import StoreUnavailable
 from sdwebui.ui.fields import UIError, extras_upscaler_choices
+from sdwebui.ui.img2img import batch_files
 from sdwebui.ui.txt2img import progress_html
 
 POLL_SECONDS = 0.25
@@ -33,8 +36,12 @@ class ExtrasTab:
 
 
 def submit_extras(services: Services, image, values: dict[str, Any]):
-    """Queue an extras job for one PIL image (UIError with the field's name for bad input)."""
-    if image is None:
+    """Queue an extras job for one PIL image, or for every image of `values["batch_input_dir"]` when
+    `values["mode"]` is "batch_from_directory" (UIError with the field's name for bad input)."""
+    batch = []
+    if values.get("mode") == "batch_from_directory":
+        batch = batch_files(values.get("batch_input_dir"))
+    elif image is None:
         raise UIError("image: drop an image to upscale first")
     try:
         request = ExtrasSingleImageRequest(
@@ -51,6 +58,10 @@ def submit_extras(services: Services, image, values: dict[str, Any]):
             codeformer_weight=float(values.get("codeformer_weight") or 0),
         )
         params = extras_params(request)
+        if batch:
+            return services.generation.submit_extras(ExtrasRequest(
+                params, [(("batch_input_dir", name), picture) for name, picture, _ in batch],
+                names=[name for name, _, _ in batch], save_images=True, client="ui"))
         return services.generation.submit_extras(ExtrasRequest(params, [(("image",), image)], client="ui"))
     except ValidationError as error:
         first = error.errors()[0]
@@ -67,8 +78,16 @@ def build(services: Services) -> ExtrasTab:
     names = ["None", "Lanczos", "Nearest"]
     with gr.Row(equal_height=False, elem_id="extras_main"):
         with gr.Column(scale=1, min_width=300):
-            c["image"] = gr.Image(label="Source", type="pil", image_mode="RGB", sources=["upload", "clipboard"],
-                                  elem_id="extras_image", height=360)
+            f["mode"] = gr.State("single_image")
+            with gr.Tabs(elem_id="mode_extras", selected="single_image") as c["mode_tabs"]:
+                with gr.Tab("Single Image", id="single_image", elem_id="extras_single_tab") as single_tab:
+                    c["image"] = gr.Image(label="Source", type="pil", image_mode="RGB",
+                                          sources=["upload", "clipboard"], elem_id="extras_image", height=360)
+                with gr.Tab("Batch from Directory", id="batch_from_directory",
+                            elem_id="extras_batch_directory_tab") as folder_tab:
+                    gr.Markdown("Process every image of a folder on the server; the results go to the Extras "
+                                "outputs and the history.", elem_classes="sdw-note")
+                    f["batch_input_dir"] = gr.Textbox(label="Input directory", elem_id="extras_batch_input_dir")
             c["generate"] = gr.Button("Generate", variant="primary", elem_id="extras_generate")
             f["resize_mode"] = gr.Radio([("Scale by", 0), ("Scale to", 1)], value=0, label="Resize",
                                         elem_id="extras_resize_mode")
@@ -119,8 +138,16 @@ def build(services: Services) -> ExtrasTab:
             return
         infotexts = (job.result or {}).get("infotexts") or [""]
         out = job.images[0]
-        yield (progress_html(1, f"Done · {out.width}x{out.height}", state="done"), out, html_info(infotexts[0]))
+        count = f"{len(job.images)} images · " if len(job.images) > 1 else ""
+        yield (progress_html(1, f"Done · {count}{out.width}x{out.height}", state="done"), out,
+               html_info(infotexts[0]))
 
+    single_tab.select(lambda: "single_image", None, f["mode"], show_progress="hidden", queue=False)
+    folder_tab.select(lambda: "batch_from_directory", None, f["mode"], show_progress="hidden", queue=False)
+    # an image sent here (from a result or PNG Info) is for the Single Image sub-tab
+    c["image"].change(lambda image: ("single_image", gr.Tabs(selected="single_image")) if image is not None
+                      else (gr.skip(), gr.skip()), c["image"], [f["mode"], c["mode_tabs"]], show_progress="hidden",
+                      queue=False)
     c["generate"].click(generate, [c["image"], *[f[name] for name in order]],
                         [c["status"], c["result"], c["html_info"]], show_progress="hidden", concurrency_limit=None)
     return tab
