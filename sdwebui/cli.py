@@ -84,6 +84,13 @@ def add_memory_flags(group) -> None:
                        help="Forge's flag: keep every part on the GPU (no automatic offloading)")
     group.add_argument("--vram-budget", type=_positive_float, metavar="GB",
                        help="plan as if the GPU had at most this much free memory (memory mode, tiled VAE)")
+    group.add_argument("--opt-channelslast", action="store_true",
+                       help="A1111's flag: store the UNet's and VAE's weights channels-last (faster convolutions "
+                            "on tensor-core GPUs)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet (static shapes: each new image or batch size compiles once; "
+                            "seeds and prompts do not). Needs the whole model on the GPU (not with --medvram or "
+                            "--lowvram)")
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:

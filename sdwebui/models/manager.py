@@ -28,6 +28,7 @@ from sdwebui.config import DEMO_CHECKPOINT, Paths
 from sdwebui.filestat import file_versions
 from sdwebui.models.detect import detect
 from sdwebui.models.devices import DevicePlan
+from sdwebui.models.fast_paths import FastPaths, compile_unet, use_channels_last
 from sdwebui.models.files import ModelFileError, read_safetensors_header
 from sdwebui.models.fp8 import fp8_wanted, store_in_fp8
 from sdwebui.models.hashing import sha256_of
@@ -64,8 +65,10 @@ class LoadRequest:
 class ModelManager:
     def __init__(self, paths: Paths, devices: DevicePlan, *, prediction_type: str | None = None,
                  memory: MemoryPolicy | None = None, keep: Callable[[], tuple[int, int]] | None = None,
-                 fp8: Callable[[], tuple[str, bool]] | None = None):
+                 fp8: Callable[[], tuple[str, bool]] | None = None, fast: FastPaths | None = None):
         self.paths = paths
+        self.fast = fast if fast is not None else FastPaths()
+        """`--opt-channelslast` and `--compile` (`models.fast_paths`), applied to each model as it is loaded."""
         self.devices = devices
         self.prediction_type = prediction_type
         self.memory = memory if memory is not None else MemoryPolicy()
@@ -272,8 +275,14 @@ class ModelManager:
         if choice is None:
             choice = choose_mode(self.memory, model.family, device, None)
         model.device = device
+        if self.fast.channels_last:
+            model.config_notes.extend(use_channels_last(model))
         place_model(model, choice.mode)
         model.config_notes.append(f"memory mode {choice.mode} ({choice.reason})")
+        if self.fast.compile:
+            notes = compile_unet(model, self.fast)
+            model.config_notes.extend(notes)
+            log.info("%s: %s", request.checkpoint.name, "; ".join(notes))
         log.info("%s: memory mode %s (%s)", request.checkpoint.name, choice.mode, choice.reason)
         return model
 

@@ -86,6 +86,10 @@ class ServerConfig:
     """`--medvram-sdxl`: medvram for SDXL models only."""
     vram_budget_gb: float | None = None
     """`--vram-budget GB`: plan memory modes and tiled VAE as if the device had at most this much free."""
+    channels_last: bool = False
+    """A1111's `--opt-channelslast`: UNet and VAE weights stored channels-last (`models.fast_paths`)."""
+    compile_unet: bool = False
+    """`--compile`: torch.compile the UNet when it is loaded (static shapes; `models.fast_paths`)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_failed_logins: int = 10
     """Wrong credentials one client address may send per minute before it must wait (429); 0 = no limit."""
@@ -162,7 +166,9 @@ def memory_fields(args) -> dict:
     else:
         mode = "auto"
     return {"memory_mode": mode, "medvram_sdxl": bool(getattr(args, "medvram_sdxl", False)),
-            "vram_budget_gb": getattr(args, "vram_budget", None)}
+            "vram_budget_gb": getattr(args, "vram_budget", None),
+            "channels_last": bool(getattr(args, "opt_channelslast", False)),
+            "compile_unet": bool(getattr(args, "compile", False))}
 
 
 def is_loopback(host: str) -> bool:

@@ -84,6 +84,7 @@ class Services:
         with self._models_lock:
             if self._models is None:
                 from sdwebui.models.devices import plan_devices
+                from sdwebui.models.fast_paths import FastPaths
                 from sdwebui.models.manager import ModelManager
                 from sdwebui.models.memory import MemoryPolicy
 
@@ -95,8 +96,9 @@ class Services:
                                 int(self.options.get("sd_checkpoint_cache")))
                 fp8 = lambda: (str(self.options.get("fp8_storage")),  # noqa: E731
                                bool(self.options.get("cache_fp16_weight")))
+                fast = FastPaths(channels_last=config.channels_last, compile=config.compile_unet)
                 self._models = ModelManager(self.paths, devices, prediction_type=config.prediction_type,
-                                            memory=memory, keep=keep, fp8=fp8)
+                                            memory=memory, keep=keep, fp8=fp8, fast=fast)
                 log.info("device: %s", devices.describe())
             return self._models
 
