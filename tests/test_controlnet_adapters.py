@@ -282,3 +282,45 @@ def test_a1111_api_runs_adapter_units(tmp_path_factory, tiny_sd1_path, sd1, mode
         bad = {**fast, "alwayson_scripts": {"controlnet": {"args": [ip_unit(module="ip-adapter_clip_sdxl")]}}}
         response = client.post("/sdapi/v1/txt2img", json=bad)
         assert response.status_code == 422 and response.json()["field"] == "alwayson_scripts.controlnet.args.0.module"
+
+
+# ---- reference_only / reference_adain ---------------------------------------------------------------------------
+
+
+def ref_unit(**values):
+    return {"enabled": True, "module": "reference_only", "image": b64(square()), **values}
+
+
+def test_reference_units_steer_the_image_without_a_model(sd1, registry):
+    fast = {"steps": 2}
+    plain = generate(sd1, registry, None, **fast)
+    assert torch.equal(generate(sd1, registry, [ref_unit(weight=0)], **fast).latents, plain.latents)
+    results = {}
+    for module in ("reference_only", "reference_adain", "reference_adain+attn"):
+        results[module] = generate(sd1, registry, [ref_unit(module=module)], **fast).latents
+        assert not torch.allclose(results[module], plain.latents, atol=1e-4), module
+    assert not torch.allclose(results["reference_only"], results["reference_adain"], atol=1e-4)
+    assert not torch.allclose(results["reference_adain+attn"], results["reference_only"], atol=1e-4)
+    # the same job again is the same image (the reference's noise is seeded by the batch's seed)
+    torch.testing.assert_close(generate(sd1, registry, [ref_unit()], **fast).latents, results["reference_only"])
+    for changed in (ref_unit(threshold_a=0.0), ref_unit(weight=0.5)):
+        assert not torch.allclose(generate(sd1, registry, [changed], **fast).latents, results["reference_only"],
+                                  atol=1e-5), changed
+    # nothing is left on the UNet: its processors and hooks are the ones it had
+    assert all(type(p).__name__ not in ("ReferenceAttention", "IPAttention")
+               for p in sd1.unet.attn_processors.values())
+    assert not any(module._forward_hooks for module in sd1.unet.modules())
+    # a txt2img unit needs an image (img2img takes the init image, as for the other units)
+    with pytest.raises(ParamError) as caught:
+        generate(sd1, registry, [ref_unit(image=None)], **fast)
+    assert caught.value.loc == (*LOC, "image")
+
+
+def test_reference_on_sdxl_and_in_img2img_with_a_t2i_adapter(sd1, sdxl, registry):
+    plain = generate(sdxl, registry, None, steps=2)
+    referenced = generate(sdxl, registry, [ref_unit(module="reference_adain+attn")], steps=2).latents
+    assert not torch.allclose(referenced, plain.latents, atol=1e-4)
+    alone = generate(sd1, registry, [ref_unit(image=None)], kind="img2img").latents
+    assert not torch.allclose(alone, generate(sd1, registry, None, kind="img2img").latents, atol=1e-4)
+    both = generate(sd1, registry, [ref_unit(image=None), unit()], kind="img2img").latents
+    assert not torch.allclose(both, alone, atol=1e-4)

@@ -35,6 +35,19 @@ unconditional rows get the projection of zero embeds (plus: of a zero image's hi
 wrapped (`IPAttention`, set on the UNet for that call only and restored after it) to add
 `weight * to_out(attention(q, to_k_ip(tokens), to_v_ip(tokens)))` to the text attention's output — diffusers'
 `IPAdapterAttnProcessor2_0` arithmetic around the UNet's own attention processor, so the text path is untouched.
+
+reference_only / reference_adain / reference_adain+attn (`ControlModelType.AttentionInjection`, no model): before
+each UNet call where the unit acts, the reference image's latent (VAE-encoded at the generation size, the unit's
+resize mode), noised to the call's timestep (`q_sample`; the noise from a generator seeded by the batch's seed,
+where the extension draws unseeded noise, so that a seed gives the same image again), goes through the same UNet ("write"): each self-attention with rank < weight keeps
+its input (ranks: i / n over the transformer blocks sorted by width, widest first), and for AdaIN the chosen blocks
+keep their per-channel mean / variance. The real call then "reads": self-attention attends to its own tokens and
+the reference's; AdaIN renormalises the blocks' outputs to the reference's statistics. Style fidelity (slider 1;
+cubed on SDXL; 1 for "ControlNet is more important", 0 for "My prompt is more important" and the hires pass) keeps
+the unconditional rows without the reference by that fraction, as the extension's `style_cfg`. The AdaIN blocks are
+the extension's (the middle block; LDM input blocks of the levels below the first, output blocks of the levels
+above the last) taken at diffusers' resnet / attention outputs, which is where those LDM blocks end except for the
+upsampler the last block of a level also holds.
 """
 
 from __future__ import annotations
@@ -78,6 +91,12 @@ class ActiveUnit:
     """Whether a UNet call at (height, width) pixels is the hires fix's second pass."""
     encoder: Callable[[], object] | None = None
     """IP-Adapter units: the CLIP image encoder (loaded when first needed)."""
+    encode: Callable[[np.ndarray], torch.Tensor] | None = None
+    """Reference units: uint8 RGB -> the checkpoint's scaled latents (its VAE)."""
+    reference_seed: Callable[[], int] = lambda: 0
+    """Reference units: the seed of the reference's noise."""
+    _latents: dict = field(default_factory=dict)
+    _noise: torch.Generator | None = None
     _maps: dict = field(default_factory=dict)
     _features: dict = field(default_factory=dict)
     _tokens: tuple | None = None
@@ -131,6 +150,18 @@ class ActiveUnit:
             with torch.no_grad():
                 self._tokens = tuple(adapter.project(f.to(proj_dtype)).to(device, dtype) for f in (cond, uncond))
         return self._tokens
+
+    def reference_latent(self, height: int, width: int) -> torch.Tensor:
+        """The reference image at (height, width) pixels as latents [1, C, h, w] (cached per size)."""
+        key = (height, width)
+        if key not in self._latents:
+            self._latents[key] = self.encode(self.control_map(height, width))
+        return self._latents[key]
+
+    def reference_noise(self, like: torch.Tensor) -> torch.Tensor:
+        if self._noise is None:
+            self._noise = torch.Generator("cpu").manual_seed(int(self.reference_seed()) & 0xFFFFFFFF)
+        return torch.randn(like.shape, generator=self._noise, dtype=torch.float32).to(like.device, like.dtype)
 
     def active_at(self, progress: float, hires: bool = False) -> bool:
         start, end = self.unit["guidance_start"], self.unit["guidance_end"]
@@ -220,6 +251,156 @@ class ip_attention:
         return False
 
 
+REFERENCE_MODULES = ("reference_only", "reference_adain", "reference_adain+attn")
+
+
+class _ReferenceState:
+    """What the reference processors and hooks do now: "write" (keep what they see, when their rank is under
+    `weight`), "read" (use what was kept), or nothing."""
+
+    def __init__(self):
+        self.mode: str | None = None
+        self.weight = 0.0
+        self.style = 0.0
+        self.attn = False
+        self.adain = False
+        self.uncond_rows: torch.Tensor | None = None
+
+
+class ReferenceAttention:
+    """A self-attention processor that keeps (write) or attends to (read) the reference's tokens."""
+
+    def __init__(self, base, state: _ReferenceState, rank: float):
+        self.base, self.state, self.rank = base, state, rank
+        self.bank: list[torch.Tensor] = []
+        self.styles: list[float] = []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        state = self.state
+        if state.mode == "write" and state.attn and state.weight > self.rank:
+            self.bank.append(hidden_states.detach().clone())
+            self.styles.append(state.style)
+        elif state.mode == "read" and self.bank:
+            context = torch.cat([hidden_states, *self.bank], dim=1)
+            with_ref = self.base(attn, hidden_states, encoder_hidden_states=context, attention_mask=attention_mask,
+                                 temb=temb, **kwargs)
+            style = sum(self.styles) / len(self.styles)
+            self.bank, self.styles = [], []
+            rows = state.uncond_rows
+            if rows is None or not len(rows) or style <= 1e-5:
+                return with_ref
+            plain = with_ref.clone()
+            plain[rows] = self.base(attn, hidden_states[rows], encoder_hidden_states=None,
+                                    attention_mask=attention_mask, temb=temb, **kwargs)
+            return style * plain + (1.0 - style) * with_ref
+        return self.base(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                         attention_mask=attention_mask, temb=temb, **kwargs)
+
+
+class _AdaIN:
+    """A forward hook keeping (write) a block output's per-channel mean / variance, or renormalising (read) the
+    output to the kept statistics (the extension's `hacked_group_norm_forward`)."""
+
+    EPS = 1e-6
+
+    def __init__(self, state: _ReferenceState, rank: float):
+        self.state, self.rank = state, rank
+        self.means: list[torch.Tensor] = []
+        self.vars: list[torch.Tensor] = []
+        self.styles: list[float] = []
+
+    def __call__(self, module, inputs, output):
+        rest = None
+        if isinstance(output, tuple):  # a transformer block called with return_dict=False
+            output, *rest = output
+        state = self.state
+        if state.mode == "write" and state.adain and state.weight > self.rank:
+            var, mean = torch.var_mean(output, dim=(2, 3), keepdim=True, correction=0)
+            self.means.append(mean)
+            self.vars.append(var)
+            self.styles.append(state.style)
+        elif state.mode == "read" and self.means:
+            var, mean = torch.var_mean(output, dim=(2, 3), keepdim=True, correction=0)
+            std = var.clamp_min(self.EPS) ** 0.5
+            mean_ref = sum(self.means) / len(self.means)
+            std_ref = (sum(self.vars) / len(self.vars)).clamp_min(self.EPS) ** 0.5
+            style = sum(self.styles) / len(self.styles)
+            self.means, self.vars, self.styles = [], [], []
+            normed = (output - mean) / std * std_ref + mean_ref
+            rows = state.uncond_rows
+            if rows is not None and len(rows) and style > 1e-5:
+                plain = normed.clone()
+                plain[rows] = output[rows].to(plain.dtype)
+                normed = style * plain + (1.0 - style) * normed
+            output = normed.to(output.dtype)
+        return (output, *rest) if rest is not None else output
+
+
+def _adain_blocks(unet) -> list[tuple[torch.nn.Module, float]]:
+    """The modules whose outputs AdaIN renormalises, with their ranks (the extension's `gn_weight`, doubled)."""
+    def level_blocks(block) -> list[torch.nn.Module]:
+        attentions = getattr(block, "attentions", None)
+        return list(attentions) if attentions is not None and len(attentions) else list(block.resnets)
+
+    inputs = [m for block in list(unet.down_blocks)[1:] for m in level_blocks(block)]
+    outputs = [m for block in list(unet.up_blocks)[:-1] for m in level_blocks(block)]
+    ranked = [(unet.mid_block, 0.0)]
+    ranked += [(m, 2.0 * (1.0 - w / len(inputs))) for w, m in enumerate(inputs)]
+    ranked += [(m, 2.0 * w / len(outputs)) for w, m in enumerate(outputs)]
+    return ranked
+
+
+class reference_scope:
+    """Within the block, the UNet's self-attentions and AdaIN blocks take part in reference units (processors and
+    hooks removed on exit)."""
+
+    def __init__(self, unet):
+        from diffusers.models.attention_processor import Attention
+
+        self.unet = unet
+        self.state = _ReferenceState()
+        attns = [name for name, module in unet.named_modules()
+                 if isinstance(module, Attention) and name.endswith("attn1")]
+        widths = {name: int(unet.get_submodule(name).to_q.in_features) for name in attns}
+        order = sorted(attns, key=lambda name: -widths[name])  # stable: module order among equal widths
+        self.ranks = {f"{name}.processor": i / len(order) for i, name in enumerate(order)}
+        self.saved: dict | None = None
+        self.handles: list = []
+
+    def __enter__(self):
+        self.saved = dict(self.unet.attn_processors)
+        patched = dict(self.saved)
+        for name, rank in self.ranks.items():
+            patched[name] = ReferenceAttention(self.saved[name], self.state, rank)
+        self.unet.set_attn_processor(patched)
+        self.handles = [module.register_forward_hook(_AdaIN(self.state, rank))
+                        for module, rank in _adain_blocks(self.unet)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.unet.set_attn_processor(dict(self.saved))
+        return False
+
+
+def style_fidelity(unit: dict, is_sdxl: bool, hires: bool) -> float:
+    """The extension's `current_style_fidelity` for a reference unit."""
+    if unit["control_mode"] == CONTROL_MODES[2]:
+        return 1.0
+    if unit["control_mode"] == CONTROL_MODES[1] or hires:
+        return 0.0
+    style = min(1.0, max(0.0, float(unit["threshold_a"])))
+    return style ** 3.0 if is_sdxl else style
+
+
+def _call_with_ip(call, unet, adapters, x, t, encoder_hidden_states, added_cond_kwargs, c_concat, extra):
+    if adapters and unet is not None:
+        with ip_attention(unet, adapters):
+            return call(x, t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, c_concat=c_concat, **extra)
+    return call(x, t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, c_concat=c_concat, **extra)
+
+
 class RunProgress:
     """The sampling progress of the current run from the timesteps the UNet sees: a call at a later (higher)
     timestep than the last one starts a new run (the next batch, the hires pass)."""
@@ -236,9 +417,11 @@ class RunProgress:
         return 0.0 if self.first <= 0 else min(1.0, max(0.0, (self.first - now) / self.first))
 
 
-def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.dtype, unet=None) -> ModelCall:
-    """`call` with the units' residuals, adapter features and image attention added to every UNet call (see the
-    module docstring); `unet`: the UNet whose cross-attentions IP-Adapter units patch for the call."""
+def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.dtype, unet=None,
+                    alphas_cumprod: torch.Tensor | None = None) -> ModelCall:
+    """`call` with the units' residuals, adapter features, image attention and reference injection added to every
+    UNet call (see the module docstring); `unet`: the UNet whose attentions IP-Adapter and reference units patch for
+    the call; `alphas_cumprod`: its noise schedule (reference units noise their latent with it)."""
     progress = RunProgress()
 
     def wrapped(x, t, encoder_hidden_states, added_cond_kwargs=None, c_concat=None, cond_mark=None, **extra):
@@ -296,14 +479,35 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
             tokens = cond.expand(rows, -1, -1) if mark is None else \
                 mark.view(-1, 1, 1) * cond + (1 - mark.view(-1, 1, 1)) * uncond
             adapters.append((unit.controlnet, tokens, float(unit.unit["weight"])))
-        if adapters and unet is not None:
-            with ip_attention(unet, adapters):
-                return call(x, t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, c_concat=c_concat,
-                            **extra)
-        return call(x, t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, c_concat=c_concat, **extra)
+        references = [u for u in active if u.unit["module"] in REFERENCE_MODULES]
+        if not references or unet is None or alphas_cumprod is None:
+            return _call_with_ip(call, unet, adapters, x, t, encoder_hidden_states, added_cond_kwargs, c_concat, extra)
+        is_sdxl = getattr(unet.config, "addition_embed_type", None) == "text_time"
+        with reference_scope(unet) as scope:
+            state = scope.state
+            steps = torch.as_tensor(t, device=alphas_cumprod.device).float().round().long().clamp(
+                0, len(alphas_cumprod) - 1)
+            alpha = alphas_cumprod[steps].to(x.device, torch.float32).reshape(-1, 1, 1, 1)
+            for unit in references:
+                latent = unit.reference_latent(height, width).to(x.device, torch.float32)
+                latent = latent.expand(rows, -1, -1, -1)
+                noisy = alpha.sqrt() * latent + (1 - alpha).sqrt() * unit.reference_noise(latent)
+                module = unit.unit["module"]
+                state.mode, state.weight = "write", float(unit.unit["weight"])
+                state.style = style_fidelity(unit.unit, is_sdxl, hires)
+                state.attn = module in ("reference_only", "reference_adain+attn")
+                state.adain = module in ("reference_adain", "reference_adain+attn")
+                ref_concat = None if c_concat is None else \
+                    torch.cat([torch.zeros_like(latent[:, :1]), latent], dim=1)
+                with torch.no_grad():
+                    call(noisy.to(x.dtype), t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs,
+                         c_concat=ref_concat)
+            state.mode = "read"
+            state.uncond_rows = None if cond_mark is None else torch.nonzero(cond_mark == 0).flatten().to(x.device)
+            return _call_with_ip(call, unet, adapters, x, t, encoder_hidden_states, added_cond_kwargs, c_concat, extra)
 
     return wrapped
 
 
 __all__ = ["ActiveUnit", "controlnet_call", "control_scales", "adapter_scales", "RunProgress", "IPAttention",
-           "ip_attention", "clip_pixels"]
+           "ip_attention", "clip_pixels", "reference_scope", "style_fidelity", "REFERENCE_MODULES"]

@@ -163,6 +163,8 @@ IMPLEMENTATIONS: dict[str, Preprocess] = {
     # IP-Adapter modules: the unit's image goes to the CLIP image encoder as it is (`controlnet_apply`)
     "ip-adapter_clip_sd15": _none, "ip-adapter_clip_sdxl": _none, "ip-adapter_clip_sdxl_plus_vith": _none,
     "ip-adapter-auto": _none,
+    # reference: the image itself, VAE-encoded for the attention / AdaIN injection (`controlnet_apply`)
+    "reference_only": _none, "reference_adain": _none, "reference_adain+attn": _none,
 }
 
 

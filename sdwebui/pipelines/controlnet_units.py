@@ -110,6 +110,13 @@ PREPROCESSORS: tuple[PreprocessorSpec, ...] = (  # "none" first, then roughly th
                      tags=("Lineart",)),
     PreprocessorSpec("threshold", slider_1=Slider("Binarization Threshold", 127, 0, 255)),
     PreprocessorSpec("binary", slider_1=Slider("Binary threshold", 0, 0, 255, 1), tags=("Scribble",)),
+    # reference: no model; the image's self-attention keys / values (and AdaIN statistics) steer the UNet
+    PreprocessorSpec("reference_only", resolution=None, model_free=True, tags=("Reference",),
+                     slider_1=Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0)),
+    PreprocessorSpec("reference_adain", resolution=None, model_free=True, tags=("Reference",),
+                     slider_1=Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0)),
+    PreprocessorSpec("reference_adain+attn", resolution=None, model_free=True, tags=("Reference",),
+                     slider_1=Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0)),
     # IP-Adapter: the unit's image through a CLIP image encoder from models/clip_vision (no map, no control mode)
     PreprocessorSpec("ip-adapter-auto", resolution=None, tags=("IP-Adapter",), clip="auto"),
     PreprocessorSpec("ip-adapter_clip_sd15", "ip-adapter_clip_h", resolution=None, tags=("IP-Adapter",),

@@ -53,6 +53,8 @@ class _JobState:
     def __init__(self):
         self.task: GenerationTask | None = None
         self.seed = 0
+        self.image_seed = 0
+        """The batch's first image seed (reference units' noise: the same seed gives the same image)."""
 
 
 class ControlNet(Script):
@@ -79,8 +81,7 @@ class ControlNet(Script):
     # ---- the job ---------------------------------------------------------------------------------------------
     def before_job(self, task: GenerationTask, args: tuple) -> list[GenerationTask]:
         for index, unit in enumerate(args):
-            if unit["enabled"] and unit["image"] is None and not isinstance(task.params, Img2ImgParams) \
-                    and not find_preprocessor(unit["module"]).model_free:
+            if unit["enabled"] and unit["image"] is None and not isinstance(task.params, Img2ImgParams):
                 raise ParamError(self._loc(index, "image"), "controlnet is enabled but no input image is given")
         return [task]
 
@@ -91,6 +92,7 @@ class ControlNet(Script):
         state.task = getattr(batch, "task", None) or state.task
         # the extension's set_numpy_seed: (seed + subseed) of the job, for the shuffle preprocessor
         state.seed = (max(int(batch.seeds[0]), 0) + max(int(batch.subseeds[0]), 0)) & 0xFFFFFFFF
+        state.image_seed = int(batch.seeds[0]) & 0xFFFFFFFF
 
     def wrap_model_call(self, model, call, args: tuple):
         enabled = [index for index, unit in enumerate(args)
@@ -110,10 +112,12 @@ class ControlNet(Script):
         for index, unit in enumerate(args):
             if index not in enabled:
                 continue
-            loaded = self._controlnet(model, index, unit)
+            loaded = None if find_preprocessor(unit["module"]).model_free else self._controlnet(model, index, unit)
             units.append(ActiveUnit(unit, loaded, self._source(state, index, unit), seed=lambda: state.seed,
-                                    in_hires=in_hires, encoder=self._encoder_for(model, index, unit, loaded)))
-        return controlnet_call(call, units, model.dtype, model.unet)
+                                    in_hires=in_hires, encoder=self._encoder_for(model, index, unit, loaded),
+                                    encode=lambda image: encode_reference(model, image),
+                                    reference_seed=lambda: state.image_seed))
+        return controlnet_call(call, units, model.dtype, model.unet, model.alphas_cumprod)
 
     def after_batch(self, batch, args: tuple) -> None:
         enabled = [unit for unit in args if unit["enabled"]]
@@ -302,6 +306,16 @@ class ControlNet(Script):
             return found
 
         return encoder
+
+
+def encode_reference(model, image):
+    """A reference unit's map (uint8 RGB at the generation size) -> the checkpoint's scaled latents."""
+    import torch
+
+    from sdwebui.pipelines.vae_encode import encode_pixels  # torch
+
+    pixels = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    return encode_pixels(model, pixels)
 
 
 def unit_json(enabled, image, module, model, weight, start, end, control_mode, resize_mode, pixel_perfect,
