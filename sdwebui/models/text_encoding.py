@@ -366,7 +366,6 @@ class TextEncoderStack:
             )
         return cond
 
-    @torch.no_grad()
     def encode_chunks(
         self,
         batch_chunks: Sequence[Sequence[PromptChunk]],
@@ -374,8 +373,16 @@ class TextEncoderStack:
         clip_skip: int = 1,
         min_chunks: int = 1,
         emphasis: str = "Original",
+        grad: bool = False,
     ) -> Conditioning:
-        """Encode already chunked prompts: the (token ids, per-token weights) path everything goes through."""
+        """Encode already chunked prompts: the (token ids, per-token weights) path everything goes through.
+
+        `grad`: keep the autograd graph (textual-inversion training differentiates through the encoder into an
+        embedding's vectors); otherwise no graph is built."""
+        with torch.set_grad_enabled(grad):
+            return self._encode_chunks(batch_chunks, clip_skip=clip_skip, min_chunks=min_chunks, emphasis=emphasis)
+
+    def _encode_chunks(self, batch_chunks, *, clip_skip: int, min_chunks: int, emphasis: str) -> Conditioning:
         if not batch_chunks:
             raise ValueError("no prompts to encode")
         if clip_skip < 1:

@@ -278,9 +278,36 @@ class ModelToolPayload:
                    overwrite=bool(data.get("overwrite", False)))
 
 
+@dataclass(frozen=True)
+class TrainingPayload:
+    """A create_embedding / train_embedding job (`server.training`): the checked arguments (paths resolved at
+    submit time) and the checkpoint (the `sd_model_checkpoint` setting then) it works on."""
+
+    job: str
+    args: Mapping[str, Any]
+    checkpoint: str
+    vae: str = "Automatic"
+
+    @property
+    def kind(self) -> str:
+        return self.job
+
+    def recovered(self) -> "TrainingPayload":
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "args": dict(self.args), "checkpoint": self.checkpoint, "vae": self.vae}
+
+    @classmethod
+    def from_json(cls, kind: str, data: Mapping[str, Any]) -> "TrainingPayload":
+        return cls(job=kind, args=dict(data["args"]), checkpoint=_existing_checkpoint(str(data["checkpoint"])),
+                   vae=str(data.get("vae") or "Automatic"))
+
+
 PAYLOAD_TYPES = {"txt2img": GenerationPayload, "img2img": GenerationPayload, "extras": ExtrasPayload,
                  "load_model": LoadModelPayload, "merge": MergePayload, "convert": ModelToolPayload,
-                 "extract_lora": ModelToolPayload, "bake_lora": ModelToolPayload}
+                 "extract_lora": ModelToolPayload, "bake_lora": ModelToolPayload,
+                 "create_embedding": TrainingPayload, "train_embedding": TrainingPayload}
 
 
 def load_payload(kind: str, data: Mapping[str, Any]) -> Any:
@@ -335,6 +362,6 @@ def decode_png(text: str) -> Image.Image:
     return image
 
 
-__all__ = ["Payload", "GenerationPayload", "ExtrasPayload", "LoadModelPayload", "MergePayload", "ModelToolPayload", "OutputOptions", "GridOptions",
+__all__ = ["Payload", "GenerationPayload", "ExtrasPayload", "LoadModelPayload", "MergePayload", "ModelToolPayload", "TrainingPayload", "OutputOptions", "GridOptions",
            "BatchEntry",
            "load_payload", "upgrade_v1", "SCHEMA_VERSION", "encode_png", "decode_png", "PARAMS_TYPES"]

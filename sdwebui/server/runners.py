@@ -5,6 +5,7 @@
     extras: upscale each image, save and record it
     load_model: load a checkpoint (a switch queued in order)
     merge: the Checkpoint Merger (`server.model_tools`)
+    create_embedding, train_embedding: textual inversion (`server.training`)
 
 The result is what the native API shows under `result` and what the A1111 routes answer with (`seeds`,
 `infotexts`, `images`: the saved files, `model`, `notes`, `interrupted`).
@@ -23,6 +24,7 @@ from sdwebui.pipelines.output import save_image
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
 from sdwebui.server.console import JobConsoleBar
 from sdwebui.server.model_tools import run_merge_job, run_tool_job
+from sdwebui.server.training import run_training_job
 from sdwebui.server.payloads import ExtrasPayload, GenerationPayload, OutputOptions, decode_png
 from sdwebui.server.store import StoreUnavailable
 
@@ -401,7 +403,8 @@ def run_load_model(job: "JobHandle", services: "Services") -> dict:
 
 
 RUNNERS = {"txt2img": run_generation, "img2img": run_generation, "extras": run_extras, "load_model": run_load_model,
-           "merge": run_merge_job, "convert": run_tool_job, "extract_lora": run_tool_job, "bake_lora": run_tool_job}
+           "merge": run_merge_job, "convert": run_tool_job, "extract_lora": run_tool_job, "bake_lora": run_tool_job,
+           "create_embedding": run_training_job, "train_embedding": run_training_job}
 
 
 __all__ = ["run_generation", "run_extras", "run_load_model", "RUNNERS", "ImageSaver", "generation_result"]

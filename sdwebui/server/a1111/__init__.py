@@ -10,6 +10,7 @@
 | `images.py` | png-info, extra-single-image, extra-batch-images |
 | `scripts.py` | scripts, script-info, extensions |
 | `interrogate.py` | interrogate (clip: BLIP + CLIP, deepdanbooru, WD14 taggers) |
+| `train.py` | create/embedding, train/embedding (textual inversion, queued jobs) |
 
 `schemas.py` holds the bodies (made from the parameter declarations), `translate.py` turns a request into the
 generation service's request and our errors back into A1111's field names.
@@ -29,10 +30,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from sdwebui.server.a1111 import generation, images, interrogate, models, options, progress, scripts
+from sdwebui.server.a1111 import generation, images, interrogate, models, options, progress, scripts, train
 from sdwebui.server.services import Services
 
-AREAS = (generation, progress, options, models, images, scripts, interrogate)
+AREAS = (generation, progress, options, models, images, scripts, interrogate, train)
 
 
 def build_router(services: Services) -> APIRouter:

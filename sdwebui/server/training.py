@@ -1,0 +1,299 @@
+"""Textual-inversion creation and training as queued jobs (A1111's Train tab and its `/sdapi/v1/create/embedding`,
+`/sdapi/v1/train/embedding` routes; the work itself is `pipelines.textual_inversion`).
+
+Both need the checkpoint of the `sd_model_checkpoint` setting loaded, so they run in the queue like generation:
+one heavy thing at a time, with progress (`/sdapi/v1/progress`: step / steps, loss and the last prompt in
+`textinfo`, the last preview image), Interrupt (training stops after the current step and saves what it has),
+and the job record as history. Everything a request names is checked before it is queued, so bad input is a
+422 naming the field: an unknown embedding or template, a data folder that is missing, empty or holds no image,
+steps <= 0, a learning rate or clipping schedule that does not parse, a log folder outside the data folder.
+
+The bodies use A1111's argument names (`train_embedding(id_task, embedding_name, learn_rate, ...)`); A1111's UI
+defaults fill what a request leaves out. `log_directory` is relative to the data folder (A1111: to its own
+folder), and may not leave it: an API client does not choose where the server writes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdwebui.core.errors import ParamError
+from sdwebui.pipelines.params import Txt2ImgParams
+from sdwebui.server.payloads import TrainingPayload
+
+if TYPE_CHECKING:
+    from sdwebui.server.queue import JobHandle
+    from sdwebui.server.services import Services
+
+
+class CreateEmbeddingJob(BaseModel):
+    """A1111's `create_embedding(name, num_vectors_per_token, overwrite_old, init_text='*')`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=200)
+    num_vectors_per_token: int = Field(1, ge=1, le=75)
+    overwrite_old: bool = False
+    init_text: str = Field("*", max_length=1000)
+
+
+class TrainEmbeddingJob(BaseModel):
+    """A1111's `train_embedding` arguments (the Train tab's defaults for those a request leaves out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id_task: str | None = Field(None, max_length=200)
+    embedding_name: str = Field(..., min_length=1, max_length=200)
+    learn_rate: str | float = Field("0.005", description='a rate, or a schedule "0.005:100, 1e-4:1000, 1e-5"')
+    batch_size: int = Field(1, ge=1, le=64)
+    gradient_step: int = Field(1, ge=1, le=1000)
+    data_root: str = Field(..., min_length=1, max_length=1000)
+    log_directory: str = Field("textual_inversion", max_length=1000)
+    training_width: int = Field(512, ge=64, le=2048, multiple_of=8)
+    training_height: int = Field(512, ge=64, le=2048, multiple_of=8)
+    varsize: bool = False
+    steps: int = Field(100000, description="train until the embedding's step reaches this")
+    clip_grad_mode: str = "disabled"
+    clip_grad_value: str | float = "0.1"
+    shuffle_tags: bool = False
+    tag_drop_out: float = Field(0.0, ge=0.0, le=1.0)
+    latent_sampling_method: str = "once"
+    use_weight: bool = False
+    create_image_every: int = Field(500, ge=0)
+    save_embedding_every: int = Field(500, ge=0)
+    template_filename: str = Field("style_filewords.txt", max_length=200)
+    save_image_with_stored_embedding: bool = True
+    preview_from_txt2img: bool = False
+    preview_prompt: str = Field("", max_length=10000)
+    preview_negative_prompt: str = Field("", max_length=10000)
+    preview_steps: int = Field(20, ge=1, le=150)
+    preview_sampler_name: str | None = Field(None, max_length=100)
+    preview_sampler_index: int | None = Field(None, ge=0)
+    preview_scheduler: str | None = Field(None, max_length=100)
+    preview_cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    preview_seed: int = -1
+    preview_width: int = Field(512, ge=64, le=2048, multiple_of=8)
+    preview_height: int = Field(512, ge=64, le=2048, multiple_of=8)
+
+
+def _embedding_path(services: "Services", name: str, field: str) -> Path:
+    folder = services.paths.embeddings_dir
+    embedding = services.embeddings.get(name)
+    if embedding is not None:
+        return Path(embedding.path)
+    for suffix in (".pt", ".safetensors", ".bin"):
+        if (folder / f"{name}{suffix}").is_file():
+            return folder / f"{name}{suffix}"
+    raise ParamError((field,), f"no embedding {name!r} in the embeddings folder")
+
+
+def _model(services: "Services") -> tuple[str, str]:
+    options = services.options.all()
+    try:
+        checkpoint = services.resolve_checkpoint(options.get("sd_model_checkpoint"))
+    except LookupError as error:
+        raise ParamError(("sd_model_checkpoint",), str(error.args[0]) if error.args else str(error)) from None
+    return str(checkpoint), str(options.get("sd_vae") or "Automatic")
+
+
+def prepare_create(services: "Services", job: CreateEmbeddingJob) -> TrainingPayload:
+    from sdwebui.pipelines.textual_inversion import clean_name
+
+    name = clean_name(job.name)
+    if not name:
+        raise ParamError(("name",), "the name has no letters, digits or ._- characters")
+    path = services.paths.embeddings_dir / f"{name}.pt"
+    if path.exists() and not job.overwrite_old:
+        raise ParamError(("name",), f"file {path.name} already exists (overwrite_old replaces it)")
+    checkpoint, vae = _model(services)
+    args = {"name": name, "path": str(path), "num_vectors_per_token": job.num_vectors_per_token,
+            "init_text": job.init_text}
+    return TrainingPayload("create_embedding", args, checkpoint, vae)
+
+
+def prepare_train(services: "Services", job: TrainEmbeddingJob) -> TrainingPayload:
+    """Check every argument (A1111's `validate_train_inputs` and more) and resolve the paths."""
+    from sdwebui.pipelines.textual_inversion import (
+        CLIP_GRAD_MODES,
+        IMAGE_SUFFIXES,
+        LATENT_SAMPLING_METHODS,
+        list_templates,
+        parse_schedule,
+    )
+
+    path = _embedding_path(services, job.embedding_name, "embedding_name")
+    if job.steps <= 0:
+        raise ParamError(("steps",), "Max steps must be positive")
+    try:
+        parse_schedule(job.learn_rate, job.steps)
+    except ValueError as error:
+        raise ParamError(("learn_rate",), f"not a learning rate schedule: {error}") from None
+    if job.clip_grad_mode not in CLIP_GRAD_MODES:
+        raise ParamError(("clip_grad_mode",), f"one of {', '.join(CLIP_GRAD_MODES)}")
+    if job.clip_grad_mode != "disabled":
+        try:
+            parse_schedule(job.clip_grad_value, job.steps)
+        except ValueError as error:
+            raise ParamError(("clip_grad_value",), f"not a clipping schedule: {error}") from None
+    if job.latent_sampling_method not in LATENT_SAMPLING_METHODS:
+        raise ParamError(("latent_sampling_method",), f"one of {', '.join(LATENT_SAMPLING_METHODS)}")
+    if job.use_weight:
+        raise ParamError(("use_weight",), "the PNG alpha channel as loss weight is not supported yet")
+    root = Path(job.data_root).expanduser()
+    if not root.is_absolute():
+        root = services.paths.data_dir / root
+    if not root.is_dir():
+        raise ParamError(("data_root",), f"Dataset directory {job.data_root} doesn't exist")
+    images = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise ParamError(("data_root",), f"Dataset directory {job.data_root} has no images")
+    if job.batch_size > len(images):
+        raise ParamError(("batch_size",), f"larger than the {len(images)} images of the dataset")
+    templates = list_templates([services.paths.data_dir / "textual_inversion_templates"])
+    template = templates.get(job.template_filename)
+    if template is None:
+        raise ParamError(("template_filename",), f"Prompt template file {job.template_filename} not found; "
+                                                 f"there are {', '.join(sorted(templates))}")
+    log_dir = None
+    if job.save_embedding_every or job.create_image_every:
+        if not job.log_directory:
+            raise ParamError(("log_directory",), "Log directory is empty")
+        data_dir = services.paths.data_dir.resolve()
+        log_dir = (data_dir / job.log_directory).resolve()
+        if not log_dir.is_relative_to(data_dir):
+            raise ParamError(("log_directory",), "must be a folder inside the data folder")
+    preview = None
+    if job.preview_from_txt2img:
+        preview = _preview_params(job)
+    checkpoint, vae = _model(services)
+    args = {
+        "embedding_name": Path(path).stem, "embedding_path": str(path), "learn_rate": str(job.learn_rate),
+        "batch_size": job.batch_size, "gradient_step": job.gradient_step, "data_root": str(root),
+        "log_directory": str(log_dir) if log_dir else None, "training_width": job.training_width,
+        "training_height": job.training_height, "varsize": job.varsize, "steps": job.steps,
+        "clip_grad_mode": job.clip_grad_mode, "clip_grad_value": str(job.clip_grad_value),
+        "shuffle_tags": job.shuffle_tags, "tag_drop_out": job.tag_drop_out,
+        "latent_sampling_method": job.latent_sampling_method, "create_image_every": job.create_image_every,
+        "save_embedding_every": job.save_embedding_every, "template_file": str(template), "preview": preview,
+    }
+    return TrainingPayload("train_embedding", args, checkpoint, vae)
+
+
+def _preview_params(job: TrainEmbeddingJob) -> dict:
+    from sdwebui.core.samplers.registry import sampler_names
+    from sdwebui.core.samplers.resolve import resolve_sampling
+
+    sampler = job.preview_sampler_name
+    if sampler is None and job.preview_sampler_index is not None:
+        names = sampler_names()
+        if job.preview_sampler_index >= len(names):
+            raise ParamError(("preview_sampler_index",), f"there are {len(names)} samplers")
+        sampler = names[job.preview_sampler_index]
+    sampler, scheduler = sampler or "Euler a", job.preview_scheduler or "Automatic"
+    try:
+        resolve_sampling(sampler, scheduler)
+    except ParamError as error:
+        raise ParamError(("preview_scheduler" if error.field == "scheduler"
+                          else "preview_sampler_name",), error.message) from None
+    return {"prompt": job.preview_prompt, "negative_prompt": job.preview_negative_prompt, "steps": job.preview_steps,
+            "sampler": sampler, "scheduler": scheduler, "cfg_scale": job.preview_cfg_scale, "seed": job.preview_seed,
+            "width": job.preview_width, "height": job.preview_height}
+
+
+def submit_create(services: "Services", job: CreateEmbeddingJob):
+    return services.queue.submit("create_embedding", prepare_create(services, job))
+
+
+def submit_train(services: "Services", job: TrainEmbeddingJob):
+    return services.queue.submit("train_embedding", prepare_train(services, job))
+
+
+# ---- the worker's side --------------------------------------------------------------------------------------------
+
+
+def run_training_job(job: "JobHandle", services: "Services") -> dict:
+    payload: TrainingPayload = job.payload
+    model = services.models.get(payload.checkpoint, vae=payload.vae)
+    if payload.job == "create_embedding":
+        return _create(services, model, payload.args)
+    return _train(job, services, model, payload.args)
+
+
+def _create(services: "Services", model, args) -> dict:
+    from sdwebui.pipelines.textual_inversion import init_vectors, save_embedding
+
+    vectors = init_vectors(model, args["init_text"], int(args["num_vectors_per_token"]))
+    path = save_embedding(Path(args["path"]), vectors, args["name"], 0, None, None)
+    services.embeddings.refresh(force=True)
+    return {"info": f"create embedding filename: {path}", "file": path.name, "vectors": vectors.shape[0],
+            "shape": vectors.shape[1]}
+
+
+def _train(job: "JobHandle", services: "Services", model, args: dict[str, Any]) -> dict:
+    from sdwebui.pipelines.textual_inversion import TrainOptions, train_embedding
+
+    options = TrainOptions(
+        embedding_name=args["embedding_name"], embedding_path=Path(args["embedding_path"]),
+        learn_rate=args["learn_rate"], batch_size=args["batch_size"], gradient_step=args["gradient_step"],
+        data_root=Path(args["data_root"]),
+        log_directory=Path(args["log_directory"]) if args.get("log_directory") else None,
+        training_width=args["training_width"], training_height=args["training_height"], varsize=args["varsize"],
+        steps=args["steps"], clip_grad_mode=args["clip_grad_mode"], clip_grad_value=args["clip_grad_value"],
+        shuffle_tags=args["shuffle_tags"], tag_drop_out=args["tag_drop_out"],
+        latent_sampling_method=args["latent_sampling_method"], create_image_every=args["create_image_every"],
+        save_embedding_every=args["save_embedding_every"], template_file=Path(args["template_file"]),
+        preview=args.get("preview"), seed=args.get("seed"),
+    )
+    job.progress.textinfo = "Initializing textual inversion training..."
+
+    def on_step(step: int, steps: int, loss: float, text: str) -> None:
+        job.progress.textinfo = f"Loss: {loss:.7f}, Step: {step}, Last prompt: {text}"
+        job.report_step(step, steps, 0, 1)
+
+    def preview(embedding, prompt: str, step: int):
+        image = _preview_image(model, embedding, prompt, options)
+        if image is not None:
+            job.progress.preview_png = _png(image)
+        return image
+
+    try:
+        result = train_embedding(model, options, on_step=on_step, should_stop=job.stop.interrupted.is_set,
+                                 preview=preview)
+    finally:
+        services.embeddings.refresh(force=True)
+    job.interrupted = result.interrupted
+    info = f"train embedding complete: filename: {options.embedding_path} error: None"
+    return {"info": info, "file": options.embedding_path.name, "step": result.step, "losses": result.losses,
+            "saved": [str(p) for p in result.saved], "images": [str(p) for p in result.images],
+            "interrupted": result.interrupted, "log_directory": str(result.log_dir) if result.log_dir else None}
+
+
+def _preview_image(model, embedding, prompt: str, options):
+    """A txt2img of the preview prompt with the embedding as it is now (A1111: `process_images` with the
+    preview settings, or the last training text at 20 steps and the training size)."""
+    from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.textual_inversion import TrainingEmbeddings
+    from sdwebui.pipelines.txt2img import txt2img
+
+    values = dict(options.preview) if options.preview else {
+        "prompt": prompt, "steps": 20, "width": options.training_width, "height": options.training_height}
+    if values.get("seed", -1) == -1:
+        values["seed"] = 0
+    params = Txt2ImgParams(**values)
+    ctx = GenerationContext(model=model, embeddings=TrainingEmbeddings(embedding))
+    result = txt2img(ctx, params)
+    return result.images[0] if result.images else None
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+__all__ = ["CreateEmbeddingJob", "TrainEmbeddingJob", "prepare_create", "prepare_train", "submit_create",
+           "submit_train", "run_training_job"]
