@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import logging
 import socket
 import sys
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
@@ -54,7 +56,23 @@ def build_services(config: ServerConfig, scripts: Iterable[Script] = ()) -> Serv
                              disable_all=bool(flags.get("disable_all_extensions") or flags.get("disable_extra_extensions")))
     extensions.register(loaded, registry)
     services.extensions = loaded
+    if config.ray_address is not None:
+        from sdwebui.server.cluster import RayScheduler  # Ray: imported only with --ray
+
+        # The jobs run on Ray actors, each with services of its own; the queue, store and routes stay here.
+        services.worker = RayScheduler(
+            services, functools.partial(build_worker_services, config), address=config.ray_address,
+            workers=config.ray_workers, gpus_per_worker=config.ray_gpus_per_worker, threads=config.threads)
     return services
+
+
+def build_worker_services(config: ServerConfig) -> Services:
+    """A Ray worker actor's services (`server.cluster.ClusterWorker`): the API node's folders, scripts and device
+    flags, with a store of its own in memory (the API node's store holds the jobs and the history) and none of
+    the server's secrets."""
+    return build_services(replace(config, in_memory_store=True, ray_address=None, ray_workers=None,
+                                  ray_gpus_per_worker=None, credentials=Credentials(), flags={}, ui=False,
+                                  load_model_at_start=False))
 
 
 def build_app(config: ServerConfig, scripts: Iterable[Script] = ()):
@@ -155,6 +173,13 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     for key, flag in LIMIT_FLAGS.items():
         group.add_argument(flag, type=int, dest=key, metavar="N",
                            help=f"{OPTIONS[key].label} (setting {key}; operator only: the API cannot change it)")
+    group.add_argument("--ray", metavar="ADDRESS",
+                       help="run jobs on the worker actors of a Ray cluster: auto, ray://HOST:PORT, HOST:PORT, or "
+                            "local (start one in this process); needs the ray extra (pip install 'sdwebui[ray]')")
+    group.add_argument("--ray-workers", type=int, metavar="N",
+                       help="worker actors to start (default: one per GPU of the cluster; one per node without GPUs)")
+    group.add_argument("--ray-gpus-per-worker", type=float, metavar="G",
+                       help="GPUs each worker actor takes (default 1 on a cluster with GPUs, 0 without)")
     group.add_argument("--no-preload", action="store_true", help="do not import the pipeline until the first job")
     group.add_argument("--skip-load-model-at-start", action="store_true",
                        help="do not load the checkpoint at start-up (A1111's flag); the first job loads it")
@@ -203,6 +228,9 @@ def config_from_args(args, paths) -> ServerConfig:
         load_model_at_start=not getattr(args, "skip_load_model_at_start", False),
         threads=getattr(args, "threads", None),
         ui=not getattr(args, "nowebui", False),
+        ray_address=getattr(args, "ray", None),
+        ray_workers=getattr(args, "ray_workers", None),
+        ray_gpus_per_worker=getattr(args, "ray_gpus_per_worker", None),
         flags=flags,
     )
 
@@ -234,6 +262,12 @@ def serve(config: ServerConfig) -> int:
         except (StoreError, OptionError) as error:
             print(f"sdwebui: error: {error}", file=sys.stderr)
             return 2
+        if config.ray_address is not None:
+            try:  # here, so that a cluster that cannot be joined is one line, not a failed start-up
+                app.state.services.worker.connect()
+            except ConfigError as error:
+                print(f"sdwebui: error: {error}", file=sys.stderr)
+                return 2
         for notice in app.state.services.notices:
             print(f"sdwebui: WARNING: {notice}", file=sys.stderr)
         ui = f"web UI: {config.url}/, " if config.ui else ""

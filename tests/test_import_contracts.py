@@ -13,6 +13,7 @@ level or inside a function, read with `ast`):
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -222,3 +223,30 @@ def test_the_server_starts_without_torch(module):
     """`build_app` must not import torch, diffusers or gradio: the server answers within a second or two of
     starting, and the worker imports the pipeline in the background (the UI imports gradio when it is served)."""
     assert not is_heavy(module), f"{module} imports a heavy library at module level"
+
+
+def test_ray_is_imported_only_by_the_cluster_module_and_that_only_with_the_ray_flag():
+    """Ray is an optional extra (`pip install .[ray]`): `server.cluster` is the one module that imports it, and
+    only `app.build_services` imports that module, inside the function, when `--ray` is given."""
+    importers = {module for module in modules() for name, _, _ in imports(module) if name.split(".")[0] == "ray"}
+    assert importers == {"sdwebui.server.cluster"}
+    users = [(module, top) for module in modules() for name, top, _ in imports(module)
+             if internal(name) == "sdwebui.server.cluster"]
+    assert users == [("sdwebui.app", False)]
+
+
+def test_a_server_without_the_ray_flag_never_imports_ray(tmp_path):
+    """The app built, started and stopped without `--ray`: Ray is not imported (even where it is installed)."""
+    code = (
+        "import sys\n"
+        "from sdwebui.app import build_services\n"
+        "import sdwebui.cli\n"
+        "from sdwebui.config import Paths\n"
+        "from sdwebui.server.config import ServerConfig\n"
+        f"services = build_services(ServerConfig(paths=Paths.from_flags(data_dir={str(tmp_path)!r}), preload=False))\n"
+        "services.start(); services.close()\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+        "print('no ray')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "no ray" in done.stdout, done.stderr[-2000:]

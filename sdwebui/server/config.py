@@ -7,6 +7,7 @@ network is trusted; credentials are never printed or returned (`/cmd-flags` reda
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,13 @@ class ServerConfig:
     forwarded_allow_ips: tuple[str, ...] = ()
     """Proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (`--forwarded-allow-ips`). Empty: none,
     so the client address (failed-login lockout, logs) is the connection's own and a client cannot choose it."""
+    ray_address: str | None = None
+    """`--ray ADDRESS`: run jobs on the worker actors of a Ray cluster (`auto`, `ray://host:port`, `host:port`, or
+    `local` to start one in this process; `server.cluster`); None: the one worker thread of this process."""
+    ray_workers: int | None = None
+    """`--ray-workers N`; None: one per GPU of the cluster (one per node on a cluster without GPUs)."""
+    ray_gpus_per_worker: float | None = None
+    """`--ray-gpus-per-worker G`; None: 1 on a cluster with GPUs, 0 without."""
     settings: dict = field(default_factory=dict, hash=False, compare=False)
     """Operator settings from the command line (`--api-max-steps` ...), written to the settings at start-up."""
     flags: dict = field(default_factory=dict, hash=False, compare=False)
@@ -134,11 +142,29 @@ class ServerConfig:
             )
         if not (0 <= self.port <= 65535):
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+        self.check_ray()
         if "*" in self.cors_allow_origins and self.credentials:
             raise ConfigError(
                 "--cors-allow-origins '*' cannot be combined with credentials: browsers never send a password to "
                 "'*' (the CORS rules), so every call would fail; list the origins instead (https://a.example,...)"
             )
+
+    def check_ray(self) -> None:
+        """`--ray` and its flags: an address Ray takes, counts that make sense, and Ray installed (looked up, not
+        imported: that takes seconds and only `--ray` needs it)."""
+        if self.ray_address is None:
+            if self.ray_workers is not None or self.ray_gpus_per_worker is not None:
+                raise ConfigError("--ray-workers and --ray-gpus-per-worker need --ray ADDRESS (or --ray local)")
+            return
+        address = self.ray_address.strip()
+        if address not in ("local", "auto") and not address.startswith("ray://") and ":" not in address:
+            raise ConfigError(f"--ray: expected auto, local, ray://HOST:PORT or HOST:PORT, got {address!r}")
+        if self.ray_workers is not None and self.ray_workers < 1:
+            raise ConfigError(f"--ray-workers must be at least 1, got {self.ray_workers}")
+        if self.ray_gpus_per_worker is not None and self.ray_gpus_per_worker < 0:
+            raise ConfigError(f"--ray-gpus-per-worker must not be negative, got {self.ray_gpus_per_worker}")
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("--ray needs Ray, an optional extra: pip install 'sdwebui[ray]'")
 
     @property
     def cors_credentials(self) -> bool:

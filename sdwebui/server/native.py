@@ -17,6 +17,8 @@
     GET    /api/v1/outputs/{path}        a file under the outputs folder (images only)
     GET    /api/v1/models                checkpoints; POST /api/v1/models/refresh
     GET    /api/v1/health                "ok", or "degraded" with the reasons (the only route open without credentials)
+    GET    /api/v1/workers               what runs the jobs: the worker thread, or each Ray worker (`--ray`): id, node,
+                                         device, models held, current job, jobs done
 
 A job or image record the store cannot write now (disk full, database locked by another process) is a 503 with
 `Retry-After`; the event loop never waits on the database (store calls run in the thread pool).
@@ -129,6 +131,11 @@ def _job_routes(router: APIRouter, services: Services) -> None:
     async def health():
         # On the event loop, reading flags only: it answers even when every worker thread waits on the database.
         return {"version": __version__, **services.health()}
+
+    @router.get("/workers")
+    async def workers():
+        # Flags and counters only (no store call): on the event loop like health.
+        return {"workers": services.workers()}
 
     # ---- jobs -----------------------------------------------------------------------------------------------
     @router.post("/jobs", status_code=202, response_model=JobCreated, openapi_extra=_JOB_BODY_SCHEMA)

@@ -148,6 +148,11 @@ class JobHandle:
     """Records (`Store.add_image`'s arguments) of images saved while the store could not take them: written with
     the job's outcome (`Outcome.images`)."""
     interrupted: bool = False
+    defer_image_records: bool = False
+    """Keep image records with the job (`unrecorded_images`) instead of writing each to the store: a job run on a
+    Ray worker (`server.cluster`), whose records reach the API node's store with its outcome, once."""
+    attempts: int = 0
+    """Times the job was handed to a worker that was lost before it finished (Ray: `server.cluster`)."""
     finished: threading.Event = field(default_factory=threading.Event)
     _waiters: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -317,6 +322,17 @@ class JobQueue:
         with self._cond:
             self._running.pop(handle.id, None)
 
+    def requeue(self, handle: JobHandle) -> None:
+        """A running job whose worker was lost (a Ray actor that died): queued again, first in line, in the
+        store and here. StoreUnavailable when the store cannot take it (it stays running meanwhile)."""
+        self.store.requeue_job(handle.id)
+        with self._cond:
+            self._running.pop(handle.id, None)
+            handle.status, handle.stop, handle.progress = "queued", None, Progress()
+            self._pending[handle.id] = handle
+            self._pending.move_to_end(handle.id, last=False)
+            self._cond.notify()
+
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job; False when it is not queued (running jobs are interrupted instead).
         StoreUnavailable when the store cannot record it (the job stays queued)."""
@@ -409,6 +425,7 @@ class Worker:
         self.retry_interval = retry_interval
         self.current: JobHandle | None = None
         self.last_finished: JobHandle | None = None
+        self.jobs_done = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.answer_after = answer_after
@@ -505,6 +522,7 @@ class Worker:
         finally:
             self.current = None
             self.last_finished = job
+            self.jobs_done += 1
             if outcome is not None:  # shown (job views) from now on, while it is written
                 with self._unrecorded_lock:
                     self._recording[job.id] = outcome
@@ -522,6 +540,19 @@ class Worker:
                 with self._unrecorded_lock:
                     self._recording.pop(job.id, None)
                 job._finish()
+
+    def execute(self, job: JobHandle) -> Outcome:
+        """Run a job taken elsewhere (a Ray worker runs the jobs its API node leases to it): its outcome, never
+        an exception; nothing is recorded."""
+        return self._run(job)
+
+    def record(self, job: JobHandle, outcome: Outcome) -> None:
+        """Record an outcome made elsewhere (a Ray worker's), kept and retried when the store cannot take it."""
+        self._record(job, outcome)
+
+    def record_waiting(self) -> bool:
+        """Retry the outcomes the store could not take; True when none is left."""
+        return not self._unrecorded or self._record_unrecorded()
 
     def _run(self, job: JobHandle) -> Outcome:
         """Run the job; its outcome (the job fails alone whatever it raised)."""

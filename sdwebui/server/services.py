@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 from sdwebui.config import DEMO_CHECKPOINT
 from sdwebui.pipelines.scripts import ScriptRegistry
+from sdwebui.pipelines.output import save_image
 from sdwebui.prompts.styles import StyleDatabase
 from sdwebui.server import catalog
 from sdwebui.server.config import ServerConfig
@@ -55,6 +58,9 @@ class Services:
             warmup=functools.partial(_prepare_worker, threads=config.threads, preload=config.preload,
                                      load_model=self.load_model_at_start if config.load_model_at_start else None),
         )
+        self.write_image = save_image
+        """How the runners write a job's image files (`pipelines.output.save_image`'s signature; the path written
+        back). A Ray worker's services send them to the API node instead (`server.cluster.ImageOutbox`)."""
         self.recovered = self.queue.restore(recovered)
         if recovered:
             log.warning("re-queued %d job(s) left waiting by the last run", len(recovered))
@@ -120,6 +126,30 @@ class Services:
                       else f"{type(error).__name__}: {error}")
             return
         log.info("loaded %s at start-up", model.info.name)
+
+    def held_models(self) -> list[str]:
+        """The checkpoints (paths) this process holds: the loaded one first, then those in the RAM cache; none
+        before the model manager is made (this does not make it)."""
+        models = self._models
+        if models is None:
+            return []
+        held = [str(models.loaded.info.path)] if models.loaded is not None else []
+        held.extend(str(key[0]) for key in models.cached())
+        return list(dict.fromkeys(held))
+
+    def workers(self) -> list[dict]:
+        """What runs the jobs (`GET /api/v1/workers`): this process's worker thread, or each Ray worker actor
+        (`server.cluster`): id, node, device, the models it holds, its current job, the jobs it has done."""
+        if hasattr(self.worker, "workers"):
+            return self.worker.workers()
+        worker, models = self.worker, self._models
+        current = worker.current
+        return [{"id": worker.name, "state": "ready" if worker.alive else "stopped", "node": "local",
+                 "host": socket.gethostname(), "pid": os.getpid(),
+                 "device": models.devices.describe() if models is not None else self.config.device,
+                 "gpus": [], "models": [Path(path).name for path in self.held_models()],
+                 "current_job": current.id if current is not None else None, "jobs_done": worker.jobs_done,
+                 "error": None}]
 
     def loaded_model(self):
         """The model in memory, or None (without making the model manager)."""

@@ -306,6 +306,15 @@ class Store:
             )
         return cursor.rowcount == 1
 
+    def requeue_job(self, job_id: str) -> bool:
+        """running -> queued (its worker was lost before it finished: a Ray actor that died); it keeps its place
+        (`seq`). False when it is not running."""
+        with self._writing() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET status='queued', started=NULL, progress=NULL WHERE id=? AND status='running'",
+                (job_id,))
+        return cursor.rowcount == 1
+
     def cancel_job(self, job_id: str) -> bool:
         """queued -> cancelled. False when it is not queued (already running or finished)."""
         with self._writing() as db:
