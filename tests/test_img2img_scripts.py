@@ -189,6 +189,31 @@ def test_loopback_feeds_each_output_into_the_next_iteration():
     assert len(outcome.infotexts) == 5  # the grid's, then each image's
 
 
+def test_loopback_appends_each_iterations_interrogation_to_the_prompt():
+    """A1111: before each iteration the prompt is the job's prompt, ", ", and the interrogator's text for that
+    iteration's init image."""
+    job = RecordingJob(paint=darker)
+    seen = []
+
+    def interrogate(image, model):
+        seen.append((image, model))
+        return f"caption {len(seen)}"
+
+    job.runner = TaskRunner(job._run, job._save, job._grid, job._interrupted, interrogate=interrogate)
+    start = gradient(64, 64)
+    task = img2img_task(start).with_params(prompt="a cat", denoising_strength=0.8)
+    outcome = drive_tasks([task], Loopback(), (3, 0.2, "Linear", "DeepBooru"), job.runner)
+    runs = [run for run, _, _ in job.tasks]
+    assert [run.params.prompt for run in runs] == ["a cat, caption 1", "a cat, caption 2", "a cat, caption 3"]
+    assert [model for _, model in seen] == ["deepdanbooru"] * 3
+    assert seen[0][0] is start and [image for image, _ in seen[1:]] == outcome.images[:2]
+    job = RecordingJob()
+    job.runner = TaskRunner(job._run, job._save, job._grid, job._interrupted, interrogate=lambda image, model: model)
+    drive_tasks([img2img_task(start).with_params(prompt="", denoising_strength=0.8)], Loopback(),
+                (1, 0.2, "Linear", "CLIP"), job.runner)
+    assert job.tasks[0][0].params.prompt == "clip"  # no prompt: the caption alone
+
+
 def test_loopback_batch_count_restarts_from_the_original_and_keeps_each_last_image():
     job = RecordingJob(paint=darker, skip_runs={4})
     start = gradient(64, 64)

@@ -347,3 +347,19 @@ def test_extras_batch_from_directory(server, tmp_path):
     assert sorted(Image.open(p).size for p in saved) == [(16, 16), (32, 16)]
     with pytest.raises(UIError, match="^input directory: "):
         submit_extras(server.services, None, {**values, "batch_input_dir": str(tmp_path / "missing")})
+
+
+def test_loopback_appends_deepbooru_tags_over_the_api(server):
+    """Loopback's "Append interrogated prompt at each iteration": DeepBooru's tags of each iteration's image after
+    the job's prompt."""
+    import json
+
+    body = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "sampler_name": "Euler", "cfg_scale": 1,
+            "seed": 3, "denoising_strength": 0.5, "init_images": [_b64png(photo().resize((64, 64)))],
+            "script_name": "Loopback", "script_args": [2, 0.3, "Linear", "DeepBooru"]}
+    with server.client() as client:
+        r = client.post("/sdapi/v1/img2img", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    infotexts = json.loads(r.json()["info"])["infotexts"]
+    prompts = [text.split("\n")[0] for text in infotexts]
+    assert len(prompts) >= 2 and all(p.startswith("a cat, ") and "1girl" in p.split(", ") for p in prompts), prompts

@@ -107,6 +107,11 @@ class ScriptJob(ScriptEnvironment, Protocol):
 
     def interrupted(self) -> bool: ...
 
+    def interrogate(self, image: Any, model: str) -> str:
+        """The image's caption from interrogator `model` ("clip", "deepdanbooru"), as `/sdapi/v1/interrogate`
+        gives it (Loopback's "Append interrogated prompt")."""
+        ...
+
 
 class JobScript(Script):
     """A selectable script that runs its job itself (see the module docstring)."""
@@ -133,8 +138,10 @@ class TaskRunner:
     def __init__(self, run: Callable[[GenerationTask, int, bool], GenerationResult],
                  save: Callable[[Sequence[Any], GenerationResult, Sequence[int], Sequence[str]], None],
                  grid: Callable[[Sequence[Any], int, str, int], Any], interrupted: Callable[[], bool], *,
-                 upscalers: Any = None, upscale_tile: tuple[int, int] = (192, 8)):
+                 upscalers: Any = None, upscale_tile: tuple[int, int] = (192, 8),
+                 interrogate: Callable[[Any, str], str] | None = None):
         self._run, self._save, self._grid, self._interrupted = run, save, grid, interrupted
+        self._interrogate = interrogate
         self.upscalers = upscalers
         self.upscale_tile = upscale_tile
         self.batches_done = 0
@@ -152,6 +159,11 @@ class TaskRunner:
 
     def interrupted(self) -> bool:
         return self._interrupted()
+
+    def interrogate(self, image, model: str) -> str:
+        if self._interrogate is None:
+            raise RuntimeError("this job has no interrogator")
+        return self._interrogate(image, model)
 
 
 def drive_tasks(tasks: Sequence[GenerationTask], script: JobScript, args: tuple, job: TaskRunner) -> JobOutcome:

@@ -2,8 +2,9 @@
 image, with the denoising strength moving from the job's towards "Final denoising strength" along a curve.
 
 Arguments, in A1111's order (what `script_args` carries): loops (1-32), final denoising strength, denoising strength
-curve ("Aggressive", "Linear", "Lazy"), append interrogated prompt at each iteration ("None"; "CLIP" and
-"DeepBooru" need an interrogator this server does not have: a 422 naming `script_args[3]`).
+curve ("Aggressive", "Linear", "Lazy"), append interrogated prompt at each iteration ("None", "CLIP",
+"DeepBooru": before each iteration the prompt becomes the job's prompt, ", ", and what `/sdapi/v1/interrogate` says
+of that iteration's init image; a 422 naming `script_args[3]` when that interrogator's models are not installed).
 
 As A1111: the seed is fixed once and goes up by one per iteration (across batches too); each iteration is one
 image (batch size 1); batch count repeats the whole loop from the original image, keeping every iteration's image
@@ -21,12 +22,14 @@ from __future__ import annotations
 import math
 
 from sdwebui.core.errors import ParamError
-from sdwebui.pipelines.jobs import JobScript, ScriptJob, add_result
+from sdwebui.pipelines.jobs import JobScript, ScriptEnvironment, ScriptJob, add_result
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome, ScriptArg
 
 CURVES = ("Aggressive", "Linear", "Lazy")
 INTERROGATORS = ("None", "CLIP", "DeepBooru")
 INTERROGATION_INDEX = 3
+INTERROGATOR_MODELS = {"CLIP": ("clip", ("blip", "clip")), "DeepBooru": ("deepdanbooru", ("deepdanbooru",))}
+"""The choice -> (the `/interrogate` model, the models it needs)."""
 
 
 def denoising_strength(loop: int, loops: int, initial: float, final: float, curve: str) -> float:
@@ -54,12 +57,18 @@ class Loopback(JobScript):
         ScriptArg("Append interrogated prompt at each iteration", str, "None", choices=INTERROGATORS),
     )
 
-    def before_job(self, task: GenerationTask, args: tuple) -> list[GenerationTask]:
-        if args[INTERROGATION_INDEX] != "None":
+    def check(self, task: GenerationTask, args: tuple, env: ScriptEnvironment) -> None:
+        choice = args[INTERROGATION_INDEX]
+        if choice == "None":
+            return
+        library = getattr(env, "interrogate_models", None)
+        installed = library.installed() if library is not None else {}
+        missing = [kind for kind in INTERROGATOR_MODELS[choice][1] if not installed.get(kind)]
+        if missing:
+            folders = {"blip": "models/BLIP/", "clip": "models/CLIP/", "deepdanbooru": "models/torch_deepdanbooru/"}
             raise ParamError(("script_args", INTERROGATION_INDEX),
-                             f"{self.args[INTERROGATION_INDEX].label}: {args[INTERROGATION_INDEX]} interrogation is "
-                             "not available on this server (only None)")
-        return [task]
+                             f"{self.args[INTERROGATION_INDEX].label}: {choice} needs "
+                             + " and ".join(f"a {kind} model in {folders[kind]}" for kind in missing))
 
     def planned_batches(self, task: GenerationTask, args: tuple) -> int:
         return args[0] * task.params.batch_count
@@ -71,8 +80,9 @@ class Loopback(JobScript):
     def run_job(self, task: GenerationTask, args: tuple, job: ScriptJob) -> JobOutcome:
         from sdwebui.core.noise import fix_seed  # torch: the worker has it by now
 
-        loops, final_strength, curve, _ = args
+        loops, final_strength, curve, interrogator = args
         params = task.params
+        original_prompt = params.prompt
         batch_count = params.batch_count
         initial_strength = params.denoising_strength
         seed = fix_seed(params.seed)
@@ -85,6 +95,10 @@ class Loopback(JobScript):
             skipped = False
             for loop in range(loops):
                 current = current.with_params(seed=seed)
+                if interrogator != "None":  # A1111: the job's prompt, then what the interrogator sees now
+                    caption = job.interrogate(current.init_images[0], INTERROGATOR_MODELS[interrogator][0])
+                    current = current.with_params(prompt=f"{original_prompt}, {caption}" if original_prompt
+                                                  else caption)
                 result = job.run(current)
                 seed += 1
                 if not result.images:  # Skip: this loop ends here
@@ -94,8 +108,8 @@ class Loopback(JobScript):
                 if batch_count == 1:
                     outcome = add_result(outcome, result)
                     history.append(result.images[0])
-                if job.interrupted():
-                    break
+                if job.interrupted() or loop + 1 == loops:
+                    break  # (past the last loop the curve leaves 0..1: A1111 computes it and never uses it)
                 strength = denoising_strength(loop + 1, loops, initial_strength, final_strength, curve)
                 current = GenerationTask(  # masked content "original" from now on, as A1111
                     current.params.replace(denoising_strength=strength, inpainting_fill=1),

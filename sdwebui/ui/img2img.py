@@ -20,7 +20,7 @@ import numpy as np
 from sdwebui.pipelines.img2img_params import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from sdwebui.pipelines.infotext import parse_infotext
 from sdwebui.pipelines.params import Txt2ImgParams, spec_of
-from sdwebui.server.a1111.interrogate import caption_image
+from sdwebui.server.interrogation import caption_image
 from sdwebui.server.errors import FieldError
 from sdwebui.server.service import GenerationRequest, JobHandle
 from sdwebui.server.services import Services

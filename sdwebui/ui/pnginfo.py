@@ -17,7 +17,7 @@ import gradio as gr
 from PIL import Image
 
 from sdwebui.pipelines.output import read_image_info
-from sdwebui.server.a1111.interrogate import caption_image
+from sdwebui.server.interrogation import caption_image
 from sdwebui.server.errors import FieldError
 from sdwebui.server.services import Services
 from sdwebui.ui.fields import UIError
