@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from sdwebui.pipelines.grids import grid_rows, image_grid
 from sdwebui.pipelines.jobs import TaskRunner, drive_tasks, job_script, run_tasks, total_batches
-from sdwebui.pipelines.output import save_image
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
 from sdwebui.server.console import JobConsoleBar
 from sdwebui.server.interrogation import caption_image
@@ -153,7 +152,7 @@ def add_grid(services: "Services", payload: GenerationPayload, outcome: JobOutco
     if not options.save:
         return None
     outputs = services.paths.outputs_dir
-    path = save_image(grid, outputs / options.folder, seed=outcome.seeds[0] if outcome.seeds else 0,
+    path = services.write_image(grid, outputs / options.folder, seed=outcome.seeds[0] if outcome.seeds else 0,
                       infotext=infotext, pattern=options.filename_pattern, fields=grid_fields(outcome),
                       date_subdir=payload.output.date_subdir, basename="grid")
     return {"path": _relative_to(path, outputs), "rows": rows}
@@ -175,7 +174,7 @@ def make_grid(services: "Services", payload: GenerationPayload, images, rows: in
     saved = None
     if options.save:
         outputs = services.paths.outputs_dir
-        path = save_image(grid, outputs / options.folder, seed=seed, infotext=infotext,
+        path = services.write_image(grid, outputs / options.folder, seed=seed, infotext=infotext,
                           pattern=options.filename_pattern, date_subdir=payload.output.date_subdir, basename="grid")
         saved = {"path": _relative_to(path, outputs), "rows": rows}
     return (grid if options.return_grid else None), saved
@@ -190,7 +189,7 @@ def save_script_grids(services: "Services", payload: GenerationPayload, outcome:
     outputs, saved = services.paths.outputs_dir, []
     seed = next((seed for seed in outcome.seeds if seed is not None), 0)  # a cell that did not run has none
     for image, infotext, basename in outcome.grids_to_save:
-        path = save_image(image, outputs / options.folder, seed=seed, infotext=infotext,
+        path = services.write_image(image, outputs / options.folder, seed=seed, infotext=infotext,
                           pattern=options.filename_pattern, fields=grid_fields(outcome),
                           date_subdir=payload.output.date_subdir, basename=basename)
         saved.append({"path": _relative_to(path, outputs), "rows": 1})
@@ -320,9 +319,10 @@ class ImageSaver:
         }
         outputs = self.services.paths.outputs_dir
         for image, seed, infotext, prompt in zip(batch.images, batch.seeds, batch.infotexts, prompts):
-            path = save_image(image, outputs / self.output.folder, seed=seed, infotext=infotext,
-                              date_subdir=self.output.date_subdir, pattern=self.output.filename_pattern,
-                              fields={**filename_fields, "prompt": prompt})
+            path = self.services.write_image(image, outputs / self.output.folder, seed=seed, infotext=infotext,
+                                             date_subdir=self.output.date_subdir,
+                                             pattern=self.output.filename_pattern,
+                                             fields={**filename_fields, "prompt": prompt})
             relative = _relative_to(path, outputs)
             image_id = record_image(
                 self.services, self.job, path=relative, seed=seed, prompt=prompt,
@@ -337,7 +337,7 @@ def record_image(services: "Services", job: "JobHandle", **record) -> int | None
     holds the database's lock past the wait, a full disk): the record then waits in memory and is written with
     the job's outcome, which the worker retries until the store takes it. Once the store has failed a job, its
     later images wait too rather than each waiting on the store again."""
-    if not job.unrecorded_images:
+    if not job.unrecorded_images and not job.defer_image_records:
         try:
             return services.store.add_image(job_id=job.id, **record)
         except StoreUnavailable as error:
@@ -389,7 +389,7 @@ def run_extras(job: "JobHandle", services: "Services") -> dict:
             # The saved PNG keeps the generation infotext it came with (as A1111's extras do); the history records
             # that, or the upscaling's infotext for a picture without one.
             original = image.info.get("parameters") or ""
-            path = save_image(image, outputs / payload.output.folder, seed=0, infotext=original, pattern="",
+            path = services.write_image(image, outputs / payload.output.folder, seed=0, infotext=original, pattern="",
                               date_subdir=payload.output.date_subdir,
                               extra_text={"postprocessing": info} if info else None)
             relative = _relative_to(path, outputs)
