@@ -198,6 +198,7 @@ def test_prompt_tag_changes_the_image_zero_is_identical_and_hooks_are_removed(tm
 
 def test_a1111_api_lists_hypernetworks_and_the_setting_writes_the_infotext(tmp_path, tiny_sd1_path):
     from test_api_support import FAST, LiveServer, make_data_dir
+    from test_textual_inversion import write_dataset
 
     from sdwebui.pipelines.infotext import parse_infotext
 
@@ -218,3 +219,49 @@ def test_a1111_api_lists_hypernetworks_and_the_setting_writes_the_infotext(tmp_p
         assert response.json()["images"] != plain.json()["images"]
         parsed = parse_infotext(info["infotexts"][0])
         assert parsed["Prompt"] == "a cube<hypernet:deepnet:0.25>"  # pasted back as A1111 does
+
+        # Create and train one, through A1111's routes.
+        body = {"name": "apinet", "enable_sizes": [32, 64], "layer_structure": "1, 1.5, 1",
+                "activation_func": "leakyrelu", "add_layer_norm": True}
+        created = client.post("/sdapi/v1/create/hypernetwork", json=body)
+        assert created.json() == {"info": f"create hypernetwork filename: {folder / 'apinet.pt'}"}
+        assert client.post("/sdapi/v1/create/hypernetwork", json=body).status_code == 422  # exists
+        bad = client.post("/sdapi/v1/create/hypernetwork", json={**body, "name": "x", "layer_structure": "2, 1"})
+        assert bad.status_code == 422 and "layer_structure" in bad.text
+        write_dataset(data / "images")
+        train = {"hypernetwork_name": "apinet", "data_root": "images", "training_width": 64, "training_height": 64,
+                 "steps": 2, "save_hypernetwork_every": 0, "create_image_every": 0,
+                 "template_filename": "hypernetwork.txt"}
+        assert client.post("/sdapi/v1/train/hypernetwork", json={**train, "hypernetwork_name": "nope"}).status_code == 422
+        trained = client.post("/sdapi/v1/train/hypernetwork", json=train)
+        assert trained.status_code == 200, trained.text
+        assert trained.json()["info"] == f"train hypernetwork complete: filename: {folder / 'apinet.pt'} error: None"
+        assert load_hypernetwork(folder / "apinet.pt").step == 2
+
+
+def test_train_hypernetwork_saves_a1111_files_and_resumes(tmp_path, model):
+    from test_textual_inversion import options, write_dataset
+
+    from sdwebui.pipelines.hypernetwork_training import train_hypernetwork
+
+    created = Hypernetwork.create("trained", list(WIDTHS), layer_structure=[1, 2, 1], activation_func="relu",
+                                  use_dropout=True, last_layer_dropout=True)
+    path = created.save(tmp_path / "trained.pt")
+    before = load_hypernetwork(path).layers[32][0].linear[0].weight.clone()
+    data_root = write_dataset(tmp_path / "data")
+    previews = []
+    result = train_hypernetwork(
+        model, options(tmp_path, path, data_root, steps=2, learn_rate="0.001", create_image_every=2,
+                       save_embedding_every=1), preview=lambda net, prompt, step: previews.append((prompt, step)))
+    assert result.step == 2 and len(result.losses) == 2
+    trained = load_hypernetwork(path)
+    assert trained.step == 2 and trained.name == "trained" and trained.sd_checkpoint == model.info.short_hash
+    assert not torch.equal(trained.layers[32][0].linear[0].weight, before)
+    assert trained.dropout_structure == [0, 0.3, 0]
+    copies = sorted(p.name for p in (result.log_dir / "hypernetworks").iterdir())
+    assert copies == ["trained-1.pt", "trained-2.pt"] and load_hypernetwork(result.log_dir / "hypernetworks" /
+                                                                           "trained-1.pt").name == "trained-1"
+    assert [step for _, step in previews] == [2] and (result.log_dir / "hypernetwork_loss.csv").is_file()
+    assert train_hypernetwork(model, options(tmp_path, path, data_root, steps=3, learn_rate="0.001",
+                                             save_embedding_every=0)).step == 3  # resumed from step 2
+    assert all(not layer.to_k._forward_pre_hooks for layer in attention_layers(model.unet))

@@ -336,8 +336,62 @@ def train_embedding(model: SDModel, options: TrainOptions, *, on_step: Callable[
         raise ParamError(("embedding_name",), f"{stored.name} has vectors of width {stored.shape}, the model's text "
                                               f"encoder {width}")
     name = options.embedding_name
-    initial_step = stored.step or 0
-    result = TrainResult(options.embedding_path, initial_step)
+    param = torch.nn.Parameter(vec.clone().to(model.device, torch.float32))
+    lookup = TrainingEmbeddings(Embedding(name=name, path=options.embedding_path, vectors={SINGLE: param},
+                                          sha256="0" * 64, step=stored.step))
+    stack = model.text_encoder
+    checkpoint_hash, checkpoint_name = model.info.short_hash, Path(model.info.name).stem
+    te_mode = stack.towers[0].module.training
+    stack.towers[0].module.requires_grad_(False)
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        chunks = [stack.tokenize_weighted([(text, 1.0)], embeddings=lookup)[0] for text in texts]
+        return stack.encode_chunks(chunks, grad=True).cross_attn
+
+    def save(path: Path, label: str, step: int) -> None:
+        save_embedding(path, param, label, step, checkpoint_hash, checkpoint_name)
+
+    def draw(prompt: str, step: int):
+        return preview(Embedding(name=name, path=options.embedding_path, vectors={SINGLE: param.detach().clone()},
+                                 sha256="0" * 64, step=step), prompt, step)
+
+    try:
+        return training_loop(model, options, TrainedThing(
+            name=name, path=options.embedding_path, initial_step=stored.step or 0, parameters=[param], encode=encode,
+            save=save, preview=draw if preview is not None else None, folder="embeddings",
+            loss_file="textual_inversion_loss.csv"), on_step=on_step, should_stop=should_stop)
+    finally:
+        stack.towers[0].module.train(te_mode)
+
+
+@dataclass
+class TrainedThing:
+    """What `training_loop` trains: an embedding's vectors or a hypernetwork's weights."""
+
+    name: str
+    path: Path
+    initial_step: int
+    parameters: list[torch.nn.Parameter]
+    encode: Callable[[list[str]], torch.Tensor]
+    """Texts -> cross-attention conditioning (with the graph to `parameters` when they are in the encoder)."""
+    save: Callable[[Path, str, int], None]
+    """(path, name written in the file, step)."""
+    preview: Callable[[str, int], Image.Image | None] | None
+    folder: str
+    """The log folder's sub-folder for the copies ("embeddings", "hypernetworks")."""
+    loss_file: str
+    unet_scope: Callable[[], object] | None = None
+    """A context manager around every UNet call (a hypernetwork's hooks), or None."""
+
+
+def training_loop(model: SDModel, options: TrainOptions, thing: TrainedThing, *,
+                  on_step: Callable[[int, int, float, str], None] | None = None,
+                  should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
+    """A1111's training loop (the same for embeddings and hypernetworks): see the module docstring."""
+    from contextlib import nullcontext
+
+    name, initial_step = thing.name, thing.initial_step
+    result = TrainResult(thing.path, initial_step)
     if initial_step >= options.steps:
         return result  # A1111: "Model has already been trained beyond specified max steps"
     seed = options.seed if options.seed is not None else random.randrange(2**32)
@@ -360,19 +414,13 @@ def train_embedding(model: SDModel, options: TrainOptions, *, on_step: Callable[
     if options.batch_size > len(samples):
         raise ParamError(("batch_size",), f"larger than the {len(samples)} images of the dataset")
 
-    param = torch.nn.Parameter(vec.clone().to(model.device, torch.float32))
-    embedding = Embedding(name=name, path=options.embedding_path, vectors={SINGLE: param}, sha256="0" * 64,
-                          step=initial_step)
-    lookup = TrainingEmbeddings(embedding)
-    optimizer = torch.optim.AdamW([param], lr=scheduler.learn_rate, weight_decay=0.0)
-    stack = model.text_encoder
-    checkpoint_hash, checkpoint_name = model.info.short_hash, Path(model.info.name).stem
-
-    unet_mode, te_mode = model.unet.training, stack.towers[0].module.training
+    optimizer = torch.optim.AdamW(thing.parameters, lr=scheduler.learn_rate, weight_decay=0.0)
+    unet_mode = model.unet.training
     model.unet.requires_grad_(False)
-    stack.towers[0].module.requires_grad_(False)
+    scope = thing.unet_scope or nullcontext
     step = initial_step
     epoch_batches = _batches(samples, options.batch_size, options.varsize, rng)
+    epoch_len = max(1, len(samples) // options.batch_size // options.gradient_step)
     last_text = ""
     try:
         while step < options.steps and not scheduler.finished:
@@ -393,32 +441,27 @@ def train_embedding(model: SDModel, options: TrainOptions, *, on_step: Callable[
                          for s in batch]
                 last_text = texts[0]
                 latents = torch.stack([_latent(s, generator) for s in batch]).to(model.device)
-                chunks = [stack.tokenize_weighted([(text, 1.0)], embeddings=lookup)[0] for text in texts]
-                cond = stack.encode_chunks(chunks, grad=True).cross_attn
-                loss = diffusion_loss(model, latents, cond, generator) / options.gradient_step
+                with scope():
+                    loss = diffusion_loss(model, latents, thing.encode(texts), generator) / options.gradient_step
                 loss.backward()
                 total += float(loss.detach())
             if clip is not None:
-                clip([param], clip_schedule.learn_rate)
+                clip(thing.parameters, clip_schedule.learn_rate)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             result.step = step
             result.losses.append(total)
             if log_dir is not None:
-                _write_loss(log_dir / "textual_inversion_loss.csv", step, max(1, len(samples) // options.batch_size
-                                                                                // options.gradient_step),
-                            total, scheduler.learn_rate)
+                _write_loss(log_dir / thing.loss_file, step, epoch_len, total, scheduler.learn_rate)
             if log_dir is not None and options.save_embedding_every and step % options.save_embedding_every == 0:
-                copy = log_dir / "embeddings" / f"{name}-{step}.pt"
-                save_embedding(copy, param, f"{name}-{step}", step, checkpoint_hash, checkpoint_name)
+                copy = log_dir / thing.folder / f"{name}-{step}.pt"
+                thing.save(copy, f"{name}-{step}", step)
                 result.saved.append(copy)
-            if log_dir is not None and preview is not None and options.create_image_every \
+            if log_dir is not None and thing.preview is not None and options.create_image_every \
                     and step % options.create_image_every == 0:
                 prompt = options.preview["prompt"] if options.preview else last_text
-                image = preview(Embedding(name=name, path=options.embedding_path,
-                                          vectors={SINGLE: param.detach().clone()}, sha256="0" * 64, step=step),
-                                prompt, step)
+                image = thing.preview(prompt, step)
                 if image is not None:
                     out = log_dir / "images" / f"{name}-{step}.png"
                     out.parent.mkdir(parents=True, exist_ok=True)
@@ -428,10 +471,9 @@ def train_embedding(model: SDModel, options: TrainOptions, *, on_step: Callable[
                 on_step(step, options.steps, total, last_text)
     finally:
         model.unet.train(unet_mode)
-        stack.towers[0].module.train(te_mode)
         # Saved also when interrupted or failed part-way: the steps done are kept (A1111 saves after its loop).
         if step > initial_step:
-            save_embedding(options.embedding_path, param, name, step, checkpoint_hash, checkpoint_name)
+            thing.save(thing.path, name, step)
     return result
 
 
@@ -472,5 +514,5 @@ def _write_loss(path: Path, step: int, epoch_len: int, loss: float, learn_rate: 
 
 __all__ = ["parse_schedule", "LearnRateScheduler", "list_templates", "template_lines", "clean_name",
            "save_embedding", "init_vectors", "read_dataset", "make_text", "TrainOptions", "TrainResult",
-           "train_embedding", "diffusion_loss", "TrainingEmbeddings", "TEMPLATES_DIR", "LATENT_SAMPLING_METHODS",
+           "train_embedding", "training_loop", "TrainedThing", "diffusion_loss", "TrainingEmbeddings", "TEMPLATES_DIR", "LATENT_SAMPLING_METHODS",
            "CLIP_GRAD_MODES"]

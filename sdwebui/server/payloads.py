@@ -280,7 +280,7 @@ class ModelToolPayload:
 
 @dataclass(frozen=True)
 class TrainingPayload:
-    """A create_embedding / train_embedding job (`server.training`): the checked arguments (paths resolved at
+    """A create_embedding / train_embedding / train_hypernetwork job (`server.training`): the checked arguments (paths resolved at
     submit time) and the checkpoint (the `sd_model_checkpoint` setting then) it works on."""
 
     job: str
@@ -307,7 +307,8 @@ class TrainingPayload:
 PAYLOAD_TYPES = {"txt2img": GenerationPayload, "img2img": GenerationPayload, "extras": ExtrasPayload,
                  "load_model": LoadModelPayload, "merge": MergePayload, "convert": ModelToolPayload,
                  "extract_lora": ModelToolPayload, "bake_lora": ModelToolPayload,
-                 "create_embedding": TrainingPayload, "train_embedding": TrainingPayload}
+                 "create_embedding": TrainingPayload, "train_embedding": TrainingPayload,
+                 "train_hypernetwork": TrainingPayload}
 
 
 def load_payload(kind: str, data: Mapping[str, Any]) -> Any:

@@ -41,13 +41,12 @@ class CreateEmbeddingJob(BaseModel):
     init_text: str = Field("*", max_length=1000)
 
 
-class TrainEmbeddingJob(BaseModel):
-    """A1111's `train_embedding` arguments (the Train tab's defaults for those a request leaves out)."""
+class _TrainJob(BaseModel):
+    """The arguments A1111's `train_embedding` and `train_hypernetwork` share (the Train tab's defaults)."""
 
     model_config = ConfigDict(extra="forbid")
 
     id_task: str | None = Field(None, max_length=200)
-    embedding_name: str = Field(..., min_length=1, max_length=200)
     learn_rate: str | float = Field("0.005", description='a rate, or a schedule "0.005:100, 1e-4:1000, 1e-5"')
     batch_size: int = Field(1, ge=1, le=64)
     gradient_step: int = Field(1, ge=1, le=1000)
@@ -56,7 +55,7 @@ class TrainEmbeddingJob(BaseModel):
     training_width: int = Field(512, ge=64, le=2048, multiple_of=8)
     training_height: int = Field(512, ge=64, le=2048, multiple_of=8)
     varsize: bool = False
-    steps: int = Field(100000, description="train until the embedding's step reaches this")
+    steps: int = Field(100000, description="train until the file's step reaches this")
     clip_grad_mode: str = "disabled"
     clip_grad_value: str | float = "0.1"
     shuffle_tags: bool = False
@@ -64,9 +63,7 @@ class TrainEmbeddingJob(BaseModel):
     latent_sampling_method: str = "once"
     use_weight: bool = False
     create_image_every: int = Field(500, ge=0)
-    save_embedding_every: int = Field(500, ge=0)
     template_filename: str = Field("style_filewords.txt", max_length=200)
-    save_image_with_stored_embedding: bool = True
     preview_from_txt2img: bool = False
     preview_prompt: str = Field("", max_length=10000)
     preview_negative_prompt: str = Field("", max_length=10000)
@@ -78,6 +75,39 @@ class TrainEmbeddingJob(BaseModel):
     preview_seed: int = -1
     preview_width: int = Field(512, ge=64, le=2048, multiple_of=8)
     preview_height: int = Field(512, ge=64, le=2048, multiple_of=8)
+
+
+class TrainEmbeddingJob(_TrainJob):
+    """A1111's `train_embedding` arguments."""
+
+    embedding_name: str = Field(..., min_length=1, max_length=200)
+    save_embedding_every: int = Field(500, ge=0)
+    save_image_with_stored_embedding: bool = True
+
+
+class TrainHypernetworkJob(_TrainJob):
+    """A1111's `train_hypernetwork` arguments (its Train tab's hypernetwork learning rate by default)."""
+
+    hypernetwork_name: str = Field(..., min_length=1, max_length=200)
+    learn_rate: str | float = "0.00001"
+    save_hypernetwork_every: int = Field(500, ge=0)
+
+
+class CreateHypernetworkJob(BaseModel):
+    """A1111's `create_hypernetwork(name, enable_sizes, overwrite_old, layer_structure, activation_func,
+    weight_init, add_layer_norm, use_dropout, dropout_structure)` with its UI defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=200)
+    enable_sizes: list[int | str] = Field(default_factory=lambda: [768, 320, 640, 1280], min_length=1, max_length=16)
+    overwrite_old: bool = False
+    layer_structure: str | list[float] = "1, 2, 1"
+    activation_func: str = "linear"
+    weight_init: str = "Normal"
+    add_layer_norm: bool = False
+    use_dropout: bool = False
+    dropout_structure: str | list[float] = "0, 0, 0"
 
 
 def _embedding_path(services: "Services", name: str, field: str) -> Path:
@@ -115,7 +145,7 @@ def prepare_create(services: "Services", job: CreateEmbeddingJob) -> TrainingPay
     return TrainingPayload("create_embedding", args, checkpoint, vae)
 
 
-def prepare_train(services: "Services", job: TrainEmbeddingJob) -> TrainingPayload:
+def prepare_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetworkJob") -> TrainingPayload:
     """Check every argument (A1111's `validate_train_inputs` and more) and resolve the paths."""
     from sdwebui.pipelines.textual_inversion import (
         CLIP_GRAD_MODES,
@@ -125,7 +155,15 @@ def prepare_train(services: "Services", job: TrainEmbeddingJob) -> TrainingPaylo
         parse_schedule,
     )
 
-    path = _embedding_path(services, job.embedding_name, "embedding_name")
+    if isinstance(job, TrainHypernetworkJob):
+        kind, save_every = "train_hypernetwork", job.save_hypernetwork_every
+        path = services.hypernetworks.find(job.hypernetwork_name)
+        if path is None:
+            raise ParamError(("hypernetwork_name",), f"no hypernetwork {job.hypernetwork_name!r} in "
+                                                     "models/hypernetworks")
+    else:
+        kind, save_every = "train_embedding", job.save_embedding_every
+        path = _embedding_path(services, job.embedding_name, "embedding_name")
     if job.steps <= 0:
         raise ParamError(("steps",), "Max steps must be positive")
     try:
@@ -159,7 +197,7 @@ def prepare_train(services: "Services", job: TrainEmbeddingJob) -> TrainingPaylo
         raise ParamError(("template_filename",), f"Prompt template file {job.template_filename} not found; "
                                                  f"there are {', '.join(sorted(templates))}")
     log_dir = None
-    if job.save_embedding_every or job.create_image_every:
+    if save_every or job.create_image_every:
         if not job.log_directory:
             raise ParamError(("log_directory",), "Log directory is empty")
         data_dir = services.paths.data_dir.resolve()
@@ -178,12 +216,12 @@ def prepare_train(services: "Services", job: TrainEmbeddingJob) -> TrainingPaylo
         "clip_grad_mode": job.clip_grad_mode, "clip_grad_value": str(job.clip_grad_value),
         "shuffle_tags": job.shuffle_tags, "tag_drop_out": job.tag_drop_out,
         "latent_sampling_method": job.latent_sampling_method, "create_image_every": job.create_image_every,
-        "save_embedding_every": job.save_embedding_every, "template_file": str(template), "preview": preview,
+        "save_embedding_every": save_every, "template_file": str(template), "preview": preview,
     }
-    return TrainingPayload("train_embedding", args, checkpoint, vae)
+    return TrainingPayload(kind, args, checkpoint, vae)
 
 
-def _preview_params(job: TrainEmbeddingJob) -> dict:
+def _preview_params(job: _TrainJob) -> dict:
     from sdwebui.core.samplers.registry import sampler_names
     from sdwebui.core.samplers.resolve import resolve_sampling
 
@@ -208,8 +246,61 @@ def submit_create(services: "Services", job: CreateEmbeddingJob):
     return services.queue.submit("create_embedding", prepare_create(services, job))
 
 
-def submit_train(services: "Services", job: TrainEmbeddingJob):
-    return services.queue.submit("train_embedding", prepare_train(services, job))
+def submit_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetworkJob"):
+    payload = prepare_train(services, job)
+    return services.queue.submit(payload.job, payload)
+
+
+def create_hypernetwork(services: "Services", job: CreateHypernetworkJob) -> Path:
+    """A1111's `create_hypernetwork`: a new network, initialised as A1111 does, written to models/hypernetworks
+    (needs no model: done at once, not queued). ParamError naming the field for a bad structure."""
+    from sdwebui.models.hypernetwork import ACTIVATIONS, WEIGHT_INITS, Hypernetwork, HypernetworkError
+    from sdwebui.pipelines.textual_inversion import clean_name
+
+    name = clean_name(job.name)
+    if not name:
+        raise ParamError(("name",), "the name has no letters, digits or ._- characters")
+    path = services.hypernetworks.folder / f"{name}.pt"
+    if path.exists() and not job.overwrite_old:
+        raise ParamError(("name",), f"file {path.name} already exists (overwrite_old replaces it)")
+    sizes = []
+    for index, size in enumerate(job.enable_sizes):
+        try:
+            sizes.append(int(size))
+        except ValueError:
+            raise ParamError(("enable_sizes", index), f"{size!r} is not a whole number") from None
+        if not 1 <= sizes[-1] <= 8192:
+            raise ParamError(("enable_sizes", index), "must be between 1 and 8192")
+    structure = _numbers(job.layer_structure, "layer_structure")
+    if len(structure) < 2 or structure[0] != 1 or structure[-1] != 1 or any(x <= 0 or x > 16 for x in structure):
+        raise ParamError(("layer_structure",), "must start and end with 1 (e.g. 1, 2, 1), every value in (0, 16]")
+    if job.activation_func not in ACTIVATIONS:
+        raise ParamError(("activation_func",), f"one of {', '.join(sorted(ACTIVATIONS))}")
+    if job.weight_init not in WEIGHT_INITS:
+        raise ParamError(("weight_init",), f"one of {', '.join(WEIGHT_INITS)}")
+    dropout = None
+    if job.use_dropout and job.dropout_structure:
+        dropout = _numbers(job.dropout_structure, "dropout_structure")
+        if len(dropout) != len(structure) or dropout[0] != 0 or dropout[-1] != 0 \
+                or any(not 0 <= x < 1 for x in dropout):
+            raise ParamError(("dropout_structure",), "one value per layer, each in [0, 1), 0 at both ends")
+    elif not job.use_dropout:
+        dropout = [0.0] * len(structure)  # A1111: no dropout at all unless use_dropout
+    try:
+        net = Hypernetwork.create(name, sizes, layer_structure=structure, activation_func=job.activation_func,
+                                  weight_init=job.weight_init, add_layer_norm=job.add_layer_norm,
+                                  use_dropout=job.use_dropout, dropout_structure=dropout)
+    except HypernetworkError as error:
+        raise ParamError(("layer_structure",), str(error)) from None
+    return net.save(path)
+
+
+def _numbers(value, field: str) -> list[float]:
+    try:
+        items = [float(x) for x in (value.split(",") if isinstance(value, str) else value)]
+    except ValueError:
+        raise ParamError((field,), f"{value!r} is not a comma-separated list of numbers") from None
+    return items
 
 
 # ---- the worker's side --------------------------------------------------------------------------------------------
@@ -220,7 +311,7 @@ def run_training_job(job: "JobHandle", services: "Services") -> dict:
     model = services.models.get(payload.checkpoint, vae=payload.vae)
     if payload.job == "create_embedding":
         return _create(services, model, payload.args)
-    return _train(job, services, model, payload.args)
+    return _train(job, services, model, payload.args, hypernetwork=payload.job == "train_hypernetwork")
 
 
 def _create(services: "Services", model, args) -> dict:
@@ -233,7 +324,8 @@ def _create(services: "Services", model, args) -> dict:
             "shape": vectors.shape[1]}
 
 
-def _train(job: "JobHandle", services: "Services", model, args: dict[str, Any]) -> dict:
+def _train(job: "JobHandle", services: "Services", model, args: dict[str, Any], *, hypernetwork: bool) -> dict:
+    from sdwebui.pipelines.hypernetwork_training import train_hypernetwork
     from sdwebui.pipelines.textual_inversion import TrainOptions, train_embedding
 
     options = TrainOptions(
@@ -248,33 +340,38 @@ def _train(job: "JobHandle", services: "Services", model, args: dict[str, Any]) 
         save_embedding_every=args["save_embedding_every"], template_file=Path(args["template_file"]),
         preview=args.get("preview"), seed=args.get("seed"),
     )
-    job.progress.textinfo = "Initializing textual inversion training..."
+    what = "hypernetwork" if hypernetwork else "embedding"
+    job.progress.textinfo = f"Initializing {'hypernetwork' if hypernetwork else 'textual inversion'} training..."
 
     def on_step(step: int, steps: int, loss: float, text: str) -> None:
         job.progress.textinfo = f"Loss: {loss:.7f}, Step: {step}, Last prompt: {text}"
         job.report_step(step, steps, 0, 1)
 
-    def preview(embedding, prompt: str, step: int):
-        image = _preview_image(model, embedding, prompt, options)
+    def preview(trained, prompt: str, step: int):
+        image = _preview_image(model, trained, prompt, options, hypernetwork=hypernetwork)
         if image is not None:
             job.progress.preview_png = _png(image)
         return image
 
+    train = train_hypernetwork if hypernetwork else train_embedding
     try:
-        result = train_embedding(model, options, on_step=on_step, should_stop=job.stop.interrupted.is_set,
-                                 preview=preview)
+        result = train(model, options, on_step=on_step, should_stop=job.stop.interrupted.is_set, preview=preview)
     finally:
-        services.embeddings.refresh(force=True)
+        if hypernetwork:
+            services.hypernetworks.forget()
+        else:
+            services.embeddings.refresh(force=True)
     job.interrupted = result.interrupted
-    info = f"train embedding complete: filename: {options.embedding_path} error: None"
+    info = f"train {what} complete: filename: {options.embedding_path} error: None"
     return {"info": info, "file": options.embedding_path.name, "step": result.step, "losses": result.losses,
             "saved": [str(p) for p in result.saved], "images": [str(p) for p in result.images],
             "interrupted": result.interrupted, "log_directory": str(result.log_dir) if result.log_dir else None}
 
 
-def _preview_image(model, embedding, prompt: str, options):
+def _preview_image(model, trained, prompt: str, options, *, hypernetwork: bool):
     """A txt2img of the preview prompt with the embedding as it is now (A1111: `process_images` with the
     preview settings, or the last training text at 20 steps and the training size)."""
+    from sdwebui.models.hypernetwork import hooked
     from sdwebui.pipelines.context import GenerationContext
     from sdwebui.pipelines.textual_inversion import TrainingEmbeddings
     from sdwebui.pipelines.txt2img import txt2img
@@ -284,8 +381,11 @@ def _preview_image(model, embedding, prompt: str, options):
     if values.get("seed", -1) == -1:
         values["seed"] = 0
     params = Txt2ImgParams(**values)
-    ctx = GenerationContext(model=model, embeddings=TrainingEmbeddings(embedding))
-    result = txt2img(ctx, params)
+    if hypernetwork:
+        with hooked(model.unet, [trained]):
+            result = txt2img(GenerationContext(model=model, embeddings=None), params)
+    else:
+        result = txt2img(GenerationContext(model=model, embeddings=TrainingEmbeddings(trained)), params)
     return result.images[0] if result.images else None
 
 
@@ -295,5 +395,6 @@ def _png(image) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["CreateEmbeddingJob", "TrainEmbeddingJob", "prepare_create", "prepare_train", "submit_create",
+__all__ = ["CreateEmbeddingJob", "TrainEmbeddingJob", "TrainHypernetworkJob", "CreateHypernetworkJob",
+           "create_hypernetwork", "prepare_create", "prepare_train", "submit_create",
            "submit_train", "run_training_job"]
