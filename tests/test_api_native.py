@@ -73,6 +73,13 @@ def test_health_is_open_and_reports_the_worker(client):
     assert body["status"] == "ok" and body["worker_alive"] is True and body["version"]
 
 
+def test_workers_lists_the_one_worker_thread_without_ray(client):
+    finish_idle(client)
+    workers = client.get("/api/v1/workers").json()["workers"]
+    assert [(w["id"], w["state"], w["node"], w["current_job"]) for w in workers] == [("worker-0", "ready", "local", None)]
+    assert workers[0]["jobs_done"] >= 0 and isinstance(workers[0]["models"], list)
+
+
 def test_submit_returns_an_id_and_the_job_record_has_status_progress_and_result(client):
     job_id = submit(client, prompt="a native job", seed=4242, batch_size=2)
     view = wait_for_job(client, job_id, timeout=120)

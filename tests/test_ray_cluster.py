@@ -133,6 +133,15 @@ def test_a_job_goes_to_the_actor_that_holds_its_checkpoint(client):
     assert workers[holder_a]["models"] == ["a.safetensors"] and workers[holder_b]["models"] == ["b.safetensors"]
 
 
+def test_the_settings_page_shows_the_workers(server, client):
+    from sdwebui.ui.settings import workers_html  # gradio: seconds to import
+
+    finish_idle(client)
+    wait_for_job(client, submit(client, model="a", seed=2), timeout=120)
+    page = workers_html(server.services)
+    assert page.count("<tr>") == 3 and "ray-0" in page and "ray-1" in page and "a.safetensors" in page
+
+
 def test_a_job_that_fails_because_of_its_input_fails_once_and_does_not_hop(client):
     finish_idle(client)
     before = {worker["id"]: worker["jobs_done"] for worker in ready_workers(client)}

@@ -8,6 +8,7 @@ the UI owns the machine's folders).
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,12 @@ def build(services: Services) -> SettingsTab:
                 tab.keys.append(key)
                 tab.controls.append(_control(gr, key, values.get(key)))
 
+    with gr.Accordion("System: workers", open=False, elem_id="settings_section_workers"):
+        tab.components["workers"] = gr.HTML(workers_html(services), elem_id="settings_workers", padding=False)
+        tab.components["workers_refresh"] = gr.Button("Refresh", elem_id="settings_workers_refresh", min_width=100)
+    tab.components["workers_refresh"].click(lambda: workers_html(services), None, tab.components["workers"],
+                                            show_progress="hidden")
+
     def apply(*controls):
         return f"<p class='sdw-note'>{apply_settings(services, dict(zip(tab.keys, controls)))}</p>", *current()
 
@@ -111,6 +118,19 @@ def build(services: Services) -> SettingsTab:
                                   show_progress="hidden")
     tab.components["reload"].click(current, None, tab.controls, show_progress="hidden")
     return tab
+
+
+def workers_html(services: Services) -> str:
+    """What runs the jobs, as `GET /api/v1/workers` lists it: the worker thread, or each Ray worker (`--ray`)."""
+    rows = []
+    for worker in services.workers():
+        cells = (worker["id"], worker["state"], worker.get("host") or worker.get("node") or "", worker.get("device")
+                 or "", ", ".join(worker.get("models") or ()) or "none", worker.get("current_job") or "idle",
+                 str(worker.get("jobs_done", 0)))
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>")
+    head = "".join(f"<th>{name}</th>" for name in ("Worker", "State", "Host", "Device", "Models", "Current job",
+                                                   "Jobs done"))
+    return f"<table class='sdw-workers'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _control(gr, key: str, value: Any):
