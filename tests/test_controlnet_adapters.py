@@ -262,7 +262,8 @@ def test_a1111_api_runs_adapter_units(tmp_path_factory, tiny_sd1_path, sd1, mode
     from test_api_support import LiveServer, make_data_dir
 
     data = make_data_dir(tmp_path_factory.mktemp("adapters-api"), tiny_sd1_path, "tiny-sd1.safetensors")
-    for name in ("t2iadapter_canny_sd15v2.pth", "ip-adapter_sd15.safetensors"):
+    for name in ("t2iadapter_canny_sd15v2.pth", "ip-adapter_sd15.safetensors",
+                 "t2i-adapter_diffusers_xl_canny.safetensors", "ip-adapter_sdxl_vit-h.safetensors"):
         (data / "models" / "ControlNet").mkdir(parents=True, exist_ok=True)
         shutil.copy(models_dir / "ControlNet" / name, data / "models" / "ControlNet" / name)
     shutil.copytree(models_dir / "clip_vision", data / "models" / "clip_vision")
@@ -274,7 +275,8 @@ def test_a1111_api_runs_adapter_units(tmp_path_factory, tiny_sd1_path, sd1, mode
 
     with LiveServer(data, ui=False) as live, live.client() as client:
         models = client.get("/controlnet/model_list").json()["model_list"]
-        assert [m.split(" [")[0] for m in models] == ["ip-adapter_sd15", "t2iadapter_canny_sd15v2"]
+        assert [m.split(" [")[0] for m in models] == ["ip-adapter_sd15", "ip-adapter_sdxl_vit-h",
+                                                      "t2i-adapter_diffusers_xl_canny", "t2iadapter_canny_sd15v2"]
         plain = pixels(client.post("/sdapi/v1/txt2img", json=fast))
         for units in ([unit()], [ip_unit()]):
             body = {**fast, "alwayson_scripts": {"controlnet": {"args": units}}}
@@ -282,6 +284,35 @@ def test_a1111_api_runs_adapter_units(tmp_path_factory, tiny_sd1_path, sd1, mode
         bad = {**fast, "alwayson_scripts": {"controlnet": {"args": [ip_unit(module="ip-adapter_clip_sdxl")]}}}
         response = client.post("/sdapi/v1/txt2img", json=bad)
         assert response.status_code == 422 and response.json()["field"] == "alwayson_scripts.controlnet.args.0.module"
+        # a model for another family is refused before the job is queued (no job is stored)
+        jobs = len(client.get("/api/v1/jobs", params={"limit": 500}).json())
+        # (the missing-encoder job above was refused by the worker: such jobs are stored, as failed ones)
+        assert client.get("/api/v1/jobs", params={"status": "failed"}).json()
+        for wrong, message in ((unit(model="t2i-adapter_diffusers_xl_canny"), "T2I-Adapter t2i-adapter_diffusers_xl_canny"
+                                ".safetensors is for SDXL models; the checkpoint is"),
+                               (ip_unit(model="ip-adapter_sdxl_vit-h"), "(cross-attention 64); the checkpoint is")):
+            body = {**fast, "alwayson_scripts": {"controlnet": {"args": [{}, wrong]}}}
+            response = client.post("/sdapi/v1/txt2img", json=body)
+            assert response.status_code == 422, response.text
+            assert response.json()["field"] == "alwayson_scripts.controlnet.args.1.model"
+            assert message in response.text, response.text
+        assert len(client.get("/api/v1/jobs", params={"limit": 500}).json()) == jobs
+
+
+def test_what_a_file_is_for_is_read_from_its_header(models_dir, tiny_sd1_path, tiny_sdxl_path):
+    from sdwebui.models.controlnet_files import checkpoint_target, control_model_target, mismatch
+
+    folder = models_dir / "ControlNet"
+    sd1, sdxl = checkpoint_target(tiny_sd1_path), checkpoint_target(tiny_sdxl_path)
+    assert (sd1.cross, sd1.sdxl) == (32, False) and sdxl.sdxl is True
+    xl_adapter = control_model_target(folder / "t2i-adapter_diffusers_xl_canny.safetensors")
+    assert (xl_adapter.kind, xl_adapter.sdxl) == ("T2I-Adapter", True)
+    assert control_model_target(folder / "t2i-adapter-sd15-folder").sdxl is False
+    assert control_model_target(folder / "t2iadapter_canny_sd15v2.pth") is None  # a pickle: checked at load
+    ip = control_model_target(folder / "ip-adapter_sd15.safetensors")
+    assert (ip.kind, ip.cross) == ("IP-Adapter", 32)
+    assert mismatch(ip, "ip", sd1) is None and "is for" in mismatch(ip, "ip", sdxl)
+    assert mismatch(xl_adapter, "a", sdxl) is None and "is for SDXL models" in mismatch(xl_adapter, "a", sd1)
 
 
 # ---- reference_only / reference_adain ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@ Light on purpose (no torch): the server lists models and the API checks names wi
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -104,4 +106,99 @@ class ControlNetLibrary:
         return self.find(wanted) is not None
 
 
-__all__ = ["ControlNetLibrary", "ControlNetEntry", "EXTENSIONS", "is_diffusers_controlnet"]
+# ---- what a file is for, from its header (before a job is queued) ------------------------------------------------
+
+CROSS_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 1280: "SDXL refiner"}
+"""Cross-attention width -> the family it belongs to."""
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """What a model file says about the UNet it fits, as far as its header tells."""
+
+    kind: str
+    """"ControlNet", "T2I-Adapter", "IP-Adapter" or "checkpoint"."""
+    cross: int | None = None
+    """Its cross-attention width (None: it does not say)."""
+    sdxl: bool | None = None
+
+
+def _header_shapes(path: Path) -> dict[str, list[int]] | None:
+    """A safetensors file's tensor shapes from its JSON header (None for other files or a damaged header)."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        with open(path, "rb") as file:
+            (size,) = struct.unpack("<Q", file.read(8))
+            if size > 100_000_000:
+                return None
+            header = json.loads(file.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    return {key: list(value.get("shape", [])) for key, value in header.items()
+            if key != "__metadata__" and isinstance(value, dict)}
+
+
+def _cross(shapes: dict[str, list[int]], prefix: str = "") -> int | None:
+    return next((shape[1] for key, shape in shapes.items()
+                 if key.startswith(prefix) and key.endswith("attn2.to_k.weight") and len(shape) == 2), None)
+
+
+def control_model_target(path: Path) -> ModelTarget | None:
+    """What a ControlNet / T2I-Adapter / IP-Adapter file (or diffusers folder) is for; None when its header (or
+    config) does not tell (a pickled `.pth`: the job checks it when it loads the model)."""
+    if path.is_dir():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if config.get("_class_name") == "T2IAdapter":
+            return ModelTarget("T2I-Adapter", sdxl=config.get("adapter_type") == "full_adapter_xl")
+        cross = config.get("cross_attention_dim")
+        return ModelTarget("ControlNet", cross if isinstance(cross, int) else None,
+                           config.get("addition_embed_type") == "text_time")
+    shapes = _header_shapes(path)
+    if not shapes:
+        return None
+    if any(key.startswith("ip_adapter.") for key in shapes):
+        k = next((shape for key, shape in shapes.items() if key.endswith("to_k_ip.weight")), None)
+        return ModelTarget("IP-Adapter", k[1] if k and len(k) == 2 else None)
+    conv_in = shapes.get("conv_in.weight") or shapes.get("adapter.conv_in.weight")
+    if conv_in is not None and any(key.startswith(("body.", "adapter.body.")) for key in shapes):
+        return ModelTarget("T2I-Adapter", sdxl=len(conv_in) == 4 and conv_in[1] in (256, 768))
+    if "body.0.in_conv.weight" in shapes or "adapter.body.0.in_conv.weight" in shapes:
+        return ModelTarget("T2I-Adapter", sdxl=False)
+    cross = _cross(shapes)
+    sdxl = any("label_emb" in key or key.startswith("add_embedding.") for key in shapes)
+    return ModelTarget("ControlNet", cross, sdxl) if cross is not None else None
+
+
+def checkpoint_target(path: Path) -> ModelTarget | None:
+    """The cross-attention width of a single-file checkpoint's UNet, from its safetensors header."""
+    shapes = _header_shapes(Path(path))
+    cross = _cross(shapes, "model.diffusion_model.") if shapes else None
+    if cross is None:
+        return None
+    sdxl = cross in (2048, 1280) or any(key.startswith("conditioner.embedders.") for key in shapes)
+    return ModelTarget("checkpoint", cross, sdxl)
+
+
+def mismatch(model: ModelTarget, name: str, checkpoint: ModelTarget) -> str | None:
+    """Why a control model cannot drive the checkpoint, from their headers; None when it may (or it cannot be
+    told)."""
+    family = "SDXL" if checkpoint.sdxl and checkpoint.cross != 1280 else \
+        CROSS_FAMILIES.get(checkpoint.cross, "an SDXL model" if checkpoint.sdxl else "a non-SDXL model")
+    if model.kind == "T2I-Adapter":
+        if model.sdxl is None or model.sdxl == checkpoint.sdxl:
+            return None
+        made_for = "SDXL" if model.sdxl else "SD 1.x / 2.x"
+        return f"T2I-Adapter {name} is for {made_for} models; the checkpoint is {family}: choose an adapter made for it"
+    if model.cross is None or model.cross == checkpoint.cross:
+        return None
+    made_for = "SDXL" if model.sdxl else CROSS_FAMILIES.get(model.cross, "other")
+    return (f"{model.kind} {name} is for {made_for} models (cross-attention {model.cross}); the checkpoint is "
+            f"{family} (cross-attention {checkpoint.cross}): choose a {model.kind} made for it")
+
+
+__all__ = ["ControlNetLibrary", "ControlNetEntry", "EXTENSIONS", "is_diffusers_controlnet", "ModelTarget",
+           "control_model_target", "checkpoint_target", "mismatch"]

@@ -179,6 +179,12 @@ class Script:
     def wrap_model_call(self, model: SDModel, call: ModelCall, args: tuple) -> ModelCall:
         return call
 
+    def check_checkpoint(self, args: tuple, checkpoint: str) -> None:
+        """Before the job is queued: raise a ParamError for arguments that cannot work with the checkpoint file a
+        task will run on (ControlNet: a model made for another family), as far as the files tell without loading
+        anything. Run for each task of the job; the default checks nothing."""
+        return None
+
     def after_batch(self, batch: BatchImages, args: tuple) -> None:
         return None
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sdwebui.core.errors import ParamError
-from sdwebui.models.controlnet_files import ControlNetLibrary
+from sdwebui.models.controlnet_files import ControlNetLibrary, checkpoint_target, control_model_target, mismatch
 from sdwebui.pipelines.controlnet_units import (
     CONTROL_MODES,
     RESIZE_MODES,
@@ -84,6 +84,24 @@ class ControlNet(Script):
             if unit["enabled"] and unit["image"] is None and not isinstance(task.params, Img2ImgParams):
                 raise ParamError(self._loc(index, "image"), "controlnet is enabled but no input image is given")
         return [task]
+
+    def check_checkpoint(self, args: tuple, checkpoint: str) -> None:
+        """Before queueing: a unit whose model file (safetensors header, diffusers config) says it is for another
+        family than the checkpoint's is a 422 on its `model` (pickled files are checked when the job loads them)."""
+        target = None
+        for index, unit in enumerate(args):
+            if not unit["enabled"] or find_preprocessor(unit["module"]).model_free:
+                continue
+            entry = self.library.find(unit["model"])
+            model = control_model_target(Path(entry.path)) if entry is not None else None
+            if model is None:
+                continue
+            target = target or checkpoint_target(Path(checkpoint))
+            if target is None:
+                return
+            why = mismatch(model, entry.path.name, target)
+            if why is not None:
+                raise ParamError(self._loc(index, "model"), why)
 
     def before_batch(self, batch, args: tuple) -> None:
         if not any(unit["enabled"] for unit in args):

@@ -139,7 +139,7 @@ class GenerationService:
         init_images, mask = self._checked_images(request, params)
         script, alwayson = services.scripts.check_calls(
             request.kind, request.script_name, request.script_args, request.alwayson_scripts)
-        self._check_script_tasks(request.kind, params, script, alwayson, options)
+        self._check_script_tasks(request.kind, params, script, alwayson, options, str(checkpoint))
         return GenerationPayload(
             params=params,
             checkpoint=str(checkpoint),
@@ -388,7 +388,7 @@ class GenerationService:
         return tuple(BatchEntry(name, encode_png(image), encode_png(mask) if mask is not None else None)
                      for name, image, mask in request.batch)
 
-    def _check_script_tasks(self, kind, params, script, alwayson, options) -> None:
+    def _check_script_tasks(self, kind, params, script, alwayson, options, checkpoint: str | None = None) -> None:
         """Expand the job through its scripts now, so a script's bad arguments (a prompts-from-file line with a
         bad value, an X/Y/Z value) and the checkpoints they name fail the request, not the job later."""
         if script is None and not alwayson:
@@ -408,6 +408,13 @@ class GenerationService:
             except ParamError as error:
                 raise ParamError(task.arg_locs.get(error.field, ("script_args",)),
                                  f"{task.label}: {error.message}" if task.label else error.message) from None
+            # scripts that can tell from the files that their arguments do not fit the task's checkpoint
+            path = str(self._checkpoint_path(task.checkpoint, ("script_args",))) if task.checkpoint else checkpoint
+            if path:
+                for bound_script, bound_args in bound.bound:
+                    check = getattr(bound_script, "check_checkpoint", None)  # an extension's script may lack it
+                    if check is not None:
+                        check(bound_args, path)
         driver = job_script(bound)
         if driver is not None:  # e.g. SD upscale's upscaler must be installed
             driver[0].check(tasks[0], driver[1], self.services)
