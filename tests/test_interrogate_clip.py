@@ -240,6 +240,8 @@ def test_api_interrogate_clip(server):
         r = client.post("/sdapi/v1/interrogate", json={"image": _b64png(image), "model": "clip"})
         assert r.status_code == 200, r.text
         assert r.json()["caption"] == ", ".join([caption, *matches])
+        again = client.post("/sdapi/v1/interrogate", json={"image": _b64png(image), "model": "clip"})
+        assert again.json() == r.json()  # the lists' text features come from the cache the second time
         # A1111's settings: skipped categories, a dict limit, ranks, BLIP's lengths
         assert client.post("/sdapi/v1/options", json={
             "interrogate_clip_skip_categories": ["artists", "flavors"], "interrogate_clip_dict_limit": 3,

@@ -215,11 +215,16 @@ def load_blip(entry: ModelEntry) -> Blip:
 class Clip:
     """A CLIP model and its tokenizer (for ranking text against an image)."""
 
+    TEXT_BATCH = 256
+    CACHED_LISTS = 16
+
     def __init__(self, model, tokenizer):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.image_size = int(model.config.vision_config.image_size)
         self.max_length = int(model.config.text_config.max_position_embeddings)
+        self._lists: dict[tuple[str, ...], torch.Tensor] = {}
+        """Text features of the lists ranked lately (on the CPU): the category lists are the same every call."""
 
     def to(self, device: torch.device) -> "Clip":
         self.model.to(device)
@@ -239,13 +244,27 @@ class Clip:
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings (N x D); each text truncated to the model's context as `clip.tokenize(...,
-        truncate=True)`."""
-        batch = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+        truncate=True)`. Padded to the batch's longest text, not to 77 tokens: CLIP's causal mask keeps the padding
+        from reaching the end-of-text token the embedding is read at, and the short lists encode ~8x faster."""
+        batch = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
                                return_tensors="pt")
         out = self.model.get_text_features(input_ids=batch.input_ids.to(self.device),
                                            attention_mask=batch.attention_mask.to(self.device))
         out = getattr(out, "pooler_output", out)
         return out / out.norm(dim=-1, keepdim=True)
+
+
+    def list_features(self, texts) -> torch.Tensor:
+        """`text_features` of a whole list, in batches, remembered for the next call with the same list."""
+        key = tuple(texts)
+        cached = self._lists.get(key)
+        if cached is None:
+            cached = torch.cat([self.text_features(list(key[i:i + self.TEXT_BATCH]))
+                                for i in range(0, len(key), self.TEXT_BATCH)]).cpu()
+            if len(self._lists) >= self.CACHED_LISTS:
+                self._lists.pop(next(iter(self._lists)))
+            self._lists[key] = cached
+        return cached.to(self.device)
 
 
 def load_clip(entry: ModelEntry) -> Clip:

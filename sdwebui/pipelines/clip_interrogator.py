@@ -30,7 +30,6 @@ from sdwebui.pipelines.masking import resize_image
 CATEGORIES_DIR = Path(__file__).resolve().parent / "clip_categories"
 """The category lists shipped with the package."""
 RE_TOPN = re.compile(r"\.top(\d+)$")
-TEXT_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -91,8 +90,7 @@ def rank(clip: Clip, image_features: torch.Tensor, items: Sequence[str], top_cou
     top_count = min(top_count, len(items))
     if top_count <= 0:
         return []
-    text = torch.cat([clip.text_features(items[i:i + TEXT_BATCH]) for i in range(0, len(items), TEXT_BATCH)])
-    text = text.to(image_features.dtype)
+    text = clip.list_features(items).to(image_features.dtype)
     similarity = torch.zeros(len(items), device=text.device, dtype=torch.float32)
     for row in image_features.to(text.device):
         similarity += (100.0 * row[None] @ text.T).float().softmax(dim=-1)[0]
