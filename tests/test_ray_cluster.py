@@ -94,7 +94,7 @@ def test_jobs_from_concurrent_clients_finish_on_both_actors_with_their_seeds(ser
     def post(seed: int) -> None:
         with server.client() as own:
             # Long enough (steps) that the jobs overlap: one actor alone would not keep up.
-            ids[seed] = submit(own, prompt=f"job {seed}", seed=seed, model="a", steps=40)
+            ids[seed] = submit(own, prompt=f"job {seed}", seed=seed, model="a", steps=25)
 
     threads = [threading.Thread(target=post, args=(1000 + i,)) for i in range(12)]
     for thread in threads:
@@ -181,6 +181,52 @@ def test_an_actor_killed_mid_job_costs_nothing_the_job_runs_again_and_its_images
     workers = client.get("/api/v1/workers").json()["workers"]
     assert len(workers) == 2 and victim["id"] not in {worker["id"] for worker in workers}
     assert client.get("/api/v1/health").json()["status"] == "ok"
+
+
+def test_an_actor_that_stops_answering_loses_its_lease_and_is_fenced(server, client):
+    """No heartbeat (a frozen process, a node cut off): after the lease timeout the job runs on another actor and
+    the silent one is killed, so it cannot go on with the job as well."""
+    finish_idle(client)
+    scheduler = server.services.worker
+    scheduler.heartbeat_timeout, scheduler.lease_timeout = 0.5, 2.0
+    try:
+        wait_until(lambda: len(ready_workers(client)) == 2, timeout=180, interval=0.2)
+        job_id = submit(client, prompt="frozen", seed=600, model="a", steps=150)
+        wait_until(lambda: (client.get(f"/api/v1/jobs/{job_id}").json()["progress"] or {}).get("step", 0) >= 1,
+                   timeout=120, interval=0.05)
+        victim = next(worker for worker in ready_workers(client) if worker["current_job"] == job_id)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        view = wait_for_job(client, job_id, timeout=180)
+        assert view["status"] == "done" and view["result"]["worker"]["id"] != victim["id"]
+        assert view["result"]["seeds"] == [600]
+        wait_until(lambda: not _alive(victim["pid"]), timeout=60, interval=0.2)
+    finally:
+        scheduler.heartbeat_timeout, scheduler.lease_timeout = 10.0, 60.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ray_flags_are_checked_before_anything_starts(capsys):
+    from sdwebui.cli import main
+    from sdwebui.server.config import ConfigError
+
+    paths = Paths.from_flags(data_dir=".")
+    with pytest.raises(ConfigError, match="need --ray"):
+        ServerConfig(paths=paths, ray_workers=2).check()
+    with pytest.raises(ConfigError, match="expected auto, local"):
+        ServerConfig(paths=paths, ray_address="somewhere").check()
+    with pytest.raises(ConfigError, match="at least 1"):
+        ServerConfig(paths=paths, ray_address="local", ray_workers=0).check()
+    ServerConfig(paths=paths, ray_address="ray://head:10001", ray_workers=2, ray_gpus_per_worker=0.5).check()
+    assert main(["serve", "--ray-gpus-per-worker", "1", "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "sdwebui: error: --ray-workers and --ray-gpus-per-worker need --ray ADDRESS (or --ray local)")
 
 
 def test_interrupt_and_progress_reach_the_actor(client):
