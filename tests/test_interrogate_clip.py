@@ -192,9 +192,11 @@ def test_original_blip_pth_loads_as_the_transformers_folder_does(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(blip.model.state_dict()[key], value), key
     image = photo()
-    from sdwebui.pipelines.clip_interrogator import blip_caption
+    from sdwebui.pipelines.clip_interrogator import ClipOptions, blip_caption
 
-    assert blip_caption(blip, image) == expected_caption(model, blip_tokenizer(), image)
+    short = ClipOptions(min_length=4, max_length=12)
+    assert blip_caption(blip, image, short) == expected_caption(model, blip_tokenizer(), image, min_length=4,
+                                                                max_length=12)
 
 
 def test_a_file_that_is_not_blip_is_refused(tmp_path):
@@ -365,3 +367,20 @@ def test_loopback_appends_deepbooru_tags_over_the_api(server):
     infotexts = json.loads(r.json()["info"])["infotexts"]
     prompts = [text.split("\n")[0] for text in infotexts]
     assert len(prompts) >= 2 and all(p.startswith("a cat, ") and "1girl" in p.split(", ") for p in prompts), prompts
+
+
+def test_skip_categories_is_a_list_setting(server):
+    """A1111's `interrogate_clip_skip_categories` is a list of names (a CheckboxGroup in its Settings)."""
+    from sdwebui.ui.settings import apply_settings
+
+    with server.client() as client:
+        bad = client.post("/sdapi/v1/options", json={"interrogate_clip_skip_categories": "artists"})
+        assert bad.status_code == 422 and "interrogate_clip_skip_categories" in bad.text
+        assert client.get("/sdapi/v1/options").json()["interrogate_clip_skip_categories"] == []
+    try:
+        assert apply_settings(server.services, {"interrogate_clip_skip_categories": ["artists"]}) == \
+            "1 setting changed: CLIP: skip inquire categories."
+        assert server.services.options.get("interrogate_clip_skip_categories") == ["artists"]
+    finally:
+        with server.client() as client:
+            client.post("/sdapi/v1/options", json={"interrogate_clip_skip_categories": []})
