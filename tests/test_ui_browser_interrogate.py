@@ -57,3 +57,25 @@ def test_png_info_caption_to_txt2img(browser, server, tmp_path):  # noqa: F811
         wait_until(lambda: caption.input_value().startswith(server.caption + ", "), timeout=60)
         page.locator("#pnginfo_send_caption_txt2img").click()
         wait_until(lambda: prompt_box(page).input_value() == caption.input_value(), timeout=30)
+
+
+def test_extras_batch_from_directory(browser, server, tmp_path):  # noqa: F811
+    """The Extras tab's "Batch from Directory" sub-tab runs the folder; an image sent to Extras goes back to
+    Single Image."""
+    from PIL import Image
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(folder / "a.png")
+    Image.new("RGB", (16, 16), (30, 30, 200)).save(folder / "b.png")
+    with ui_page(browser, server) as page:
+        page.locator("button[role=tab]:has-text('Extras')").first.click()
+        page.locator("button[role=tab]:has-text('Batch from Directory')").first.click()
+        page.locator("#extras_batch_input_dir textarea").fill(str(folder))
+        page.locator("#extras_upscaler_1 input").first.click()
+        page.locator("[role=option]:has-text('Lanczos')").first.click()
+        page.locator("#extras_generate").click()
+        status = page.locator("#extras_status")
+        wait_until(lambda: "Done" in status.inner_text() or "Error" in status.inner_text(), timeout=120)
+        assert "Done · 2 images" in status.inner_text(), status.inner_text()
+        shot(page, "extras-batch-directory")
