@@ -13,7 +13,7 @@ import threading
 
 import pytest
 import torch
-from test_api_support import LiveServer, make_data_dir, wait_for_job, wait_until
+from test_api_support import LiveServer, decode_png, make_data_dir, wait_for_job, wait_until
 
 from sdwebui.app import build_services
 from sdwebui.config import Paths
@@ -229,17 +229,26 @@ def test_ray_flags_are_checked_before_anything_starts(capsys):
         "sdwebui: error: --ray-workers and --ray-gpus-per-worker need --ray ADDRESS (or --ray local)")
 
 
-def test_interrupt_and_progress_reach_the_actor(client):
+def test_progress_preview_skip_and_interrupt_reach_the_actor(client):
     finish_idle(client)
-    job_id = submit(client, prompt="long", seed=3, model="a", steps=1000)
-    wait_until(lambda: client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] >= 2, timeout=120,
+    job_id = submit(client, prompt="long", seed=3, model="a", steps=1000, batch_count=2)
+
+    def previewing():
+        progress = client.get("/sdapi/v1/progress").json()
+        return progress if progress["state"]["sampling_step"] >= 10 and progress["current_image"] else None
+
+    progress = wait_until(previewing, timeout=120, interval=0.05)  # a live preview every 10 steps (the setting)
+    assert 0 < progress["progress"] < 0.5 and progress["state"]["sampling_steps"] == 1000
+    assert decode_png(progress["current_image"]).size == (64, 64)
+    assert client.post("/sdapi/v1/skip").status_code == 200  # the first batch is abandoned, the second begins
+    wait_until(lambda: client.get(f"/api/v1/jobs/{job_id}").json()["progress"]["batch_index"] == 1, timeout=120,
                interval=0.05)
-    progress = client.get("/sdapi/v1/progress").json()
-    assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 1000
     assert client.post("/sdapi/v1/interrupt").status_code == 200
     view = wait_for_job(client, job_id, timeout=120)
     assert view["status"] == "interrupted" and view["result"]["worker"]["id"].startswith("ray-")
-    assert view["progress"]["step"] < 1000
+    assert view["progress"]["batch_index"] == 1 and view["progress"]["step"] < 1000
+    # The skipped batch made no image; the interrupted one keeps what it made (seed 3 + 1).
+    assert view["result"]["seeds"] == [4]
 
 
 def test_the_api_node_restarted_mid_queue_resumes_on_the_actors(client, leftover_queue):

@@ -576,6 +576,8 @@ class RayScheduler:
         if not progress:
             return
         p = job.progress
+        if progress["batch_index"] != p.batch_index and isinstance(job.stop, RemoteStop):
+            job.stop.skipped.clear()  # a skip ends with its batch (as the pipeline clears its own flag)
         p.step, p.total_steps = progress["step"], progress["total_steps"]
         p.batch_index, p.batch_count = progress["batch_index"], progress["batch_count"]
         p.preview_step = progress.get("preview_step", p.preview_step)
