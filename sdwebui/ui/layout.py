@@ -23,7 +23,7 @@ from sdwebui.server.options import OptionError
 from sdwebui.server.services import Services
 from sdwebui.ui import extensions as extensions_tab
 from sdwebui.ui import extras, history, img2img, pnginfo, settings, txt2img
-from sdwebui.ui import model_merger
+from sdwebui.ui import model_merger, train
 from sdwebui.ui.fields import (
     TokenCounter,
     checked_paste,
@@ -136,6 +136,8 @@ def build_ui(services: Services):
                 png = pnginfo.build(services)
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
                 model_merger.build(services)
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                train.build(services)
             with gr.Tab("History", id="history", elem_id="tab_history") as history_tab:
                 hist = history.build(services)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
