@@ -156,7 +156,8 @@ def diffusers_pipeline(model):
         return StableDiffusionXLPipeline(vae=model.vae, text_encoder=encoders.clip_l, text_encoder_2=encoders.clip_g,
                                          tokenizer=load_clip_tokenizer("clip_l"),
                                          tokenizer_2=load_clip_tokenizer("clip_g"), unet=model.unet,
-                                         scheduler=scheduler, force_zeros_for_empty_prompt=False)
+                                         scheduler=scheduler, force_zeros_for_empty_prompt=False,
+                                         add_watermarker=False)
     return StableDiffusionPipeline(vae=model.vae, text_encoder=encoders.clip_l, tokenizer=load_clip_tokenizer("clip_l"),
                                    unet=model.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
