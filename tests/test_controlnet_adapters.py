@@ -70,6 +70,11 @@ def registry(models_dir):
     return ScriptRegistry([ControlNet([models_dir / "ControlNet"])])
 
 
+def gen(model, registry, units, **values):
+    """`test_controlnet.generate` with 2 steps (enough for every comparison here)."""
+    return generate(model, registry, units, **{"steps": 2, **values})
+
+
 def unit(**values):
     return {"enabled": True, "module": "canny", "model": "t2iadapter_canny_sd15v2", "image": b64(square()),
             "processor_res": 64, **values}
@@ -113,34 +118,34 @@ def test_adapter_soft_weights_are_the_extensions():
 
 
 def test_a_t2i_adapter_unit_changes_the_image_and_weight_zero_does_not(sd1, registry):
-    plain = generate(sd1, registry, None)
+    plain = gen(sd1, registry, None)
     for off in (unit(weight=0), unit(guidance_start=0.4, guidance_end=0.4)):
-        same = generate(sd1, registry, [off])
+        same = gen(sd1, registry, [off])
         assert torch.equal(same.latents, plain.latents)
-    controlled = generate(sd1, registry, [unit()])
+    controlled = gen(sd1, registry, [unit()])
     assert not torch.allclose(controlled.latents, plain.latents, atol=1e-3)
     info = parse_infotext(controlled.infotexts[0])
     assert info["ControlNet 0"].startswith("Module: canny, Model: t2iadapter_canny_sd15v2 [")
     for changed in (unit(weight=0.5), unit(control_mode="My prompt is more important"), unit(control_mode=2),
                     unit(guidance_start=0.5), unit(model="t2i-adapter-sd15-folder", module="invert")):
-        assert not torch.allclose(generate(sd1, registry, [changed]).latents, controlled.latents, atol=1e-5), changed
+        assert not torch.allclose(gen(sd1, registry, [changed]).latents, controlled.latents, atol=1e-5), changed
     # the same adapter in its diffusers layout gives the same image
-    same = generate(sd1, registry, [unit(model="t2i-adapter_diffusers_sd15")])
+    same = gen(sd1, registry, [unit(model="t2i-adapter_diffusers_sd15")])
     torch.testing.assert_close(same.latents, controlled.latents)
     # an adapter and a second (half-weight, twice) add up
-    halves = generate(sd1, registry, [unit(weight=0.5), unit(weight=0.5)]).latents
+    halves = gen(sd1, registry, [unit(weight=0.5), unit(weight=0.5)]).latents
     torch.testing.assert_close(halves, controlled.latents, atol=1e-4, rtol=1e-4)
 
 
 def test_sdxl_adapter_on_sdxl_and_the_wrong_family_is_refused(sd1, sdxl, registry):
-    plain = generate(sdxl, registry, None)
-    controlled = generate(sdxl, registry, [unit(model="t2i-adapter_diffusers_xl_canny")])
+    plain = gen(sdxl, registry, None)
+    controlled = gen(sdxl, registry, [unit(model="t2i-adapter_diffusers_xl_canny")])
     assert not torch.allclose(controlled.latents, plain.latents, atol=1e-4)
     with pytest.raises(ParamError, match="is for SDXL models") as caught:
-        generate(sd1, registry, [unit(model="t2i-adapter_diffusers_xl_canny")])
+        gen(sd1, registry, [unit(model="t2i-adapter_diffusers_xl_canny")])
     assert caught.value.loc == (*LOC, "model")
     with pytest.raises(ParamError, match="is for SD 1.x / 2.x models"):
-        generate(sdxl, registry, [unit()])
+        gen(sdxl, registry, [unit()])
 
 
 # ---- IP-Adapter -----------------------------------------------------------------------------------------------
@@ -204,9 +209,9 @@ def test_ip_attention_is_diffusers_ip_adapter(sd1, models_dir):
 
 
 def test_an_ip_adapter_unit_changes_the_image_and_weight_zero_does_not(sd1, registry):
-    plain = generate(sd1, registry, None)
-    assert torch.equal(generate(sd1, registry, [ip_unit(weight=0)]).latents, plain.latents)
-    controlled = generate(sd1, registry, [ip_unit()])
+    plain = gen(sd1, registry, None)
+    assert torch.equal(gen(sd1, registry, [ip_unit(weight=0)]).latents, plain.latents)
+    controlled = gen(sd1, registry, [ip_unit()])
     assert not torch.allclose(controlled.latents, plain.latents, atol=1e-3)
     assert parse_infotext(controlled.infotexts[0])["ControlNet 0"].startswith(
         "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15 [")
@@ -214,14 +219,14 @@ def test_an_ip_adapter_unit_changes_the_image_and_weight_zero_does_not(sd1, regi
     other[:, :, 2] = 255
     for changed in (ip_unit(weight=0.5), ip_unit(image=b64(other)), ip_unit(guidance_end=0.5),
                     ip_unit(model="ip-adapter-plus_sd15")):
-        assert not torch.allclose(generate(sd1, registry, [changed]).latents, controlled.latents, atol=1e-5), changed
+        assert not torch.allclose(gen(sd1, registry, [changed]).latents, controlled.latents, atol=1e-5), changed
     # the .bin of the same adapter and the auto module give the same image
-    torch.testing.assert_close(generate(sd1, registry, [ip_unit(model="ip-adapter_sd15_bin")]).latents,
+    torch.testing.assert_close(gen(sd1, registry, [ip_unit(model="ip-adapter_sd15_bin")]).latents,
                                controlled.latents)
-    torch.testing.assert_close(generate(sd1, registry, [ip_unit(module="ip-adapter-auto")]).latents,
+    torch.testing.assert_close(gen(sd1, registry, [ip_unit(module="ip-adapter-auto")]).latents,
                                controlled.latents)
     # with a T2I-Adapter unit beside it, both act
-    both = generate(sd1, registry, [ip_unit(), unit()]).latents
+    both = gen(sd1, registry, [ip_unit(), unit()]).latents
     assert not torch.allclose(both, controlled.latents, atol=1e-4)
     assert all(type(p).__name__ != "IPAttention" for p in sd1.unet.attn_processors.values())
 
@@ -234,10 +239,10 @@ def test_ip_adapter_units_name_what_is_wrong(sd1, sdxl, registry):
     ]
     for bad, field, message in cases:
         with pytest.raises(ParamError, match=message) as caught:
-            generate(sd1, registry, [bad])
+            gen(sd1, registry, [bad])
         assert caught.value.loc == (*LOC, field)
     with pytest.raises(ParamError, match="cross-attention") as caught:
-        generate(sdxl, registry, [ip_unit()])
+        gen(sdxl, registry, [ip_unit()])
     assert caught.value.loc == (*LOC, "model")
 
 
@@ -323,19 +328,18 @@ def ref_unit(**values):
 
 
 def test_reference_units_steer_the_image_without_a_model(sd1, registry):
-    fast = {"steps": 2}
-    plain = generate(sd1, registry, None, **fast)
-    assert torch.equal(generate(sd1, registry, [ref_unit(weight=0)], **fast).latents, plain.latents)
+    plain = gen(sd1, registry, None)
+    assert torch.equal(gen(sd1, registry, [ref_unit(weight=0)]).latents, plain.latents)
     results = {}
     for module in ("reference_only", "reference_adain", "reference_adain+attn"):
-        results[module] = generate(sd1, registry, [ref_unit(module=module)], **fast).latents
+        results[module] = gen(sd1, registry, [ref_unit(module=module)]).latents
         assert not torch.allclose(results[module], plain.latents, atol=1e-4), module
     assert not torch.allclose(results["reference_only"], results["reference_adain"], atol=1e-4)
     assert not torch.allclose(results["reference_adain+attn"], results["reference_only"], atol=1e-4)
     # the same job again is the same image (the reference's noise is seeded by the batch's seed)
-    torch.testing.assert_close(generate(sd1, registry, [ref_unit()], **fast).latents, results["reference_only"])
+    torch.testing.assert_close(gen(sd1, registry, [ref_unit()]).latents, results["reference_only"])
     for changed in (ref_unit(threshold_a=0.0), ref_unit(weight=0.5)):
-        assert not torch.allclose(generate(sd1, registry, [changed], **fast).latents, results["reference_only"],
+        assert not torch.allclose(gen(sd1, registry, [changed]).latents, results["reference_only"],
                                   atol=1e-5), changed
     # nothing is left on the UNet: its processors and hooks are the ones it had
     assert all(type(p).__name__ not in ("ReferenceAttention", "IPAttention")
@@ -343,15 +347,15 @@ def test_reference_units_steer_the_image_without_a_model(sd1, registry):
     assert not any(module._forward_hooks for module in sd1.unet.modules())
     # a txt2img unit needs an image (img2img takes the init image, as for the other units)
     with pytest.raises(ParamError) as caught:
-        generate(sd1, registry, [ref_unit(image=None)], **fast)
+        gen(sd1, registry, [ref_unit(image=None)])
     assert caught.value.loc == (*LOC, "image")
 
 
 def test_reference_on_sdxl_and_in_img2img_with_a_t2i_adapter(sd1, sdxl, registry):
-    plain = generate(sdxl, registry, None, steps=2)
-    referenced = generate(sdxl, registry, [ref_unit(module="reference_adain+attn")], steps=2).latents
+    plain = gen(sdxl, registry, None)
+    referenced = gen(sdxl, registry, [ref_unit(module="reference_adain+attn")]).latents
     assert not torch.allclose(referenced, plain.latents, atol=1e-4)
-    alone = generate(sd1, registry, [ref_unit(image=None)], kind="img2img").latents
-    assert not torch.allclose(alone, generate(sd1, registry, None, kind="img2img").latents, atol=1e-4)
-    both = generate(sd1, registry, [ref_unit(image=None), unit()], kind="img2img").latents
+    alone = gen(sd1, registry, [ref_unit(image=None)], kind="img2img").latents
+    assert not torch.allclose(alone, gen(sd1, registry, None, kind="img2img").latents, atol=1e-4)
+    both = gen(sd1, registry, [ref_unit(image=None), unit()], kind="img2img").latents
     assert not torch.allclose(both, alone, atol=1e-4)
