@@ -220,6 +220,12 @@ def test_an_ip_adapter_unit_changes_the_image_and_weight_zero_does_not(sd1, regi
     for changed in (ip_unit(weight=0.5), ip_unit(image=b64(other)), ip_unit(guidance_end=0.5),
                     ip_unit(model="ip-adapter-plus_sd15")):
         assert not torch.allclose(gen(sd1, registry, [changed]).latents, controlled.latents, atol=1e-5), changed
+    # a mask leaves what it paints out of the CLIP input (the extension's CLIP mask): black paints nothing
+    black, half = np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8)
+    half[:, :32] = 255
+    torch.testing.assert_close(gen(sd1, registry, [ip_unit(mask=b64(black))]).latents, controlled.latents,
+                               rtol=0, atol=0)
+    assert not torch.allclose(gen(sd1, registry, [ip_unit(mask=b64(half))]).latents, controlled.latents, atol=1e-5)
     # the .bin of the same adapter and the auto module give the same image
     torch.testing.assert_close(gen(sd1, registry, [ip_unit(model="ip-adapter_sd15_bin")]).latents,
                                controlled.latents)

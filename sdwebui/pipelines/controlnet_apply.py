@@ -194,13 +194,18 @@ def adapter_scales(unit: dict, count: int, forced_soft: bool = False) -> list[fl
 
 
 def clip_pixels(image: np.ndarray, size: int, device, dtype) -> torch.Tensor:
-    """A uint8 RGB array as the CLIP image encoder takes it: resized to `size` with OpenCV's area filter (the
-    extension's `cv2.resize(..., (224, 224), INTER_AREA)`) and normalised with CLIP's mean and std."""
-    resized = cv2.resize(np.ascontiguousarray(image[:, :, :3]), (size, size), interpolation=cv2.INTER_AREA)
-    pixels = torch.from_numpy(resized).float().div(255.0).permute(2, 0, 1)
+    """A uint8 RGB(A) array as the CLIP image encoder takes it: resized to `size` with OpenCV's area filter (the
+    extension's `cv2.resize(..., (224, 224), INTER_AREA)`) and normalised with CLIP's mean and std. A fourth
+    channel is the unit's mask: the normalised pixels are multiplied by (255 - mask) / 255, so what the mask paints
+    is left out, as the extension's `ClipVisionDetector` does."""
+    resized = cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=cv2.INTER_AREA)
+    pixels = torch.from_numpy(np.ascontiguousarray(resized[:, :, :3])).float().div(255.0).permute(2, 0, 1)
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return ((pixels - mean) / std)[None].to(device, dtype)
+    pixels = (pixels - mean) / std
+    if resized.ndim == 3 and resized.shape[2] == 4:
+        pixels = pixels * torch.from_numpy(255.0 - resized[:, :, 3].astype(np.float32)).div(255.0)[None]
+    return pixels[None].to(device, dtype)
 
 
 class IPAttention:

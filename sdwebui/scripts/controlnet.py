@@ -24,6 +24,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sdwebui.core.errors import ParamError
 from sdwebui.models.controlnet_files import ControlNetLibrary, checkpoint_target, control_model_target, mismatch
 from sdwebui.pipelines.controlnet_units import (
@@ -232,7 +234,13 @@ class ControlNet(Script):
         if unit["image"] is not None:
             image = decode_image(unit["image"])
             mask = decode_image(unit["mask"]) if unit["mask"] is not None else None
-            array = as_array(image, mask)
+            if mask is not None and find_preprocessor(unit["module"]).clip is not None:
+                # IP-Adapter: the mask rides along as alpha (the extension's CLIP mask), not as the input
+                rgb = as_array(image)
+                alpha = np.asarray(mask.convert("L").resize((rgb.shape[1], rgb.shape[0])))
+                array = np.dstack([rgb, alpha])
+            else:
+                array = as_array(image, mask)
             return lambda: (array, unit["resize_mode"])
 
         def from_task():
