@@ -42,7 +42,7 @@ def model(tiny_sd1_path):
 
 def run(model, **values):
     params = Txt2ImgParams(**{"prompt": "a red square", "negative_prompt": "blurry", "width": 64, "height": 64,
-                              "steps": 3, "seed": 11, "sampler": "Euler", "rng": "cpu", **values})
+                              "steps": 2, "seed": 11, "sampler": "Euler", "rng": "cpu", **values})
     return txt2img(GenerationContext(model=model), params)
 
 
