@@ -9,6 +9,8 @@ For each: the time until every worker is ready, then
 - latency: one `/sdapi/v1/txt2img` at a time (median of `--repeat`), submit to image, as the client sees it. The
   overhead per job is `ray:1`'s median less `local`'s: the lease, the polls, the images coming back.
 - throughput: `--jobs` jobs from `--clients` concurrent clients; jobs/s = jobs / wall time.
+- lease overhead (Ray): per job, its time on the API node (started .. finished in its record) less its run on the
+  actor (`result.worker.seconds`): the lease, the polls, sending and writing the images, recording the outcome.
 
 On a machine with fewer cores than workers x threads, 2 actors cannot be twice as fast: they share the cores
 (each actor runs with `--threads`, default 1). On a cluster each actor has its own GPU.
@@ -81,6 +83,24 @@ class Server:
         self.log.close()
 
 
+def lease_overhead(client, args) -> float | None:
+    """Median over `--repeat` jobs (native API, one at a time) of the job's time on the API node (started ..
+    finished in its record) less its run on the worker (`result.worker.seconds`): what leasing it cost. None
+    without Ray."""
+    body = {"type": "txt2img", "prompt": "lease", "steps": args.steps, "width": args.size, "height": args.size,
+            "sampler": "Euler"}
+    costs = []
+    for seed in range(args.repeat):
+        job_id = client.post("/api/v1/jobs", json={**body, "seed": seed}).json()["id"]
+        while (view := client.get(f"/api/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            time.sleep(0.01)
+        worker = (view.get("result") or {}).get("worker")
+        if not worker or worker.get("seconds") is None:
+            return None
+        costs.append(view["finished"] - view["started"] - worker["seconds"])
+    return statistics.median(costs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modes", default="local,ray:1,ray:2", help="local and/or ray:N (default local,ray:1,ray:2)")
@@ -107,12 +127,14 @@ def main() -> int:
             url = f"http://127.0.0.1:{server.port}"
             run_round(url, server.workers * 2, server.workers * 4, request)  # warm every worker (model loaded)
             latency = statistics.median(txt2img(server.client, {**request, "seed": 7}) for _ in range(args.repeat))
+            overhead = lease_overhead(server.client, args)
             wall, _ = run_round(url, args.clients, args.jobs, request)
         finally:
             server.stop()
         rows.append((mode, ready, latency, args.jobs / wall))
+        lease = f"   lease overhead p50 {overhead * 1000:6.1f} ms" if overhead is not None else ""
         print(f"{mode:8} ready {ready:6.1f} s   latency p50 {latency * 1000:7.1f} ms   "
-              f"{args.jobs / wall:6.2f} jobs/s ({args.jobs} jobs, {args.clients} clients)", flush=True)
+              f"{args.jobs / wall:6.2f} jobs/s ({args.jobs} jobs, {args.clients} clients){lease}", flush=True)
     by_mode = {mode: (latency, rate) for mode, _, latency, rate in rows}
     if "local" in by_mode and "ray:1" in by_mode:
         print(f"scheduling overhead per job (ray:1 - local, p50 latency): "

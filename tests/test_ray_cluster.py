@@ -107,6 +107,8 @@ def test_jobs_from_concurrent_clients_finish_on_both_actors_with_their_seeds(ser
         assert view["status"] == "done", view["error"]
         assert view["result"]["seeds"] == [seed]
         ran_on.add(view["result"]["worker"]["id"])
+        # The run on the actor lies within the job's time on the API node (the lease).
+        assert 0 < view["result"]["worker"]["seconds"] <= view["finished"] - view["started"]
         # Written by the API node into its outputs folder and recorded once, under the path the result names.
         records = client.get("/api/v1/images", params={"job_id": job_id}).json()
         assert [record["path"] for record in records] == [image["path"] for image in view["result"]["images"]]

@@ -201,13 +201,14 @@ class ClusterWorker:
         self.outbox.begin(job.id, lease.get("saved") or {})
         with self._lock:
             self.job, self._preview_sent, self._skips = job, None, 0
+        started = time.perf_counter()
         try:
             outcome = self.services.worker.execute(job)
         finally:
             with self._lock:
                 self.job = None
         self.jobs_done += 1
-        return {"status": outcome.status, "error": outcome.error, "result": outcome.result,
+        return {"seconds": time.perf_counter() - started, "status": outcome.status, "error": outcome.error, "result": outcome.result,
                 "progress": outcome.progress, "records": outcome.images,
                 "images": [_encode(image) for image in job.images], "shipments": self.outbox.waiting(),
                 "models": self.services.held_models()}
@@ -609,8 +610,9 @@ class RayScheduler:
             paths = {placeholder(job.id, index): path for index, path in saved.items()}
             result = substitute(reply["result"], paths)
             if isinstance(result, dict):
+                # `seconds`: the run on the worker; the job's started..finished less this is the lease's cost.
                 result = {**result, "worker": {"id": slot.id, "node": slot.info.get("node"),
-                                               "host": slot.info.get("host")}}
+                                               "host": slot.info.get("host"), "seconds": reply.get("seconds")}}
             records = [substitute(record, paths) for record in reply.get("records") or ()]
             job.images = [_decode(item) for item in reply.get("images") or ()]
             status, error = reply["status"], reply["error"]
