@@ -135,6 +135,29 @@ def test_a_job_goes_to_the_actor_that_holds_its_checkpoint(client):
     assert workers[holder_a]["models"] == ["a.safetensors"] and workers[holder_b]["models"] == ["b.safetensors"]
 
 
+def test_the_scheduler_prefers_the_checkpoint_then_the_loras_then_an_empty_worker():
+    from types import SimpleNamespace
+
+    from sdwebui.server.cluster import RayScheduler, Slot
+    from sdwebui.server.queue import JobHandle
+
+    def job(checkpoint, prompt="a cat"):
+        payload = SimpleNamespace(checkpoint=checkpoint, params=SimpleNamespace(prompt=prompt))
+        return JobHandle("j", "txt2img", payload)
+
+    a_plain = Slot("w0", None, models=["/m/a.safetensors"], jobs_done=1)
+    a_style = Slot("w1", None, models=["/m/a.safetensors"], networks=frozenset({"lora:style"}), jobs_done=5)
+    empty = Slot("w2", None)
+    b = Slot("w3", None, models=["/m/b.safetensors"])
+    idle = [a_plain, a_style, empty, b]
+    assert RayScheduler.choose(idle, job("/m/b.safetensors")) is b
+    assert RayScheduler.choose(idle, job("/m/a.safetensors")) is a_plain  # fewer jobs done
+    assert RayScheduler.choose(idle, job("/m/a.safetensors", "a cat <lora:style:0.7>")) is a_style
+    assert RayScheduler.choose(idle, job("/m/c.safetensors")) is empty  # evicts nobody's model
+    assert RayScheduler.choose([a_style, b], job("/m/c.safetensors")) is b
+    assert RayScheduler.choose([], job("/m/a.safetensors")) is None
+
+
 def test_the_settings_page_shows_the_workers(server, client):
     from sdwebui.ui.settings import workers_html  # gradio: seconds to import
 

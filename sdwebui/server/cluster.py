@@ -51,6 +51,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from sdwebui.pipelines.context import StopFlags
 from sdwebui.pipelines.output import save_image
+from sdwebui.prompts.extra_networks import parse_prompt
 from sdwebui.server.config import ConfigError
 from sdwebui.server.payloads import load_payload
 from sdwebui.server.queue import JobHandle, Outcome, ProgressWriter, Worker, describe_failure
@@ -318,6 +319,8 @@ class Slot:
     info: dict = field(default_factory=dict)
     job: JobHandle | None = None
     models: list[str] = field(default_factory=list)
+    networks: frozenset[str] = frozenset()
+    """The LoRAs of the last job it ran (`job_networks`): a LoRA library keeps the last set's patched weights."""
     jobs_done: int = 0
     error: str | None = None
 
@@ -325,6 +328,7 @@ class Slot:
         return {"id": self.id, "state": self.state, "node": self.info.get("node"), "host": self.info.get("host"),
                 "pid": self.info.get("pid"), "device": self.info.get("device"), "gpus": self.info.get("gpus", []),
                 "models": [Path(path).name for path in self.models],
+                "loras": sorted(name.split(":", 1)[1] for name in self.networks),
                 "current_job": self.job.id if self.job is not None else None, "jobs_done": self.jobs_done,
                 "error": self.error}
 
@@ -507,14 +511,17 @@ class RayScheduler:
     @staticmethod
     def choose(idle: list[Slot], job: JobHandle) -> Slot | None:
         """Model affinity: an idle worker holding the job's checkpoint, else one holding no model (so another
-        worker's model is not evicted), else the one that did least."""
+        worker's model is not evicted), else the one that did least; among equals, one whose last job had the
+        same LoRAs (their patched weights are still there)."""
         if not idle:
             return None
         checkpoint = getattr(job.payload, "checkpoint", None)
+        networks = job_networks(job)
 
         def rank(slot: Slot) -> tuple:
             holds = checkpoint is not None and str(checkpoint) in slot.models
-            return (0 if holds else 1 if not slot.models else 2, slot.jobs_done)
+            same_networks = bool(networks) and networks == slot.networks
+            return (0 if holds else 1 if not slot.models else 2, 0 if same_networks else 1, slot.jobs_done)
 
         return min(idle, key=rank)
 
@@ -626,6 +633,7 @@ class RayScheduler:
             slot.jobs_done += 1
             if reply.get("models") is not None:
                 slot.models = list(reply["models"])
+            slot.networks = job_networks(job)
             self._cond.notify_all()
         self.jobs_done += 1
         self._end(job, Outcome(job.id, status, error, result, reply.get("progress") or job.progress.as_dict(),
@@ -675,6 +683,16 @@ class RayScheduler:
                 log.error("cannot re-queue job %s now (%s); retrying", job.id, error.reason)
                 if self._stopping.wait(1.0):
                     return  # still `running` in the store: the next start marks it interrupted
+
+
+def job_networks(job: JobHandle) -> frozenset[str]:
+    """The LoRAs (`kind:name`) a generation job's prompt names; none for other jobs."""
+    prompt = getattr(getattr(job.payload, "params", None), "prompt", None)
+    if not isinstance(prompt, str):
+        return frozenset()
+    _, calls = parse_prompt(prompt)
+    return frozenset(f"{call.kind}:{call.positional[0]}" for call in calls
+                     if call.kind in ("lora", "lyco") and call.positional)
 
 
 def _short(error: BaseException) -> str:
