@@ -163,3 +163,49 @@ def test_the_img2img_tabs_interrogate_button(server, tmp_path):
         "blue sky, smile"
     with pytest.raises(UIError, match="drop an image"):
         interrogated_prompt(server.services, {"mode": "img2img", "init_image": None})
+
+
+def test_extras_caption_writes_a_txt_beside_each_result_under_its_original_name(server):
+    """A1111's Extras "Caption" (postprocessing_caption.py) with Batch's original names: a captioned training set."""
+    from test_api_support import wait_for_job
+
+    blue, red = _b64png(Image.new("RGB", (32, 32), (0, 0, 255))), _b64png(Image.new("RGB", (32, 32), (255, 0, 0)))
+    with server.client() as client:
+        r = client.post("/api/v1/jobs", json={"type": "extras", "images": [blue, red], "names": ["sky.png", "../rose.jpg"],
+                                              "caption": ["WD14"]})
+        assert r.status_code == 202, r.text
+        view = wait_for_job(client, r.json()["id"])
+        assert view["status"] == "done", view
+        assert view["result"]["captions"] == ["blue sky, smile", "red \\(color\\), smile"]
+        saved = [server.config.paths.outputs_dir / image["path"] for image in view["result"]["images"]]
+        assert [path.name for path in saved] == ["sky.png", "rose.png"]  # a name is never a path
+        assert saved[1].parent == saved[0].parent
+        assert saved[0].with_suffix(".txt").read_text() == "blue sky, smile\n"
+        assert saved[1].with_suffix(".txt").read_text() == "red \\(color\\), smile\n"
+
+        saved[0].with_suffix(".txt").write_text("my own words")
+        for action, expected in (("Keep", "my own words"), ("Prepend", "my own words blue sky, smile"),
+                                 ("Ignore", "blue sky, smile")):
+            assert client.post("/sdapi/v1/options", json={"postprocessing_existing_caption_action": action}).is_success
+            r = client.post("/api/v1/jobs", json={"type": "extras", "images": [blue], "names": ["sky.png"],
+                                                  "caption": ["WD14"]})
+            assert wait_for_job(client, r.json()["id"])["status"] == "done"
+            assert saved[0].with_suffix(".txt").read_text().strip() == expected, action
+            if action == "Prepend":
+                saved[0].with_suffix(".txt").write_text("my own words")
+        client.post("/sdapi/v1/options", json={"postprocessing_existing_caption_action": "Ignore"})
+
+
+@pytest.mark.parametrize("body, field, message", [
+    ({"caption": ["BLIP"]}, "caption", "models/BLIP/"),  # not installed: said before anything is queued
+    ({"caption": ["Deepbooru"]}, "caption", "models/torch_deepdanbooru/"),
+    ({"caption": ["GPT"]}, "caption", ""),
+    ({"names": ["a.png", "b.png"]}, "names", "one name per image"),
+])
+def test_extras_caption_bad_input_is_422_and_queues_nothing(server, body, field, message):
+    with server.client() as client:
+        before = len(client.get("/api/v1/jobs").json())
+        r = client.post("/api/v1/jobs", json={"type": "extras", "images": [_b64png(Image.new("RGB", (8, 8)))], **body})
+        assert r.status_code == 422, r.text
+        assert r.json()["field"].startswith(field) and message in r.json()["message"]
+        assert len(client.get("/api/v1/jobs").json()) == before

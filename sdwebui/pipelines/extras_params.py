@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from sdwebui.core.errors import ParamError
 from sdwebui.pipelines.params import MAX_SIDE
 
+CAPTIONERS = {"Deepbooru": "deepdanbooru", "BLIP": "blip", "WD14": "wd14"}
+"""Extras' "Caption" choices (A1111's `postprocessing_caption.py` offers the first two; WD14 is the tagger extension's)
+and the interrogation model each runs."""
+
 
 @dataclass(frozen=True)
 class ExtrasParams:
@@ -26,8 +30,15 @@ class ExtrasParams:
     codeformer_weight: float = 0.0
     """CodeFormer's restored faces blended over the image (0 = off), and its fidelity (0 = maximum effect); A1111's
     extras default is 0 for both."""
+    caption: tuple[str, ...] = ()
+    """A1111's Extras "Caption": each result captioned by these (`CAPTIONERS`), joined with ", ", and written to a
+    `.txt` beside the saved image (what LoRA trainers read)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "caption", tuple(self.caption))
+        unknown = [name for name in self.caption if name not in CAPTIONERS]
+        if unknown:
+            raise ParamError("caption", f"unknown captioner {unknown[0]!r} (choose from {', '.join(CAPTIONERS)})")
         if self.resize_mode not in (0, 1):
             raise ParamError("resize_mode", f"must be 0 (scale by) or 1 (scale to), got {self.resize_mode!r}")
         if isinstance(self.upscaling_resize, bool) or not isinstance(self.upscaling_resize, (int, float)) or not (
@@ -62,4 +73,4 @@ class ExtrasParams:
         return int(width * scale // 8 * 8), int(height * scale // 8 * 8)
 
 
-__all__ = ["ExtrasParams"]
+__all__ = ["CAPTIONERS", "ExtrasParams"]

@@ -134,15 +134,19 @@ def save_image(
     fields: dict | None = None,
     extra_text: Mapping[str, str] | None = None,
     basename: str = "",
+    filename: str = "",
 ) -> Path:
     """Save `image` as the next `NNNNN-<pattern>.png` in `outdir` (or `outdir/YYYY-MM-DD`); return its path.
     `fields` are the values of the pattern's tags (see `apply_filename_pattern`). With a `basename` the name is
-    A1111's `<basename>-NNNN.png` (its grids: `grid-0000.png`), numbered apart from the images."""
+    A1111's `<basename>-NNNN.png` (its grids: `grid-0000.png`), numbered apart from the images. With a `filename`
+    (A1111's `forced_filename`: Extras' "use original name") it is exactly `<filename>.png`, replacing a file of
+    that name whole (never half-written)."""
     date = date or dt.date.today()
     folder = Path(outdir) / date.isoformat() if date_subdir else Path(outdir)
     folder.mkdir(parents=True, exist_ok=True)
     decoration = apply_filename_pattern(pattern, seed=seed, date=date, fields=fields)
     suffix = f"-{decoration}.png" if decoration else ".png"
+    forced = sanitize_filename_part(Path(filename).stem, replace_spaces=False) if filename else ""
 
     tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}.png"
     try:
@@ -150,6 +154,10 @@ def save_image(
             image.save(f, format="PNG", pnginfo=png_info(infotext, extra_text))
             f.flush()
             os.fsync(f.fileno())
+        if forced:
+            final = folder / f"{forced}.png"
+            os.replace(tmp, final)
+            return final
         number = next_sequence_number(folder, basename)
         for _ in range(_MAX_ATTEMPTS):
             # Reserve the number (not just the name: savers with different seeds would not collide on names).

@@ -8,6 +8,7 @@ GPU at a time); the job itself is `server.payloads.ExtrasPayload`, run by `serve
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,15 +75,22 @@ class ExtrasJob(ExtrasUpscaleFields):
 
     type: Literal["extras"] = "extras"
     images: list[str] = Field(..., min_length=1, max_length=64, description="base64 images")
+    names: list[str] = Field(default_factory=list, max_length=64,
+                             description="file names for the saved results (setting use_original_name_batch)")
+    caption: list[Literal["Deepbooru", "BLIP", "WD14"]] = Field(
+        default_factory=list, description="A1111's Extras Caption: each result's caption written to a .txt beside it")
     save_images: bool = True
 
 
 def native_extras_request(services: "Services", job: ExtrasJob) -> ExtrasRequest:
     """A native extras job as the service's request (images decoded and checked here: 422 naming `images.N`);
     its images are saved to `outputs/extras-images` and recorded in the history when `save_images` is on."""
-    params = extras_params(ExtrasBaseRequest(**job.model_dump(exclude={"type", "images", "save_images"})))
+    params = extras_params(ExtrasBaseRequest(**job.model_dump(exclude={"type", "images", "names", "caption",
+                                                                       "save_images"})), caption=job.caption)
     images = [(("images", i), decode_base64_image(text, ("images", i))) for i, text in enumerate(job.images)]
-    return ExtrasRequest(params, images, save_images=job.save_images, client="native")
+    if job.names and len(job.names) != len(job.images):
+        raise FieldError(("names",), f"one name per image: {len(job.names)} names for {len(job.images)} images")
+    return ExtrasRequest(params, images, names=job.names, save_images=job.save_images, client="native")
 
 
 class ExtrasSingleImageResponse(BaseModel):
@@ -95,8 +103,8 @@ class ExtrasBatchImagesResponse(BaseModel):
     html_info: str
 
 
-def extras_params(req: ExtrasBaseRequest) -> ExtrasParams:
-    """A1111 request -> ExtrasParams, or a FieldError naming the A1111 field."""
+def extras_params(req: ExtrasBaseRequest, caption: Sequence[str] = ()) -> ExtrasParams:
+    """A1111 request (and Extras' Caption choices) -> ExtrasParams, or a FieldError naming the A1111 field."""
     try:
         return ExtrasParams(
             resize_mode=req.resize_mode,
@@ -110,6 +118,7 @@ def extras_params(req: ExtrasBaseRequest) -> ExtrasParams:
             gfpgan_visibility=float(req.gfpgan_visibility),
             codeformer_visibility=float(req.codeformer_visibility),
             codeformer_weight=float(req.codeformer_weight),
+            caption=tuple(caption),
         )
     except ParamError as error:
         raise FieldError(error.loc, error.message) from None

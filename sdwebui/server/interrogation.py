@@ -1,6 +1,7 @@
-"""Interrogation, for every caller (the A1111 route, the img2img and PNG Info buttons, Loopback): an image's caption
-(`clip`: BLIP + CLIP), DeepDanbooru's tags (`deepdanbooru`) or a WD14 tagger's (a folder name in
-`models/interrogators`, or `wd14` for the first one), formatted with A1111's settings.
+"""Interrogation, for every caller (the A1111 route, the img2img and PNG Info buttons, Loopback, Extras' Caption): an
+image's caption (`clip`: BLIP + CLIP; `blip`: BLIP's caption alone, as Extras' Caption uses it), DeepDanbooru's tags
+(`deepdanbooru`) or a WD14 tagger's (a folder name in `models/interrogators`, or `wd14` for the first one),
+formatted with A1111's settings.
 
 A model that is not installed is a FieldError naming `model` and the folder to put it in (A1111 downloads it; this
 server never does). The models run beside the generation queue, one interrogation at a time; BLIP, CLIP and
@@ -18,7 +19,8 @@ from sdwebui.server.errors import FieldError
 if TYPE_CHECKING:
     from sdwebui.server.services import Services
 
-BUILTIN = ("clip", "deepdanbooru")
+BUILTIN = ("clip", "blip", "deepdanbooru")
+NEEDS = {"clip": ("blip", "clip"), "blip": ("blip",), "deepdanbooru": ("deepdanbooru",)}
 
 
 def check_model(services: Services, model: str) -> str:
@@ -31,8 +33,7 @@ def check_model(services: Services, model: str) -> str:
         from sdwebui.models.blip_clip import InterrogateModelMissing  # torch: not at start-up
 
         installed = services.interrogate_models.installed()
-        needed = ("blip", "clip") if wanted.lower() == "clip" else ("deepdanbooru",)
-        for kind in needed:
+        for kind in NEEDS[wanted.lower()]:
             if not installed[kind]:
                 try:  # the library's message names the folder
                     getattr(services.interrogate_models, kind)()
@@ -72,8 +73,8 @@ def caption_image(services: Services, image, model: str = "wd14") -> str:
 def _builtin(services: Services, model: str, image, options) -> str:
     from sdwebui.models.blip_clip import InterrogateModelMissing  # torch and transformers: not at start-up
     from sdwebui.models.files import ModelFileError
-    from sdwebui.pipelines.clip_interrogator import (ClipOptions, clip_interrogate, deepbooru_probabilities,
-                                                     load_categories)
+    from sdwebui.pipelines.clip_interrogator import (ClipOptions, blip_caption, clip_interrogate,
+                                                     deepbooru_probabilities, load_categories)
 
     library = services.interrogate_models
     with library.lock:
@@ -84,6 +85,8 @@ def _builtin(services: Services, model: str, image, options) -> str:
                 categories = load_categories(folder, settings.skip_categories) if any(folder.glob("*.txt")) \
                     else load_categories(skip=settings.skip_categories)
                 return clip_interrogate(library.blip(), library.clip(), image, settings, categories)
+            if model == "blip":
+                return blip_caption(library.blip(), image, ClipOptions.from_settings(options))
             net = library.deepdanbooru()
             return format_tags(deepbooru_probabilities(net, image), TagOptions.from_settings(options))
         except (InterrogateModelMissing, ModelFileError) as error:

@@ -167,6 +167,11 @@ OPTIONS: dict[str, OptionSpec] = {
     "enable_pnginfo": OptionSpec(True, "Save text information about generation parameters as chunks to png files",
                                  bool),
     "save_to_dirs": OptionSpec(True, "Save images to a subdirectory (by date)", bool),
+    "use_original_name_batch": OptionSpec(True, "Use original name for output filename during batch process in "
+                                          "extras tab", bool),
+    "postprocessing_existing_caption_action": OptionSpec(
+        "Ignore", "Action for existing captions (Extras' Caption, when a .txt is already beside the image)", str,
+        choices=("Ignore", "Keep", "Prepend", "Append")),
     "samples_filename_pattern": OptionSpec(
         "", "Images filename pattern ([seed], [steps], [cfg], [sampler], [model_name], [prompt_words], ...; "
         "empty = [seed])", str),

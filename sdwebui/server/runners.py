@@ -18,6 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from sdwebui.pipelines.extras_params import CAPTIONERS
 from sdwebui.pipelines.grids import grid_rows, image_grid
 from sdwebui.pipelines.jobs import TaskRunner, drive_tasks, job_script, run_tasks, total_batches
 from sdwebui.pipelines.scripts import GenerationTask, JobOutcome
@@ -363,7 +364,7 @@ def run_extras(job: "JobHandle", services: "Services") -> dict:
     payload: ExtrasPayload = job.payload
     tiles = TileOptions(payload.tile, payload.tile_overlap)
     stop = job.stop
-    images, infotexts, notes = [], [], []
+    images, infotexts, notes, captions = [], [], [], []
     total = len(payload.images)
     for index, data in enumerate(payload.images):
         if stop.interrupted.is_set():
@@ -379,24 +380,48 @@ def run_extras(job: "JobHandle", services: "Services") -> dict:
             result.image.info["postprocessing"] = result.infotext
         images.append(result.image)
         infotexts.append(result.infotext)
+        captions.append(", ".join(text for text in (caption_image(services, result.image, CAPTIONERS[name])
+                                                    for name in payload.params.caption) if text))
         notes.extend(note for note in result.notes if note not in notes)
         job.report_step(index + 1, total, 0, 1, None)
     job.images = images
     saved: list[dict] = []
     if payload.output.save and images:
         outputs = services.paths.outputs_dir
-        for image, info in zip(images, infotexts):
+        options = services.options.all()
+        for index, (image, info) in enumerate(zip(images, infotexts)):
             # The saved PNG keeps the generation infotext it came with (as A1111's extras do); the history records
             # that, or the upscaling's infotext for a picture without one.
             original = image.info.get("parameters") or ""
+            name = payload.names[index] if index < len(payload.names) else ""
             path = services.write_image(image, outputs / payload.output.folder, seed=0, infotext=original, pattern="",
                               date_subdir=payload.output.date_subdir,
-                              extra_text={"postprocessing": info} if info else None)
+                              extra_text={"postprocessing": info} if info else None,
+                              filename=name if options["use_original_name_batch"] else "")
+            if captions[index] and path.exists():  # (a Ray actor's path is a placeholder: the caption is in the result)
+                write_caption(path.with_suffix(".txt"), captions[index], options["postprocessing_existing_caption_action"])
             relative = _relative_to(path, outputs)
             image_id = record_image(services, job, path=relative, infotext=original or info,
                                     params=payload.to_json()["params"], width=image.width, height=image.height)
             saved.append({"id": image_id, "path": relative})
-    return {"infotexts": infotexts, "sizes": [list(image.size) for image in images], "images": saved, "notes": notes}
+    return {"infotexts": infotexts, "sizes": [list(image.size) for image in images], "images": saved, "notes": notes,
+            **({"captions": captions} if payload.params.caption else {})}
+
+
+def write_caption(path, caption: str, existing: str = "Ignore") -> None:
+    """A1111's Extras caption file: `caption` beside the saved image, or combined with the `.txt` already there as
+    the setting `postprocessing_existing_caption_action` says (Ignore: replace it, Keep, Prepend, Append); written
+    whole (a temporary file renamed), never half."""
+    try:
+        old = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        old = ""
+    if old and existing == "Keep":
+        return
+    text = {"Prepend": f"{old} {caption}", "Append": f"{caption} {old}"}.get(existing, caption) if old else caption
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text.strip() + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def run_load_model(job: "JobHandle", services: "Services") -> dict:

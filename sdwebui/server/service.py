@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdwebui.core.errors import ParamError
 from sdwebui.core.upscale_modes import is_latent_mode
-from sdwebui.pipelines.extras_params import ExtrasParams
+from sdwebui.pipelines.extras_params import CAPTIONERS, ExtrasParams
 from sdwebui.pipelines.jobs import job_script
 from sdwebui.pipelines.params import (
     DEFAULT_SAMPLER,
@@ -34,6 +34,8 @@ from sdwebui.pipelines.params import (
 )
 from sdwebui.pipelines.scripts import GenerationTask
 from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
+from sdwebui.server.errors import FieldError
+from sdwebui.server.interrogation import check_model
 from sdwebui.server.options import OptionError, output_folder
 from sdwebui.server.payloads import (
     PARAMS_TYPES,
@@ -183,6 +185,11 @@ class GenerationService:
             except UpscalerNotFoundError as error:
                 raise ParamError((name,), str(error.args[0])) from None
         self._check_extras_restorers(params)
+        for captioner in params.caption:
+            try:
+                check_model(self.services, CAPTIONERS[captioner])
+            except FieldError as error:
+                raise ParamError(("caption",), f"{captioner}: {error.message}") from None
         options = self.services.options.all()
         for loc, image in request.images:
             width, height = params.output_size(image.width, image.height)

@@ -3,8 +3,9 @@ A1111's "Single Image" and "Batch from Directory" sub-tabs.
 
 The job is the same one `/sdapi/v1/extra-single-image` (or `extra-batch-images`) queues (`server.extras`), so the
 browser and the API get the same pixels for the same settings. A folder's results are saved to the Extras outputs
-and the history, numbered as the other outputs (A1111 also takes an output directory and can keep the files' names,
-`use_original_name_batch`; as the img2img tab's Batch, this page never writes to a folder a browser names).
+and the history, under their own names (A1111's setting `use_original_name_batch`), with a `.txt` caption beside each
+when "Caption" is on (a LoRA training set). A1111 also takes an output directory; as the img2img tab's Batch, this
+page never writes to a folder a browser names.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from sdwebui.core.errors import ParamError
+from sdwebui.pipelines.extras_params import CAPTIONERS
 from sdwebui.server.errors import FieldError
 from sdwebui.server.extras import ExtrasSingleImageRequest, extras_params, html_info
 from sdwebui.server.service import ExtrasRequest, QueueFull
@@ -57,7 +59,7 @@ def submit_extras(services: Services, image, values: dict[str, Any]):
             codeformer_visibility=float(values.get("codeformer_visibility") or 0),
             codeformer_weight=float(values.get("codeformer_weight") or 0),
         )
-        params = extras_params(request)
+        params = extras_params(request, caption=values.get("caption") or () if values.get("caption_enable") else ())
         if batch:
             return services.generation.submit_extras(ExtrasRequest(
                 params, [(("batch_input_dir", name), picture) for name, picture, _ in batch],
@@ -116,6 +118,11 @@ def build(services: Services) -> ExtrasTab:
                 f["codeformer_weight"] = gr.Slider(0.0, 1.0, value=0.0, step=0.001,
                                                    label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
                                                    elem_id="extras_codeformer_weight", min_width=140)
+            # A1111's postprocessing_caption.py: each result's caption, written to a .txt beside the saved image
+            with gr.Accordion("Caption", open=False, elem_id="extras_caption_accordion"):
+                f["caption_enable"] = gr.Checkbox(False, label="Caption", elem_id="extras_caption_enable")
+                f["caption"] = gr.CheckboxGroup(list(CAPTIONERS), value=["Deepbooru"], show_label=False,
+                                                elem_id="extras_caption_option")
         with gr.Column(scale=1, min_width=300):
             c["status"] = gr.HTML("", elem_id="extras_status", padding=False)
             c["result"] = gr.Image(label="Result", type="pil", format="png", interactive=False,
@@ -137,10 +144,11 @@ def build(services: Services) -> ExtrasTab:
             yield progress_html(0, f"Error: {job.error or job.status}", state="error"), None, ""
             return
         infotexts = (job.result or {}).get("infotexts") or [""]
+        captions = (job.result or {}).get("captions") or [""]
         out = job.images[0]
         count = f"{len(job.images)} images · " if len(job.images) > 1 else ""
-        yield (progress_html(1, f"Done · {count}{out.width}x{out.height}", state="done"), out,
-               html_info(infotexts[0]))
+        info = "\n".join(text for text in (infotexts[0], f"Caption: {captions[0]}" if captions[0] else "") if text)
+        yield (progress_html(1, f"Done · {count}{out.width}x{out.height}", state="done"), out, html_info(info))
 
     single_tab.select(lambda: "single_image", None, f["mode"], show_progress="hidden", queue=False)
     folder_tab.select(lambda: "batch_from_directory", None, f["mode"], show_progress="hidden", queue=False)

@@ -23,6 +23,7 @@ TOP_BAR_OPTIONS = frozenset({"sd_model_checkpoint", "sd_vae", "sd_checkpoint_has
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Saving images", ("samples_save", "samples_format", "enable_pnginfo", "save_to_dirs", "outdir_samples",
                        "outdir_txt2img_samples")),
+    ("Postprocessing", ("use_original_name_batch", "postprocessing_existing_caption_action")),
     ("Live previews", ("live_previews_enable", "show_progress_every_n_steps")),
     ("Stable Diffusion", ("sd_checkpoints_limit", "sd_checkpoint_cache", "CLIP_stop_at_last_layers")),
     ("VAE", ("tiled_vae", "tiled_vae_tile_size")),
