@@ -139,6 +139,14 @@ def test_the_setting_reaches_an_api_job_and_a_bad_value_is_refused(tmp_path, tin
     with LiveServer(data, ui=False) as live, live.client() as client:
         done = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"token_merging_ratio": 0.5}})
         refused = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"token_merging_ratio": 2}})
+        # img2img: the setting token_merging_ratio_img2img, unless the request overrides token_merging_ratio
+        assert client.post("/sdapi/v1/options", json={"token_merging_ratio_img2img": 0.6}).status_code == 200
+        image = done.json()["images"][0]
+        from_setting = client.post("/sdapi/v1/img2img", json={**body, "init_images": [image]})
+        overridden = client.post("/sdapi/v1/img2img", json={**body, "init_images": [image],
+                                                             "override_settings": {"token_merging_ratio": 0.5}})
+    assert "Token merging ratio: 0.6" in from_setting.json()["info"]
+    assert "Token merging ratio: 0.5" in overridden.json()["info"]
     assert done.status_code == 200, done.text
     assert "Token merging ratio: 0.5" in done.json()["info"]
     assert refused.status_code == 422 and "token_merging_ratio" in refused.text

@@ -473,9 +473,9 @@ def settings_defaults(cls: type[GenerationParams], given: Mapping[str, Any], set
         elif spec.kind is bool and not value:
             continue
         elif spec.name == "token_merging_ratio":
-            # A1111's img2img takes `token_merging_ratio_img2img` when it is not 0. (A1111 lets a request's
-            # override_settings of `token_merging_ratio` win over it; `settings` here cannot tell an override
-            # from the stored setting. X/Y/Z's axis sets the parameter itself, which wins.)
+            # A1111's img2img takes `token_merging_ratio_img2img` when it is not 0 (a request's override_settings
+            # of `token_merging_ratio` win over it: the service clears the img2img one in `settings` then; X/Y/Z's
+            # axis sets the parameter itself, which wins too).
             if cls.KIND == "img2img" and settings.get("token_merging_ratio_img2img"):
                 value = settings["token_merging_ratio_img2img"]
             if not float(value):

@@ -129,6 +129,9 @@ class GenerationService:
         services = self.services
         overrides = self._checked_overrides(request.overrides)
         options = {**services.options.all(), **overrides}
+        if request.kind == "img2img" and "token_merging_ratio" in overrides and \
+                "token_merging_ratio_img2img" not in overrides:
+            options["token_merging_ratio_img2img"] = 0.0  # A1111: a request's own ratio wins over img2img's setting
         checkpoint = self._checkpoint_path(
             request.checkpoint or overrides.get("sd_model_checkpoint") or options.get("sd_model_checkpoint"),
             ("checkpoint",) if request.checkpoint or "sd_model_checkpoint" not in overrides
