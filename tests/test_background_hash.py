@@ -105,3 +105,28 @@ def test_a_failed_background_hash_raises_where_the_hash_is_used(tmp_path):
     assert isinstance(pending, hashing.PendingHash)
     with pytest.raises(OSError):
         pending.result(30)
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_hash(tmp_path, checkpoint):
+    """A full disk or read-only data folder: the hash is right, only not kept (a real full disk once made the
+    background hash fail, and with it every later job's infotext)."""
+    not_a_folder = tmp_path / "cache-is-a-file"
+    not_a_folder.write_text("")
+    expected = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert hashing.HashCache(not_a_folder).sha256(checkpoint) == expected
+    assert hashing.sha256_later(checkpoint, not_a_folder).result(timeout=30) == expected
+
+
+def test_a_failed_background_hash_is_raised_once_then_hashed_again():
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return "ab" * 32
+
+    pending = hashing.PendingHash(flaky)
+    with pytest.raises(OSError, match="No space left"):
+        pending.result(timeout=30)
+    assert pending.result(timeout=30) == "ab" * 32 and len(calls) == 2

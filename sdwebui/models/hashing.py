@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 CACHE_FILE_NAME = "hashes.json"
 _CHUNK = 1 << 20
@@ -134,7 +137,11 @@ class HashCache:
                 return cached["sha256"]
         digest = addnet_hash_file(path) if addnet else sha256_file(path)
         with self._lock:
-            self._write_entry(key, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest})
+            try:
+                self._write_entry(key, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest})
+            except OSError as error:  # a full disk, a read-only data folder: the hash is right, only not kept
+                log.warning("cannot keep the hash of %s in %s (%s); it will be computed again next time",
+                            path.name, self.file, error.strerror or error)
         return digest
 
 
@@ -154,6 +161,7 @@ class PendingHash:
     raised). hashlib releases the GIL on large blocks, so the hash really runs beside the caller."""
 
     def __init__(self, compute: Callable[[], str], name: str = "file"):
+        self._compute = compute
         self._done = threading.Event()
         self._value: str | None = None
         self._error: BaseException | None = None
@@ -173,10 +181,17 @@ class PendingHash:
         return self._done.is_set()
 
     def result(self, timeout: float | None = None) -> str:
+        """The hash; or what hashing raised, once, and the file is hashed again (in the background) for the next
+        call, so a passing fault (a file being replaced, an I/O error) does not fail every later job that shows
+        the hash."""
         if not self._done.wait(timeout):
             raise TimeoutError("the file is still being hashed")
         if self._error is not None:
-            raise self._error
+            error, self._error = self._error, None
+            self._done.clear()
+            self._thread = threading.Thread(target=self._run, args=(self._compute,), daemon=True)
+            self._thread.start()
+            raise error
         assert self._value is not None
         return self._value
 
