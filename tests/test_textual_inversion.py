@@ -202,3 +202,25 @@ def test_a1111_routes_create_train_and_refuse_bad_input(tmp_path, tiny_sd1_path)
         assert sorted(p.name for p in (log / "embeddings").iterdir()) == ["apiword-1.pt", "apiword-2.pt"]
         assert [p.name for p in (log / "images").iterdir()] == ["apiword-2.png"]
         assert client.get("/sdapi/v1/embeddings").json()["loaded"]["apiword"]["step"] == 2
+
+        # As a job: /progress follows it (step, loss), /interrupt stops it and the steps done are saved.
+        import threading
+        import time
+
+        long = {**body, "steps": 10_000, "save_embedding_every": 0, "create_image_every": 0}
+        answer: dict = {}
+        worker = threading.Thread(target=lambda: answer.update(
+            response=live.client().post("/sdapi/v1/train/embedding", json=long)))
+        worker.start()
+        deadline = time.monotonic() + 120
+        progress = {}
+        while time.monotonic() < deadline:
+            progress = client.get("/sdapi/v1/progress").json()
+            if progress["state"]["job"] == "train_embedding" and "Loss:" in (progress["textinfo"] or ""):
+                break
+            time.sleep(0.2)
+        assert "Loss:" in progress["textinfo"] and progress["progress"] > 0, progress
+        assert client.post("/sdapi/v1/interrupt").status_code == 200
+        worker.join(120)
+        assert answer["response"].status_code == 200, answer["response"].text
+        assert 2 < load_embedding(path).step < 10_000
