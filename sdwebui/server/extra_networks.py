@@ -46,7 +46,8 @@ PAGES = {"textual inversion": "Textual Inversion", "hypernetworks": "Hypernetwor
 PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif")
 USER_METADATA_KEYS = ("description", "activation text", "preferred weight", "negative text", "notes", "sd version")
 SD_VERSIONS = ("Unknown", "SD1", "SD2", "SDXL")
-HYPERNETWORK_EXTENSIONS = (".pt", ".safetensors")
+HYPERNETWORK_EXTENSIONS = (".pt",)
+"""A1111 lists `**/*.pt` (`list_hypernetworks`), the only hypernetwork file `models.hypernetwork` reads."""
 DEFAULT_MULTIPLIER = 1.0
 """A1111's `extra_networks_default_multiplier`: the weight inserted when a card has no preferred weight."""
 
@@ -193,7 +194,7 @@ def hypernetwork_dir(services: "Services") -> Path:
 
 
 def hypernetworks(services: "Services") -> dict[str, Path]:
-    """A1111's `list_hypernetworks`: every `.pt` (and `.safetensors`) below the folder, by file name."""
+    """A1111's `list_hypernetworks`: every `.pt` below the folder, by file name."""
     found: dict[str, Path] = {}
     folder = hypernetwork_dir(services)
     if not folder.is_dir():
