@@ -224,3 +224,15 @@ def test_a1111_routes_create_train_and_refuse_bad_input(tmp_path, tiny_sd1_path)
         worker.join(120)
         assert answer["response"].status_code == 200, answer["response"].text
         assert 2 < load_embedding(path).step < 10_000
+
+        # The native API queues the same jobs (`{"type": "create_embedding" | "train_embedding", ...}`).
+        created = client.post("/api/v1/jobs", json={"type": "create_embedding", "name": "nativeword"})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/v1/jobs/{job_id}").json()["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert client.get(f"/api/v1/jobs/{job_id}").json()["result"]["file"] == "nativeword.pt"
+        refused = client.post("/api/v1/jobs", json={**body, "type": "train_embedding", "steps": 0})
+        assert refused.status_code == 422 and "steps" in refused.text

@@ -2,7 +2,8 @@
 
     POST   /api/v1/jobs                  queue a job -> 202 {"id", "status", "queue_position"}
                                          (txt2img, img2img, extras; merge: the Checkpoint Merger;
-                                         convert, extract_lora, bake_lora: the model tools)
+                                         convert, extract_lora, bake_lora: the model tools;
+                                         create_embedding, train_embedding, train_hypernetwork: training)
     GET    /api/v1/jobs                  recent jobs (?status=queued&limit=50&offset=0)
     GET    /api/v1/jobs/{id}             status, progress (step, total, ETA), result, error
     GET    /api/v1/jobs/{id}/events      server-sent events: `progress` while it runs, then one `done`
@@ -48,6 +49,7 @@ from sdwebui.server.errors import FieldError
 from sdwebui.server.extras import ExtrasJob, native_extras_request
 from sdwebui.server.images import decode_base64_image
 from sdwebui.server.model_tools import TOOL_JOBS, MergeJob, submit_merge, submit_tool
+from sdwebui.server.training import TRAINING_JOBS, submit_training
 from sdwebui.server.queue import QueueFull
 from sdwebui.server.schemas import params_model
 from sdwebui.server.security import confine
@@ -92,7 +94,8 @@ Img2ImgJob = params_model(
     "Img2ImgJob", Img2ImgParams, _Img2ImgFields,
     doc="An img2img / inpainting job: the images plus A1111's img2img parameters (engine defaults: masked content "
         "\"original\", whole picture, padding 32, as A1111's UI).")
-JOB_MODELS = {"txt2img": Txt2ImgJob, "img2img": Img2ImgJob, "extras": ExtrasJob, "merge": MergeJob, **TOOL_JOBS}
+JOB_MODELS = {"txt2img": Txt2ImgJob, "img2img": Img2ImgJob, "extras": ExtrasJob, "merge": MergeJob, **TOOL_JOBS,
+              **TRAINING_JOBS}
 
 
 class JobCreated(BaseModel):
@@ -111,6 +114,7 @@ _JOB_BODY_SCHEMA = {
             {"title": "ExtrasJob", **ExtrasJob.model_json_schema()},
             {"title": "MergeJob", **MergeJob.model_json_schema()},
             *({"title": model.__name__, **model.model_json_schema()} for model in TOOL_JOBS.values()),
+            *({"title": model.__name__, **model.model_json_schema()} for model in TRAINING_JOBS.values()),
         ]}}},
     }
 }
@@ -149,6 +153,8 @@ def _job_routes(router: APIRouter, services: Services) -> None:
                 handle = await run_in_threadpool(submit_merge, services, job)
             elif isinstance(job, tuple(TOOL_JOBS.values())):  # convert, extract_lora, bake_lora
                 handle = await run_in_threadpool(submit_tool, services, job)
+            elif isinstance(job, tuple(TRAINING_JOBS.values())):  # textual inversion, hypernetworks (`server.training`)
+                handle = await run_in_threadpool(submit_training, services, job)
             else:
                 request = await run_in_threadpool(generation_request, job)
                 handle = await run_in_threadpool(services.generation.submit, request)

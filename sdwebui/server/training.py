@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,7 @@ class CreateEmbeddingJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    type: Literal["create_embedding"] = "create_embedding"
     name: str = Field(..., min_length=1, max_length=200)
     num_vectors_per_token: int = Field(1, ge=1, le=75)
     overwrite_old: bool = False
@@ -80,6 +81,7 @@ class _TrainJob(BaseModel):
 class TrainEmbeddingJob(_TrainJob):
     """A1111's `train_embedding` arguments."""
 
+    type: Literal["train_embedding"] = "train_embedding"
     embedding_name: str = Field(..., min_length=1, max_length=200)
     save_embedding_every: int = Field(500, ge=0)
     save_image_with_stored_embedding: bool = True
@@ -88,6 +90,7 @@ class TrainEmbeddingJob(_TrainJob):
 class TrainHypernetworkJob(_TrainJob):
     """A1111's `train_hypernetwork` arguments (its Train tab's hypernetwork learning rate by default)."""
 
+    type: Literal["train_hypernetwork"] = "train_hypernetwork"
     hypernetwork_name: str = Field(..., min_length=1, max_length=200)
     learn_rate: str | float = "0.00001"
     save_hypernetwork_every: int = Field(500, ge=0)
@@ -108,6 +111,18 @@ class CreateHypernetworkJob(BaseModel):
     add_layer_norm: bool = False
     use_dropout: bool = False
     dropout_structure: str | list[float] = "0, 0, 0"
+
+
+TRAINING_JOBS = {"create_embedding": CreateEmbeddingJob, "train_embedding": TrainEmbeddingJob,
+                 "train_hypernetwork": TrainHypernetworkJob}
+"""The native API's job types (`POST /api/v1/jobs {"type": "train_embedding", ...}`): the A1111 routes' bodies."""
+
+
+def submit_training(services: "Services", job: BaseModel):
+    """Queue a create_embedding / train_embedding / train_hypernetwork job (ParamError before anything is queued)."""
+    if isinstance(job, CreateEmbeddingJob):
+        return submit_create(services, job)
+    return submit_train(services, job)
 
 
 def _embedding_path(services: "Services", name: str, field: str) -> Path:
@@ -396,5 +411,5 @@ def _png(image) -> bytes:
 
 
 __all__ = ["CreateEmbeddingJob", "TrainEmbeddingJob", "TrainHypernetworkJob", "CreateHypernetworkJob",
-           "create_hypernetwork", "prepare_create", "prepare_train", "submit_create",
+           "create_hypernetwork", "TRAINING_JOBS", "submit_training", "prepare_create", "prepare_train", "submit_create",
            "submit_train", "run_training_job"]
