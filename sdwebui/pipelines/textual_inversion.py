@@ -193,9 +193,28 @@ class Sample:
     """The posterior (`random`)."""
 
 
-def read_dataset(data_root: Path, width: int, height: int, varsize: bool) -> list[tuple[Path, Image.Image, str]]:
+def bucket_size(image_size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """kohya's aspect-ratio buckets: the (w, h) of about `width * height` pixels, sides multiples of 64 (of 8 below
+    256), whose aspect ratio is nearest the image's."""
+    step = 64 if min(width, height) >= 256 else 8
+    area = width * height
+    best, best_err = (width, height), float("inf")
+    target = math.log(image_size[0] / image_size[1])
+    for w in range(step, 4 * max(width, height) + 1, step):
+        h = area // w // step * step
+        if h < step or max(w, h) > 4 * min(w, h):
+            continue
+        err = abs(math.log(w / h) - target)
+        if err < best_err - 1e-9:
+            best, best_err = (w, h), err
+    return best
+
+
+def read_dataset(data_root: Path, width: int, height: int, varsize: bool,
+                 buckets: bool = False) -> list[tuple[Path, Image.Image, str]]:
     """(path, RGB image at the training size, caption) for every image of `data_root`; ParamError naming
-    `data_root` when there are none or one cannot be read."""
+    `data_root` when there are none or one cannot be read. `buckets`: each image scaled to cover its
+    `bucket_size` and centre-cropped to it (kohya)."""
     out = []
     for path in sorted(Path(data_root).iterdir()):
         if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -205,7 +224,14 @@ def read_dataset(data_root: Path, width: int, height: int, varsize: bool) -> lis
                 image = opened.convert("RGB")
         except Exception as error:  # noqa: BLE001 - PIL fails in many ways on a damaged file
             raise ParamError(("data_root",), f"{path.name} is not a readable image ({error})") from None
-        if not varsize:
+        if buckets:
+            w, h = bucket_size(image.size, width, height)
+            scale = max(w / image.width, h / image.height)
+            image = image.resize((max(w, round(image.width * scale)), max(h, round(image.height * scale))),
+                                 Image.Resampling.BICUBIC)
+            left, top = (image.width - w) // 2, (image.height - h) // 2
+            image = image.crop((left, top, left + w, top + h))
+        elif not varsize:
             image = image.resize((width, height), Image.Resampling.BICUBIC)
         else:
             image = image.resize((image.width // 8 * 8 or 8, image.height // 8 * 8 or 8), Image.Resampling.BICUBIC)
@@ -295,6 +321,10 @@ class TrainOptions:
     """txt2img parameters of the preview images (`preview_from_txt2img`), or None: the last training text, 20
     steps, at the training size (A1111)."""
     seed: int | None = None
+    template_text: tuple[str, ...] | None = None
+    """Template lines used instead of `template_file` (LoRA training: the captions alone, "[filewords]")."""
+    buckets: bool = False
+    """Aspect-ratio buckets (`read_dataset`); batches hold one bucket's images (give `varsize` too)."""
 
 
 @dataclass
@@ -382,6 +412,8 @@ class TrainedThing:
     loss_file: str
     unet_scope: Callable[[], object] | None = None
     """A context manager around every UNet call (a hypernetwork's hooks), or None."""
+    suffix: str = ".pt"
+    """The copies' file suffix."""
 
 
 def training_loop(model: SDModel, options: TrainOptions, thing: TrainedThing, *,
@@ -391,6 +423,7 @@ def training_loop(model: SDModel, options: TrainOptions, thing: TrainedThing, *,
     from contextlib import nullcontext
 
     name, initial_step = thing.name, thing.initial_step
+    parameters = list(thing.parameters)  # may be a generator (`Module.parameters()`); used by AdamW and clipping
     result = TrainResult(thing.path, initial_step)
     if initial_step >= options.steps:
         return result  # A1111: "Model has already been trained beyond specified max steps"
@@ -408,15 +441,18 @@ def training_loop(model: SDModel, options: TrainOptions, thing: TrainedThing, *,
         log_dir = Path(options.log_directory) / datetime.date.today().isoformat() / name
         log_dir.mkdir(parents=True, exist_ok=True)
     result.log_dir = log_dir
-    lines = template_lines(options.template_file)
-    items = read_dataset(options.data_root, options.training_width, options.training_height, options.varsize)
+    lines = list(options.template_text) if options.template_text else template_lines(options.template_file)
+    items = read_dataset(options.data_root, options.training_width, options.training_height, options.varsize,
+                         options.buckets)
     samples = encode_dataset(model, items, options.latent_sampling_method)
     if options.batch_size > len(samples):
         raise ParamError(("batch_size",), f"larger than the {len(samples)} images of the dataset")
 
-    optimizer = torch.optim.AdamW(thing.parameters, lr=scheduler.learn_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=scheduler.learn_rate, weight_decay=0.0)
     unet_mode = model.unet.training
     model.unet.requires_grad_(False)
+    for param in parameters:  # a LoRA's weights live in the UNet
+        param.requires_grad_(True)
     scope = thing.unet_scope or nullcontext
     step = initial_step
     epoch_batches = _batches(samples, options.batch_size, options.varsize, rng)
@@ -446,7 +482,7 @@ def training_loop(model: SDModel, options: TrainOptions, thing: TrainedThing, *,
                 loss.backward()
                 total += float(loss.detach())
             if clip is not None:
-                clip(thing.parameters, clip_schedule.learn_rate)
+                clip(parameters, clip_schedule.learn_rate)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -455,7 +491,7 @@ def training_loop(model: SDModel, options: TrainOptions, thing: TrainedThing, *,
             if log_dir is not None:
                 _write_loss(log_dir / thing.loss_file, step, epoch_len, total, scheduler.learn_rate)
             if log_dir is not None and options.save_embedding_every and step % options.save_embedding_every == 0:
-                copy = log_dir / thing.folder / f"{name}-{step}.pt"
+                copy = log_dir / thing.folder / f"{name}-{step}{thing.suffix}"
                 thing.save(copy, f"{name}-{step}", step)
                 result.saved.append(copy)
             if log_dir is not None and thing.preview is not None and options.create_image_every \
@@ -513,6 +549,6 @@ def _write_loss(path: Path, step: int, epoch_len: int, loss: float, learn_rate: 
 
 
 __all__ = ["parse_schedule", "LearnRateScheduler", "list_templates", "template_lines", "clean_name",
-           "save_embedding", "init_vectors", "read_dataset", "make_text", "TrainOptions", "TrainResult",
+           "save_embedding", "init_vectors", "read_dataset", "bucket_size", "make_text", "TrainOptions", "TrainResult",
            "train_embedding", "training_loop", "TrainedThing", "diffusion_loss", "TrainingEmbeddings", "TEMPLATES_DIR", "LATENT_SAMPLING_METHODS",
            "CLIP_GRAD_MODES"]

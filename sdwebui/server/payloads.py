@@ -308,7 +308,7 @@ PAYLOAD_TYPES = {"txt2img": GenerationPayload, "img2img": GenerationPayload, "ex
                  "load_model": LoadModelPayload, "merge": MergePayload, "convert": ModelToolPayload,
                  "extract_lora": ModelToolPayload, "bake_lora": ModelToolPayload,
                  "create_embedding": TrainingPayload, "train_embedding": TrainingPayload,
-                 "train_hypernetwork": TrainingPayload}
+                 "train_hypernetwork": TrainingPayload, "train_lora": TrainingPayload}
 
 
 def load_payload(kind: str, data: Mapping[str, Any]) -> Any:

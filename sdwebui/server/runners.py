@@ -432,7 +432,7 @@ def run_load_model(job: "JobHandle", services: "Services") -> dict:
 RUNNERS = {"txt2img": run_generation, "img2img": run_generation, "extras": run_extras, "load_model": run_load_model,
            "merge": run_merge_job, "convert": run_tool_job, "extract_lora": run_tool_job, "bake_lora": run_tool_job,
            "create_embedding": run_training_job, "train_embedding": run_training_job,
-           "train_hypernetwork": run_training_job}
+           "train_hypernetwork": run_training_job, "train_lora": run_training_job}
 
 
 __all__ = ["run_generation", "run_extras", "run_load_model", "RUNNERS", "ImageSaver", "generation_result"]

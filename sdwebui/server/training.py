@@ -113,8 +113,48 @@ class CreateHypernetworkJob(BaseModel):
     dropout_structure: str | list[float] = "0, 0, 0"
 
 
+class TrainLoraJob(BaseModel):
+    """LoRA training (kohya's `train_network.py` semantics, `pipelines.lora_training`): the images of `data_root`
+    with their `.txt` captions, a LoRA of `rank` / `alpha` on the UNet's attention projections, written to
+    models/Lora/<name>.safetensors in kohya's format. An existing file of that name is resumed from its
+    `ss_steps` (`resume`), or replaced with `overwrite_old`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["train_lora"] = "train_lora"
+    name: str = Field(..., min_length=1, max_length=200)
+    data_root: str = Field(..., min_length=1, max_length=1000)
+    rank: int = Field(8, description="the LoRA's dimension (network_dim), > 0", le=1024)
+    alpha: float | None = Field(None, description="network_alpha (scale alpha / rank); default: the rank",
+                                gt=0, le=1024)
+    learn_rate: str | float = Field("1e-4", description='a rate, or a schedule "1e-4:500, 5e-5"')
+    steps: int = Field(1000, description="train until the file's ss_steps reaches this")
+    batch_size: int = Field(1, ge=1, le=64)
+    resolution: int = Field(512, ge=64, le=2048, multiple_of=8)
+    buckets: bool = Field(True, description="aspect-ratio buckets of about resolution² pixels (kohya)")
+    resume: bool = True
+    overwrite_old: bool = False
+    shuffle_tags: bool = False
+    tag_drop_out: float = Field(0.0, ge=0.0, le=1.0)
+    log_directory: str = Field("textual_inversion", max_length=1000)
+    save_every: int = Field(500, ge=0, description="a copy in the log folder every N steps (0: never)")
+    create_image_every: int = Field(500, ge=0)
+    preview_from_txt2img: bool = False
+    preview_prompt: str = Field("", max_length=10000)
+    preview_negative_prompt: str = Field("", max_length=10000)
+    preview_steps: int = Field(20, ge=1, le=150)
+    preview_sampler_name: str | None = Field(None, max_length=100)
+    preview_sampler_index: int | None = Field(None, ge=0)
+    preview_scheduler: str | None = Field(None, max_length=100)
+    preview_cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    preview_seed: int = -1
+    preview_width: int = Field(512, ge=64, le=2048, multiple_of=8)
+    preview_height: int = Field(512, ge=64, le=2048, multiple_of=8)
+    seed: int | None = None
+
+
 TRAINING_JOBS = {"create_embedding": CreateEmbeddingJob, "train_embedding": TrainEmbeddingJob,
-                 "train_hypernetwork": TrainHypernetworkJob}
+                 "train_hypernetwork": TrainHypernetworkJob, "train_lora": TrainLoraJob}
 """The native API's job types (`POST /api/v1/jobs {"type": "train_embedding", ...}`): the A1111 routes' bodies."""
 
 
@@ -122,6 +162,9 @@ def submit_training(services: "Services", job: BaseModel):
     """Queue a create_embedding / train_embedding / train_hypernetwork job (ParamError before anything is queued)."""
     if isinstance(job, CreateEmbeddingJob):
         return submit_create(services, job)
+    if isinstance(job, TrainLoraJob):
+        payload = prepare_train_lora(services, job)
+        return services.queue.submit(payload.job, payload)
     return submit_train(services, job)
 
 
@@ -236,7 +279,60 @@ def prepare_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetw
     return TrainingPayload(kind, args, checkpoint, vae)
 
 
-def _preview_params(job: _TrainJob) -> dict:
+def prepare_train_lora(services: "Services", job: TrainLoraJob) -> TrainingPayload:
+    """Check a LoRA training request (422 naming the field) and resolve its paths."""
+    from sdwebui.pipelines.lora_training import stored_step
+    from sdwebui.pipelines.textual_inversion import IMAGE_SUFFIXES, clean_name, parse_schedule
+
+    name = clean_name(job.name)
+    if not name or name.startswith("."):
+        raise ParamError(("name",), "the name has no letters, digits or ._- characters")
+    if job.rank <= 0:
+        raise ParamError(("rank",), "must be positive")
+    if job.steps <= 0:
+        raise ParamError(("steps",), "Max steps must be positive")
+    try:
+        parse_schedule(job.learn_rate, job.steps)
+    except ValueError as error:
+        raise ParamError(("learn_rate",), f"not a learning rate schedule: {error}") from None
+    root = Path(job.data_root).expanduser()
+    if not root.is_absolute():
+        root = services.paths.data_dir / root
+    if not root.is_dir():
+        raise ParamError(("data_root",), f"Dataset directory {job.data_root} doesn't exist")
+    images = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise ParamError(("data_root",), f"Dataset directory {job.data_root} has no images")
+    if job.batch_size > len(images):
+        raise ParamError(("batch_size",), f"larger than the {len(images)} images of the dataset")
+    path = services.paths.lora_dir / f"{name}.safetensors"
+    resume = False
+    if path.exists():
+        if job.resume:
+            resume = True
+            if stored_step(path) >= job.steps:
+                raise ParamError(("steps",), f"{path.name} is already trained to step {stored_step(path)}")
+        elif not job.overwrite_old:
+            raise ParamError(("name",), f"file {path.name} already exists (resume continues it, overwrite_old "
+                                        "replaces it)")
+    log_dir = None
+    if job.save_every or job.create_image_every:
+        data_dir = services.paths.data_dir.resolve()
+        log_dir = (data_dir / (job.log_directory or "textual_inversion")).resolve()
+        if not log_dir.is_relative_to(data_dir):
+            raise ParamError(("log_directory",), "must be a folder inside the data folder")
+    preview = _preview_params(job) if job.preview_from_txt2img else None
+    checkpoint, vae = _model(services)
+    args = {"name": name, "output_path": str(path), "data_root": str(root), "rank": job.rank,
+            "alpha": float(job.alpha if job.alpha is not None else job.rank), "learn_rate": str(job.learn_rate),
+            "steps": job.steps, "batch_size": job.batch_size, "resolution": job.resolution, "buckets": job.buckets,
+            "resume": resume, "shuffle_tags": job.shuffle_tags, "tag_drop_out": job.tag_drop_out,
+            "log_directory": str(log_dir) if log_dir else None, "save_every": job.save_every,
+            "create_image_every": job.create_image_every, "preview": preview, "seed": job.seed}
+    return TrainingPayload("train_lora", args, checkpoint, vae)
+
+
+def _preview_params(job: "_TrainJob | TrainLoraJob") -> dict:
     from sdwebui.core.samplers.registry import sampler_names
     from sdwebui.core.samplers.resolve import resolve_sampling
 
@@ -326,6 +422,8 @@ def run_training_job(job: "JobHandle", services: "Services") -> dict:
     model = services.models.get(payload.checkpoint, vae=payload.vae)
     if payload.job == "create_embedding":
         return _create(services, model, payload.args)
+    if payload.job == "train_lora":
+        return _train_lora(job, services, model, payload.args)
     return _train(job, services, model, payload.args, hypernetwork=payload.job == "train_hypernetwork")
 
 
@@ -383,6 +481,46 @@ def _train(job: "JobHandle", services: "Services", model, args: dict[str, Any], 
             "interrupted": result.interrupted, "log_directory": str(result.log_dir) if result.log_dir else None}
 
 
+def _train_lora(job: "JobHandle", services: "Services", model, args: dict[str, Any]) -> dict:
+    from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.lora_training import LoraTrainOptions, train_lora
+    from sdwebui.pipelines.txt2img import txt2img
+
+    values = dict(args)
+    for key in ("output_path", "data_root", "log_directory"):
+        values[key] = Path(values[key]) if values.get(key) else None
+    options = LoraTrainOptions(**values)
+    job.progress.textinfo = "Initializing LoRA training..."
+
+    def on_step(step: int, steps: int, loss: float, text: str) -> None:
+        job.progress.textinfo = f"Loss: {loss:.7f}, Step: {step}, Last prompt: {text}"
+        job.report_step(step, steps, 0, 1)
+
+    def preview(prompt: str, step: int):
+        # The LoRA being trained is in the UNet while this runs: a plain txt2img draws with it.
+        values = dict(options.preview) if options.preview else {
+            "prompt": prompt, "steps": 20, "width": options.resolution, "height": options.resolution}
+        if values.get("seed", -1) == -1:
+            values["seed"] = 0
+        result = txt2img(GenerationContext(model=model, embeddings=None), Txt2ImgParams(**values))
+        image = result.images[0] if result.images else None
+        if image is not None:
+            job.progress.preview_png = _png(image)
+        return image
+
+    services.loras.release()  # patched tensors of earlier LoRAs: the UNet's own weights are trained around
+    try:
+        result = train_lora(model, options, on_step=on_step, should_stop=job.stop.interrupted.is_set,
+                            preview=preview)
+    finally:
+        services.loras.release()
+    job.interrupted = result.interrupted
+    return {"info": f"train LoRA complete: filename: {options.output_path} error: None",
+            "file": options.output_path.name, "step": result.step, "losses": result.losses,
+            "saved": [str(p) for p in result.saved], "images": [str(p) for p in result.images],
+            "interrupted": result.interrupted, "log_directory": str(result.log_dir) if result.log_dir else None}
+
+
 def _preview_image(model, trained, prompt: str, options, *, hypernetwork: bool):
     """A txt2img of the preview prompt with the embedding as it is now (A1111: `process_images` with the
     preview settings, or the last training text at 20 steps and the training size)."""
@@ -410,6 +548,6 @@ def _png(image) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["CreateEmbeddingJob", "TrainEmbeddingJob", "TrainHypernetworkJob", "CreateHypernetworkJob",
+__all__ = ["CreateEmbeddingJob", "TrainEmbeddingJob", "TrainHypernetworkJob", "TrainLoraJob", "prepare_train_lora", "CreateHypernetworkJob",
            "create_hypernetwork", "TRAINING_JOBS", "submit_training", "prepare_create", "prepare_train", "submit_create",
            "submit_train", "run_training_job"]
