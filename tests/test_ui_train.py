@@ -53,3 +53,28 @@ def test_train_tab_is_after_the_merger_and_makes_a1111_requests(services):
     with pytest.raises(UIError, match="tag_drop_out"):
         train_job("embedding", {**values, "tag_drop_out": 2.0})
 
+
+
+def test_lora_sub_tab_makes_train_lora_jobs(services):
+    import gradio as gr
+
+    from sdwebui.server.training import TrainLoraJob
+    from sdwebui.ui.fields import UIError
+    from sdwebui.ui.layout import build_ui
+    from sdwebui.ui.train import LORA_FIELDS, lora_job
+
+    demo = build_ui(services)
+    assert "LoRA" in [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+    values = {"lora_name": "mylora", "lora_data_root": "images", "lora_rank": 4.0, "lora_alpha": 2.0,
+              "lora_learn_rate": "1e-4:100, 5e-5", "lora_steps": 200.0, "lora_batch_size": 2.0,
+              "lora_resolution": 512, "lora_buckets": True, "lora_resume": True, "lora_overwrite_old": False,
+              "lora_shuffle_tags": False, "lora_tag_drop_out": 0.0, "lora_log_directory": "textual_inversion",
+              "lora_save_every": 50.0, "lora_create_image_every": 0.0, "lora_preview_prompt": "a zork"}
+    assert set(LORA_FIELDS) == set(values)
+    job = lora_job(values)
+    assert isinstance(job, TrainLoraJob) and job.type == "train_lora"
+    assert (job.rank, job.alpha, job.steps, job.batch_size, job.save_every) == (4, 2.0, 200, 2, 50)
+    assert job.preview_from_txt2img and job.preview_prompt == "a zork" and job.preview_width == 512
+    assert not lora_job({**values, "lora_preview_prompt": ""}).preview_from_txt2img
+    with pytest.raises(UIError, match="tag_drop_out"):
+        lora_job({**values, "lora_tag_drop_out": 3.0})

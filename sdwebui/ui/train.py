@@ -1,5 +1,5 @@
 """The Train tab, in A1111's layout (`modules/ui.py`, "Train"): sub-tabs Create embedding, Create hypernetwork and
-Train. The buttons go through the same functions as `/sdapi/v1/create/*` and `/sdapi/v1/train/*`
+Train, plus LoRA (kohya-style LoRA training, the native API's `train_lora` job). The buttons go through the same functions as `/sdapi/v1/create/*` and `/sdapi/v1/train/*`
 (`server.training`): a training job is queued like generation, the tab shows its progress (step, loss, last
 prompt) and its latest preview image, and Interrupt stops it after the current step (the steps done are saved).
 """
@@ -24,9 +24,11 @@ from sdwebui.server.training import (
     CreateHypernetworkJob,
     TrainEmbeddingJob,
     TrainHypernetworkJob,
+    TrainLoraJob,
     create_hypernetwork,
     submit_create,
     submit_train,
+    submit_training,
 )
 from sdwebui.ui.fields import UIError
 from sdwebui.ui.icons import icon_button
@@ -88,6 +90,26 @@ def train_job(kind: str, values: dict[str, Any]) -> BaseModel:
                                                "save_hypernetwork_every": every})
     return _checked(TrainEmbeddingJob, {**common, "embedding_name": values.get("embedding_name") or "",
                                         "save_embedding_every": every})
+
+
+LORA_FIELDS = ("lora_name", "lora_data_root", "lora_rank", "lora_alpha", "lora_learn_rate", "lora_steps",
+               "lora_batch_size", "lora_resolution", "lora_buckets", "lora_resume", "lora_overwrite_old",
+               "lora_shuffle_tags", "lora_tag_drop_out", "lora_log_directory", "lora_save_every",
+               "lora_create_image_every", "lora_preview_prompt")
+
+
+def lora_job(values: dict[str, Any]) -> TrainLoraJob:
+    """The LoRA sub-tab's inputs (`LORA_FIELDS`) as a `train_lora` job."""
+    v = {name.removeprefix("lora_"): values[name] for name in LORA_FIELDS}
+    for name in ("rank", "steps", "batch_size", "resolution", "save_every", "create_image_every"):
+        v[name] = int(v[name])
+    v["name"], v["data_root"] = v["name"] or "", v["data_root"] or ""
+    v["alpha"] = float(v["alpha"]) if v["alpha"] not in (None, "") else None
+    prompt = v.pop("preview_prompt") or ""
+    if prompt.strip():
+        v.update(preview_from_txt2img=True, preview_prompt=prompt, preview_width=v["resolution"],
+                 preview_height=v["resolution"])
+    return _checked(TrainLoraJob, v)
 
 
 def build(services: Services) -> dict[str, Any]:
@@ -170,6 +192,40 @@ def build(services: Services) -> dict[str, Any]:
                         c["train_hypernetwork"] = gr.Button("Train Hypernetwork", variant="primary")
                         c["train_embedding"] = gr.Button("Train Embedding", variant="primary",
                                                          elem_id="train_train_embedding")
+                with gr.Tab("LoRA", id="train_lora"):
+                    gr.Markdown("Train a LoRA on the UNet's attention (kohya's format, saved to models/Lora): the "
+                                "images of a folder, each captioned by the .txt file beside it (else its file name). "
+                                "Use it in prompts as `<lora:name:1>`.")
+                    c["lora_name"] = gr.Textbox(label="Name", elem_id="train_lora_name")
+                    c["lora_data_root"] = gr.Textbox(label="Dataset directory", placeholder="Path to directory with "
+                                                     "input images and .txt captions", elem_id="train_lora_dataset")
+                    with gr.Row():
+                        c["lora_rank"] = gr.Number(label="Rank (network dim)", value=8, precision=0)
+                        c["lora_alpha"] = gr.Number(label="Alpha", value=8)
+                        c["lora_learn_rate"] = gr.Textbox(label="Learning rate", value="1e-4")
+                    with gr.Row():
+                        c["lora_steps"] = gr.Number(label="Max steps", value=1000, precision=0)
+                        c["lora_batch_size"] = gr.Number(label="Batch size", value=1, precision=0)
+                        c["lora_resolution"] = gr.Slider(minimum=64, maximum=2048, step=8, label="Resolution",
+                                                         value=512)
+                    with gr.Row():
+                        c["lora_buckets"] = gr.Checkbox(label="Aspect-ratio buckets", value=True)
+                        c["lora_resume"] = gr.Checkbox(label="Resume an existing file of this name", value=True)
+                        c["lora_overwrite_old"] = gr.Checkbox(label="Overwrite Old LoRA", value=False)
+                    with gr.Row():
+                        c["lora_shuffle_tags"] = gr.Checkbox(label="Shuffle tags by ','", value=False)
+                        c["lora_tag_drop_out"] = gr.Slider(minimum=0, maximum=1, step=0.1, label="Drop out tags",
+                                                           value=0)
+                    c["lora_log_directory"] = gr.Textbox(label="Log directory", value="textual_inversion")
+                    with gr.Row():
+                        c["lora_create_image_every"] = gr.Number(label="Save an image to log directory every N "
+                                                                 "steps, 0 to disable", value=500, precision=0)
+                        c["lora_save_every"] = gr.Number(label="Save a copy of the LoRA to log directory every N "
+                                                         "steps, 0 to disable", value=500, precision=0)
+                    c["lora_preview_prompt"] = gr.Textbox(label="Preview prompt (empty: the last caption)")
+                    with gr.Row():
+                        c["lora_interrupt"] = gr.Button("Interrupt")
+                        c["train_lora"] = gr.Button("Train LoRA", variant="primary", elem_id="train_train_lora")
         with gr.Column():
             c["progress"] = gr.HTML(elem_id="train_progress")
             c["preview"] = gr.Image(label="Preview", type="pil", interactive=False, elem_id="train_preview")
@@ -217,8 +273,12 @@ def build(services: Services) -> dict[str, Any]:
     def trainer(kind: str):
         async def train(*values):
             try:
-                job = train_job(kind, dict(zip(order, values)))
-                handle = await asyncio.to_thread(_queued, submit_train, services, job)
+                if kind == "lora":
+                    job = lora_job(dict(zip(LORA_FIELDS, values)))
+                    handle = await asyncio.to_thread(_queued, submit_training, services, job)
+                else:
+                    job = train_job(kind, dict(zip(order, values)))
+                    handle = await asyncio.to_thread(_queued, submit_train, services, job)
             except UIError as error:
                 yield progress_html(0, f"Error: {error}", state="error"), gr.skip(), gr.skip()
                 return
@@ -246,11 +306,14 @@ def build(services: Services) -> dict[str, Any]:
     inputs = [c[name] for name in order]
     c["train_embedding"].click(trainer("embedding"), inputs, [c["progress"], c["preview"], c["info"]])
     c["train_hypernetwork"].click(trainer("hypernetwork"), inputs, [c["progress"], c["preview"], c["info"]])
+    c["train_lora"].click(trainer("lora"), [c[name] for name in LORA_FIELDS],
+                          [c["progress"], c["preview"], c["info"]])
     c["interrupt"].click(lambda: services.generation.interrupt(), None, None)
+    c["lora_interrupt"].click(lambda: services.generation.interrupt(), None, None)
     c["refresh"].click(lambda: (gr.update(choices=embedding_names(services)),
                                 gr.update(choices=hypernetwork_names(services))),
                        None, [c["embedding_name"], c["hypernetwork_name"]], show_progress="hidden")
     return c
 
 
-__all__ = ["build", "train_job", "embedding_names", "hypernetwork_names", "template_names"]
+__all__ = ["build", "train_job", "lora_job", "LORA_FIELDS", "embedding_names", "hypernetwork_names", "template_names"]
