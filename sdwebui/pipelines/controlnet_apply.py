@@ -89,6 +89,8 @@ class ActiveUnit:
     seed: Callable[[], int] = lambda: 0
     in_hires: Callable[[int, int], bool] = lambda height, width: False
     """Whether a UNet call at (height, width) pixels is the hires fix's second pass."""
+    annotators: object = None
+    """`models/ControlNetAnnotators` (a Path): where weighted preprocessors find their weights."""
     encoder: Callable[[], object] | None = None
     """IP-Adapter units: the CLIP image encoder (loaded when first needed)."""
     encode: Callable[[np.ndarray], torch.Tensor] | None = None
@@ -111,7 +113,7 @@ class ActiveUnit:
             if unit["pixel_perfect"]:
                 resolution = pixel_perfect_resolution(image, height, width, resize_mode)
             detected = run_preprocessor(unit["module"], image, resolution, unit["threshold_a"],
-                                        unit["threshold_b"], seed=self.seed())
+                                        unit["threshold_b"], seed=self.seed(), annotators=self.annotators)
             self._maps[key] = fit_control_map(detected, resize_mode, height, width)
         return self._maps[key]
 

@@ -11,11 +11,13 @@ shuffle moves pixels with a seeded random flow (the job's seed + subseed, as the
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from sdwebui.pipelines.controlnet_annotators import WEIGHTED, AnnotatorMissing, missing_message
 from sdwebui.pipelines.controlnet_units import RESIZE_MODES, find_preprocessor
 
 
@@ -168,17 +170,30 @@ IMPLEMENTATIONS: dict[str, Preprocess] = {
 }
 
 
+def _weighted(module: str, annotators: Path | None) -> Preprocess:
+    """A weighted preprocessor (controlnet_annotators) on the image padded at the processor resolution, as the
+    extension's wrappers (`resize_image_with_pad`, the model, `remove_pad`)."""
+    def run(img, res, a, b, rng):
+        padded, remove_pad = resize_image_with_pad(img, res)
+        return remove_pad(hwc3(WEIGHTED[module](padded, annotators)))
+
+    return run
+
+
 def run_preprocessor(module: str, image: np.ndarray, resolution: int = 512, threshold_a: float = -1,
-                     threshold_b: float = -1, seed: int = 0) -> np.ndarray:
+                     threshold_b: float = -1, seed: int = 0, annotators: Path | None = None) -> np.ndarray:
     """The control map of `image` (uint8 HWC) by `module` (name or label); sliders out of range take the
-    preprocessor's defaults, as the extension does."""
+    preprocessor's defaults, as the extension does. Weighted modules find their weights below `annotators`
+    (`models/ControlNetAnnotators`)."""
     spec = find_preprocessor(module)
     if spec is None:
         raise PreprocessorError(f"module({module}) not found in supported modules.")
     implementation = IMPLEMENTATIONS.get(spec.name)
     if implementation is None:
-        raise PreprocessorError(f"the {spec.name} preprocessor needs its weights, which were not found in "
-                                f"models/ControlNetAnnotators/{spec.weights} (sdwebui does not download them)")
+        why = missing_message(spec.name, spec.display, annotators, spec.weights)
+        if why is not None:
+            raise PreprocessorError(why)
+        implementation = _weighted(spec.name, annotators)
 
     def slider(value, spec_slider):
         if spec_slider is None or not spec_slider.minimum <= value <= spec_slider.maximum:
@@ -187,8 +202,11 @@ def run_preprocessor(module: str, image: np.ndarray, resolution: int = 512, thre
 
     resolution = int(slider(resolution, spec.resolution)) if spec.resolution is not None else 512
     rng = np.random.default_rng(seed & 0xFFFFFFFF)
-    return hwc3(implementation(hwc3(image), resolution, slider(threshold_a, spec.slider_1),
-                               slider(threshold_b, spec.slider_2), rng))
+    try:
+        return hwc3(implementation(hwc3(image), resolution, slider(threshold_a, spec.slider_1),
+                                   slider(threshold_b, spec.slider_2), rng))
+    except AnnotatorMissing as error:  # removed since the check
+        raise PreprocessorError(str(error)) from None
 
 
 # ---- the control map at the generation size --------------------------------------------------------------------

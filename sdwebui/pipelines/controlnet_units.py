@@ -26,11 +26,13 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from sdwebui.core.errors import ParamError
+from sdwebui.pipelines.controlnet_annotators import missing_message
 from sdwebui.pipelines.scripts import ScriptArg
 
 API_VERSION = 3
@@ -124,22 +126,24 @@ PREPROCESSORS: tuple[PreprocessorSpec, ...] = (  # "none" first, then roughly th
     PreprocessorSpec("ip-adapter_clip_sdxl", "ip-adapter_clip_g", resolution=None, tags=("IP-Adapter",),
                      clip="clip_g"),
     PreprocessorSpec("ip-adapter_clip_sdxl_plus_vith", resolution=None, tags=("IP-Adapter",), clip="clip_h"),
-    # Weighted preprocessors: listed as the extension lists them, refused with where their weights would be.
-    PreprocessorSpec("depth", "depth_midas", tags=("Depth",), weights="annotator/midas"),
-    PreprocessorSpec("openpose", tags=("OpenPose",), weights="annotator/openpose"),
-    PreprocessorSpec("openpose_full", tags=("OpenPose",), weights="annotator/openpose"),
-    PreprocessorSpec("dw_openpose_full", tags=("OpenPose",), weights="annotator/DWPose"),
-    PreprocessorSpec("hed", "softedge_hed", tags=("SoftEdge",), weights="annotator/hed"),
-    PreprocessorSpec("lineart", "lineart_realistic", tags=("Lineart",), weights="annotator/lineart"),
+    # Weighted preprocessors: run from models/ControlNetAnnotators/<weights>/ where supported and present
+    # (controlnet_annotators), else refused naming that folder.
+    PreprocessorSpec("depth", "depth_midas", tags=("Depth",), weights="midas"),
+    PreprocessorSpec("depth_anything", tags=("Depth",), weights="depth_anything"),
+    PreprocessorSpec("openpose", tags=("OpenPose",), weights="openpose"),
+    PreprocessorSpec("openpose_full", tags=("OpenPose",), weights="openpose"),
+    PreprocessorSpec("dw_openpose_full", tags=("OpenPose",), weights="openpose"),
+    PreprocessorSpec("hed", "softedge_hed", tags=("SoftEdge",), weights="hed"),
+    PreprocessorSpec("lineart", "lineart_realistic", tags=("Lineart",), weights="lineart"),
     PreprocessorSpec("mlsd", slider_1=Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
                      slider_2=Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0), tags=("MLSD",),
-                     weights="annotator/mlsd"),
-    PreprocessorSpec("normal_bae", tags=("NormalMap",), weights="annotator/normal_bae"),
-    PreprocessorSpec("segmentation", "seg_ufade20k", tags=("Segmentation",), weights="annotator/uniformer"),
+                     weights="mlsd"),
+    PreprocessorSpec("normal_bae", tags=("NormalMap",), weights="normal_bae"),
+    PreprocessorSpec("segmentation", "seg_ufade20k", tags=("Segmentation",), weights="uniformer"),
 )
 WEIGHTS_DIR = "ControlNetAnnotators"
-"""Where weighted preprocessors would find their weights: `models/ControlNetAnnotators/<weights>` (sdwebui never
-downloads them)."""
+"""Where weighted preprocessors find their weights: `models/ControlNetAnnotators/<weights>` (the extension's
+`annotator/downloads/<weights>`; sdwebui never downloads them)."""
 
 _BY_NAME = {spec.name: spec for spec in PREPROCESSORS}
 _BY_LABEL = {spec.display: spec for spec in PREPROCESSORS}
@@ -256,7 +260,8 @@ def _bool(value: Any, loc: tuple) -> bool:
     raise ParamError(loc, f"must be true or false, got {value!r}")
 
 
-def check_unit(value: Any, loc: tuple, model_exists: Callable[[str], bool] | None = None) -> dict[str, Any]:
+def check_unit(value: Any, loc: tuple, model_exists: Callable[[str], bool] | None = None,
+               annotators: Path | None = None) -> dict[str, Any]:
     """One unit as a client sent it -> the checked unit (a dict of the extension's fields), or a ParamError at
     `loc + (field,)`. `model_exists(name)`: whether a ControlNet model of that name is installed (None: not
     checked)."""
@@ -328,8 +333,9 @@ def check_unit(value: Any, loc: tuple, model_exists: Callable[[str], bool] | Non
     unit["image"], unit["mask"] = image, mask
     if unit["enabled"]:
         if spec.weights is not None:
-            raise ParamError(at("module"), f"the {spec.name} preprocessor needs its weights, which were not found "
-                                           f"in models/{WEIGHTS_DIR}/{spec.weights} (sdwebui does not download them)")
+            why = missing_message(spec.name, spec.display, annotators, spec.weights)
+            if why is not None:
+                raise ParamError(at("module"), why)
         wants_model = not spec.model_free
         if wants_model and unit["model"] in ("None", ""):
             raise ParamError(at("model"), "the unit is enabled but names no ControlNet model")
@@ -380,9 +386,11 @@ class ControlNetUnitArg(ScriptArg):
     kind: type = dict
     default: Any = None
     model_exists: Callable[[str], bool] | None = None
+    annotators: Path | None = None
+    """`models/ControlNetAnnotators`: where weighted preprocessors find their weights."""
 
     def check(self, value: Any, loc: tuple) -> Any:
-        return check_unit(value, loc, self.model_exists)
+        return check_unit(value, loc, self.model_exists, self.annotators)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "value": None}

@@ -17,6 +17,7 @@ an object with the extension's field names: `pipelines.controlnet_units`).
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import threading
@@ -71,7 +72,11 @@ class ControlNet(Script):
             clip_vision_folders = [path for root in models
                                    for path in (root / "clip_vision", root / WEIGHTS_DIR / "clip_vision")]
         self.clip_vision_folders = tuple(Path(folder) for folder in clip_vision_folders)
-        self.args = tuple(ControlNetUnitArg(f"ControlNet Unit {index}", model_exists=self.library.exists)
+        roots = [folder.parent for folder in self.library.folders[:1]]
+        self.annotators = roots[0] / WEIGHTS_DIR if roots else None
+        """`models/ControlNetAnnotators`: the weighted preprocessors' weights (depth_midas, depth_anything)."""
+        self.args = tuple(ControlNetUnitArg(f"ControlNet Unit {index}", model_exists=self.library.exists,
+                                            annotators=self.annotators)
                           for index in range(UNIT_COUNT))
         self._loaded: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -136,7 +141,7 @@ class ControlNet(Script):
             units.append(ActiveUnit(unit, loaded, self._source(state, index, unit), seed=lambda: state.seed,
                                     in_hires=in_hires, encoder=self._encoder_for(model, index, unit, loaded),
                                     encode=lambda image: encode_reference(model, image),
-                                    reference_seed=lambda: state.image_seed))
+                                    reference_seed=lambda: state.image_seed, annotators=self.annotators))
         return controlnet_call(call, units, model.dtype, model.unet, model.alphas_cumprod)
 
     def after_batch(self, batch, args: tuple) -> None:
@@ -220,7 +225,8 @@ class ControlNet(Script):
         value.change(controls_from_unit, value, shown, show_progress="hidden", queue=False)
         allow_preview.change(lambda shown: gr.update(visible=bool(shown)), allow_preview, preview,
                              show_progress="hidden", queue=False)
-        run_preview.click(preview_map, [image, module, resolution, threshold_a, threshold_b], preview) \
+        run_preview.click(functools.partial(preview_map, annotators=self.annotators),
+                          [image, module, resolution, threshold_a, threshold_b], preview) \
             .then(lambda: gr.update(visible=True), None, preview, queue=False)
         refresh.click(lambda: gr.update(choices=["None", *self.library.titles()]), None, model, queue=False)
         return value
@@ -397,7 +403,7 @@ def controls_from_unit(text: str) -> list:
     return [{"__type__": "update", "value": unit[name]} for name in UNIT_CONTROLS]
 
 
-def preview_map(image, module, resolution, threshold_a, threshold_b):
+def preview_map(image, module, resolution, threshold_a, threshold_b, annotators=None):
     """The preprocessor's map of the unit's image (Run preprocessor), or None without an image."""
     from PIL import Image
 
@@ -407,7 +413,7 @@ def preview_map(image, module, resolution, threshold_a, threshold_b):
         return None
     try:
         return Image.fromarray(run_preprocessor(module or "none", as_array(image), int(resolution), threshold_a,
-                                                threshold_b))
+                                                threshold_b, annotators=annotators))
     except PreprocessorError as error:
         import gradio as gr
 

@@ -26,6 +26,7 @@ from sdwebui.models.controlnet_files import ControlNetLibrary
 from sdwebui.pipelines.controlnet_units import (
     API_VERSION,
     UNIT_COUNT,
+    WEIGHTS_DIR,
     control_types,
     find_preprocessor,
     module_detail,
@@ -81,12 +82,14 @@ def build_router(services: "Services") -> APIRouter:
         masks = [decode_base64_image(text, ("body", "controlnet_masks", index))
                  for index, text in enumerate(controlnet_masks)]
         return await run_in_threadpool(_detect, spec.name, images, masks, controlnet_processor_res,
-                                       controlnet_threshold_a, controlnet_threshold_b)
+                                       controlnet_threshold_a, controlnet_threshold_b,
+                                       services.config.paths.models_dir / WEIGHTS_DIR)
 
     return router
 
 
-def _detect(module: str, images: list, masks: list, resolution: int, threshold_a: float, threshold_b: float) -> dict:
+def _detect(module: str, images: list, masks: list, resolution: int, threshold_a: float, threshold_b: float,
+            annotators=None) -> dict:
     from PIL import Image
 
     from sdwebui.pipelines.controlnet_preprocess import (  # OpenCV: loaded when a detection is asked
@@ -99,7 +102,7 @@ def _detect(module: str, images: list, masks: list, resolution: int, threshold_a
     for index, image in enumerate(images):
         source = as_array(image, masks[index] if index < len(masks) else None)
         try:
-            detected = run_preprocessor(module, source, resolution, threshold_a, threshold_b)
+            detected = run_preprocessor(module, source, resolution, threshold_a, threshold_b, annotators=annotators)
         except PreprocessorError as error:
             raise HTTPException(422, str(error)) from None
         buffer = io.BytesIO()
