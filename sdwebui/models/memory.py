@@ -22,6 +22,7 @@ against the free VRAM (or `--vram-budget`, whichever is smaller).
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +205,20 @@ class ModelPlacement:
                 module.to(self.device)
         self.resident = (part, modules)
         self.onloads[part] = self.onloads.get(part, 0) + 1
+
+    @contextmanager
+    def lend(self, part: str, modules: list[torch.nn.Module]):
+        """`modules` on the device for the block and back on the offload device after: a model that runs beside the
+        checkpoint's parts (a ControlNet, a T2I-Adapter, an IP-Adapter and its image encoder) in medvram and
+        lowvram. The resident part stays where it is; counted in `onloads` under `part`."""
+        for module in modules:
+            module.to(self.device)
+        self.onloads[part] = self.onloads.get(part, 0) + 1
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to(self.offload_device)
 
     def adopt(self, param: torch.nn.Parameter, data: torch.Tensor) -> None:
         """`param.data = data`, also where group offloading keeps its own copy of the weights: with CUDA streams

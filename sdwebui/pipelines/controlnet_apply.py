@@ -52,6 +52,7 @@ upsampler the last block of a level also holds.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -91,6 +92,9 @@ class ActiveUnit:
     """Whether a UNet call at (height, width) pixels is the hires fix's second pass."""
     annotators: object = None
     """`models/ControlNetAnnotators` (a Path): where weighted preprocessors find their weights."""
+    placement: object = None
+    """The checkpoint's `ModelPlacement`: in medvram / lowvram the unit's models (ControlNet, adapter, image
+    encoder) live on the offload device and are lent to the device only while they run."""
     encoder: Callable[[], object] | None = None
     """IP-Adapter units: the CLIP image encoder (loaded when first needed)."""
     encode: Callable[[np.ndarray], torch.Tensor] | None = None
@@ -117,6 +121,13 @@ class ActiveUnit:
             self._maps[key] = fit_control_map(detected, resize_mode, height, width)
         return self._maps[key]
 
+    def lend(self, part: str, modules: list):
+        """`modules` on the device for the block when the checkpoint offloads (medvram, lowvram)."""
+        placement = self.placement
+        if placement is None or not placement.offloads:
+            return contextlib.nullcontext()
+        return placement.lend(part, modules)
+
     def hint(self, height: int, width: int, device, dtype) -> torch.Tensor:
         """The map as the ControlNet takes it: [1, 3, H, W] in [0, 1] (the extension's `get_pytorch_control`)."""
         detected = self.control_map(height, width)
@@ -134,7 +145,7 @@ class ActiveUnit:
             hint = self.hint(-(-height // step) * step, -(-width // step) * step, device, dtype)
             if adapter.gray_input:
                 hint = hint[:, :1]
-            with torch.no_grad():
+            with torch.no_grad(), self.lend("t2i_adapter", [adapter.model]):
                 self._features[key] = [f.to(dtype) for f in adapter.model(hint)]
         return self._features[key]
 
@@ -143,14 +154,16 @@ class ActiveUnit:
         if self._tokens is None:
             adapter: LoadedIPAdapter = self.controlnet
             encoder = self.encoder()
-            image, _ = self.source()
-            pixels = clip_pixels(image, int(encoder.config.image_size), device, encoder.dtype)
-            hidden = adapter.uses_hidden_states
-            cond = image_features(encoder, pixels, hidden)
-            uncond = image_features(encoder, torch.zeros_like(pixels), hidden) if hidden else torch.zeros_like(cond)
-            proj_dtype = next(adapter.image_proj.parameters()).dtype
-            with torch.no_grad():
-                self._tokens = tuple(adapter.project(f.to(proj_dtype)).to(device, dtype) for f in (cond, uncond))
+            with self.lend("clip_vision", [encoder]), self.lend("ip_adapter", [adapter.image_proj]):
+                image, _ = self.source()
+                pixels = clip_pixels(image, int(encoder.config.image_size), device, encoder.dtype)
+                hidden = adapter.uses_hidden_states
+                cond = image_features(encoder, pixels, hidden)
+                uncond = image_features(encoder, torch.zeros_like(pixels), hidden) if hidden else \
+                    torch.zeros_like(cond)
+                proj_dtype = next(adapter.image_proj.parameters()).dtype
+                with torch.no_grad():
+                    self._tokens = tuple(adapter.project(f.to(proj_dtype)).to(device, dtype) for f in (cond, uncond))
         return self._tokens
 
     def reference_latent(self, height: int, width: int) -> torch.Tensor:
@@ -445,8 +458,9 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
         for unit in (u for u in active if isinstance(u.controlnet, LoadedControlNet)):
             model = unit.controlnet.model
             hint = unit.hint(height, width, x.device, dtype).expand(rows, -1, -1, -1)
-            down, mid = model(x.to(dtype), t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=hint,
-                              added_cond_kwargs=added_cond_kwargs, return_dict=False)
+            with unit.lend("controlnet", [model]):
+                down, mid = model(x.to(dtype), t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=hint,
+                                  added_cond_kwargs=added_cond_kwargs, return_dict=False)
             residuals = [*down, mid]
             forced = hires and any(name in unit.unit["module"] for name in ("canny", "mlsd"))
             scales = control_scales(unit.unit, len(residuals), unit.controlnet.is_sdxl, forced)
@@ -486,34 +500,45 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
             tokens = cond.expand(rows, -1, -1) if mark is None else \
                 mark.view(-1, 1, 1) * cond + (1 - mark.view(-1, 1, 1)) * uncond
             adapters.append((unit.controlnet, tokens, float(unit.unit["weight"])))
-        references = [u for u in active if u.unit["module"] in REFERENCE_MODULES]
-        if not references or unet is None or alphas_cumprod is None:
-            return _call_with_ip(call, unet, adapters, x, t, encoder_hidden_states, added_cond_kwargs, c_concat, extra)
-        is_sdxl = getattr(unet.config, "addition_embed_type", None) == "text_time"
-        with reference_scope(unet) as scope:
-            state = scope.state
-            steps = torch.as_tensor(t, device=alphas_cumprod.device).float().round().long().clamp(
-                0, len(alphas_cumprod) - 1)
-            alpha = alphas_cumprod[steps].to(x.device, torch.float32).reshape(-1, 1, 1, 1)
-            for unit in references:
-                latent = unit.reference_latent(height, width).to(x.device, torch.float32)
-                latent = latent.expand(rows, -1, -1, -1)
-                noisy = alpha.sqrt() * latent + (1 - alpha).sqrt() * unit.reference_noise(latent)
-                module = unit.unit["module"]
-                state.mode, state.weight = "write", float(unit.unit["weight"])
-                state.style = style_fidelity(unit.unit, is_sdxl, hires)
-                state.attn = module in ("reference_only", "reference_adain+attn")
-                state.adain = module in ("reference_adain", "reference_adain+attn")
-                ref_concat = None if c_concat is None else \
-                    torch.cat([torch.zeros_like(latent[:, :1]), latent], dim=1)
-                with torch.no_grad():
-                    call(noisy.to(x.dtype), t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs,
-                         c_concat=ref_concat)
-            state.mode = "read"
-            state.uncond_rows = None if cond_mark is None else torch.nonzero(cond_mark == 0).flatten().to(x.device)
-            return _call_with_ip(call, unet, adapters, x, t, encoder_hidden_states, added_cond_kwargs, c_concat, extra)
+        lent = contextlib.ExitStack()
+        for unit in (u for u in active if isinstance(u.controlnet, LoadedIPAdapter)):
+            lent.enter_context(unit.lend("ip_adapter", [layer for pair in unit.controlnet.kv for layer in pair]))
+        with lent:
+            return _finish(call, unet, alphas_cumprod, active, adapters, x, t, encoder_hidden_states,
+                           added_cond_kwargs, c_concat, cond_mark, extra, rows, height, width, hires)
 
     return wrapped
+
+
+def _finish(call, unet, alphas_cumprod, active, adapters, x, t, encoder_hidden_states, added_cond_kwargs,
+            c_concat, cond_mark, extra, rows, height, width, hires):
+    """The UNet call with the IP-Adapter tokens and, for reference units, their write pass first."""
+    references = [u for u in active if u.unit["module"] in REFERENCE_MODULES]
+    if not references or unet is None or alphas_cumprod is None:
+        return _call_with_ip(call, unet, adapters, x, t, encoder_hidden_states, added_cond_kwargs, c_concat, extra)
+    is_sdxl = getattr(unet.config, "addition_embed_type", None) == "text_time"
+    with reference_scope(unet) as scope:
+        state = scope.state
+        steps = torch.as_tensor(t, device=alphas_cumprod.device).float().round().long().clamp(
+            0, len(alphas_cumprod) - 1)
+        alpha = alphas_cumprod[steps].to(x.device, torch.float32).reshape(-1, 1, 1, 1)
+        for unit in references:
+            latent = unit.reference_latent(height, width).to(x.device, torch.float32)
+            latent = latent.expand(rows, -1, -1, -1)
+            noisy = alpha.sqrt() * latent + (1 - alpha).sqrt() * unit.reference_noise(latent)
+            module = unit.unit["module"]
+            state.mode, state.weight = "write", float(unit.unit["weight"])
+            state.style = style_fidelity(unit.unit, is_sdxl, hires)
+            state.attn = module in ("reference_only", "reference_adain+attn")
+            state.adain = module in ("reference_adain", "reference_adain+attn")
+            ref_concat = None if c_concat is None else \
+                torch.cat([torch.zeros_like(latent[:, :1]), latent], dim=1)
+            with torch.no_grad():
+                call(noisy.to(x.dtype), t, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs,
+                     c_concat=ref_concat)
+        state.mode = "read"
+        state.uncond_rows = None if cond_mark is None else torch.nonzero(cond_mark == 0).flatten().to(x.device)
+        return _call_with_ip(call, unet, adapters, x, t, encoder_hidden_states, added_cond_kwargs, c_concat, extra)
 
 
 __all__ = ["ActiveUnit", "controlnet_call", "control_scales", "adapter_scales", "RunProgress", "IPAttention",

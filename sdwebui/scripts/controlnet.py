@@ -141,7 +141,8 @@ class ControlNet(Script):
             units.append(ActiveUnit(unit, loaded, self._source(state, index, unit), seed=lambda: state.seed,
                                     in_hires=in_hires, encoder=self._encoder_for(model, index, unit, loaded),
                                     encode=lambda image: encode_reference(model, image),
-                                    reference_seed=lambda: state.image_seed, annotators=self.annotators))
+                                    reference_seed=lambda: state.image_seed, annotators=self.annotators,
+                                    placement=getattr(model, "placement", None)))
         return controlnet_call(call, units, model.dtype, model.unet, model.alphas_cumprod)
 
     def after_batch(self, batch, args: tuple) -> None:
@@ -269,15 +270,15 @@ class ControlNet(Script):
             raise ParamError(self._loc(index, "model"), f"model({unit['model']}) not found in supported models.")
         path = Path(entry.path)
         stamp = path.stat().st_mtime_ns
-        key = (str(path), stamp, str(model.device), str(model.dtype), id(model.unet))
+        device = _home_device(model)
+        key = (str(path), stamp, str(device), str(model.dtype), id(model.unet))
         with self._lock:
             loaded = self._loaded.get(key)
             if loaded is not None:
                 self._loaded.move_to_end(key)
         if loaded is None:
             try:
-                loaded = load_control_model(path, device=model.device, dtype=model.dtype,
-                                            unet_config=model.unet.config)
+                loaded = load_control_model(path, device=device, dtype=model.dtype, unet_config=model.unet.config)
             except ModelFileError as error:
                 raise ParamError(self._loc(index, "model"), str(error)) from None
             with self._lock:
@@ -317,12 +318,13 @@ class ControlNet(Script):
         def encoder():
             from sdwebui.models.files import ModelFileError
 
-            key = ("clip_vision", str(path), path.stat().st_mtime_ns, str(model.device), str(model.dtype))
+            device = _home_device(model)
+            key = ("clip_vision", str(path), path.stat().st_mtime_ns, str(device), str(model.dtype))
             with self._lock:
                 found = self._loaded.get(key)
             if found is None:
                 try:
-                    found = load_clip_vision(path, device=model.device, dtype=model.dtype)
+                    found = load_clip_vision(path, device=device, dtype=model.dtype)
                 except ModelFileError as error:
                     raise ParamError(self._loc(index, "module"), str(error)) from None
                 with self._lock:
@@ -338,6 +340,13 @@ class ControlNet(Script):
             return found
 
         return encoder
+
+
+def _home_device(model):
+    """Where a unit's models live between uses: the checkpoint's device, or in medvram / lowvram its offload device
+    (they are lent to the device only while they run, `ModelPlacement.lend`)."""
+    placement = getattr(model, "placement", None)
+    return placement.offload_device if placement is not None and placement.offloads else model.device
 
 
 def encode_reference(model, image):
