@@ -169,3 +169,71 @@ def test_detect_and_module_list_through_the_http_api(server):
         missing = client.post("/controlnet/detect", json={"controlnet_module": "dw_openpose_full",
                                                           "controlnet_input_images": [b64(gradient())]})
         assert missing.status_code == 422 and "ControlNetAnnotators" in missing.text
+
+
+# ---- DWPose (dw_openpose_full) on onnxruntime ---------------------------------------------------------------------
+
+
+def _constant_onnx(path, input_shape, outputs: dict):
+    """An ONNX model with DWPose's signatures: one image input, outputs that are constants (batched like the input),
+    so that what the pipeline decodes from them is known."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0, axes=[1, 2, 3]),
+             helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+             helper.make_node("Reshape", ["nothing", "shape"], ["column"])]
+    inits = [numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+             numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape")]
+    graph_outputs = []
+    for name, value in outputs.items():
+        inits.append(numpy_helper.from_array(value.astype(np.float32), f"{name}_value"))
+        nodes.append(helper.make_node("Add", ["column", f"{name}_value"], [name]))
+        graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                            ["batch", *input_shape])],
+                              graph_outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+# keypoints (x, y) in the pose model's input (288x384) per COCO-wholebody index; the rest score 0
+POSE_POINTS = {0: (144, 60), 5: (100, 120), 6: (188, 120), 92: (60, 250), 100: (70, 280)}
+
+
+def write_dwpose(folder):
+    det = np.zeros((1, 8400, 85))
+    anchor = 6400 + 1600 + 10 * 20 + 10  # stride 32, cell (10, 10): centre (320, 320) in the 640 input
+    det[0, anchor, 2:4] = np.log([400 / 32, 560 / 32])
+    det[0, anchor, 4], det[0, anchor, 5] = 1.0, 0.9
+    _constant_onnx(folder / "yolox_l.onnx", [3, 640, 640], {"output": det})
+    simcc_x, simcc_y = np.zeros((1, 133, 576)), np.zeros((1, 133, 768))
+    for index, (x, y) in POSE_POINTS.items():
+        simcc_x[0, index, 2 * x] = simcc_y[0, index, 2 * y] = 1.0
+    _constant_onnx(folder / "dw-ll_ucoco_384.onnx", [3, 384, 288], {"simcc_x": simcc_x, "simcc_y": simcc_y})
+
+
+def test_dw_openpose_full_draws_the_skeleton_where_the_models_put_it(tmp_path):
+    with pytest.raises(PreprocessorError, match=f"dw_openpose_full.*{tmp_path / 'openpose'}.*yolox_l.onnx"):
+        run_preprocessor("dw_openpose_full", gradient(), 64, annotators=tmp_path)
+    write_dwpose(tmp_path / "openpose")
+    pose = run_preprocessor("dw_openpose_full", gradient(), 64, annotators=tmp_path)
+    assert pose.shape == (64, 64, 3)
+    # the box: centre (32, 32), 40x56 in the 64x64 image -> scale (52.5, 70) at 288x384 (the aspect fixed)
+    def at(x, y):
+        return x / 288 * 52.5 + 32 - 26.25, y / 384 * 70 + 32 - 35
+
+    nose, left_shoulder, right_shoulder = at(*POSE_POINTS[0]), at(*POSE_POINTS[5]), at(*POSE_POINTS[6])
+    assert tuple(pose[int(nose[1]), int(nose[0])]) == (255, 0, 0)  # OpenPose point 0, red
+    neck = ((left_shoulder[0] + right_shoulder[0]) / 2, (left_shoulder[1] + right_shoulder[1]) / 2)
+    assert tuple(pose[int(neck[1]), int(neck[0])]) == (255, 85, 0)  # point 1 (the neck DWPose lacks), orange
+    assert tuple(pose[int(right_shoulder[1]), int(right_shoulder[0])]) == (255, 170, 0)  # point 2
+    assert tuple(pose[int(left_shoulder[1]), int(left_shoulder[0])]) == (85, 255, 0)  # point 5
+    wrist = at(*POSE_POINTS[92])  # the left hand's first point: a blue dot
+    assert tuple(pose[int(wrist[1]), int(wrist[0])]) == (0, 0, 255)
+    # the limb neck -> nose (dimmed to 0.6 of blue (0, 0, 255)) between them
+    middle = ((neck[0] + nose[0]) / 2, (neck[1] + nose[1]) / 2)
+    assert tuple(pose[int(middle[1]), int(middle[0])]) == (0, 0, 153)
+    assert (pose[:, :4] == 0).all()  # nothing drawn elsewhere
