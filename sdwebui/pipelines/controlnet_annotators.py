@@ -207,7 +207,11 @@ _sessions: dict[tuple, tuple] = {}
 
 
 def _dw_sessions(folder: Path):
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError:
+        raise AnnotatorMissing("the dw_openpose_full preprocessor runs its ONNX models on onnxruntime, which is not "
+                               "installed: pip install 'sdwebui[taggers]' (or onnxruntime)") from None
 
     key = tuple((str(folder / name), (folder / name).stat().st_mtime_ns) for name in DWPOSE_FILES)
     with _lock:
