@@ -38,6 +38,20 @@ def write_dpt(folder, seed=0):
     DPTForDepthEstimation(config).eval().save_pretrained(folder)
 
 
+def write_dpt_hybrid(folder, seed=0):
+    """The Intel/dpt-hybrid-midas layout: a BiT backbone under the ViT (tiny)."""
+    from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
+
+    torch.manual_seed(seed)
+    bit = BitConfig(global_padding="same", layer_type="bottleneck", depths=[1, 1, 1], hidden_sizes=[8, 16, 16],
+                    embedding_size=8, out_features=["stage1", "stage2", "stage3"], num_groups=2)
+    config = DPTConfig(is_hybrid=True, backbone_config=bit, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                       intermediate_size=32, image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3],
+                       neck_hidden_sizes=[8, 16, 16, 16], fusion_hidden_size=8, reassemble_factors=[1, 1, 1, 0.5],
+                       backbone_featmap_shape=[1, 16, 4, 4], neck_ignore_stages=[0, 1], readout_type="project")
+    DPTForDepthEstimation(config).eval().save_pretrained(folder)
+
+
 def write_depth_anything(folder, seed=0):
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
@@ -90,6 +104,22 @@ def test_depth_midas_is_the_normalised_dpt_depth_at_the_processor_resolution(ann
     # not square: the shorter side at the resolution, padded to 64 for the model, the padding taken off
     wide = run_preprocessor("depth", gradient(40, 80), 64, annotators=annotators)
     assert wide.shape == (64, 128, 3)
+
+
+def test_depth_midas_runs_the_hybrid_layout_at_any_padded_size(tmp_path):
+    from transformers import DPTForDepthEstimation
+
+    write_dpt_hybrid(tmp_path / "midas" / "dpt-hybrid-midas")
+    image = gradient()
+    depth = run_preprocessor("depth_midas", image, 64, annotators=tmp_path)
+    model = DPTForDepthEstimation.from_pretrained(tmp_path / "midas" / "dpt-hybrid-midas").eval()
+    with torch.no_grad():  # at the model's own size, transformers' forward gives the same map
+        raw = model(pixel_values=torch.from_numpy(image.copy()).float().div(127.5).sub(1).permute(2, 0, 1)[None])
+    raw = raw.predicted_depth[0]
+    expected = ((raw - raw.min()) / (raw.max() - raw.min()) * 255).clip(0, 255).numpy().astype(np.uint8)
+    assert np.abs(depth[..., 0].astype(int) - expected.astype(int)).max() <= 1
+    wide = run_preprocessor("depth_midas", gradient(40, 80), 96, annotators=tmp_path)  # 96x192: not its 64x64
+    assert wide.shape == (96, 192, 3) and wide.max() == 255
 
 
 def test_depth_anything_runs_its_folder_and_the_weights_matter(annotators, tmp_path):

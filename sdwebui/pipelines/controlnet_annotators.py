@@ -129,7 +129,15 @@ def _dpt_depth(model, pixels):
     config = model.config
     if model.backbone is not None:
         return model(pixel_values=pixels).predicted_depth
-    out = model.dpt(pixels, output_hidden_states=True, return_dict=True)
+    embeddings = model.dpt.embeddings
+    saved = getattr(embeddings, "image_size", None)
+    if config.is_hybrid and saved is not None:  # its size check: MiDaS runs at the padded processor resolution
+        embeddings.image_size = tuple(pixels.shape[-2:])
+    try:
+        out = model.dpt(pixels, output_hidden_states=True, return_dict=True)
+    finally:
+        if config.is_hybrid and saved is not None:
+            embeddings.image_size = saved
     hidden = out.hidden_states
     if not config.is_hybrid:
         hidden = [f for i, f in enumerate(hidden[1:]) if i in config.backbone_out_indices]
