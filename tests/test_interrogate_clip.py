@@ -378,9 +378,14 @@ def test_skip_categories_is_a_list_setting(server):
         assert bad.status_code == 422 and "interrogate_clip_skip_categories" in bad.text
         assert client.get("/sdapi/v1/options").json()["interrogate_clip_skip_categories"] == []
     try:
+        # the Settings tab sends every control: the default (a tuple) and the box's [] are no change, and so is
+        # the list the setting holds once it was set
+        assert apply_settings(server.services, {"interrogate_clip_skip_categories": []}) == "Nothing to change."
         assert apply_settings(server.services, {"interrogate_clip_skip_categories": ["artists"]}) == \
             "1 setting changed: CLIP: skip inquire categories."
         assert server.services.options.get("interrogate_clip_skip_categories") == ["artists"]
+        assert apply_settings(server.services, {"interrogate_clip_skip_categories": ["artists"]}) == \
+            "Nothing to change."
     finally:
         with server.client() as client:
             client.post("/sdapi/v1/options", json={"interrogate_clip_skip_categories": []})

@@ -73,6 +73,10 @@ def apply_settings(services: Services, values: dict[str, Any]) -> str:
             value = int(value)
         if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if spec.kind is list:  # kept as a list or (the default) a tuple: the same names are no change
+            if tuple(value) != tuple(current.get(key) or ()):
+                changed[key] = list(value)
+            continue
         if value != current.get(key):
             changed[key] = value
     if not changed:
@@ -112,7 +116,8 @@ def build(services: Services) -> SettingsTab:
 
     def current():
         now = services.options.all()
-        return [now.get(key) for key in tab.keys]
+        # a list setting's default is a tuple; Gradio would take a tuple for one choice ([()]) and refuse it
+        return [list(now[key]) if isinstance(now.get(key), tuple) else now.get(key) for key in tab.keys]
 
     tab.components["current"] = current
     tab.components["apply"].click(apply, tab.controls, [tab.components["result"], *tab.controls],
