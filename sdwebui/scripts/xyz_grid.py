@@ -21,8 +21,8 @@ Where we differ from A1111, and why:
   (A1111 raises in the middle of the job, or prints and falls back to "Automatic" for an unknown VAE).
 - A list axis whose dropdown is empty takes its text values even without `csv_mode` (A1111 would run an empty
   axis): API clients often send only the text.
-- Axes of features this server does not have (face restoration, token merging, FP8, ...) are refused with a
-  422, rather than accepted and ignored.
+- Axes of features this server does not have (UniPC order, extra noise, beta schedule α/β, ...), or that cannot
+  change per cell here (FP8 mode: a load-time setting), are refused with a 422, rather than accepted and ignored.
 - A1111 sets the batch size to 1 when "Show grid in gallery" is off; we keep the job's batch size. A cell of
   several images shows their grid, as A1111's does with the setting on (its default).
 """
@@ -282,7 +282,8 @@ AXES: tuple[Axis, ...] = (
          tab_missing=("img2img", "img2img has no refiner here")),
     _field("Refiner switch at", float, "refiner_switch_at", tab_missing=("img2img", "img2img has no refiner here")),
     Axis("RNG source", str, apply_rng, choices=("GPU", "CPU", "NV")),
-    _missing("FP8 mode", str, "FP8 weight storage is not available in this server", cost=0.9,
+    _missing("FP8 mode", str, "FP8 weight storage is chosen when a checkpoint is loaded (setting fp8_storage), not "
+             "per cell", cost=0.9,
              choices=("Disable", "Enable for SDXL", "Enable")),
     Axis("Size", str, apply_size, format=size_label),
 )
