@@ -105,8 +105,12 @@ class HashCache:
             stat = path.stat()
         except OSError:
             return None
+        return self._lookup(str(path), stat)
+
+    def _lookup(self, key: str, stat: os.stat_result) -> str | None:
+        """The cached hash under `key` when it was taken of this version of the file (same size and mtime)."""
         with self._lock:
-            cached = self._read().get(str(path))
+            cached = self._read().get(key)
         if (
             isinstance(cached, dict)
             and cached.get("size") == stat.st_size
@@ -126,15 +130,9 @@ class HashCache:
             return hashlib.sha256("".join(lines).encode()).hexdigest()
         stat = path.stat()
         key = ("addnet:" if addnet else "") + str(path)
-        with self._lock:
-            cached = self._read().get(key)
-            if (
-                isinstance(cached, dict)
-                and cached.get("size") == stat.st_size
-                and cached.get("mtime_ns") == stat.st_mtime_ns
-                and isinstance(cached.get("sha256"), str)
-            ):
-                return cached["sha256"]
+        cached = self._lookup(key, stat)
+        if cached is not None:
+            return cached
         digest = addnet_hash_file(path) if addnet else sha256_file(path)
         with self._lock:
             try:
