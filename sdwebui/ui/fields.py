@@ -30,6 +30,8 @@ from sdwebui.prompts.parser import (
 from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
 from sdwebui.server import catalog
 from sdwebui.server.a1111.translate import SAME_AS_FIRST_PASS
+from sdwebui.server.errors import FieldError
+from sdwebui.server.interrogation import caption_image
 from sdwebui.server.options import OPTIONS
 from sdwebui.server.pasting import settings_from_infotext, values_from_infotext
 from sdwebui.server.service import PARAMS_TYPES, GenerationRequest, JobHandle, QueueFull
@@ -87,6 +89,17 @@ HIRES_FIELDS = tuple(name for name in TXT2IMG_FIELDS if name.startswith("hr_")) 
 
 class UIError(Exception):
     """A message for the user (shown in the page), e.g. a field out of range or a full queue."""
+
+
+def interrogate(services: Services, image, model: str) -> str:
+    """The Interrogate buttons (img2img, PNG Info): `image` captioned by `model` ("clip", "deepdanbooru", a WD14
+    tagger); a UIError naming the problem (no image; a model not installed: the folder to put it in)."""
+    if image is None:
+        raise UIError("Interrogate: drop an image first")
+    try:
+        return caption_image(services, image, model)
+    except FieldError as error:
+        raise UIError(f"Interrogate: {error.message}") from None
 
 
 # ---- fields -> request ------------------------------------------------------------------------------------------

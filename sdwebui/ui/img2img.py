@@ -20,12 +20,11 @@ import numpy as np
 from sdwebui.pipelines.img2img_params import INPAINT_AREAS, INPAINTING_FILLS, MASK_MODES, RESIZE_MODES
 from sdwebui.pipelines.infotext import parse_infotext
 from sdwebui.pipelines.params import Txt2ImgParams, spec_of
-from sdwebui.server.interrogation import caption_image
-from sdwebui.server.errors import FieldError
 from sdwebui.server.service import GenerationRequest, JobHandle
 from sdwebui.server.services import Services
 from sdwebui.ui import txt2img
-from sdwebui.ui.fields import TokenCounter, UIError, fields_from_infotext, request_from_fields, submit
+from sdwebui.ui.fields import (TokenCounter, UIError, fields_from_infotext, interrogate, request_from_fields,
+                               submit)
 
 MASKED_CONTENT = list(INPAINTING_FILLS)
 MODES = ("img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload", "batch")
@@ -218,13 +217,7 @@ def interrogated_prompt(services: Services, values: Mapping[str, Any], prompt: s
     """The selected sub-tab's image captioned by `model` ("clip": BLIP + CLIP, "deepdanbooru", or "wd14": the first
     WD14 tagger); A1111's Interrogate buttons replace the prompt with the result. UIError naming the problem (no
     image, no model installed: the folder to put it in)."""
-    image = mode_image(values)
-    if image is None:
-        raise UIError("Interrogate: drop an image first")
-    try:
-        return caption_image(services, image, model)
-    except FieldError as error:
-        raise UIError(f"Interrogate: {error.message}") from None
+    return interrogate(services, mode_image(values), model)
 
 
 def images_for(values: Mapping[str, Any]):

@@ -17,10 +17,8 @@ import gradio as gr
 from PIL import Image
 
 from sdwebui.pipelines.output import read_image_info
-from sdwebui.server.interrogation import caption_image
-from sdwebui.server.errors import FieldError
 from sdwebui.server.services import Services
-from sdwebui.ui.fields import UIError
+from sdwebui.ui.fields import UIError, interrogate
 
 INTERROGATORS = (("Interrogate CLIP", "clip"), ("Interrogate DeepBooru", "deepdanbooru"),
                  ("Interrogate (WD14 tagger)", "wd14"))
@@ -62,13 +60,7 @@ def open_image(path: str | None):
 
 def caption_file(services: Services, path: str | None, model: str) -> str:
     """The caption `model` gives the uploaded image; UIError naming the problem (no image, model not installed)."""
-    image = open_image(path)
-    if image is None:
-        raise UIError("Interrogate: drop an image first")
-    try:
-        return caption_image(services, image, model)
-    except FieldError as error:
-        raise UIError(f"Interrogate: {error.message}") from None
+    return interrogate(services, open_image(path), model)
 
 
 def build(services: Services | None = None) -> PngInfoTab:
