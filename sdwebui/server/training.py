@@ -42,7 +42,26 @@ class CreateEmbeddingJob(BaseModel):
     init_text: str = Field("*", max_length=1000)
 
 
-class _TrainJob(BaseModel):
+class _PreviewFields(BaseModel):
+    """A training job's preview image every `create_image_every` steps: A1111's `preview_*` arguments (with
+    `preview_from_txt2img` off, the last training text with 20 steps, as A1111)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preview_from_txt2img: bool = False
+    preview_prompt: str = Field("", max_length=10000)
+    preview_negative_prompt: str = Field("", max_length=10000)
+    preview_steps: int = Field(20, ge=1, le=150)
+    preview_sampler_name: str | None = Field(None, max_length=100)
+    preview_sampler_index: int | None = Field(None, ge=0)
+    preview_scheduler: str | None = Field(None, max_length=100)
+    preview_cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
+    preview_seed: int = -1
+    preview_width: int = Field(512, ge=64, le=2048, multiple_of=8)
+    preview_height: int = Field(512, ge=64, le=2048, multiple_of=8)
+
+
+class _TrainJob(_PreviewFields):
     """The arguments A1111's `train_embedding` and `train_hypernetwork` share (the Train tab's defaults)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -65,17 +84,6 @@ class _TrainJob(BaseModel):
     use_weight: bool = False
     create_image_every: int = Field(500, ge=0)
     template_filename: str = Field("style_filewords.txt", max_length=200)
-    preview_from_txt2img: bool = False
-    preview_prompt: str = Field("", max_length=10000)
-    preview_negative_prompt: str = Field("", max_length=10000)
-    preview_steps: int = Field(20, ge=1, le=150)
-    preview_sampler_name: str | None = Field(None, max_length=100)
-    preview_sampler_index: int | None = Field(None, ge=0)
-    preview_scheduler: str | None = Field(None, max_length=100)
-    preview_cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
-    preview_seed: int = -1
-    preview_width: int = Field(512, ge=64, le=2048, multiple_of=8)
-    preview_height: int = Field(512, ge=64, le=2048, multiple_of=8)
 
 
 class TrainEmbeddingJob(_TrainJob):
@@ -113,7 +121,7 @@ class CreateHypernetworkJob(BaseModel):
     dropout_structure: str | list[float] = "0, 0, 0"
 
 
-class TrainLoraJob(BaseModel):
+class TrainLoraJob(_PreviewFields):
     """LoRA training (kohya's `train_network.py` semantics, `pipelines.lora_training`): the images of `data_root`
     with their `.txt` captions, a LoRA of `rank` / `alpha` on the UNet's attention projections, written to
     models/Lora/<name>.safetensors in kohya's format. An existing file of that name is resumed from its
@@ -139,17 +147,6 @@ class TrainLoraJob(BaseModel):
     log_directory: str = Field("textual_inversion", max_length=1000)
     save_every: int = Field(500, ge=0, description="a copy in the log folder every N steps (0: never)")
     create_image_every: int = Field(500, ge=0)
-    preview_from_txt2img: bool = False
-    preview_prompt: str = Field("", max_length=10000)
-    preview_negative_prompt: str = Field("", max_length=10000)
-    preview_steps: int = Field(20, ge=1, le=150)
-    preview_sampler_name: str | None = Field(None, max_length=100)
-    preview_sampler_index: int | None = Field(None, ge=0)
-    preview_scheduler: str | None = Field(None, max_length=100)
-    preview_cfg_scale: float = Field(7.0, ge=1.0, le=30.0)
-    preview_seed: int = -1
-    preview_width: int = Field(512, ge=64, le=2048, multiple_of=8)
-    preview_height: int = Field(512, ge=64, le=2048, multiple_of=8)
     seed: int | None = None
 
 
