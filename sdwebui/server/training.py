@@ -204,7 +204,6 @@ def prepare_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetw
     """Check every argument (A1111's `validate_train_inputs` and more) and resolve the paths."""
     from sdwebui.pipelines.textual_inversion import (
         CLIP_GRAD_MODES,
-        IMAGE_SUFFIXES,
         LATENT_SAMPLING_METHODS,
         list_templates,
         parse_schedule,
@@ -236,16 +235,7 @@ def prepare_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetw
         raise ParamError(("latent_sampling_method",), f"one of {', '.join(LATENT_SAMPLING_METHODS)}")
     if job.use_weight:
         raise ParamError(("use_weight",), "the PNG alpha channel as loss weight is not supported yet")
-    root = Path(job.data_root).expanduser()
-    if not root.is_absolute():
-        root = services.paths.data_dir / root
-    if not root.is_dir():
-        raise ParamError(("data_root",), f"Dataset directory {job.data_root} doesn't exist")
-    images = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
-        raise ParamError(("data_root",), f"Dataset directory {job.data_root} has no images")
-    if job.batch_size > len(images):
-        raise ParamError(("batch_size",), f"larger than the {len(images)} images of the dataset")
+    root, images = checked_dataset(services, job)
     templates = list_templates([services.paths.data_dir / "textual_inversion_templates"])
     template = templates.get(job.template_filename)
     if template is None:
@@ -279,7 +269,7 @@ def prepare_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetw
 def prepare_train_lora(services: "Services", job: TrainLoraJob) -> TrainingPayload:
     """Check a LoRA training request (422 naming the field) and resolve its paths."""
     from sdwebui.pipelines.lora_training import stored_step
-    from sdwebui.pipelines.textual_inversion import IMAGE_SUFFIXES, clean_name, parse_schedule
+    from sdwebui.pipelines.textual_inversion import clean_name, parse_schedule
 
     name = clean_name(job.name)
     if not name or name.startswith("."):
@@ -292,16 +282,7 @@ def prepare_train_lora(services: "Services", job: TrainLoraJob) -> TrainingPaylo
         parse_schedule(job.learn_rate, job.steps)
     except ValueError as error:
         raise ParamError(("learn_rate",), f"not a learning rate schedule: {error}") from None
-    root = Path(job.data_root).expanduser()
-    if not root.is_absolute():
-        root = services.paths.data_dir / root
-    if not root.is_dir():
-        raise ParamError(("data_root",), f"Dataset directory {job.data_root} doesn't exist")
-    images = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
-        raise ParamError(("data_root",), f"Dataset directory {job.data_root} has no images")
-    if job.batch_size > len(images):
-        raise ParamError(("batch_size",), f"larger than the {len(images)} images of the dataset")
+    root, images = checked_dataset(services, job)
     path = services.paths.lora_dir / f"{name}.safetensors"
     resume = False
     if path.exists():
@@ -548,3 +529,21 @@ def _png(image) -> bytes:
 __all__ = ["CreateEmbeddingJob", "TrainEmbeddingJob", "TrainHypernetworkJob", "TrainLoraJob", "prepare_train_lora", "CreateHypernetworkJob",
            "create_hypernetwork", "TRAINING_JOBS", "submit_training", "prepare_create", "prepare_train", "submit_create",
            "submit_train", "run_training_job"]
+
+
+def checked_dataset(services: "Services", job) -> tuple[Path, list[Path]]:
+    """A training job's `data_root` (relative to the data folder) and its images; a ParamError naming
+    `data_root` (missing, no images) or `batch_size` (more than the images) otherwise."""
+    from sdwebui.pipelines.textual_inversion import IMAGE_SUFFIXES  # torch: not at start-up
+
+    root = Path(job.data_root).expanduser()
+    if not root.is_absolute():
+        root = services.paths.data_dir / root
+    if not root.is_dir():
+        raise ParamError(("data_root",), f"Dataset directory {job.data_root} doesn't exist")
+    images = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise ParamError(("data_root",), f"Dataset directory {job.data_root} has no images")
+    if job.batch_size > len(images):
+        raise ParamError(("batch_size",), f"larger than the {len(images)} images of the dataset")
+    return root, images
