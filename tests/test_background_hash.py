@@ -12,6 +12,7 @@ import threading
 
 import pytest
 import torch
+from test_api_support import LiveServer, make_data_dir, wait_for_job, wait_until
 
 import sdwebui.models.hashing as hashing
 from sdwebui.models.loader import load_checkpoint
@@ -130,3 +131,28 @@ def test_a_failed_background_hash_is_raised_once_then_hashed_again():
     with pytest.raises(OSError, match="No space left"):
         pending.result(timeout=30)
     assert pending.result(timeout=30) == "ab" * 32 and len(calls) == 2
+
+
+def test_get_options_does_not_wait_for_the_hash(tmp_path, tiny_sd1_path, monkeypatch):
+    """`GET /sdapi/v1/options` answers while the loaded checkpoint is still being hashed (`sd_checkpoint_hash` is
+    "" until then, as before any load) and shows the hash once it is known."""
+    data = make_data_dir(tmp_path, tiny_sd1_path, "tiny-sd1.safetensors")
+    release = threading.Event()
+
+    def held(path):
+        assert release.wait(60), "the test never released the hash"
+        return REAL_SHA256_FILE(path)
+
+    monkeypatch.setattr(hashing, "sha256_file", held)
+    try:
+        with LiveServer(data, ui=False) as live, live.client() as client:
+            job = client.post("/api/v1/jobs", json={"width": 64, "height": 64, "steps": 1, "sampler": "Euler"})
+            wait_until(lambda: live.services.loaded_model() is not None, timeout=120)
+            response = client.get("/sdapi/v1/options", timeout=10)
+            assert response.status_code == 200 and response.json()["sd_checkpoint_hash"] == ""
+            release.set()
+            expected = hashlib.sha256(tiny_sd1_path.read_bytes()).hexdigest()
+            assert wait_for_job(client, job.json()["id"], timeout=120)["status"] == "done"
+            assert client.get("/sdapi/v1/options").json()["sd_checkpoint_hash"] == expected
+    finally:
+        release.set()

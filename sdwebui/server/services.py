@@ -384,7 +384,7 @@ class Services:
             except LookupError:
                 options["sd_model_checkpoint"] = None
         loaded = self.loaded_model()
-        options["sd_checkpoint_hash"] = loaded.info.sha256 if loaded is not None else ""
+        options["sd_checkpoint_hash"] = _hash_if_ready(loaded.info) if loaded is not None else ""
         return options
 
     # ---- health ---------------------------------------------------------------------------------------------
@@ -462,6 +462,16 @@ def _prepare_worker(*, threads: int | None, preload: bool, load_model: Callable[
         import sdwebui.pipelines.txt2img  # noqa: F401
     if load_model is not None:
         load_model()
+
+
+def _hash_if_ready(info) -> str:
+    """The loaded checkpoint's SHA-256 for `GET /options`, without waiting: its first load hashes the file in the
+    background (seconds for a 2-7 GB file, longer from a slow disk), and a settings read must not be held for
+    that; until then it is "" (as before any load), and a failed hash is the infotext's to report."""
+    try:
+        return info.sha256_if_ready or ""
+    except Exception:  # noqa: BLE001 - a settings read never fails for the hash
+        return ""
 
 
 __all__ = ["Services"]
