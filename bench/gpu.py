@@ -2,13 +2,14 @@
 
 SD1.5 at 512x512 and SDXL at 1024x1024, full-size random-weight checkpoints (written once to bench/out/, fp16
 single files in the LDM layout, loaded through our real loader), fp16 and bf16. For each family and dtype these
-variants run interleaved, round-robin A B C ... A B C ..., after one warm-up each (the warm-up of `compile` is its
-compile, reported apart):
+variants run interleaved, round-robin A B C ... A B C ..., after one warm-up each (the warm-up of `compile` and
+`graphs` is their compile, reported apart):
 
 - `diffusers`: diffusers' `StableDiffusionPipeline` / `StableDiffusionXLPipeline` (SDPA, the same dtype) on the
   modules of our default load, with its Euler scheduler;
-- `default`, `compile` (`--compile`), `medvram`, `lowvram` and `fp8` (`fp8_storage` Enable): ours, each its own
-  load through `ModelManager` as the server makes it.
+- `default`, `compile` (`--compile`), `graphs` (`--compile-mode reduce-overhead`: compiled, CUDA graphs replayed),
+  `medvram`, `lowvram` and `fp8` (`fp8_storage` Enable): ours, each its own load through `ModelManager` as the
+  server makes it.
 
 Each run is one image, Euler, CFG 7, `--steps` steps; it/s counts sampler steps over the UNet's seconds (timed by
 hooks), s/image is the whole call, peak VRAM is `max_memory_allocated` during the run less what the other
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 FAMILIES = {"sd15": 512, "sdxl": 1024}
 DTYPES = ("fp16", "bf16", "fp32")
-MODES = ("diffusers", "default", "compile", "medvram", "lowvram", "fp8")
+MODES = ("diffusers", "default", "compile", "graphs", "medvram", "lowvram", "fp8")
 LOWVRAM_BUDGET_GB = {"sd15": 2.0, "sdxl": 4.0}
 PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, 8k"
 NEGATIVE = "blurry, low quality"
@@ -136,7 +137,8 @@ def load_variant(args, family: str, dtype: str, variant: str, checkpoint: Path, 
 
     paths = Paths.from_flags(data_dir=data_dir / variant)
     memory = MemoryPolicy({"medvram": "medvram", "lowvram": "lowvram"}.get(variant, "none"))
-    fast = FastPaths(compile=variant == "compile", compile_backend=args.compile_backend)
+    fast = FastPaths(compile=variant in ("compile", "graphs"), compile_backend=args.compile_backend,
+                     compile_mode="reduce-overhead" if variant == "graphs" else "default")
     fp8 = ("Enable", False) if variant == "fp8" else ("Disable", False)
     manager = ModelManager(paths, plan_devices(args.device, precision=precision_of(dtype)), memory=memory,
                            fast=fast, fp8=lambda: fp8)

@@ -27,7 +27,7 @@ from sdwebui.cli_jobs import (  # noqa: F401 - param_values: part of the CLI's A
     run_generation,
     run_png_info,
 )
-from sdwebui.config import DEMO_CHECKPOINT, Paths
+from sdwebui.config import COMPILE_MODES, DEMO_CHECKPOINT, Paths
 from sdwebui.core.errors import ParamError
 from sdwebui.models.hashing import sha256_of
 from sdwebui.prompts.styles import StyleFileError, UnknownStyleError
@@ -91,6 +91,10 @@ def add_memory_flags(group) -> None:
                        help="torch.compile the UNet (static shapes: each new image or batch size compiles once; "
                             "seeds and prompts do not). Needs the whole model on the GPU (not with --medvram or "
                             "--lowvram)")
+    group.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
+                       help="torch.compile's mode; implies --compile. reduce-overhead: replay CUDA graphs (fastest "
+                            "for small batches on a fast GPU); max-autotune: also search kernels (long first "
+                            "compile); max-autotune-no-cudagraphs; default")
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,9 @@ from pathlib import Path
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "demo" / "sdwebui-demo-shapes-v1.safetensors"
 """The built-in demo model (used when the checkpoints folder is empty; see `sdwebui/demo/MODEL_CARD.md`)."""
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes `--compile-mode` takes (`models.fast_paths`)."""
+
 UPSCALER_FAMILIES = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT")
 """Model-upscaler folders below `models/`, named as A1111 names them (each has an `--<name>-models-path` flag)."""
 

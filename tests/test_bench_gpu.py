@@ -26,7 +26,7 @@ def gpu_bench():
 def test_dry_run_prints_the_plan(gpu_bench, capsys):
     assert gpu_bench.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "sd15 512x512 fp16: diffusers default compile medvram lowvram fp8" in out
+    assert "sd15 512x512 fp16: diffusers default compile graphs medvram lowvram fp8" in out
     assert "sdxl 1024x1024 bf16:" in out
     with pytest.raises(SystemExit):
         gpu_bench.build_parser().parse_args(["--families", "sd3"])

@@ -80,6 +80,9 @@ class SDModel:
     """The memory mode (`--medvram`, `--lowvram`) and its hooks; None: every module stays on `device`."""
     fp8: "Fp8Storage | None" = None  # noqa: F821  (sdwebui.models.fp8)
     """FP8 weight storage (A1111's "FP8 weight" setting) of the UNet and text encoders; None: off."""
+    unet_cuda_graphs: bool = False
+    """The UNet is compiled to replay CUDA graphs (`--compile-mode reduce-overhead`, `models.fast_paths`): each
+    call must start a new graph step, and its output is overwritten by the next replay, so callers copy it."""
 
     @property
     def latent_scaling_factor(self) -> float:

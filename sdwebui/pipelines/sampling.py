@@ -153,16 +153,25 @@ def make_denoiser(model: SDModel, hooks: GenerationHooks | None = None) -> Model
     `cond_mark` ([rows], 1 for a conditional row, 0 for an unconditional one; `scheduled_denoiser` adds it, as
     A1111 marks the prompts for sd-webui-controlnet) is for the hooks and never reaches the UNet."""
     unet = model.unet
+    cuda_graphs = model.unet_cuda_graphs
 
     def call_unet(x: Tensor, t: Tensor, encoder_hidden_states, added_cond_kwargs=None, c_concat=None,
                   cond_mark=None, **unet_extra):
         if c_concat is not None:
             x = torch.cat([x, c_concat.to(x.device, x.dtype)], dim=1)
+
+        def unet_output() -> Tensor:
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = unet(x.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states,
+                       added_cond_kwargs=added_cond_kwargs, return_dict=False, **unet_extra)[0]
+            # A replayed CUDA graph's output is overwritten by the next replay, and the samplers keep outputs across
+            # calls (a split CFG batch, DPM++'s history): copy it (one latent's worth).
+            return out.clone() if cuda_graphs else out
+
         # Out of device memory: the call is made again, same inputs, in lowvram (`models.memory`).
         what = f"the UNet at {x.shape[-1] * 8}x{x.shape[-2] * 8}, {x.shape[0]} latents a call"
-        return call_with_memory_retry(model, lambda: unet(
-            x.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs,
-            return_dict=False, **unet_extra)[0], what)
+        return call_with_memory_retry(model, unet_output, what)
 
     model_fn = hooks.wrap_model_call(model, call_unet) if hooks is not None else call_unet
     return ModelDenoiser(model_fn, DiscreteSchedule(model.alphas_cumprod), model.prediction_type)

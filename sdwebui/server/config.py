@@ -91,6 +91,8 @@ class ServerConfig:
     """A1111's `--opt-channelslast`: UNet and VAE weights stored channels-last (`models.fast_paths`)."""
     compile_unet: bool = False
     """`--compile`: torch.compile the UNet when it is loaded (static shapes; `models.fast_paths`)."""
+    compile_mode: str = "default"
+    """`--compile-mode`: torch.compile's mode ("reduce-overhead" replays CUDA graphs; `fast_paths.COMPILE_MODES`)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_failed_logins: int = 10
     """Wrong credentials one client address may send per minute before it must wait (429); 0 = no limit."""
@@ -194,7 +196,8 @@ def memory_fields(args) -> dict:
     return {"memory_mode": mode, "medvram_sdxl": bool(getattr(args, "medvram_sdxl", False)),
             "vram_budget_gb": getattr(args, "vram_budget", None),
             "channels_last": bool(getattr(args, "opt_channelslast", False)),
-            "compile_unet": bool(getattr(args, "compile", False))}
+            "compile_unet": bool(getattr(args, "compile", False) or getattr(args, "compile_mode", None)),
+            "compile_mode": getattr(args, "compile_mode", None) or "default"}
 
 
 def is_loopback(host: str) -> bool:

@@ -102,7 +102,8 @@ class Services:
                                 int(self.options.get("sd_checkpoint_cache")))
                 fp8 = lambda: (str(self.options.get("fp8_storage")),  # noqa: E731
                                bool(self.options.get("cache_fp16_weight")))
-                fast = FastPaths(channels_last=config.channels_last, compile=config.compile_unet)
+                fast = FastPaths(channels_last=config.channels_last, compile=config.compile_unet,
+                                 compile_mode=config.compile_mode)
                 self._models = ModelManager(self.paths, devices, prediction_type=config.prediction_type,
                                             memory=memory, keep=keep, fp8=fp8, fast=fast)
                 log.info("device: %s", devices.describe())
