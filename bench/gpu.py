@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -83,6 +85,9 @@ class Result:
     peak_bytes: list[int] = field(default_factory=list)
     warmup_seconds: float = 0.0
     error: str | None = None
+    levels_vs_default: tuple[float, int] | None = None
+    """Mean and largest |difference| in 8-bit levels from `default`'s image of the same seed (memory modes should
+    give the same image within fp16 noise); None for diffusers' pipeline."""
 
     @property
     def s_per_image(self) -> float | None:
@@ -203,8 +208,8 @@ def resident_bytes(model) -> int:
     return total
 
 
-def run_once(args, variant: str, model, size: int, seed: int) -> tuple[float, float, int]:
-    """(seconds, UNet seconds, peak bytes) of one image."""
+def run_once(args, variant: str, model, size: int, seed: int):
+    """(seconds, UNet seconds, peak bytes, the image as an int16 array or None for diffusers') of one image."""
     import torch
 
     from sdwebui.pipelines.context import GenerationContext
@@ -221,6 +226,7 @@ def run_once(args, variant: str, model, size: int, seed: int) -> tuple[float, fl
         torch.cuda.reset_peak_memory_stats(device)
     timer = UnetTimer(model.unet, device)
     start = time.perf_counter()
+    image = None
     try:
         if variant == "diffusers":
             pipe = diffusers_pipeline(model)
@@ -231,14 +237,14 @@ def run_once(args, variant: str, model, size: int, seed: int) -> tuple[float, fl
         else:
             params = Txt2ImgParams(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=args.steps,
                                    cfg_scale=7.0, seed=seed, sampler="Euler", scheduler="Automatic")
-            txt2img(GenerationContext(model=model), params)
+            image = txt2img(GenerationContext(model=model), params).images[0]
         if cuda:
             torch.cuda.synchronize()
     finally:
         timer.remove()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) - others if cuda else 0
-    return seconds, timer.seconds, peak
+    return seconds, timer.seconds, peak, None if image is None else np.asarray(image, dtype=np.int16)
 
 
 def bench_family(args, family: str, dtype: str, size: int, variants: list[str], data_dir: Path) -> list[Result]:
@@ -263,20 +269,29 @@ def bench_family(args, family: str, dtype: str, size: int, variants: list[str], 
             models.pop(variant, None)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+    first_images: dict[str, np.ndarray] = {}
     for round_index in range(args.repeats):  # interleaved: A B C ... A B C ...
         for variant in variants:
             if variant not in models:
                 continue
             try:
-                seconds, unet_seconds, peak = run_once(args, variant, models[variant], size, seed=100 + round_index)
+                seconds, unet_seconds, peak, image = run_once(args, variant, models[variant], size,
+                                                              seed=100 + round_index)
             except Exception as error:  # noqa: BLE001
                 results[variant].error = f"{type(error).__name__}: {error}"[:200]
                 models.pop(variant)
                 continue
+            if round_index == 0 and image is not None:
+                first_images[variant] = image
             results[variant].seconds.append(seconds)
             results[variant].unet_seconds.append(unet_seconds)
             if torch.device(args.device).type == "cuda":
                 results[variant].peak_bytes.append(peak)
+    reference = first_images.get("default")
+    for variant, image in first_images.items():
+        if reference is not None and image.shape == reference.shape:
+            difference = np.abs(image - reference)
+            results[variant].levels_vs_default = (float(difference.mean()), int(difference.max()))
     models.clear()
     base = None
     gc.collect()
@@ -314,7 +329,7 @@ def budget_child(args) -> int:
     with tempfile.TemporaryDirectory() as data_dir:
         model = load_variant(args, family, dtype, "lowvram", checkpoint_path(args, family), Path(data_dir))
         try:
-            seconds, _, peak = run_once(args, "lowvram", model, size, seed=1)
+            seconds, _, peak, _ = run_once(args, "lowvram", model, size, seed=1)
         except torch.OutOfMemoryError as error:
             print(json.dumps({"family": family, "dtype": dtype, "budget_gb": gb, "fits": False,
                               "error": str(error).splitlines()[0][:200]}))
@@ -330,7 +345,7 @@ def fmt(value, spec: str) -> str:
 
 def table(results: list[Result], steps: int) -> str:
     lines = ["| family | dtype | variant | it/s | s/image | peak VRAM GB | it/s vs diffusers | s/image vs diffusers |"
-             " VRAM vs diffusers | warm-up s | note |", "|" + "---|" * 11]
+             " VRAM vs diffusers | image vs default (mean / max levels) | warm-up s | note |", "|" + "---|" * 12]
     reference = {(r.family, r.dtype): r for r in results if r.variant == "diffusers"}
     for r in results:
         ref = reference.get((r.family, r.dtype))
@@ -338,9 +353,10 @@ def table(results: list[Result], steps: int) -> str:
         ratio_ips = ips / ref_ips if ips and ref_ips else None
         ratio_s = r.s_per_image / ref.s_per_image if ref and r.s_per_image and ref.s_per_image else None
         ratio_vram = r.peak_gb / ref.peak_gb if ref and r.peak_gb and ref.peak_gb else None
+        levels = "-" if r.levels_vs_default is None else f"{r.levels_vs_default[0]:.2f} / {r.levels_vs_default[1]}"
         lines.append(f"| {r.family} | {r.dtype} | {r.variant} | {fmt(ips, '.2f')} | {fmt(r.s_per_image, '.3f')} | "
                      f"{fmt(r.peak_gb, '.2f')} | {fmt(ratio_ips, '.2f')} | {fmt(ratio_s, '.2f')} | "
-                     f"{fmt(ratio_vram, '.2f')} | {r.warmup_seconds:.1f} | {r.error or ''} |")
+                     f"{fmt(ratio_vram, '.2f')} | {levels} | {r.warmup_seconds:.1f} | {r.error or ''} |")
     return "\n".join(lines)
 
 
@@ -367,20 +383,34 @@ def main(argv: list[str] | None = None) -> int:
     budgets: list[dict] = []
     with tempfile.TemporaryDirectory() as data_dir:
         for family, dtype, size, variants in runs:
-            results += bench_family(args, family, dtype, size, variants, Path(data_dir))
+            done = bench_family(args, family, dtype, size, variants, Path(data_dir))
+            results += done
+            # Each family and dtype is reported as soon as it is measured (a device run cut off by its time limit
+            # still returns what it measured).
+            print(table(done, args.steps), flush=True)
             if "lowvram" in variants and not args.no_budget_check and device.type == "cuda":
                 budgets.append(budget_check(args, family, dtype))
-    print(table(results, args.steps))
-    for budget in budgets:
-        verdict = f"fits, peak {budget['peak_gb']} GB, {budget['seconds']} s/image" if budget["fits"] else \
-            f"does NOT fit: {budget.get('error')}"
-        print(f"lowvram in {budget['budget_gb']} GB ({budget['family']} {budget['dtype']}): {verdict}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "device": args.device, "steps": args.steps, "repeats": args.repeats, "budgets": budgets,
-            "results": [{**{k: v for k, v in vars(r).items()}, "it_per_s": r.it_per_s(args.steps),
-                         "s_per_image": r.s_per_image, "peak_gb": r.peak_gb} for r in results]}, indent=1))
+                print(budget_line(budgets[-1]), flush=True)
+            if args.json:
+                write_json(args, results, budgets)
+    if len(runs) > 1:
+        print("all runs:\n" + table(results, args.steps))
+        for budget in budgets:
+            print(budget_line(budget))
     return 1 if any(r.error for r in results) else 0
+
+
+def budget_line(budget: dict) -> str:
+    verdict = f"fits, peak {budget['peak_gb']} GB, {budget['seconds']} s/image" if budget["fits"] else \
+        f"does NOT fit: {budget.get('error')}"
+    return f"lowvram in {budget['budget_gb']} GB ({budget['family']} {budget['dtype']}): {verdict}"
+
+
+def write_json(args, results: list[Result], budgets: list[dict]) -> None:
+    args.json.write_text(json.dumps({
+        "device": args.device, "steps": args.steps, "repeats": args.repeats, "budgets": budgets,
+        "results": [{**{k: v for k, v in vars(r).items()}, "it_per_s": r.it_per_s(args.steps),
+                     "s_per_image": r.s_per_image, "peak_gb": r.peak_gb} for r in results]}, indent=1))
 
 
 if __name__ == "__main__":

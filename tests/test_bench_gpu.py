@@ -45,3 +45,6 @@ def test_the_smoke_path_runs_on_the_cpu(gpu_bench, tmp_path, capsys):
     assert set(by_variant) == {"diffusers", "default"}
     for result in by_variant.values():
         assert result["error"] is None and result["s_per_image"] > 0 and result["it_per_s"] > 0
+    # Our image is compared with the default's of the same seed (itself here: no difference).
+    assert by_variant["default"]["levels_vs_default"] == [0.0, 0]
+    assert by_variant["diffusers"]["levels_vs_default"] is None
