@@ -121,12 +121,13 @@ class ActiveUnit:
             self._maps[key] = fit_control_map(detected, resize_mode, height, width)
         return self._maps[key]
 
-    def lend(self, part: str, modules: list):
-        """`modules` on the device for the block when the checkpoint offloads (medvram, lowvram)."""
+    def lend(self, part: str, modules: list, *, every_step: bool = False):
+        """`modules` on the device for the block when the checkpoint offloads (medvram, lowvram); `every_step`:
+        they run with every UNet call, and medvram keeps them beside the UNet (`ModelPlacement.lend`)."""
         placement = self.placement
         if placement is None or not placement.offloads:
             return contextlib.nullcontext()
-        return placement.lend(part, modules)
+        return placement.lend(part, modules, every_step=every_step)
 
     def hint(self, height: int, width: int, device, dtype) -> torch.Tensor:
         """The map as the ControlNet takes it: [1, 3, H, W] in [0, 1] (the extension's `get_pytorch_control`)."""
@@ -458,7 +459,7 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
         for unit in (u for u in active if isinstance(u.controlnet, LoadedControlNet)):
             model = unit.controlnet.model
             hint = unit.hint(height, width, x.device, dtype).expand(rows, -1, -1, -1)
-            with unit.lend("controlnet", [model]):
+            with unit.lend("controlnet", [model], every_step=True):
                 down, mid = model(x.to(dtype), t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=hint,
                                   added_cond_kwargs=added_cond_kwargs, return_dict=False)
             residuals = [*down, mid]
@@ -502,7 +503,8 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
             adapters.append((unit.controlnet, tokens, float(unit.unit["weight"])))
         lent = contextlib.ExitStack()
         for unit in (u for u in active if isinstance(u.controlnet, LoadedIPAdapter)):
-            lent.enter_context(unit.lend("ip_adapter", [layer for pair in unit.controlnet.kv for layer in pair]))
+            lent.enter_context(unit.lend("ip_adapter", [layer for pair in unit.controlnet.kv for layer in pair],
+                                         every_step=True))
         with lent:
             return _finish(call, unet, alphas_cumprod, active, adapters, x, t, encoder_hidden_states,
                            added_cond_kwargs, c_concat, cond_mark, extra, rows, height, width, hires)
