@@ -49,10 +49,41 @@ browser_setup() {
     fi
 }
 
+# The server (`serve`, also the default with no command or only flags) is started again when it exits with 75:
+# POST /sdapi/v1/server-restart (with --api-server-stop) asks for that, as A1111's webui.sh restarts on its
+# tmp/restart file. It runs as a child so that the loop outlives it; SIGTERM / SIGHUP sent to this script are
+# passed on to it (Ctrl+C reaches it directly: it is in the terminal's process group).
+is_serve() { [ $# -eq 0 ] || [ "$1" = serve ] || [ "${1#-}" != "$1" ]; }
+
+serve_loop() {
+    export SDWEBUI_RESTARTABLE=1
+    local child code
+    while true; do
+        "$venv/bin/sdwebui" "$@" &
+        child=$!
+        trap 'kill -TERM "$child" 2>/dev/null || true' TERM HUP
+        trap ':' INT
+        code=0
+        wait "$child" || code=$?
+        while kill -0 "$child" 2>/dev/null; do  # `wait` returns early when a trapped signal arrives
+            code=0
+            wait "$child" || code=$?
+        done
+        trap - TERM HUP INT
+        if [ "$code" != 75 ]; then
+            exit "$code"
+        fi
+        echo "sdwebui: restarting (POST /sdapi/v1/server-restart)" >&2
+    done
+}
+
 setup
 if [ "${1:-}" = "test" ]; then
     shift
     browser_setup
     exec "$venv/bin/python" -m pytest "$@"
+fi
+if is_serve "$@"; then
+    serve_loop "$@"
 fi
 exec "$venv/bin/sdwebui" "$@"

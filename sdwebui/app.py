@@ -193,6 +193,8 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
                        help="the same here: every extension is an extra one (A1111's flag)")
     group.add_argument("--enable-insecure-extension-access", action="store_true",
                        help="allow installing extensions while listening beyond this machine (A1111's flag)")
+    group.add_argument("--api-server-stop", action="store_true",
+                       help="A1111's flag: serve POST /sdapi/v1/server-stop, server-restart and server-kill")
 
 
 def config_from_args(args, paths) -> ServerConfig:
@@ -231,6 +233,7 @@ def config_from_args(args, paths) -> ServerConfig:
         ray_address=getattr(args, "ray", None),
         ray_workers=getattr(args, "ray_workers", None),
         ray_gpus_per_worker=getattr(args, "ray_gpus_per_worker", None),
+        api_server_stop=bool(getattr(args, "api_server_stop", False)),
         flags=flags,
     )
 
@@ -272,10 +275,12 @@ def serve(config: ServerConfig) -> int:
             print(f"sdwebui: WARNING: {notice}", file=sys.stderr)
         ui = f"web UI: {config.url}/, " if config.ui else ""
         print(f"sdwebui: serving on {config.url} ({ui}API docs: {config.url}/docs)", file=sys.stderr)
-        uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config))).run(sockets=[sock])
+        server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config)))
+        app.state.services.control.attach(server)
+        server.run(sockets=[sock])
     finally:
         sock.close()
-    return 0
+    return app.state.services.control.exit_code()
 
 
 def uvicorn_options(config: ServerConfig) -> dict:

@@ -56,6 +56,7 @@ class LiveServer:
 
         # As `sdwebui serve` runs it (forwarded headers believed only from --forwarded-allow-ips).
         self.server = uvicorn.Server(uvicorn.Config(self.app, lifespan="on", **uvicorn_options(self.config)))
+        self.services.control.attach(self.server)  # as `sdwebui serve` does (/sdapi/v1/server-stop ends it)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 60

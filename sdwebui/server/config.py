@@ -93,6 +93,9 @@ class ServerConfig:
     """`--compile`: torch.compile the UNet when it is loaded (static shapes; `models.fast_paths`)."""
     compile_mode: str = "default"
     """`--compile-mode`: torch.compile's mode ("reduce-overhead" replays CUDA graphs; `fast_paths.COMPILE_MODES`)."""
+    api_server_stop: bool = False
+    """A1111's `--api-server-stop`: serve `/sdapi/v1/server-stop`, `server-restart` and `server-kill`
+    (`server.lifecycle`)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_failed_logins: int = 10
     """Wrong credentials one client address may send per minute before it must wait (429); 0 = no limit."""

@@ -22,6 +22,7 @@ from sdwebui.pipelines.output import save_image
 from sdwebui.prompts.styles import StyleDatabase
 from sdwebui.server import catalog
 from sdwebui.server.config import ServerConfig
+from sdwebui.server.lifecycle import ServerControl
 from sdwebui.server.options import OptionError, Options
 from sdwebui.server.payloads import load_payload
 from sdwebui.server.queue import JobQueue, QueueFull, Worker
@@ -58,6 +59,8 @@ class Services:
             warmup=functools.partial(_prepare_worker, threads=config.threads, preload=config.preload,
                                      load_model=self.load_model_at_start if config.load_model_at_start else None),
         )
+        self.control = ServerControl()
+        """Stops the server from the API (`--api-server-stop`); `sdwebui serve` attaches the server it runs."""
         self.write_image = save_image
         """How the runners write a job's image files (`pipelines.output.save_image`'s signature; the path written
         back). A Ray worker's services send them to the API node instead (`server.cluster.ImageOutbox`)."""

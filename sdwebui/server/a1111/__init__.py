@@ -11,6 +11,7 @@
 | `scripts.py` | scripts, script-info, extensions |
 | `interrogate.py` | interrogate (clip: BLIP + CLIP, deepdanbooru, WD14 taggers) |
 | `train.py` | create/embedding, train/embedding (textual inversion, queued jobs) |
+| `..lifecycle` | server-stop, server-restart, server-kill (only with `--api-server-stop`) |
 
 `schemas.py` holds the bodies (made from the parameter declarations), `translate.py` turns a request into the
 generation service's request and our errors back into A1111's field names.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from sdwebui.server import lifecycle
 from sdwebui.server.a1111 import generation, images, interrogate, models, options, progress, scripts, train
 from sdwebui.server.services import Services
 
@@ -40,6 +42,8 @@ def build_router(services: Services) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible API"])
     for area in AREAS:
         router.include_router(area.build_router(services))
+    if services.config.api_server_stop:  # A1111's flag: server-stop, server-restart, server-kill
+        router.include_router(lifecycle.build_router(services.control))
     return router
 
 
