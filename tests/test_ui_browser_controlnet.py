@@ -64,6 +64,21 @@ def test_a_unit_from_the_accordion_drives_the_job(page, server, tmp_path):
     assert 'ControlNet 0: "Module: canny, Model: control_tiny_canny [' in record["infotext"], record["infotext"]
 
 
+def pasted_values(page, unit: str, fields: dict) -> dict:
+    return {name: page.locator(f"{unit}_{name} input[type=number]").input_value() for name in fields}
+
+
+def wait_for_pasted_unit(page, unit: str, fields: dict) -> None:
+    """The unit's controls are filled by one update, which the page may render over a few frames: wait until it
+    is enabled and every field shows its pasted value; say what it shows if it never does."""
+    enabled = page.locator(f"{unit}_enable input")
+    try:
+        wait_until(lambda: enabled.is_checked() and pasted_values(page, unit, fields) == fields, timeout=30)
+    except AssertionError:
+        raise AssertionError(f"the pasted unit shows enabled={enabled.is_checked()}, "
+                             f"{pasted_values(page, unit, fields)}; expected {fields}") from None
+
+
 def test_an_infotext_sent_to_txt2img_restores_the_unit(page, server, tmp_path):
     from PIL import PngImagePlugin
 
@@ -81,10 +96,7 @@ def test_an_infotext_sent_to_txt2img_restores_the_unit(page, server, tmp_path):
     page.locator("#pnginfo_send_txt2img").click()
     page.locator("#txt2img_script_controlnet").get_by_text("ControlNet").first.click()
     unit = "#txt2img_script_controlnet_0"
-    wait_until(lambda: page.locator(f"{unit}_enable input").is_checked(), timeout=30)
-    assert page.locator(f"{unit}_weight input[type=number]").input_value() == "0.65"
-    assert page.locator(f"{unit}_threshold_a input[type=number]").input_value() == "50"
-    assert page.locator(f"{unit}_start input[type=number]").input_value() == "0.1"
+    wait_for_pasted_unit(page, unit, {"weight": "0.65", "threshold_a": "50", "start": "0.1"})
     assert page.locator(f"{unit}_pixel_perfect input").is_checked()
     assert page.locator(f"{unit}_control_mode input[value='My prompt is more important']").is_checked()
     shot(page, "controlnet-pasted")
@@ -106,5 +118,4 @@ def test_an_infotext_sent_to_img2img_restores_the_unit_there(page, server, tmp_p
     page.locator("#pnginfo_send_img2img").click()
     page.locator("#img2img_script_controlnet").get_by_text("ControlNet").first.click()
     unit = "#img2img_script_controlnet_0"
-    wait_until(lambda: page.locator(f"{unit}_enable input").is_checked(), timeout=30)
-    assert page.locator(f"{unit}_weight input[type=number]").input_value() == "0.45"
+    wait_for_pasted_unit(page, unit, {"weight": "0.45"})
