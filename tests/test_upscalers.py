@@ -217,6 +217,20 @@ def test_api_upscalers_lists_installed_models(server):
     assert items[3]["model_name"] == "ESRGAN"
 
 
+def test_api_realesrgan_models_lists_the_installed_ones(tmp_path, tiny_sd1_path, upscaler_dir):
+    import shutil
+
+    from test_api_support import LiveServer, make_data_dir
+
+    root = make_data_dir(tmp_path, tiny_sd1_path)
+    shutil.copytree(upscaler_dir, root / "models", dirs_exist_ok=True)
+    with LiveServer(root, ui=False) as live, live.client() as client:
+        items = client.get("/sdapi/v1/realesrgan-models").json()
+    # A1111's RealesrganItem (name, path, scale); the ESRGAN folder's files are not RealESRGAN models
+    path = root / "models" / "RealESRGAN" / "tiny-real-2x.pth"
+    assert items == [{"name": "tiny-real-2x", "path": str(path), "scale": 2}]
+
+
 def test_api_extra_single_image(server):
     from test_api_support import decode_png
 

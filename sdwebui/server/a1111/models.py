@@ -106,7 +106,10 @@ def _listing_routes(router: APIRouter, services: Services) -> None:
 
     @router.get("/realesrgan-models")
     def get_realesrgan_models():
-        return []
+        # A1111's `RealesrganItem`s (name, path, scale): here the files in models/RealESRGAN (A1111 also lists
+        # the ones it would download)
+        return [{"name": entry.name, "path": str(entry.path), "scale": entry.scale}
+                for entry in services.upscalers.entries() if entry.family == "RealESRGAN"]
 
     @router.get("/memory", response_model=MemoryResponse)
     def get_memory():
