@@ -196,6 +196,32 @@ def test_extras_caption_writes_a_txt_beside_each_result_under_its_original_name(
         client.post("/sdapi/v1/options", json={"postprocessing_existing_caption_action": "Ignore"})
 
 
+def test_extras_caption_travels_with_the_image_to_where_it_is_written(server, tmp_path, monkeypatch):
+    """Under `--ray` a worker does not write its images: it sends them, with `write_image`'s arguments, to the API
+    node, which calls `save_image` with them (`server.cluster`). The caption goes the same way, so its `.txt` lands
+    beside the image there (it once stayed on the worker, unwritten)."""
+    from test_api_support import wait_for_job
+
+    from sdwebui.pipelines.output import save_image
+
+    sent = []
+
+    def send_to_api_node(image, outdir, **options):  # what a Ray worker's ImageOutbox does, minus the transport
+        sent.append((image, options))
+        return tmp_path / "worker-placeholder.png"
+
+    monkeypatch.setattr(server.services, "write_image", send_to_api_node)
+    blue = _b64png(Image.new("RGB", (32, 32), (0, 0, 255)))
+    with server.client() as client:
+        r = client.post("/api/v1/jobs", json={"type": "extras", "images": [blue], "names": ["sky.png"],
+                                              "caption": ["WD14"]})
+        assert wait_for_job(client, r.json()["id"])["status"] == "done"
+    assert not (tmp_path / "worker-placeholder.txt").exists()
+    (image, options), = sent
+    written = save_image(image, tmp_path / "api-node", **options)  # the API node's side
+    assert written.name == "sky.png" and written.with_suffix(".txt").read_text() == "blue sky, smile\n"
+
+
 @pytest.mark.parametrize("body, field, message", [
     ({"caption": ["BLIP"]}, "caption", "models/BLIP/"),  # not installed: said before anything is queued
     ({"caption": ["Deepbooru"]}, "caption", "models/torch_deepdanbooru/"),

@@ -135,12 +135,16 @@ def save_image(
     extra_text: Mapping[str, str] | None = None,
     basename: str = "",
     filename: str = "",
+    caption: str = "",
+    caption_action: str = "Ignore",
 ) -> Path:
     """Save `image` as the next `NNNNN-<pattern>.png` in `outdir` (or `outdir/YYYY-MM-DD`); return its path.
     `fields` are the values of the pattern's tags (see `apply_filename_pattern`). With a `basename` the name is
     A1111's `<basename>-NNNN.png` (its grids: `grid-0000.png`), numbered apart from the images. With a `filename`
     (A1111's `forced_filename`: Extras' "use original name") it is exactly `<filename>.png`, replacing a file of
-    that name whole (never half-written)."""
+    that name whole (never half-written). A `caption` (Extras' Caption) is written beside it as `<name>.txt`
+    (`write_caption`, `caption_action` saying what to do with one already there): here, where the image is
+    written, so it lands beside it also when a Ray worker sends the image to the API node."""
     date = date or dt.date.today()
     folder = Path(outdir) / date.isoformat() if date_subdir else Path(outdir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,6 +161,8 @@ def save_image(
         if forced:
             final = folder / f"{forced}.png"
             os.replace(tmp, final)
+            if caption:
+                write_caption(final.with_suffix(".txt"), caption, caption_action)
             return final
         number = next_sequence_number(folder, basename)
         for _ in range(_MAX_ATTEMPTS):
@@ -174,6 +180,8 @@ def save_image(
                     continue
                 final = folder / (f"{basename}-{number:04}{suffix}" if basename else f"{number:05}{suffix}")
                 if _publish(tmp, final):
+                    if caption:
+                        write_caption(final.with_suffix(".txt"), caption, caption_action)
                     return final
                 number += 1
             finally:
@@ -184,6 +192,22 @@ def save_image(
             tmp.unlink()
         except FileNotFoundError:
             pass
+
+
+def write_caption(path: Path, caption: str, existing: str = "Ignore") -> None:
+    """A1111's Extras caption file: `caption` at `path` (beside the saved image), or combined with the `.txt`
+    already there as the setting `postprocessing_existing_caption_action` says (Ignore: replace it, Keep, Prepend,
+    Append); written whole (a temporary file renamed), never half."""
+    try:
+        old = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        old = ""
+    if old and existing == "Keep":
+        return
+    text = {"Prepend": f"{old} {caption}", "Append": f"{caption} {old}"}.get(existing, caption) if old else caption
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text.strip() + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def _number_taken(folder: Path, number: int, basename: str = "") -> bool:

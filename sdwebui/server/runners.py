@@ -395,33 +395,17 @@ def run_extras(job: "JobHandle", services: "Services") -> dict:
             original = image.info.get("parameters") or ""
             name = payload.names[index] if index < len(payload.names) else ""
             path = services.write_image(image, outputs / payload.output.folder, seed=0, infotext=original, pattern="",
-                              date_subdir=payload.output.date_subdir,
-                              extra_text={"postprocessing": info} if info else None,
-                              filename=name if options["use_original_name_batch"] else "")
-            if captions[index] and path.exists():  # (a Ray actor's path is a placeholder: the caption is in the result)
-                write_caption(path.with_suffix(".txt"), captions[index], options["postprocessing_existing_caption_action"])
+                                        date_subdir=payload.output.date_subdir,
+                                        extra_text={"postprocessing": info} if info else None,
+                                        filename=name if options["use_original_name_batch"] else "",
+                                        caption=captions[index],
+                                        caption_action=options["postprocessing_existing_caption_action"])
             relative = _relative_to(path, outputs)
             image_id = record_image(services, job, path=relative, infotext=original or info,
                                     params=payload.to_json()["params"], width=image.width, height=image.height)
             saved.append({"id": image_id, "path": relative})
     return {"infotexts": infotexts, "sizes": [list(image.size) for image in images], "images": saved, "notes": notes,
             **({"captions": captions} if payload.params.caption else {})}
-
-
-def write_caption(path, caption: str, existing: str = "Ignore") -> None:
-    """A1111's Extras caption file: `caption` beside the saved image, or combined with the `.txt` already there as
-    the setting `postprocessing_existing_caption_action` says (Ignore: replace it, Keep, Prepend, Append); written
-    whole (a temporary file renamed), never half."""
-    try:
-        old = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        old = ""
-    if old and existing == "Keep":
-        return
-    text = {"Prepend": f"{old} {caption}", "Append": f"{caption} {old}"}.get(existing, caption) if old else caption
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text.strip() + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def run_load_model(job: "JobHandle", services: "Services") -> dict:
