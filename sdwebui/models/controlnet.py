@@ -7,7 +7,8 @@ Layouts (all through the safe readers of `files.py`: safetensors, or the restric
   (also without the `control_model.` prefix); renamed with diffusers' own `convert_controlnet_checkpoint`, given a
   config built here (so nothing reaches for the hub), plus SDXL's `label_emb` which that converter leaves out;
 - the diffusers layout in one file (`diffusion_pytorch_model.safetensors` renamed), or a diffusers folder
-  (`config.json` + weights), whose config is used as it is.
+  (`config.json` + weights), whose config is used as it is;
+- Stability's control-LoRAs, made into a ControlNet with the checkpoint's UNet (`control_lora.py`).
 
 Config inference follows `convert.infer_unet_config`: levels, widths, resnets per level, which levels attend,
 transformer depth, linear vs conv projections, cross-attention width, the hint encoder's widths, SDXL's size
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 
+from sdwebui.models.control_lora import is_control_lora, load_control_lora
 from sdwebui.models.controlnet_files import DIFFUSERS_WEIGHTS
 from sdwebui.models.convert import load_into_meta_module
 from sdwebui.models.files import ModelFileError, load_pickle, read_state_dict, unwrap_state_dict
@@ -189,9 +191,9 @@ def read_controlnet_weights(path: Path, state_dict: dict[str, torch.Tensor] | No
         return sd, None
     kind = "a T2I-Adapter" if any(k.startswith(("adapter.", "body.")) for k in sd) else \
         "an IP-Adapter" if any(k.startswith(("image_proj.", "ip_adapter.")) for k in sd) else \
-        "a control-LoRA" if any("lora_controlnet" in k or k.endswith(".up") for k in sd) else "not a ControlNet"
-    raise ModelFileError(path, f"{kind} in a layout this loader does not know (ControlNets, TencentARC / diffusers "
-                               "T2I-Adapters and IP-Adapters are supported; control-LoRA is not)"
+        "a LoRA" if any(k.endswith((".up", ".down", ".lora_up.weight")) for k in sd) else "not a ControlNet"
+    raise ModelFileError(path, f"{kind} in a layout this loader does not know (ControlNets, control-LoRAs, "
+                               "TencentARC / diffusers T2I-Adapters and IP-Adapters are supported)"
                          if kind != "not a ControlNet" else
                          "not a ControlNet model (no input_hint_block / controlnet_cond_embedding weights)")
 
@@ -241,9 +243,10 @@ ControlModel = LoadedControlNet | LoadedAdapter | LoadedIPAdapter
 
 
 def load_control_model(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                       unet_config: Mapping[str, Any] | None = None) -> ControlModel:
+                       unet_config: Mapping[str, Any] | None = None, unet=None) -> ControlModel:
     """What a unit's model file is, as the extension decides it from the weights (`controlnet_model_guess.py`): an
-    IP-Adapter, a T2I-Adapter, or else a ControlNet."""
+    IP-Adapter, a T2I-Adapter, a control-LoRA (a ControlNet made from `unet`, the checkpoint's: `control_lora.py`),
+    or else a ControlNet."""
     path = Path(path)
     if path.is_dir():
         if _folder_class(path) == "T2IAdapter":
@@ -254,6 +257,9 @@ def load_control_model(path: str | Path, *, device: torch.device | str = "cpu", 
         return load_ip_adapter(path, device=device, dtype=dtype, state_dict=sd)
     if is_t2i_adapter(sd):
         return load_adapter(path, device=device, dtype=dtype, state_dict=sd)
+    if is_control_lora(sd):
+        model, family = load_control_lora(path, sd, unet, device=device, dtype=dtype)
+        return LoadedControlNet(model, family, path)
     return load_controlnet(path, device=device, dtype=dtype, unet_config=unet_config, state_dict=sd)
 
 

@@ -168,6 +168,10 @@ def control_model_target(path: Path) -> ModelTarget | None:
         return ModelTarget("T2I-Adapter", sdxl=len(conv_in) == 4 and conv_in[1] in (256, 768))
     if "body.0.in_conv.weight" in shapes or "adapter.body.0.in_conv.weight" in shapes:
         return ModelTarget("T2I-Adapter", sdxl=False)
+    if "lora_controlnet" in shapes:  # a control-LoRA: its cross-attention keys are low-rank pairs
+        down = next((shape for key, shape in shapes.items() if key.endswith("attn2.to_k.down") and len(shape) == 2),
+                    None)
+        return ModelTarget("control-LoRA", down[1] if down else None, any("label_emb" in key for key in shapes))
     cross = _cross(shapes)
     sdxl = any("label_emb" in key or key.startswith("add_embedding.") for key in shapes)
     return ModelTarget("ControlNet", cross, sdxl) if cross is not None else None

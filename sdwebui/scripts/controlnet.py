@@ -278,7 +278,8 @@ class ControlNet(Script):
                 self._loaded.move_to_end(key)
         if loaded is None:
             try:
-                loaded = load_control_model(path, device=device, dtype=model.dtype, unet_config=model.unet.config)
+                loaded = load_control_model(path, device=device, dtype=model.dtype, unet_config=model.unet.config,
+                                            unet=model.unet)
             except ModelFileError as error:
                 raise ParamError(self._loc(index, "model"), str(error)) from None
             with self._lock:
