@@ -8,15 +8,13 @@ The tiny SDXL UNet here has two resnets per level, as real ones do: diffusers' k
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from safetensors.torch import save_file
+from test_controlnet_memory import b64_square
 from tiny_controlnet import HINT_CHANNELS, to_ldm
 
 import tiny_models
@@ -110,14 +108,6 @@ def test_a_control_lora_for_another_family_is_refused(control_lora_file, tiny_sd
         load_control_model(path, unet=tiny_sd1.unet, unet_config=tiny_sd1.unet.config)
 
 
-def _b64_square() -> str:
-    image = Image.new("RGB", (64, 64), "black")
-    ImageDraw.Draw(image).rectangle((16, 16, 47, 47), fill="white")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def test_a_control_lora_drives_an_sdxl_job_and_is_refused_for_sd15(tmp_path, control_lora_file, sdxl,
                                                                     tiny_sd1_path):
     from test_api_support import LiveServer, decode_png, make_data_dir
@@ -127,7 +117,7 @@ def test_a_control_lora_drives_an_sdxl_job_and_is_refused_for_sd15(tmp_path, con
     tiny_models.write_single_file(sdxl, data / "models" / "Stable-diffusion" / "tiny-sdxl.safetensors")
     (data / "models" / "ControlNet").mkdir(parents=True)
     (data / "models" / "ControlNet" / path.name).write_bytes(path.read_bytes())
-    unit = {"enabled": True, "module": "canny", "model": "control-lora-canny-rank2", "image": _b64_square(),
+    unit = {"enabled": True, "module": "canny", "model": "control-lora-canny-rank2", "image": b64_square(),
             "processor_res": 64, "weight": 1.0}
     body = {"prompt": "a cube", "width": 64, "height": 64, "steps": 2, "sampler_name": "Euler", "seed": 3,
             "override_settings": {"sd_model_checkpoint": "tiny-sdxl"}}
