@@ -34,11 +34,12 @@ def tiny_sdxl_two_resnets() -> tiny_models.TinyModel:
     return model
 
 
-def control_lora(unet, seed: int = 7) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
+def control_lora(unet, seed: int = 7, hint_channels: int = 3) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
     """(a control-LoRA file's tensors, the ControlNet it stands for with this UNet)."""
     from diffusers import ControlNetModel
 
-    expected = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=HINT_CHANNELS)
+    expected = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=HINT_CHANNELS,
+                                         conditioning_channels=hint_channels)
     generator = torch.Generator().manual_seed(seed)
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with torch.no_grad():
@@ -139,3 +140,32 @@ def test_a_control_lora_drives_an_sdxl_job_and_is_refused_for_sd15(tmp_path, con
         assert refused.status_code == 422, refused.text
         assert "control-LoRA" in refused.text and "SDXL" in refused.text, refused.text
         assert len(client.get("/api/v1/jobs").json()) == before
+
+
+def test_a_grayscale_control_lora_takes_the_map_as_one_channel(tmp_path, sdxl):
+    """Stability's recolor control-LoRA has a one-channel hint encoder: the control map goes in as its luminance."""
+    from sdwebui.models.loader import load_checkpoint
+    from sdwebui.pipelines.context import GenerationContext
+    from sdwebui.pipelines.params import Txt2ImgParams
+    from sdwebui.pipelines.scripts import GenerationTask, ScriptRegistry
+    from sdwebui.pipelines.txt2img import txt2img
+    from sdwebui.scripts.controlnet import ControlNet
+
+    file, _ = control_lora(sdxl.unet, seed=8, hint_channels=1)
+    folder = tmp_path / "ControlNet"
+    folder.mkdir()
+    save_file(file, str(folder / "control-lora-recolor-rank2.safetensors"))
+    model = load_checkpoint(tiny_models.write_single_file(sdxl, tmp_path / "tiny-sdxl.safetensors"), device="cpu",
+                            dtype=torch.float32, vae_dtype=torch.float32)
+    registry = ScriptRegistry([ControlNet([folder])])
+    params = Txt2ImgParams(prompt="a cube", width=64, height=64, steps=2, seed=9, sampler="Euler", rng="cpu")
+
+    def generate(units):
+        _, calls = registry.check_calls("txt2img", None, None, {"controlnet": {"args": units}} if units else None)
+        bound = registry.bind("txt2img", None, calls)
+        tasks = bound.expand(GenerationTask(params, ()))
+        return np.asarray(txt2img(GenerationContext(model=model, hooks=bound.for_task(tasks[0])), params).images[0],
+                          dtype=np.int16)
+
+    unit = {"enabled": True, "module": "none", "model": "control-lora-recolor-rank2", "image": b64_square()}
+    assert np.abs(generate([unit]) - generate(None)).max() > 0

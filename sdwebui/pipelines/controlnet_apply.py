@@ -132,7 +132,8 @@ class ActiveUnit:
     def hint(self, height: int, width: int, device, dtype) -> torch.Tensor:
         """The map as the ControlNet takes it: [1, 3, H, W] in [0, 1] (the extension's `get_pytorch_control`)."""
         detected = self.control_map(height, width)
-        return torch.from_numpy(np.ascontiguousarray(detected)).to(device, torch.float32).div(255.0) \
+        # (a copy: a map made from a PIL image is a read-only array, which torch warns about)
+        return torch.from_numpy(np.array(detected)).to(device, torch.float32).div(255.0) \
             .permute(2, 0, 1)[None].to(dtype)
 
     def adapter_features(self, height: int, width: int, device, dtype) -> list[torch.Tensor]:
@@ -458,7 +459,10 @@ def controlnet_call(call: ModelCall, units: Sequence[ActiveUnit], dtype: torch.d
         mid_total: torch.Tensor | None = None
         for unit in (u for u in active if isinstance(u.controlnet, LoadedControlNet)):
             model = unit.controlnet.model
-            hint = unit.hint(height, width, x.device, dtype).expand(rows, -1, -1, -1)
+            hint = unit.hint(height, width, x.device, dtype)
+            if getattr(model.config, "conditioning_channels", 3) == 1:  # a grayscale ControlNet (control-LoRA recolor)
+                hint = hint.mean(dim=1, keepdim=True)
+            hint = hint.expand(rows, -1, -1, -1)
             with unit.lend("controlnet", [model], every_step=True):
                 down, mid = model(x.to(dtype), t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=hint,
                                   added_cond_kwargs=added_cond_kwargs, return_dict=False)
