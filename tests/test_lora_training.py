@@ -93,6 +93,26 @@ def test_train_save_kohya_apply_resume_interrupt(tmp_path, model):
         assert file.metadata()["ss_steps"] == "6"
 
 
+def test_an_sdxl_lora_trains_with_the_pooled_text_and_size_ids_and_applies(tmp_path, tiny_sdxl_path):
+    sdxl = load_checkpoint(tiny_sdxl_path, device="cpu", dtype=torch.float32, vae_dtype=torch.float32)
+    calls = []
+    sdxl.unet.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    out = tmp_path / "Lora" / "zork-xl.safetensors"
+    options = LoraTrainOptions(name="zork-xl", output_path=out, data_root=write_dataset(tmp_path / "data", n=2),
+                               rank=4, alpha=4, learn_rate="1e-2", steps=2, batch_size=2, resolution=64, seed=1)
+    result = train_lora(sdxl, options)
+    assert result.step == 2 and all(np.isfinite(result.losses))
+    conditioning = calls[0]["added_cond_kwargs"]
+    assert conditioning["text_embeds"].shape[0] == 2  # CLIP-G's pooled caption, per image
+    assert conditioning["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2  # the training size, no crop
+    with safe_open(str(out), framework="pt") as file:
+        assert file.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+        assert any(key.startswith("lora_unet_down_blocks_1_attentions_0") for key in file.keys())
+    calls.clear()
+    plain = draw(sdxl, out.parent, "zork")
+    assert not np.array_equal(draw(sdxl, out.parent, "zork <lora:zork-xl:1>"), plain)
+
+
 def test_loss_goes_down_on_a_trivial_dataset(tmp_path, model):
     data = write_dataset(tmp_path / "data", n=2)
     options = LoraTrainOptions(name="down", output_path=tmp_path / "down.safetensors", data_root=data, rank=4,

@@ -1,9 +1,11 @@
-"""LoRA training (what kohya's `train_network.py` does for SD 1/2, on the app's own training loop).
+"""LoRA training (what kohya's `train_network.py` does for SD 1/2 and `sdxl_train_network.py` for SDXL, on the app's
+own training loop).
 
 - **Network**: peft's `LoraConfig(r=rank, lora_alpha=alpha)` injected (`inject_adapter_in_model`) into the UNet's
   attention projections `to_q`, `to_k`, `to_v`, `to_out.0` (attn1 and attn2 of every transformer block): `lora_A`
   kaiming-initialised, `lora_B` zeros, so step 0 is the model itself; scale alpha / rank as kohya. The text encoder
-  is not trained (kohya's `--network_train_unet_only`). After training the UNet's original modules are put back:
+  is not trained (kohya's `--network_train_unet_only`). SDXL's UNet also takes the pooled text of the caption and
+  the size ids (the training size, no crop), as at generation. After training the UNet's original modules are put back:
   the loaded model is what it was.
 - **Data, loss, optimiser, schedule**: `pipelines.textual_inversion.training_loop` (shared with embeddings and
   hypernetworks): every image of the data folder with its caption (the `.txt` beside it, else the file name) as
@@ -35,6 +37,7 @@ from safetensors.torch import save_file
 
 from sdwebui.core.errors import ParamError
 from sdwebui.models.sd_model import SDModel
+from sdwebui.models.text_encoding import Conditioning
 from sdwebui.pipelines.textual_inversion import (
     IMAGE_SUFFIXES,
     TrainedThing,
@@ -120,8 +123,6 @@ def train_lora(model: SDModel, options: LoraTrainOptions, *,
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
-    if model.family.spec.is_sdxl:
-        raise ParamError(("sd_model_checkpoint",), "LoRA training for SDXL is not supported yet (SD 1 and 2 only)")
     if options.rank <= 0:
         raise ParamError(("rank",), "must be positive")
     initial_step = stored_step(options.output_path) if options.resume and options.output_path.is_file() else 0
@@ -148,9 +149,9 @@ def train_lora(model: SDModel, options: LoraTrainOptions, *,
         images = [p for p in Path(options.data_root).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         frequency = {Path(options.data_root).name: tag_frequency(options.data_root)}
 
-        def encode(texts: list[str]) -> torch.Tensor:
+        def encode(texts: list[str]) -> Conditioning:  # SDXL's pooled text too
             with torch.no_grad():
-                return stack.encode(texts).cross_attn
+                return stack.encode(texts)
 
         def save(path: Path, label: str, step: int) -> None:
             peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)

@@ -46,6 +46,8 @@ from PIL import Image
 from sdwebui.core.errors import ParamError
 from sdwebui.models.embeddings import SINGLE, Embedding, EmbeddingLookup
 from sdwebui.models.sd_model import SDModel
+from sdwebui.models.text_encoding import Conditioning
+from sdwebui.pipelines.sampling import unet_condition
 from sdwebui.pipelines.vae_encode import pil_to_tensor
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "textual_inversion_templates"
@@ -338,16 +340,28 @@ class TrainResult:
     log_dir: Path | None = None
 
 
-def diffusion_loss(model: SDModel, latents: torch.Tensor, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """SD's training loss (`LatentDiffusion.p_losses` with SD's config: l_simple weight 1, no VLB term)."""
+def diffusion_loss(model: SDModel, latents: torch.Tensor, cond: "torch.Tensor | Conditioning",
+                   generator: torch.Generator) -> torch.Tensor:
+    """SD's training loss (`LatentDiffusion.p_losses` with SD's config: l_simple weight 1, no VLB term). `cond`: the
+    text's hidden states, or its whole `Conditioning` (SDXL's pooled text and size ids go in as at generation)."""
     batch = latents.shape[0]
     t = torch.randint(0, model.alphas_cumprod.shape[0], (batch,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     ac = model.alphas_cumprod[t].to(latents.device, torch.float32).view(batch, 1, 1, 1)
     x_t = ac.sqrt() * latents + (1 - ac).sqrt() * noise
     target = noise if model.prediction_type == "epsilon" else ac.sqrt() * noise - (1 - ac).sqrt() * latents
-    out = model.unet(x_t.to(model.dtype), t.to(latents.device), encoder_hidden_states=cond.to(model.dtype)).sample
+    if isinstance(cond, torch.Tensor):
+        kwargs = {"encoder_hidden_states": cond}
+    else:  # the size ids: the training image's own size, uncropped (kohya's default for a bucketed image)
+        kwargs = unet_condition(model, cond, latents.shape[-1] * 8, latents.shape[-2] * 8)
+    out = model.unet(x_t.to(model.dtype), t.to(latents.device), **_in_dtype(kwargs, model.dtype)).sample
     return torch.nn.functional.mse_loss(out.float(), target.float())
+
+
+def _in_dtype(value, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype)
+    return {key: _in_dtype(item, dtype) for key, item in value.items()}
 
 
 def train_embedding(model: SDModel, options: TrainOptions, *, on_step: Callable[[int, int, float, str], None] | None = None,
