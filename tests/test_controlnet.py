@@ -470,3 +470,38 @@ def test_a_pasted_infotext_sets_the_units_value_and_its_controls():
     assert updates["resize_mode"] == "Just Resize" and updates["pixel_perfect"] is True
     # what the controls themselves made (with the image) is left alone
     assert all("value" not in update for update in controls_from_unit(json.dumps({"enabled": True, "image": "x"})))
+
+
+def test_recolor_maps_are_the_extensions(tmp_path):
+    """recolor_luminance: LAB's L of the image read as BGR (the extension's own conversion), gamma-corrected;
+    recolor_intensity: HSV's V (the largest channel)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    luminance = run_preprocessor("recolor_luminance", image, 512, 0.5)
+    expected = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[:, :, 0].astype(np.float32) / 255.0
+    assert luminance.shape == image.shape and (luminance[..., 0] == luminance[..., 2]).all()
+    assert np.abs(luminance[..., 0].astype(int) - (expected ** 0.5 * 255).astype(int)).max() <= 1
+    intensity = run_preprocessor("recolor_intensity", image, 512, 1.0)
+    assert np.array_equal(intensity[..., 0], image.max(axis=2))
+    assert run_preprocessor("recolor_luminance", image, 512, 7.0).tolist() == \
+        run_preprocessor("recolor_luminance", image, 512, 1.0).tolist()  # out of range: the slider's default
+
+
+def test_a_recolor_unit_gives_the_image_the_maps_lightness(sd1, registry):
+    """The extension's recolor post-processing: the result's L (LAB) is the control map's, its colours the
+    model's; recolor_intensity does the same with HSV's V."""
+    import cv2
+
+    gradient = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 64, axis=0).repeat(3, axis=2)
+    for module, space, channel in (("recolor_luminance", cv2.COLOR_RGB2LAB, 0),
+                                   ("recolor_intensity", cv2.COLOR_RGB2HSV, 2)):
+        recolored = generate(sd1, registry, [unit(module=module, image=b64(gradient))])
+        image = np.asarray(recolored.images[0].convert("RGB"))
+        control_map = run_preprocessor(module, gradient, 64, 1.0)
+        got = cv2.cvtColor(image, space)[:, :, channel].astype(int)
+        # (8-bit colour conversions round, and a colour out of RGB's gamut at its new lightness is clipped)
+        assert np.abs(got - control_map[:, :, 0].astype(int)).mean() < 6, module
+        plain = np.asarray(generate(sd1, registry, [unit(module="canny")]).images[0].convert("RGB"))
+        assert np.abs(cv2.cvtColor(plain, space)[:, :, channel].astype(int) - control_map[:, :, 0]).mean() > 20

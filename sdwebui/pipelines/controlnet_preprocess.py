@@ -157,11 +157,36 @@ def _binary(img, res, a, b, rng):
     return remove_pad(cv2.cvtColor(result, cv2.COLOR_GRAY2RGB))
 
 
+def _recolor(channel: int, conversion: int):
+    """The extension's recolor preprocessors: one channel of the image in another colour space (luminance: LAB's L;
+    intensity: HSV's V), gamma-corrected by the slider, as a grey map. The extension converts from BGR although
+    the image is RGB; so do we, so the maps match (for L it weighs red and blue the other way round)."""
+    def run(img, res, a, b, rng):
+        value = cv2.cvtColor(img, conversion)[:, :, channel].astype(np.float32) / 255.0
+        return cv2.cvtColor(((value ** a) * 255.0).clip(0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+
+    return run
+
+
+RECOLOR_SPACES = {"recolor_luminance": (cv2.COLOR_RGB2LAB, cv2.COLOR_LAB2RGB, 0),
+                  "recolor_intensity": (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB, 2)}
+"""For the recolor modules: (to, back, channel) of the colour space whose channel the map replaces in the result."""
+
+
+def recolor_image(image: np.ndarray, control_map: np.ndarray, module: str) -> np.ndarray:
+    """The extension's recolor post-processing: `image`'s lightness (or value) channel replaced by the map's."""
+    to_space, back, channel = RECOLOR_SPACES[module]
+    converted = cv2.cvtColor(image, to_space)
+    converted[:, :, channel] = control_map[:, :, 0]
+    return cv2.cvtColor(converted, back)
+
+
 Preprocess = Callable[[np.ndarray, int, float, float, np.random.Generator], np.ndarray]
 IMPLEMENTATIONS: dict[str, Preprocess] = {
     "none": _none, "invert": _invert, "canny": _canny, "blur_gaussian": _blur, "tile_resample": _tile_resample,
     "color": _color, "shuffle": _shuffle, "scribble_xdog": _scribble_xdog, "lineart_standard": _lineart_standard,
     "threshold": _threshold, "binary": _binary,
+    "recolor_luminance": _recolor(0, cv2.COLOR_BGR2LAB), "recolor_intensity": _recolor(2, cv2.COLOR_BGR2HSV),
     # IP-Adapter modules: the unit's image goes to the CLIP image encoder as it is (`controlnet_apply`)
     "ip-adapter_clip_sd15": _none, "ip-adapter_clip_sdxl": _none, "ip-adapter_clip_sdxl_plus_vith": _none,
     "ip-adapter-auto": _none,

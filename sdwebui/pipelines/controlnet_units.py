@@ -112,6 +112,12 @@ PREPROCESSORS: tuple[PreprocessorSpec, ...] = (  # "none" first, then roughly th
                      tags=("Lineart",)),
     PreprocessorSpec("threshold", slider_1=Slider("Binarization Threshold", 127, 0, 255)),
     PreprocessorSpec("binary", slider_1=Slider("Binary threshold", 0, 0, 255, 1), tags=("Scribble",)),
+    # recolor: the image's lightness as the map; after decoding it replaces the image's own
+    # (`controlnet_preprocess.recolor_image`)
+    PreprocessorSpec("recolor_luminance", resolution=None, slider_1=Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001),
+                     tags=("Recolor",)),
+    PreprocessorSpec("recolor_intensity", resolution=None, slider_1=Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001),
+                     tags=("Recolor",)),
     # reference: no model; the image's self-attention keys / values (and AdaIN statistics) steer the UNet
     PreprocessorSpec("reference_only", resolution=None, model_free=True, tags=("Reference",),
                      slider_1=Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0)),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from sdwebui.core.errors import ParamError
 from sdwebui.models.controlnet_files import ControlNetLibrary, checkpoint_target, control_model_target, mismatch
@@ -58,6 +59,8 @@ class _JobState:
         self.seed = 0
         self.image_seed = 0
         """The batch's first image seed (reference units' noise: the same seed gives the same image)."""
+        self.units: list = []
+        """The units of the last UNet call wrapped (`ActiveUnit`s): recolor units give their map to `after_batch`."""
 
 
 class ControlNet(Script):
@@ -143,13 +146,31 @@ class ControlNet(Script):
                                     encode=lambda image: encode_reference(model, image),
                                     reference_seed=lambda: state.image_seed, annotators=self.annotators,
                                     placement=getattr(model, "placement", None)))
+        state.units = units
         return controlnet_call(call, units, model.dtype, model.unet, model.alphas_cumprod)
 
     def after_batch(self, batch, args: tuple) -> None:
+        self._recolor(batch, args)
         enabled = [unit for unit in args if unit["enabled"]]
         for number, unit in enumerate(enabled):
             entry = self.library.find(unit["model"])
             batch.infotext[f"ControlNet {number}"] = serialize_unit(unit, entry.title if entry else None)
+
+    def _recolor(self, batch, args: tuple) -> None:
+        """Recolor units (the extension's post-processing): each image's lightness (recolor_luminance) or value
+        (recolor_intensity) becomes the unit's map at the image's size, so the result keeps the input's tones."""
+        if not any(unit["enabled"] and "recolor" in unit["module"] for unit in args):
+            return
+        from sdwebui.pipelines.controlnet_preprocess import RECOLOR_SPACES, recolor_image  # OpenCV
+
+        for unit in self._state(args).units:
+            module = find_preprocessor(unit.unit["module"]).name
+            if module not in RECOLOR_SPACES:
+                continue
+            for index, image in enumerate(batch.images):
+                control_map = unit.control_map(image.height, image.width)
+                batch.images[index] = Image.fromarray(recolor_image(np.asarray(image.convert("RGB")), control_map,
+                                                                    module))
 
     def after_job(self, outcome, args: tuple) -> None:
         with self._lock:
@@ -415,8 +436,6 @@ def controls_from_unit(text: str) -> list:
 
 def preview_map(image, module, resolution, threshold_a, threshold_b, annotators=None):
     """The preprocessor's map of the unit's image (Run preprocessor), or None without an image."""
-    from PIL import Image
-
     from sdwebui.pipelines.controlnet_preprocess import PreprocessorError, as_array, run_preprocessor  # OpenCV
 
     if image is None:
