@@ -40,6 +40,27 @@ _RESERVE_PREFIX = ".reserve-"
 """Hidden names: A1111's numbering (`int(name.split("-")[0])`) ignores them."""
 _MAX_ATTEMPTS = 1000
 
+# A1111's intermediate copies (`modules/processing.py`): saved beside a job's images, with these name suffixes,
+# when the job saves images and the setting of the same name is on.
+BEFORE_FACE_RESTORATION = "-before-face-restoration"
+"""`save_images_before_face_restoration`: each image as decoded, before its faces are restored."""
+BEFORE_HIGHRES_FIX = "-before-highres-fix"
+"""`save_images_before_highres_fix`: hires fix's first pass (decoded just for this with a latent upscaler)."""
+BEFORE_COLOR_CORRECTION = "-before-color-correction"
+"""`save_images_before_color_correction`: an img2img image pasted over the original, before color correction."""
+MASK = "-mask"
+"""`save_mask`: an inpainting job's greyscale mask (blurred, at the original's size)."""
+MASK_COMPOSITE = "-mask-composite"
+"""`save_mask_composite`: an inpainting result, transparent where the mask kept the original."""
+INTERMEDIATE_SETTINGS = {
+    "save_images_before_face_restoration": BEFORE_FACE_RESTORATION,
+    "save_images_before_highres_fix": BEFORE_HIGHRES_FIX,
+    "save_images_before_color_correction": BEFORE_COLOR_CORRECTION,
+    "save_mask": MASK,
+    "save_mask_composite": MASK_COMPOSITE,
+}
+"""Setting -> the suffix of the copies it saves."""
+
 
 def next_sequence_number(folder: Path, basename: str = "") -> int:
     """A1111 `get_next_sequence_number`: 1 + the largest leading number among the folder's file names."""
@@ -137,6 +158,7 @@ def save_image(
     filename: str = "",
     caption: str = "",
     caption_action: str = "Ignore",
+    suffix: str = "",
 ) -> Path:
     """Save `image` as the next `NNNNN-<pattern>.png` in `outdir` (or `outdir/YYYY-MM-DD`); return its path.
     `fields` are the values of the pattern's tags (see `apply_filename_pattern`). With a `basename` the name is
@@ -144,12 +166,14 @@ def save_image(
     (A1111's `forced_filename`: Extras' "use original name") it is exactly `<filename>.png`, replacing a file of
     that name whole (never half-written). A `caption` (Extras' Caption) is written beside it as `<name>.txt`
     (`write_caption`, `caption_action` saying what to do with one already there): here, where the image is
-    written, so it lands beside it also when a Ray worker sends the image to the API node."""
+    written, so it lands beside it also when a Ray worker sends the image to the API node. A `suffix` follows the
+    pattern's part (A1111's `save_image(..., suffix=...)`: `00012-7-before-highres-fix.png`, or `00012-mask.png`
+    with an empty pattern); a forced `filename` takes none, as in A1111."""
     date = date or dt.date.today()
     folder = Path(outdir) / date.isoformat() if date_subdir else Path(outdir)
     folder.mkdir(parents=True, exist_ok=True)
     decoration = apply_filename_pattern(pattern, seed=seed, date=date, fields=fields)
-    suffix = f"-{decoration}.png" if decoration else ".png"
+    ending = f"-{decoration}{suffix}.png" if decoration else f"{suffix}.png"
     forced = sanitize_filename_part(Path(filename).stem, replace_spaces=False) if filename else ""
 
     tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}.png"
@@ -178,7 +202,7 @@ def save_image(
                 if _number_taken(folder, number, basename):
                     number += 1
                     continue
-                final = folder / (f"{basename}-{number:04}{suffix}" if basename else f"{number:05}{suffix}")
+                final = folder / (f"{basename}-{number:04}{ending}" if basename else f"{number:05}{ending}")
                 if _publish(tmp, final):
                     if caption:
                         write_caption(final.with_suffix(".txt"), caption, caption_action)
