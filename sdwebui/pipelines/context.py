@@ -32,6 +32,19 @@ class StepProgress:
 
 
 @dataclass(frozen=True)
+class IntermediateImages:
+    """Copies of a batch's images at a step on the way (A1111's "save a copy of image before ..." settings), one per
+    image of the batch, saved beside the images but not returned (`pipelines.output` names the suffixes)."""
+
+    suffix: str
+    """The file name's suffix (`pipelines.output.BEFORE_FACE_RESTORATION`, ...)."""
+    images: list
+    """PIL images, image i of the batch's copy at index i."""
+    before: bool = True
+    """Saved just before the image it belongs to (A1111's "before ..." copies), else just after it (its masks)."""
+
+
+@dataclass(frozen=True)
 class FinishedImages:
     """One batch's images, decoded, with their seeds and infotexts (what `GenerationContext.on_images` gets)."""
 
@@ -43,6 +56,9 @@ class FinishedImages:
     infotexts: list[str]
     prompts: list[str] = field(default_factory=list)
     """Each image's prompt (after the scripts' `before_batch`)."""
+    intermediates: tuple[IntermediateImages, ...] = ()
+    """The batch's intermediate copies that `GenerationContext.intermediates` asked for (they carry the images'
+    infotexts, as A1111's do)."""
 
 
 class GenerationStopped(Exception):
@@ -172,3 +188,16 @@ class GenerationContext:
     face_restoration: "FaceRestoration | None" = None  # noqa: F821  (sdwebui.pipelines.face_restoration)
     """Restores each image's faces for jobs with `restore_faces` (after decoding, before img2img's overlays and the
     scripts, as A1111); None: such jobs are refused."""
+    color_correction: bool = False
+    """img2img: match each result's colors to its init image (A1111's `img2img_color_correction`)."""
+    intermediates: frozenset[str] = frozenset()
+    """The intermediate copies the caller saves, by suffix (`pipelines.output.INTERMEDIATE_SETTINGS`); the
+    pipelines make only these (a latent hires fix decodes its first pass only when it is asked for)."""
+    on_intermediate: Callable[[str, FinishedImages], None] | None = None
+    """Called with copies that come before a batch is finished: hires fix's first pass (`BEFORE_HIGHRES_FIX`),
+    saved before the second pass starts, as A1111 does. The other copies come with the batch
+    (`FinishedImages.intermediates`)."""
+
+    def wants(self, suffix: str) -> bool:
+        """Whether the caller saves the intermediate copies named by `suffix`."""
+        return suffix in self.intermediates

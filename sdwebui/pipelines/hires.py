@@ -148,14 +148,21 @@ class HiresFix:
                      else list(batch.negative_prompts))
         return prompts, negatives
 
-    def upscale(self, first_model: SDModel, latents: torch.Tensor) -> torch.Tensor:
+    def upscale(self, first_model: SDModel, latents: torch.Tensor,
+                first_pass: Callable[[list], None] | None = None) -> torch.Tensor:
         """The first pass's latents at the target size: interpolated (latent modes), or decoded by `first_model`,
-        upscaled as pictures and encoded by the hires model; cropped to the "resize to" size."""
+        upscaled as pictures and encoded by the hires model; cropped to the "resize to" size. `first_pass` is
+        called with the first pass's pictures (A1111's `save_intermediate`: with a latent mode they are decoded
+        just for it)."""
         plan = self.plan
         if is_latent_mode(plan.upscaler):
+            if first_pass is not None:
+                first_pass(decode_latents(first_model, latents, self.ctx.vae_tiling)[0])
             samples = upscale_latents(latents, plan.upscaler, self.to_x, self.to_y)
         else:
             images, _ = decode_latents(first_model, latents, self.ctx.vae_tiling)
+            if first_pass is not None:
+                first_pass(list(images))
             entry = _find_entry(self.ctx, plan.upscaler)
             tile, overlap = self.ctx.upscale_tile
             resized = [
@@ -194,15 +201,16 @@ class HiresFix:
         return self.sampler.steps
 
     def run(self, first_model: SDModel, latents: torch.Tensor, batch: BatchPrompts, steps_before: int = 0,
-            networks: NetworkScope | None = None) -> tuple[torch.Tensor, bool]:
+            networks: NetworkScope | None = None,
+            first_pass: Callable[[list], None] | None = None) -> tuple[torch.Tensor, bool]:
         """(hires latents, stopped) for one batch's first-pass latents. Progress is reported after the first
         pass's `steps_before` steps, out of both passes' steps (one bar for the batch, as A1111).
 
         `networks` (txt2img's network scope): the hires prompt's `<lora:...>` tags are applied for this pass, as
         A1111's `hr_extra_network_data` (on the job's model; with another hires checkpoint they are left out,
-        with a note)."""
+        with a note). `first_pass(images)`: see `upscale`."""
         ctx, plan = self.ctx, self.plan
-        samples = self.upscale(first_model, latents).to(plan.model.device)
+        samples = self.upscale(first_model, latents, first_pass).to(plan.model.device)
         prompts_with_tags, negative_prompts = self.prompts(batch)
         prompts, calls = parse_prompts(prompts_with_tags)
         network_infotext, networks_key = self._activate_networks(networks, calls)

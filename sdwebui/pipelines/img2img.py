@@ -3,7 +3,9 @@
     images (+ mask) --prepare_images--> processing-size images, latent mask, overlays (pure PIL, `masking`)
                     --VAE encode-->     init latents (bilinear-resized for "Just resize (latent upscale)")
                     --denoise-->        `sampling.denoise_batch` from the strength's start sigma, per batch
-                    --VAE decode-->     images, pasted back through the blurred mask (`masking.apply_overlay`)
+                    --VAE decode-->     images, color-corrected to the init images when asked
+                                        (`color_correction`), pasted back through the blurred mask
+                                        (`masking.apply_overlay`)
 
 Batches run on the sampling engine (`pipelines.sampling`) as txt2img's do: the scripts' `before_batch`,
 `wrap_model_call` and `after_batch` (which sees the images after the overlay paste) act here too.
@@ -34,9 +36,11 @@ from sdwebui.core.errors import ParamError
 from sdwebui.core.samplers import ResolvedSampling, resolve_sampling
 from sdwebui.models.tiling import circular_padding
 from sdwebui.pipelines import masking
-from sdwebui.pipelines.context import GenerationContext
+from sdwebui.pipelines.color_correction import apply_color_correction, color_target
+from sdwebui.pipelines.context import GenerationContext, IntermediateImages
 from sdwebui.pipelines.denoise import denoise_sigmas
 from sdwebui.pipelines.img2img_params import INPAINTING_FILLS, Img2ImgParams
+from sdwebui.pipelines.output import BEFORE_COLOR_CORRECTION, MASK, MASK_COMPOSITE
 from sdwebui.pipelines.sampling import (
     LABELS,
     BatchDenoisers,
@@ -74,6 +78,9 @@ class PreparedImages:
     """"Only masked": (x, y, w, h) of the crop in the original image."""
     infotext: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    mask_for_overlay: Image.Image | None = None
+    """The blurred mask the overlays were cut with ("L", at the original's size; A1111's `mask_for_overlay`):
+    saved as the `-mask` copy."""
 
 
 def prepare_images(
@@ -132,7 +139,8 @@ def prepare_images(
             if params.inpainting_fill == 0:
                 infotext["Masked content"] = "fill"
         images.append(image)
-    return PreparedImages(images, image_mask, overlays, paste_to, infotext, notes)
+    return PreparedImages(images, image_mask, overlays, paste_to, infotext, notes,
+                          mask_for_overlay if image_mask is not None else None)
 
 
 def latent_mask(image_mask: Image.Image, latent_size: tuple[int, int], round_mask: bool = True) -> torch.Tensor:
@@ -269,6 +277,11 @@ class _Img2ImgRun:
         self.overlays = prepared.overlays
         if self.overlays is not None and len(self.overlays) == 1:
             self.overlays = self.overlays * params.batch_size
+        # A1111 corrects only image i < the number of init images (with one init image, a batch's first image
+        # alone); every image here, each matched to its own init image, as its overlay is.
+        self.color_targets = [color_target(image) for image in prepared.images] if ctx.color_correction else None
+        if self.color_targets is not None and len(self.color_targets) == 1:
+            self.color_targets = self.color_targets * params.batch_size
 
     def batch(self, batch_index: int) -> bool:
         """Denoise one batch and keep it unless it was skipped; True when the job must stop."""
@@ -278,8 +291,34 @@ class _Img2ImgRun:
         latents, stopped = denoise_batch(ctx, self.params, self.sampler, denoiser, batch, self.start)
         if was_skipped(ctx, stopped):
             return False
-        self.finished.add(ctx.model, latents, batch, batch_extra, finish=self.paste_overlays)
+        self.finished.add(ctx.model, latents, batch, batch_extra, finish=self.finish)
         return stopped
+
+    def finish(self, images: list[Image.Image], copies: list[IntermediateImages]) -> list[Image.Image]:
+        """A batch's decoded images color-corrected (when asked) and pasted back over the originals, with the
+        intermediate copies A1111 saves on the way (in its order): before color correction, the mask, the masked
+        composite."""
+        ctx = self.ctx
+        if self.color_targets is not None:
+            if ctx.wants(BEFORE_COLOR_CORRECTION):
+                copies.append(IntermediateImages(BEFORE_COLOR_CORRECTION, self.paste_overlays(images)))
+            images = [apply_color_correction(self.color_targets[i], image) for i, image in enumerate(images)]
+        pasted = self.paste_overlays(images)
+        mask = self.prepared.mask_for_overlay
+        if mask is not None and ctx.wants(MASK):
+            copies.append(IntermediateImages(MASK, [mask.convert("RGB")] * len(pasted), before=False))
+        if mask is not None and ctx.wants(MASK_COMPOSITE):
+            composites = [self.mask_composite(image, final, mask) for image, final in zip(images, pasted)]
+            copies.append(IntermediateImages(MASK_COMPOSITE, composites, before=False))
+        return pasted
+
+    def mask_composite(self, image: Image.Image, final: Image.Image, mask: Image.Image) -> Image.Image:
+        """A1111's masked composite: the generated picture (uncropped into place for "only masked") where the
+        mask is, transparent elsewhere; RGBA at the result's size."""
+        paste_to = self.prepared.paste_to
+        denoised = masking.uncrop(image, final.size, paste_to) if paste_to is not None else image
+        return Image.composite(denoised.convert("RGBA").convert("RGBa"), Image.new("RGBa", final.size),
+                               masking.resize_image(2, mask, final.width, final.height).convert("L")).convert("RGBA")
 
     def paste_overlays(self, images: list[Image.Image]) -> list[Image.Image]:
         overlays, paste_to = self.overlays, self.prepared.paste_to

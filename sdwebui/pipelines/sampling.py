@@ -51,12 +51,14 @@ from sdwebui.pipelines.context import (
     GenerationContext,
     GenerationHooks,
     GenerationStopped,
+    IntermediateImages,
     NetworkActivation,
     StepProgress,
 )
 from sdwebui.pipelines.denoise import denoise_latents
 from sdwebui.pipelines.img2img_params import Img2ImgParams
 from sdwebui.pipelines.infotext import build_infotext
+from sdwebui.pipelines.output import BEFORE_FACE_RESTORATION
 from sdwebui.pipelines.params import GenerationParams, Txt2ImgParams, infotext_labels, spec_of
 from sdwebui.pipelines.vae_decode import decode_latents
 from sdwebui.prompts.extra_networks import ExtraNetworkCall, parse_prompts
@@ -462,6 +464,10 @@ def was_skipped(ctx: GenerationContext, stopped: bool) -> bool:
 # ---- finishing batches ------------------------------------------------------------------------------------------
 
 
+FinishStep = Callable[[list[Image.Image], list[IntermediateImages]], list[Image.Image]]
+"""`FinishedBatches.add`'s `finish`: (decoded images, the batch's intermediate copies so far) -> images."""
+
+
 class FinishedBatches:
     """The job's kept batches: each is NaN-checked, decoded, handed to the scripts' `after_batch`, given its
     infotexts and handed to `ctx.on_images` as soon as it is sampled (as A1111 saves each image before the next
@@ -487,38 +493,56 @@ class FinishedBatches:
         self.latents: list[torch.Tensor] = []
 
     def add(self, decode_model: SDModel, latents: torch.Tensor, batch: BatchPrompts, extra: dict[str, object],
-            finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None) -> None:
-        """Finish one batch: `extra` are its infotext entries; `finish` (images -> images) runs after decoding
-        and before the scripts (img2img pastes its overlays there)."""
+            finish: FinishStep | None = None) -> None:
+        """Finish one batch: `extra` are its infotext entries; `finish` (images, copies -> images) runs after
+        decoding and before the scripts (img2img's color correction and overlays), and may add intermediate copies
+        (`IntermediateImages`) to `copies`."""
         if self.ctx.nan_check and torch.isnan(latents).any():
             raise GenerationError(
                 "the model produced NaN latents; try full precision (--no-half) or another checkpoint"
             )
         images, decode_notes = decode_latents(decode_model, latents, self.ctx.vae_tiling)
         self._note(decode_notes)
+        copies: list[IntermediateImages] = []
         restored: dict[str, object] = {}
         if getattr(self.params, "restore_faces", False):
             if self.ctx.face_restoration is None:
                 raise GenerationError("face restoration is not available here")
+            if self.ctx.wants(BEFORE_FACE_RESTORATION):
+                copies.append(IntermediateImages(BEFORE_FACE_RESTORATION, list(images)))
             images, restored, restore_notes = self.ctx.face_restoration.restore_batch(list(images), self.params)
             self._note(restore_notes)
         if finish is not None:
-            images = finish(images)
+            images = finish(images, copies)
         decoded = BatchImages(batch.batch_index, self.params, list(images), list(batch.seeds), list(batch.prompts),
                               dict(restored), [])
         if self.ctx.hooks is not None:
             self.ctx.hooks.after_batch(decoded)
         self._note(decoded.notes)
-        entries = {**self.infotext_entries(extra), **decoded.infotext}
-        infotexts = [
+        infotexts = self.batch_infotexts(batch, {**self.infotext_entries(extra), **decoded.infotext})
+        self._keep(decoded.images, batch, infotexts, latents)
+        if self.ctx.on_images is not None:
+            self.ctx.on_images(FinishedImages(self.params, list(decoded.images), list(batch.seeds), infotexts,
+                                              list(batch.prompts), tuple(copies)))
+
+    def batch_infotexts(self, batch: BatchPrompts, entries: dict[str, object]) -> list[str]:
+        """The infotext of each image of `batch`, with the job's and the batch's `entries`."""
+        return [
             create_infotext(self.ctx.model, self.params, self.sampling, seed, subseed, entries, prompt, negative)
             for seed, subseed, prompt, negative in zip(batch.seeds, batch.subseeds, batch.prompts,
                                                        batch.negative_prompts)
         ]
-        self._keep(decoded.images, batch, infotexts, latents)
-        if self.ctx.on_images is not None:
-            self.ctx.on_images(FinishedImages(self.params, list(decoded.images), list(batch.seeds), infotexts,
-                                              list(batch.prompts)))
+
+    def early_infotexts(self, batch: BatchPrompts, extra: dict[str, object]) -> list[str]:
+        """The infotexts of a batch not finished yet (hires fix's first pass, for its intermediate copy), as A1111
+        writes them then: the entries known so far, with `Face restoration` for a job that will restore faces
+        (A1111's infotext says so from the job's `restore_faces`); the scripts' `after_batch` entries are not
+        there yet."""
+        entries = self.infotext_entries(extra)
+        if getattr(self.params, "restore_faces", False) and self.ctx.face_restoration is not None:
+            name, _ = self.ctx.face_restoration.pick(getattr(self.params, "face_restoration_model", "CodeFormer"))
+            entries = {**entries, "Face restoration": name}
+        return self.batch_infotexts(batch, entries)
 
     def _keep(self, images: list[Image.Image], batch: BatchPrompts, infotexts: list[str], latents: Tensor) -> None:
         self.images.extend(images)

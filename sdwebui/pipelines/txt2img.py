@@ -11,6 +11,7 @@ where A1111's do: the refiner in the only pass, or in the hires pass when there 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -18,8 +19,9 @@ import torch
 
 from sdwebui.core.samplers import ResolvedSampling, resolve_sampling
 from sdwebui.models.tiling import circular_padding
-from sdwebui.pipelines.context import GenerationContext
+from sdwebui.pipelines.context import BatchPrompts, FinishedImages, GenerationContext
 from sdwebui.pipelines.hires import HiresFix, plan_hires
+from sdwebui.pipelines.output import BEFORE_HIGHRES_FIX
 from sdwebui.pipelines.params import Txt2ImgParams
 from sdwebui.pipelines.refiner import Refiner
 from sdwebui.pipelines.sampling import (
@@ -128,7 +130,7 @@ def _run_batch(run: _Txt2ImgRun, batch_index: int) -> bool:
     hires = run.hires
     if hires is not None and not stopped:
         latents, stopped = hires.run(decode_model, latents, batch, steps_before=run.sampler.steps,
-                                     networks=run.networks)
+                                     networks=run.networks, first_pass=_first_pass_saver(run, batch, batch_extra))
         run.notes.extend(note for note in hires.notes if note not in run.notes)
         if was_skipped(ctx, stopped):
             return False
@@ -138,6 +140,22 @@ def _run_batch(run: _Txt2ImgRun, batch_index: int) -> bool:
         batch_extra = {**hires.plan.infotext, **batch_extra, **hires.extra_infotext}
     run.finished.add(decode_model, latents, batch, batch_extra)
     return stopped
+
+
+def _first_pass_saver(run: _Txt2ImgRun, batch: BatchPrompts,
+                      batch_extra: dict[str, object]) -> Callable[[list], None] | None:
+    """Hands the hires fix's first pass to `ctx.on_intermediate` when the caller saves it (A1111's
+    `save_images_before_highres_fix`), with the infotext A1111 gives it then (the hires entries included)."""
+    ctx, hires = run.ctx, run.hires
+    if hires is None or ctx.on_intermediate is None or not ctx.wants(BEFORE_HIGHRES_FIX):
+        return None
+
+    def first_pass(images: list) -> None:
+        infotexts = run.finished.early_infotexts(batch, {**hires.plan.infotext, **batch_extra})
+        ctx.on_intermediate(BEFORE_HIGHRES_FIX, FinishedImages(run.params, list(images), list(batch.seeds),
+                                                               infotexts, list(batch.prompts)))
+
+    return first_pass
 
 
 __all__ = ["txt2img"]
