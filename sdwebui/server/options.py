@@ -172,6 +172,15 @@ OPTIONS: dict[str, OptionSpec] = {
     "postprocessing_existing_caption_action": OptionSpec(
         "Ignore", "Action for existing captions (Extras' Caption, when a .txt is already beside the image)", str,
         choices=("Ignore", "Keep", "Prepend", "Append")),
+    # A1111's intermediate copies (`pipelines.output.INTERMEDIATE_SETTINGS`), saved beside the images of jobs that
+    # save theirs, never returned
+    "save_images_before_face_restoration": OptionSpec(False, "Save a copy of image before doing face restoration.",
+                                                      bool),
+    "save_images_before_highres_fix": OptionSpec(False, "Save a copy of image before applying highres fix.", bool),
+    "save_images_before_color_correction": OptionSpec(
+        False, "Save a copy of image before applying color correction to img2img results", bool),
+    "save_mask": OptionSpec(False, "For inpainting, save a copy of the greyscale mask", bool),
+    "save_mask_composite": OptionSpec(False, "For inpainting, save a masked composite", bool),
     "samples_filename_pattern": OptionSpec(
         "", "Images filename pattern ([seed], [steps], [cfg], [sampler], [model_name], [prompt_words], ...; "
         "empty = [seed])", str),
@@ -197,6 +206,8 @@ OPTIONS: dict[str, OptionSpec] = {
                                        api_writable=False),
     "outdir_img2img_grids": OptionSpec("outputs/img2img-grids", "Output directory for img2img grids", str,
                                        api_writable=False),
+    "img2img_color_correction": OptionSpec(
+        False, "Apply color correction to img2img results to match original colors.", bool),
     "img2img_fix_steps": OptionSpec(
         False, "With img2img, do exactly the amount of steps the slider specifies", bool),
     "initial_noise_multiplier": OptionSpec(1.0, "Noise multiplier for img2img", float, minimum=0.0, maximum=1.5),

@@ -53,6 +53,12 @@ class OutputOptions:
     folder: str = "txt2img-images"
     date_subdir: bool = True
     filename_pattern: str = "[seed]"
+    intermediates: tuple[str, ...] = ()
+    """The intermediate copies saved beside the images, by suffix (`pipelines.output.INTERMEDIATE_SETTINGS`:
+    A1111's `save_images_before_highres_fix`, `save_mask`, ... at submit time)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "intermediates", tuple(self.intermediates))  # a list when read from JSON
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,8 @@ class GenerationPayload:
     is_recovered: bool = False
     hypernetwork: tuple[str, float] | None = None
     """The `sd_hypernetwork` setting (name, `sd_hypernetwork_strength`) at submit time; None: "None"."""
+    color_correction: bool = False
+    """img2img: A1111's `img2img_color_correction` at submit time."""
 
     @property
     def kind(self) -> str:
@@ -138,6 +146,7 @@ class GenerationPayload:
             "task_id": self.task_id,
             "recovered": self.is_recovered,
             "hypernetwork": list(self.hypernetwork) if self.hypernetwork else None,
+            "color_correction": self.color_correction,
         }
 
     @classmethod
@@ -164,6 +173,7 @@ class GenerationPayload:
             is_recovered=bool(data.get("recovered", False)),
             hypernetwork=(str(data["hypernetwork"][0]), float(data["hypernetwork"][1]))
             if data.get("hypernetwork") else None,
+            color_correction=bool(data.get("color_correction", False)),
         )
 
     def images(self) -> tuple[list[Image.Image], Image.Image | None]:

@@ -76,6 +76,11 @@ def run_generation(job: "JobHandle", services: "Services") -> dict:
             face_restoration=services.face_restoration if task.params.restore_faces else None,
             vae_tiling=VaeTiling(*payload.vae_tiling, memory=services.models.memory),
             hooks=scripts.for_task(task) if scripts else None,
+            color_correction=payload.color_correction,
+            # A1111's intermediate copies, only beside images that are saved (a script's run that saves none
+            # saves none of its copies either)
+            intermediates=frozenset(payload.output.intermediates) if save and payload.output.save else frozenset(),
+            on_intermediate=lambda suffix, batch: saver.save_copies(suffix, batch, model),
         )
         if payload.kind == "img2img":
             return img2img(ctx, task.params, list(task.init_images), task.mask)
@@ -313,17 +318,21 @@ class ImageSaver:
             return
         params = batch.params
         prompts = batch.prompts or [params.prompt] * len(batch.images)
-        filename_fields = {
-            "negative_prompt": params.negative_prompt, "steps": params.steps, "cfg_scale": params.cfg_scale,
-            "width": params.width, "height": params.height, "sampler": params.sampler, "scheduler": params.scheduler,
-            "clip_skip": params.clip_skip, "model_name": model.info.name, "model_hash": model.info.short_hash,
-        }
+        filename_fields = self._filename_fields(params, model)
         outputs = self.services.paths.outputs_dir
-        for image, seed, infotext, prompt in zip(batch.images, batch.seeds, batch.infotexts, prompts):
+        for index, (image, seed, infotext, prompt) in enumerate(zip(batch.images, batch.seeds, batch.infotexts,
+                                                                    prompts)):
+            fields = {**filename_fields, "prompt": prompt}
+            # A1111's order, each copy numbered in turn: the "before" copies, the image, then its masks.
+            for copy in batch.intermediates:
+                if copy.before:
+                    self._write_copy(copy.images[index], copy.suffix, seed, infotext, fields)
             path = self.services.write_image(image, outputs / self.output.folder, seed=seed, infotext=infotext,
                                              date_subdir=self.output.date_subdir,
-                                             pattern=self.output.filename_pattern,
-                                             fields={**filename_fields, "prompt": prompt})
+                                             pattern=self.output.filename_pattern, fields=fields)
+            for copy in batch.intermediates:
+                if not copy.before:
+                    self._write_copy(copy.images[index], copy.suffix, seed, infotext, fields)
             relative = _relative_to(path, outputs)
             image_id = record_image(
                 self.services, self.job, path=relative, seed=seed, prompt=prompt,
@@ -331,6 +340,32 @@ class ImageSaver:
                 model_name=model.info.name, model_hash=model.info.short_hash, width=image.width, height=image.height,
             )
             self.saved.append({"id": image_id, "path": relative})
+
+    def save_copies(self, suffix: str, batch, model) -> None:
+        """Save intermediate copies that come before their batch is finished (hires fix's first pass), each named
+        `<number>-<pattern><suffix>.png` and carrying its infotext."""
+        if not self.output.save:
+            return
+        prompts = batch.prompts or [batch.params.prompt] * len(batch.images)
+        fields = self._filename_fields(batch.params, model)
+        for image, seed, infotext, prompt in zip(batch.images, batch.seeds, batch.infotexts, prompts):
+            self._write_copy(image, suffix, seed, infotext, {**fields, "prompt": prompt})
+
+    def _write_copy(self, image, suffix: str, seed: int, infotext: str, fields: dict) -> None:
+        # Written (through `write_image`, so a Ray worker's copies land on the API node too) but neither returned
+        # nor recorded in the history: A1111 does not return them, and a history record would list the copy as
+        # one of the job's images (the gallery, /api/v1/images) beside the image it is a step towards.
+        self.services.write_image(image, self.services.paths.outputs_dir / self.output.folder, seed=seed,
+                                  infotext=infotext, date_subdir=self.output.date_subdir,
+                                  pattern=self.output.filename_pattern, fields=fields, suffix=suffix)
+
+    @staticmethod
+    def _filename_fields(params, model) -> dict:
+        return {
+            "negative_prompt": params.negative_prompt, "steps": params.steps, "cfg_scale": params.cfg_scale,
+            "width": params.width, "height": params.height, "sampler": params.sampler, "scheduler": params.scheduler,
+            "clip_skip": params.clip_skip, "model_name": model.info.name, "model_hash": model.info.short_hash,
+        }
 
 
 def record_image(services: "Services", job: "JobHandle", **record) -> int | None:

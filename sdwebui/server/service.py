@@ -24,6 +24,7 @@ from sdwebui.core.errors import ParamError
 from sdwebui.core.upscale_modes import is_latent_mode
 from sdwebui.pipelines.extras_params import CAPTIONERS, ExtrasParams
 from sdwebui.pipelines.jobs import job_script
+from sdwebui.pipelines.output import INTERMEDIATE_SETTINGS
 from sdwebui.pipelines.params import (
     DEFAULT_SAMPLER,
     DEFAULT_SCHEDULER,
@@ -164,6 +165,7 @@ class GenerationService:
             client=request.client,
             task_id=request.task_id,
             hypernetwork=self._setting_hypernet(options),
+            color_correction=request.kind == "img2img" and bool(options["img2img_color_correction"]),
         )
 
     def _setting_hypernet(self, options: Mapping[str, Any]) -> tuple[str, float] | None:
@@ -494,8 +496,11 @@ class GenerationService:
             folder = output_folder(self.services.paths.outputs_dir,
                                    options["outdir_samples"] or options[setting] or default)
             date_subdir = bool(options["save_to_dirs"])
+        # A1111 saves these copies only beside images it saves (`p.save_samples()`).
+        intermediates = tuple(suffix for key, suffix in INTERMEDIATE_SETTINGS.items() if options[key])
         return OutputOptions(save=request.save_images, folder=folder, date_subdir=date_subdir,
-                             filename_pattern=str(options["samples_filename_pattern"] or "[seed]"))
+                             filename_pattern=str(options["samples_filename_pattern"] or "[seed]"),
+                             intermediates=intermediates if request.save_images else ())
 
 
 def check_limits(params: GenerationParams, options: Mapping[str, Any]) -> None:

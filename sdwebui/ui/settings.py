@@ -22,7 +22,9 @@ TOP_BAR_OPTIONS = frozenset({"sd_model_checkpoint", "sd_vae", "sd_checkpoint_has
 
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Saving images", ("samples_save", "samples_format", "enable_pnginfo", "save_to_dirs", "outdir_samples",
-                       "outdir_txt2img_samples")),
+                       "outdir_txt2img_samples", "save_images_before_face_restoration",
+                       "save_images_before_highres_fix", "save_images_before_color_correction", "save_mask",
+                       "save_mask_composite")),
     ("Postprocessing", ("use_original_name_batch", "postprocessing_existing_caption_action")),
     ("Live previews", ("live_previews_enable", "show_progress_every_n_steps")),
     ("Stable Diffusion", ("sd_checkpoints_limit", "sd_checkpoint_cache", "CLIP_stop_at_last_layers")),
