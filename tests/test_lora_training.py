@@ -21,7 +21,7 @@ from sdwebui.pipelines.context import GenerationContext
 from sdwebui.pipelines.lora_training import LoraTrainOptions, train_lora
 from sdwebui.pipelines.networks import LoraNetworks
 from sdwebui.pipelines.params import Txt2ImgParams
-from sdwebui.pipelines.textual_inversion import bucket_size, read_dataset
+from sdwebui.pipelines.textual_inversion import bucket_size, dataset_images, read_dataset
 from sdwebui.pipelines.txt2img import txt2img
 
 
@@ -113,6 +113,28 @@ def test_an_sdxl_lora_trains_with_the_pooled_text_and_size_ids_and_applies(tmp_p
     assert not np.array_equal(draw(sdxl, out.parent, "zork <lora:zork-xl:1>"), plain)
 
 
+def test_kohya_repeat_folders_count_each_image_that_many_times(tmp_path, model):
+    """A dataset laid out for kohya's trainers: `<repeats>_<concept>` subfolders (and images at the top, once)."""
+    root = tmp_path / "train"
+    write_dataset(root / "10_zork", n=2)
+    write_dataset(root / "2_other", n=1)
+    (root / "notes").mkdir()  # not kohya's: left out
+    Image.new("RGB", (64, 64)).save(root / "notes" / "skip.png")
+    found = dataset_images(root)
+    assert [(path.parent.name, repeats) for path, repeats in found] == [("10_zork", 10)] * 2 + [("2_other", 2)]
+    out = tmp_path / "zork-kohya.safetensors"
+    result = train_lora(model, LoraTrainOptions(name="zork-kohya", output_path=out, data_root=root, rank=2,
+                                                alpha=1, learn_rate="1e-3", steps=1, batch_size=22,
+                                                resolution=64, seed=1))
+    assert result.step == 1  # a batch of 22 fits: 2 x 10 + 1 x 2 images an epoch
+    with safe_open(str(out), framework="pt") as file:
+        meta = file.metadata()
+    assert json.loads(meta["ss_dataset_dirs"]) == {"10_zork": {"n_repeats": 10, "img_count": 2},
+                                                   "2_other": {"n_repeats": 2, "img_count": 1}}
+    assert meta["ss_num_train_images"] == "22"
+    assert json.loads(meta["ss_tag_frequency"]) == {"10_zork": {"zork": 2, "red square": 1}, "2_other": {"zork": 1}}
+
+
 def test_loss_goes_down_on_a_trivial_dataset(tmp_path, model):
     data = write_dataset(tmp_path / "data", n=2)
     options = LoraTrainOptions(name="down", output_path=tmp_path / "down.safetensors", data_root=data, rank=4,
@@ -146,6 +168,7 @@ def test_native_api_train_lora_and_422s(tmp_path, tiny_sd1_path):
     data = make_data_dir(tmp_path / "data", tiny_sd1_path, "tiny-sd1.safetensors")
     write_dataset(data / "train-images")
     (data / "empty").mkdir()
+    write_dataset(data / "kohya" / "5_zork", n=1)
     body = {"type": "train_lora", "name": "apilora", "data_root": "train-images", "rank": 2, "alpha": 1,
             "learn_rate": "1e-3:1, 5e-4", "steps": 2, "resolution": 64, "save_every": 1}
     with LiveServer(data) as live, live.client() as client:
@@ -156,6 +179,9 @@ def test_native_api_train_lora_and_422s(tmp_path, tiny_sd1_path):
             assert field in refused.text, (field, refused.text)
         refused = client.post("/api/v1/jobs", json={**body, "data_root": "empty"})
         assert refused.status_code == 422 and "data_root" in refused.text
+        # kohya's layout: the images are in a repeat folder; the batch may hold them 5 times, not 6
+        refused = client.post("/api/v1/jobs", json={**body, "data_root": "kohya", "batch_size": 6})
+        assert refused.status_code == 422 and "batch_size" in refused.text and "5 images" in refused.text
 
         created = client.post("/api/v1/jobs", json=body)
         assert created.status_code == 202, created.text

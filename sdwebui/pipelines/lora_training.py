@@ -8,8 +8,8 @@ own training loop).
   the size ids (the training size, no crop), as at generation. After training the UNet's original modules are put back:
   the loaded model is what it was.
 - **Data, loss, optimiser, schedule**: `pipelines.textual_inversion.training_loop` (shared with embeddings and
-  hypernetworks): every image of the data folder with its caption (the `.txt` beside it, else the file name) as
-  the whole prompt (kohya), SD's diffusion loss, `torch.optim.AdamW` (weight decay 0) on the LoRA weights only,
+  hypernetworks): every image of the data folder (and of kohya's `<repeats>_<concept>` subfolders, each image
+  that many times an epoch) with its caption (the `.txt` beside it, else the file name) as the whole prompt (kohya), SD's diffusion loss, `torch.optim.AdamW` (weight decay 0) on the LoRA weights only,
   A1111's learning-rate schedule syntax (`1e-4:500, 5e-5`), interrupt saves the steps done, copies and preview
   images every N steps. With `buckets` each image is scaled and centre-cropped to kohya's aspect-ratio bucket of
   about resolution² pixels (`textual_inversion.bucket_size`) and a batch holds one bucket's images.
@@ -43,6 +43,7 @@ from sdwebui.pipelines.textual_inversion import (
     TrainedThing,
     TrainOptions,
     TrainResult,
+    dataset_images,
     training_loop,
 )
 
@@ -146,8 +147,11 @@ def train_lora(model: SDModel, options: LoraTrainOptions, *,
                       for p in (*layer.lora_A[ADAPTER].parameters(), *layer.lora_B[ADAPTER].parameters())]
         started = int(time.time())
         stack = model.text_encoder
-        images = [p for p in Path(options.data_root).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
-        frequency = {Path(options.data_root).name: tag_frequency(options.data_root)}
+        folders: dict[Path, dict[str, int]] = {}  # kohya's subsets: each folder's repeats and image count
+        for path, repeats in dataset_images(options.data_root):
+            folders.setdefault(path.parent, {"n_repeats": repeats, "img_count": 0})["img_count"] += 1
+        shown = sum(entry["n_repeats"] * entry["img_count"] for entry in folders.values())
+        frequency = {folder.name: tag_frequency(folder) for folder in folders}
 
         def encode(texts: list[str]) -> Conditioning:  # SDXL's pooled text too
             with torch.no_grad():
@@ -168,11 +172,10 @@ def train_lora(model: SDModel, options: LoraTrainOptions, *,
                 "ss_text_encoder_lr": "0", "ss_network_train_unet_only": "True",
                 "ss_resolution": f"({options.resolution}, {options.resolution})",
                 "ss_enable_bucket": str(options.buckets), "ss_batch_size_per_device": str(options.batch_size),
-                "ss_num_train_images": str(len(images)), "ss_num_batches_per_epoch":
-                    str(max(1, len(images) // options.batch_size)),
+                "ss_num_train_images": str(shown), "ss_num_batches_per_epoch":
+                    str(max(1, shown // options.batch_size)),
                 "ss_tag_frequency": json.dumps(frequency),
-                "ss_dataset_dirs": json.dumps({Path(options.data_root).name: {"n_repeats": 1,
-                                                                              "img_count": len(images)}}),
+                "ss_dataset_dirs": json.dumps({folder.name: entry for folder, entry in folders.items()}),
                 "ss_sd_model_name": Path(model.info.name).name, "ss_sd_model_hash": model.info.short_hash or "",
                 "ss_optimizer": "torch.optim.AdamW(weight_decay=0)", "ss_lr_scheduler": "constant",
                 "ss_mixed_precision": "no", "ss_training_started_at": str(started),

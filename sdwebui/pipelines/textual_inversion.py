@@ -55,6 +55,19 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "textual_inversion_templates"
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _NUMBERS_AT_START = re.compile(r"^[-\d]+\s*")
+_KOHYA_FOLDER = re.compile(r"^(\d+)_\S")
+"""kohya's dataset subfolders: `<repeats>_<concept>` (`10_mystyle`: each image 10 times an epoch)."""
+
+
+def dataset_images(data_root: Path) -> list[tuple[Path, int]]:
+    """(image, repeats) of a dataset: the images of `data_root` itself once each, and those of kohya's
+    `<repeats>_<concept>` subfolders (`train_data_dir/10_mystyle/`) that many times each, so a folder prepared for
+    kohya's trainers works here unchanged."""
+    root = Path(data_root)
+    folders = [(root, 1)] + [(sub, int(match[1])) for sub in sorted(root.iterdir())
+                             if sub.is_dir() and (match := _KOHYA_FOLDER.match(sub.name)) and int(match[1]) > 0]
+    return [(path, repeats) for folder, repeats in folders for path in sorted(folder.iterdir())
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
 LATENT_SAMPLING_METHODS = ("once", "deterministic", "random")
 CLIP_GRAD_MODES = ("disabled", "value", "norm")
 
@@ -214,13 +227,11 @@ def bucket_size(image_size: tuple[int, int], width: int, height: int) -> tuple[i
 
 def read_dataset(data_root: Path, width: int, height: int, varsize: bool,
                  buckets: bool = False) -> list[tuple[Path, Image.Image, str]]:
-    """(path, RGB image at the training size, caption) for every image of `data_root`; ParamError naming
-    `data_root` when there are none or one cannot be read. `buckets`: each image scaled to cover its
-    `bucket_size` and centre-cropped to it (kohya)."""
+    """(path, RGB image at the training size, caption) for every image of `data_root` (and of its kohya
+    subfolders: `dataset_images`); ParamError naming `data_root` when there are none or one cannot be read.
+    `buckets`: each image scaled to cover its `bucket_size` and centre-cropped to it (kohya)."""
     out = []
-    for path in sorted(Path(data_root).iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
+    for path, _ in dataset_images(data_root):
         try:
             with Image.open(path) as opened:
                 image = opened.convert("RGB")
@@ -458,7 +469,9 @@ def training_loop(model: SDModel, options: TrainOptions, thing: TrainedThing, *,
     lines = list(options.template_text) if options.template_text else template_lines(options.template_file)
     items = read_dataset(options.data_root, options.training_width, options.training_height, options.varsize,
                          options.buckets)
-    samples = encode_dataset(model, items, options.latent_sampling_method)
+    repeats = dict(dataset_images(options.data_root))
+    samples = [sample for sample in encode_dataset(model, items, options.latent_sampling_method)
+               for _ in range(repeats.get(sample.path, 1))]
     if options.batch_size > len(samples):
         raise ParamError(("batch_size",), f"larger than the {len(samples)} images of the dataset")
 
@@ -563,6 +576,7 @@ def _write_loss(path: Path, step: int, epoch_len: int, loss: float, learn_rate: 
 
 
 __all__ = ["parse_schedule", "LearnRateScheduler", "list_templates", "template_lines", "clean_name",
-           "save_embedding", "init_vectors", "read_dataset", "bucket_size", "make_text", "TrainOptions", "TrainResult",
+           "save_embedding", "init_vectors", "read_dataset", "dataset_images",
+           "bucket_size", "make_text", "TrainOptions", "TrainResult",
            "train_embedding", "training_loop", "TrainedThing", "diffusion_loss", "TrainingEmbeddings", "TEMPLATES_DIR", "LATENT_SAMPLING_METHODS",
            "CLIP_GRAD_MODES"]

@@ -532,18 +532,20 @@ __all__ = ["CreateEmbeddingJob", "TrainEmbeddingJob", "TrainHypernetworkJob", "T
 
 
 def checked_dataset(services: "Services", job) -> tuple[Path, list[Path]]:
-    """A training job's `data_root` (relative to the data folder) and its images; a ParamError naming
-    `data_root` (missing, no images) or `batch_size` (more than the images) otherwise."""
-    from sdwebui.pipelines.textual_inversion import IMAGE_SUFFIXES  # torch: not at start-up
+    """A training job's `data_root` (relative to the data folder) and its images (those of kohya's `N_concept`
+    subfolders too); a ParamError naming `data_root` (missing, no images) or `batch_size` (more than the images an
+    epoch shows, repeats counted) otherwise."""
+    from sdwebui.pipelines.textual_inversion import dataset_images  # torch: not at start-up
 
     root = Path(job.data_root).expanduser()
     if not root.is_absolute():
         root = services.paths.data_dir / root
     if not root.is_dir():
         raise ParamError(("data_root",), f"Dataset directory {job.data_root} doesn't exist")
-    images = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
+    found = dataset_images(root)
+    if not found:
         raise ParamError(("data_root",), f"Dataset directory {job.data_root} has no images")
-    if job.batch_size > len(images):
-        raise ParamError(("batch_size",), f"larger than the {len(images)} images of the dataset")
-    return root, images
+    shown = sum(repeats for _, repeats in found)
+    if job.batch_size > shown:
+        raise ParamError(("batch_size",), f"larger than the {shown} images of the dataset")
+    return root, [path for path, _ in found]
