@@ -156,6 +156,39 @@ def test_loss_goes_down_on_a_trivial_dataset(tmp_path, model):
     assert fixed_loss() < before - 1e-4
 
 
+def test_the_alpha_channel_weighs_the_loss(tmp_path, model):
+    """A1111's "Use PNG alpha channel as loss weight": the alpha at the latent size, min 0, mean 1, on every latent
+    channel; uniform without alpha or with one alpha everywhere. Training with it changes the losses; an opaque
+    dataset trains exactly as without it."""
+    from sdwebui.pipelines.textual_inversion import alpha_weight
+
+    half = Image.new("RGBA", (64, 48), (200, 30, 30, 255))
+    half.paste((200, 30, 30, 0), (0, 0, 32, 48))  # left half transparent
+    weight = alpha_weight(half, (4, 6, 8))
+    assert weight.shape == (4, 6, 8) and float(weight.min()) == 0.0 and abs(float(weight.mean()) - 1.0) < 1e-6
+    assert float(weight[:, :, 0].max()) == 0.0 and torch.allclose(weight[:, :, -1], torch.full((4, 6), 2.0))
+    assert torch.equal(alpha_weight(half.convert("RGB"), (4, 6, 8)), torch.ones(4, 6, 8))
+    assert torch.equal(alpha_weight(Image.new("RGBA", (64, 48), (1, 2, 3, 255)), (4, 6, 8)), torch.ones(4, 6, 8))
+
+    opaque, cut = write_dataset(tmp_path / "opaque"), tmp_path / "cut"
+    cut.mkdir()
+    for path in sorted(opaque.glob("*.png")):  # the same pictures, as RGBA files: opaque, or half transparent
+        image = Image.open(path).convert("RGBA")
+        image.save(path)
+        alpha = Image.new("L", image.size, 255)
+        alpha.paste(0, (0, 0, 32, 64))
+        image.putalpha(alpha)
+        image.save(cut / path.name)
+    losses = {}
+    for label, folder, use_weight in (("plain", opaque, False), ("opaque", opaque, True), ("cut", cut, True),
+                                      ("cut-unweighted", cut, False)):
+        path = save_embedding(tmp_path / label / "w.pt", init_vectors(model, "", 1), "w", 0, None, None)
+        losses[label] = train_embedding(model, options(tmp_path, path, folder, steps=2, save_embedding_every=0,
+                                                       use_weight=use_weight)).losses
+    assert losses["opaque"] == losses["plain"] == losses["cut-unweighted"]
+    assert losses["cut"] != losses["plain"]
+
+
 def test_sdxl_is_refused(tmp_path, tiny_sdxl_path):
     sdxl = load_checkpoint(tiny_sdxl_path, device="cpu", dtype=torch.float32, vae_dtype=torch.float32)
     with pytest.raises(ParamError) as error:

@@ -41,12 +41,13 @@ def test_train_tab_is_after_the_merger_and_makes_a1111_requests(services):
               "data_root": "images", "log_directory": "textual_inversion", "template_filename": "none.txt",
               "training_width": 64, "training_height": 64, "varsize": False, "steps": 20.0,
               "clip_grad_mode": "norm", "clip_grad_value": "1", "shuffle_tags": True, "tag_drop_out": 0.1,
-              "latent_sampling_method": "random", "create_image_every": 0.0}
+              "latent_sampling_method": "random", "create_image_every": 0.0, "use_weight": True}
     assert set(TRAIN_FIELDS) < set(values)
     embedding = train_job("embedding", values)
     assert isinstance(embedding, TrainEmbeddingJob)
     assert (embedding.embedding_name, embedding.save_embedding_every, embedding.batch_size, embedding.steps) == (
         "word", 10, 2, 20)
+    assert embedding.use_weight  # "Use PNG alpha channel as loss weight"
     hyper = train_job("hypernetwork", values)
     assert isinstance(hyper, TrainHypernetworkJob) and hyper.learn_rate == "0.00001"
     assert hyper.save_hypernetwork_every == 10

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -206,6 +207,8 @@ class Sample:
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
     """The posterior (`random`)."""
+    weight: torch.Tensor | None = None
+    """[C, h, w] loss weight from the image's alpha channel (`use_weight`), min 0 and mean 1; None: uniform."""
 
 
 def bucket_size(image_size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
@@ -226,15 +229,16 @@ def bucket_size(image_size: tuple[int, int], width: int, height: int) -> tuple[i
 
 
 def read_dataset(data_root: Path, width: int, height: int, varsize: bool,
-                 buckets: bool = False) -> list[tuple[Path, Image.Image, str]]:
+                 buckets: bool = False, keep_alpha: bool = False) -> list[tuple[Path, Image.Image, str]]:
     """(path, RGB image at the training size, caption) for every image of `data_root` (and of its kohya
     subfolders: `dataset_images`); ParamError naming `data_root` when there are none or one cannot be read.
-    `buckets`: each image scaled to cover its `bucket_size` and centre-cropped to it (kohya)."""
+    `buckets`: each image scaled to cover its `bucket_size` and centre-cropped to it (kohya). `keep_alpha`: an
+    image with an alpha channel stays RGBA (scaled and cropped with its colours; `use_weight`)."""
     out = []
     for path, _ in dataset_images(data_root):
         try:
             with Image.open(path) as opened:
-                image = opened.convert("RGB")
+                image = opened.convert("RGBA" if keep_alpha and "A" in opened.getbands() else "RGB")
         except Exception as error:  # noqa: BLE001 - PIL fails in many ways on a damaged file
             raise ParamError(("data_root",), f"{path.name} is not a readable image ({error})") from None
         if buckets:
@@ -259,7 +263,8 @@ def read_dataset(data_root: Path, width: int, height: int, varsize: bool,
     return out
 
 
-def encode_dataset(model: SDModel, items, method: str) -> list[Sample]:
+def encode_dataset(model: SDModel, items, method: str, use_weight: bool = False) -> list[Sample]:
+    """Each item's latent (or posterior); with `use_weight`, its loss weight from the alpha channel."""
     samples = []
     vae = model.vae
     with torch.no_grad():
@@ -269,11 +274,28 @@ def encode_dataset(model: SDModel, items, method: str) -> list[Sample]:
             scale = model.latent_scaling_factor
             shift = getattr(vae.config, "shift_factor", None) or 0.0
             mean = ((dist.mean.float() - shift) * scale)[0]
+            weight = alpha_weight(image, tuple(mean.shape)).to(mean.device) if use_weight else None
             if method == "random":
-                samples.append(Sample(path, caption, mean=mean, std=(dist.std.float() * scale)[0]))
+                samples.append(Sample(path, caption, mean=mean, std=(dist.std.float() * scale)[0], weight=weight))
             else:
-                samples.append(Sample(path, caption, latent=mean))
+                samples.append(Sample(path, caption, latent=mean, weight=weight))
     return samples
+
+
+def alpha_weight(image: Image.Image, latent_shape: tuple[int, int, int]) -> torch.Tensor:
+    """A1111's `use_weight`: the image's alpha channel at the latent size as the loss weight of every latent
+    channel, shifted to a minimum of 0 and scaled to a mean of 1 (so the loss stays comparable to an unweighted
+    one); uniform for an image without alpha, or with the same alpha everywhere (where A1111 divides by zero).
+    (A1111 passes the latent's (h, w) to PIL as (w, h): for an image that is not square its map is transposed
+    and then reshaped; here it is at the latent's own size.)"""
+    channels, height, width = latent_shape
+    if "A" not in image.getbands():
+        return torch.ones(latent_shape)
+    alpha = np.asarray(image.getchannel("A").resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
+    weight = torch.from_numpy(alpha)[None].expand(channels, height, width).clone()
+    weight -= weight.min()
+    mean = float(weight.mean())
+    return weight / mean if mean > 0 else torch.ones(latent_shape)
 
 
 def make_text(lines: Sequence[str], name: str, caption: str, shuffle_tags: bool, tag_drop_out: float,
@@ -338,6 +360,8 @@ class TrainOptions:
     """Template lines used instead of `template_file` (LoRA training: the captions alone, "[filewords]")."""
     buckets: bool = False
     """Aspect-ratio buckets (`read_dataset`); batches hold one bucket's images (give `varsize` too)."""
+    use_weight: bool = False
+    """A1111's "Use PNG alpha channel as loss weight" (`alpha_weight`)."""
 
 
 @dataclass
@@ -352,9 +376,11 @@ class TrainResult:
 
 
 def diffusion_loss(model: SDModel, latents: torch.Tensor, cond: "torch.Tensor | Conditioning",
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator, weight: torch.Tensor | None = None) -> torch.Tensor:
     """SD's training loss (`LatentDiffusion.p_losses` with SD's config: l_simple weight 1, no VLB term). `cond`: the
-    text's hidden states, or its whole `Conditioning` (SDXL's pooled text and size ids go in as at generation)."""
+    text's hidden states, or its whole `Conditioning` (SDXL's pooled text and size ids go in as at generation).
+    `weight` ([B, C, h, w], `use_weight`): each latent element's squared error weighted by it before the mean (A1111's
+    `weighted_loss`)."""
     batch = latents.shape[0]
     t = torch.randint(0, model.alphas_cumprod.shape[0], (batch,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
@@ -366,7 +392,9 @@ def diffusion_loss(model: SDModel, latents: torch.Tensor, cond: "torch.Tensor | 
     else:  # the size ids: the training image's own size, uncropped (kohya's default for a bucketed image)
         kwargs = unet_condition(model, cond, latents.shape[-1] * 8, latents.shape[-2] * 8)
     out = model.unet(x_t.to(model.dtype), t.to(latents.device), **_in_dtype(kwargs, model.dtype)).sample
-    return torch.nn.functional.mse_loss(out.float(), target.float())
+    if weight is None:
+        return torch.nn.functional.mse_loss(out.float(), target.float())
+    return (torch.nn.functional.mse_loss(out.float(), target.float(), reduction="none") * weight).mean()
 
 
 def _in_dtype(value, dtype: torch.dtype):
@@ -468,9 +496,9 @@ def training_loop(model: SDModel, options: TrainOptions, thing: TrainedThing, *,
     result.log_dir = log_dir
     lines = list(options.template_text) if options.template_text else template_lines(options.template_file)
     items = read_dataset(options.data_root, options.training_width, options.training_height, options.varsize,
-                         options.buckets)
+                         options.buckets, keep_alpha=options.use_weight)
     repeats = dict(dataset_images(options.data_root))
-    samples = [sample for sample in encode_dataset(model, items, options.latent_sampling_method)
+    samples = [sample for sample in encode_dataset(model, items, options.latent_sampling_method, options.use_weight)
                for _ in range(repeats.get(sample.path, 1))]
     if options.batch_size > len(samples):
         raise ParamError(("batch_size",), f"larger than the {len(samples)} images of the dataset")
@@ -504,8 +532,10 @@ def training_loop(model: SDModel, options: TrainOptions, thing: TrainedThing, *,
                          for s in batch]
                 last_text = texts[0]
                 latents = torch.stack([_latent(s, generator) for s in batch]).to(model.device)
+                weight = torch.stack([s.weight for s in batch]) if options.use_weight else None
                 with scope():
-                    loss = diffusion_loss(model, latents, thing.encode(texts), generator) / options.gradient_step
+                    loss = diffusion_loss(model, latents, thing.encode(texts), generator, weight) \
+                        / options.gradient_step
                 loss.backward()
                 total += float(loss.detach())
             if clip is not None:
@@ -576,7 +606,7 @@ def _write_loss(path: Path, step: int, epoch_len: int, loss: float, learn_rate: 
 
 
 __all__ = ["parse_schedule", "LearnRateScheduler", "list_templates", "template_lines", "clean_name",
-           "save_embedding", "init_vectors", "read_dataset", "dataset_images",
+           "save_embedding", "init_vectors", "read_dataset", "dataset_images", "alpha_weight",
            "bucket_size", "make_text", "TrainOptions", "TrainResult",
            "train_embedding", "training_loop", "TrainedThing", "diffusion_loss", "TrainingEmbeddings", "TEMPLATES_DIR", "LATENT_SAMPLING_METHODS",
            "CLIP_GRAD_MODES"]

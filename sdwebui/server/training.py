@@ -233,8 +233,6 @@ def prepare_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetw
             raise ParamError(("clip_grad_value",), f"not a clipping schedule: {error}") from None
     if job.latent_sampling_method not in LATENT_SAMPLING_METHODS:
         raise ParamError(("latent_sampling_method",), f"one of {', '.join(LATENT_SAMPLING_METHODS)}")
-    if job.use_weight:
-        raise ParamError(("use_weight",), "the PNG alpha channel as loss weight is not supported yet")
     root, images = checked_dataset(services, job)
     templates = list_templates([services.paths.data_dir / "textual_inversion_templates"])
     template = templates.get(job.template_filename)
@@ -262,6 +260,7 @@ def prepare_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetw
         "shuffle_tags": job.shuffle_tags, "tag_drop_out": job.tag_drop_out,
         "latent_sampling_method": job.latent_sampling_method, "create_image_every": job.create_image_every,
         "save_embedding_every": save_every, "template_file": str(template), "preview": preview,
+        "use_weight": job.use_weight,
     }
     return TrainingPayload(kind, args, checkpoint, vae)
 
@@ -429,7 +428,7 @@ def _train(job: "JobHandle", services: "Services", model, args: dict[str, Any], 
         shuffle_tags=args["shuffle_tags"], tag_drop_out=args["tag_drop_out"],
         latent_sampling_method=args["latent_sampling_method"], create_image_every=args["create_image_every"],
         save_embedding_every=args["save_embedding_every"], template_file=Path(args["template_file"]),
-        preview=args.get("preview"), seed=args.get("seed"),
+        preview=args.get("preview"), seed=args.get("seed"), use_weight=bool(args.get("use_weight", False)),
     )
     what = "hypernetwork" if hypernetwork else "embedding"
     job.progress.textinfo = f"Initializing {'hypernetwork' if hypernetwork else 'textual inversion'} training..."

@@ -42,7 +42,7 @@ ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid",
 """A1111's Create hypernetwork dropdown (its seven, then torch's activations by lower-case name)."""
 TRAIN_FIELDS = ("learn_rate", "batch_size", "gradient_step", "data_root", "log_directory", "template_filename",
                 "training_width", "training_height", "varsize", "steps", "clip_grad_mode", "clip_grad_value",
-                "shuffle_tags", "tag_drop_out", "latent_sampling_method", "create_image_every")
+                "shuffle_tags", "tag_drop_out", "latent_sampling_method", "create_image_every", "use_weight")
 
 
 def _checked(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
@@ -182,6 +182,7 @@ def build(services: Services) -> dict[str, Any]:
                                                             "disable", value=500, precision=0)
                         c["save_every"] = gr.Number(label="Save a copy of embedding to log directory every N steps, "
                                                     "0 to disable", value=500, precision=0)
+                    c["use_weight"] = gr.Checkbox(label="Use PNG alpha channel as loss weight", value=False)
                     c["shuffle_tags"] = gr.Checkbox(label="Shuffle tags by ',' when creating prompts.", value=False)
                     c["tag_drop_out"] = gr.Slider(minimum=0, maximum=1, step=0.1, label="Drop out tags when "
                                                   "creating prompts.", value=0)
