@@ -21,9 +21,8 @@ from sdwebui.server.config import ServerConfig
 from sdwebui.server.service import GenerationRequest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
-# One Ray session for the module: under `-n 2` the tests stay on one worker (`--dist loadgroup`, pyproject's addopts)
+# One Ray session for the module: under `-n 2` the tests stay on one worker (`--dist loadfile`, pyproject's addopts)
 # rather than starting a second session and two more actors on the other.
-pytestmark = pytest.mark.xdist_group("ray")
 
 FAST = {"width": 64, "height": 64, "steps": 2, "sampler": "Euler"}
 ENGINE_FAST = {"width": 64, "height": 64, "steps": 2, "sampler": "Euler", "prompt": "left in the queue"}

@@ -15,8 +15,6 @@ from sdwebui.models.loader import load_checkpoint
 
 pytestmark = [
     pytest.mark.slow,
-    # The module's tests on one xdist worker: one server and browser for them, not one on each worker.
-    pytest.mark.xdist_group("ui_browser_controlnet"),
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]

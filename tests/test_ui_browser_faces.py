@@ -11,8 +11,6 @@ from test_ui_browser import SMALL, browser, prompt_box, set_number, shot, ui_pag
 
 pytestmark = [
     pytest.mark.slow,
-    # The module's tests on one xdist worker: one server and browser for them, not one on each worker.
-    pytest.mark.xdist_group("ui_browser_faces"),
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]

@@ -12,8 +12,6 @@ from test_ui_browser import ARTIFACTS, browser, number, prompt_box, set_number, 
 
 pytestmark = [
     pytest.mark.slow,
-    # The module's tests on one xdist worker: one server and browser for them, not one on each worker.
-    pytest.mark.xdist_group("ui_browser_hires"),
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]

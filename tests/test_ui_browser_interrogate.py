@@ -13,8 +13,6 @@ from test_ui_browser import browser, prompt_box, shot, ui_page  # noqa: F401 - f
 
 pytestmark = [
     pytest.mark.slow,
-    # The module's tests on one xdist worker: one server and browser for them, not one on each worker.
-    pytest.mark.xdist_group("ui_browser_interrogate"),
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]

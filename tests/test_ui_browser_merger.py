@@ -16,8 +16,6 @@ from sdwebui.models.family import ModelFamily
 
 pytestmark = [
     pytest.mark.slow,
-    # The module's tests on one xdist worker: one server and browser for them, not one on each worker.
-    pytest.mark.xdist_group("ui_browser_merger"),
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
