@@ -21,7 +21,7 @@ from sdwebui.pipelines.context import GenerationContext
 from sdwebui.pipelines.lora_training import LoraTrainOptions, train_lora
 from sdwebui.pipelines.networks import LoraNetworks
 from sdwebui.pipelines.params import Txt2ImgParams
-from sdwebui.pipelines.textual_inversion import bucket_size, dataset_images, read_dataset
+from sdwebui.pipelines.training_data import bucket_size, dataset_images, read_dataset
 from sdwebui.pipelines.txt2img import txt2img
 
 

@@ -132,7 +132,8 @@ def test_create_train_resume_and_interrupt(tmp_path, model):
 
 
 def test_loss_goes_down_on_a_trivial_dataset(tmp_path, model):
-    from sdwebui.pipelines.textual_inversion import TrainingEmbeddings, encode_dataset, read_dataset
+    from sdwebui.pipelines.textual_inversion import TrainingEmbeddings
+    from sdwebui.pipelines.training_data import encode_dataset, read_dataset
 
     path = save_embedding(tmp_path / "word.pt", init_vectors(model, "", 1), "word", 0, None, None)
     data_root = write_dataset(tmp_path / "data", n=2)
@@ -160,7 +161,7 @@ def test_the_alpha_channel_weighs_the_loss(tmp_path, model):
     """A1111's "Use PNG alpha channel as loss weight": the alpha at the latent size, min 0, mean 1, on every latent
     channel; uniform without alpha or with one alpha everywhere. Training with it changes the losses; an opaque
     dataset trains exactly as without it."""
-    from sdwebui.pipelines.textual_inversion import alpha_weight
+    from sdwebui.pipelines.training_data import alpha_weight
 
     half = Image.new("RGBA", (64, 48), (200, 30, 30, 255))
     half.paste((200, 30, 30, 0), (0, 0, 32, 48))  # left half transparent

@@ -12,7 +12,7 @@ own training loop).
   that many times an epoch) with its caption (the `.txt` beside it, else the file name) as the whole prompt (kohya), SD's diffusion loss, `torch.optim.AdamW` (weight decay 0) on the LoRA weights only,
   A1111's learning-rate schedule syntax (`1e-4:500, 5e-5`), interrupt saves the steps done, copies and preview
   images every N steps. With `buckets` each image is scaled and centre-cropped to kohya's aspect-ratio bucket of
-  about resolution² pixels (`textual_inversion.bucket_size`) and a batch holds one bucket's images.
+  about resolution² pixels (`training_data.bucket_size`) and a batch holds one bucket's images.
 - **File**: kohya's `.safetensors`: `lora_unet_<module>.lora_down.weight` [r, in], `.lora_up.weight` [out, r],
   `.alpha` (converted from peft's keys by diffusers' `convert_state_dict_to_kohya`) and kohya's `ss_*` metadata
   (`ss_network_module` "networks.lora", `ss_network_dim`, `ss_network_alpha`, `ss_base_model_version`,
@@ -38,14 +38,8 @@ from safetensors.torch import save_file
 from sdwebui.core.errors import ParamError
 from sdwebui.models.sd_model import SDModel
 from sdwebui.models.text_encoding import Conditioning
-from sdwebui.pipelines.textual_inversion import (
-    IMAGE_SUFFIXES,
-    TrainedThing,
-    TrainOptions,
-    TrainResult,
-    dataset_images,
-    training_loop,
-)
+from sdwebui.pipelines.textual_inversion import TrainedThing, TrainOptions, TrainResult, training_loop
+from sdwebui.pipelines.training_data import IMAGE_SUFFIXES, dataset_images
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER = "sdwebui_train"

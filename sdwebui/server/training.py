@@ -534,7 +534,7 @@ def checked_dataset(services: "Services", job) -> tuple[Path, list[Path]]:
     """A training job's `data_root` (relative to the data folder) and its images (those of kohya's `N_concept`
     subfolders too); a ParamError naming `data_root` (missing, no images) or `batch_size` (more than the images an
     epoch shows, repeats counted) otherwise."""
-    from sdwebui.pipelines.textual_inversion import dataset_images  # torch: not at start-up
+    from sdwebui.pipelines.training_data import dataset_images  # torch: not at start-up
 
     root = Path(job.data_root).expanduser()
     if not root.is_absolute():
