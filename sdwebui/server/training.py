@@ -218,12 +218,7 @@ def prepare_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetw
     else:
         kind, save_every = "train_embedding", job.save_embedding_every
         path = _embedding_path(services, job.embedding_name, "embedding_name")
-    if job.steps <= 0:
-        raise ParamError(("steps",), "Max steps must be positive")
-    try:
-        parse_schedule(job.learn_rate, job.steps)
-    except ValueError as error:
-        raise ParamError(("learn_rate",), f"not a learning rate schedule: {error}") from None
+    check_steps_and_schedule(job)
     if job.clip_grad_mode not in CLIP_GRAD_MODES:
         raise ParamError(("clip_grad_mode",), f"one of {', '.join(CLIP_GRAD_MODES)}")
     if job.clip_grad_mode != "disabled":
@@ -268,19 +263,14 @@ def prepare_train(services: "Services", job: "TrainEmbeddingJob | TrainHypernetw
 def prepare_train_lora(services: "Services", job: TrainLoraJob) -> TrainingPayload:
     """Check a LoRA training request (422 naming the field) and resolve its paths."""
     from sdwebui.pipelines.lora_training import stored_step
-    from sdwebui.pipelines.textual_inversion import clean_name, parse_schedule
+    from sdwebui.pipelines.textual_inversion import clean_name
 
     name = clean_name(job.name)
     if not name or name.startswith("."):
         raise ParamError(("name",), "the name has no letters, digits or ._- characters")
     if job.rank <= 0:
         raise ParamError(("rank",), "must be positive")
-    if job.steps <= 0:
-        raise ParamError(("steps",), "Max steps must be positive")
-    try:
-        parse_schedule(job.learn_rate, job.steps)
-    except ValueError as error:
-        raise ParamError(("learn_rate",), f"not a learning rate schedule: {error}") from None
+    check_steps_and_schedule(job)
     root, images = checked_dataset(services, job)
     path = services.paths.lora_dir / f"{name}.safetensors"
     resume = False
@@ -528,6 +518,18 @@ def _png(image) -> bytes:
 __all__ = ["CreateEmbeddingJob", "TrainEmbeddingJob", "TrainHypernetworkJob", "TrainLoraJob", "prepare_train_lora", "CreateHypernetworkJob",
            "create_hypernetwork", "TRAINING_JOBS", "submit_training", "prepare_create", "prepare_train", "submit_create",
            "submit_train", "run_training_job"]
+
+
+def check_steps_and_schedule(job) -> None:
+    """A training job's `steps` (positive) and `learn_rate` (A1111's schedule syntax): a ParamError naming them."""
+    from sdwebui.pipelines.textual_inversion import parse_schedule  # torch: not at start-up
+
+    if job.steps <= 0:
+        raise ParamError(("steps",), "Max steps must be positive")
+    try:
+        parse_schedule(job.learn_rate, job.steps)
+    except ValueError as error:
+        raise ParamError(("learn_rate",), f"not a learning rate schedule: {error}") from None
 
 
 def checked_dataset(services: "Services", job) -> tuple[Path, list[Path]]:
